@@ -1,0 +1,507 @@
+"""One charge point: pilot control, the current chain, flags, limits and its session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from evpilot.core.errors import CommandError, check_range
+from evpilot.core.iec61851 import (
+    DRAW_THRESHOLD_A,
+    STOP_DEADLINE_S,
+    PilotState,
+    contactor_may_close,
+    duty_for_current,
+    pilot_state,
+    quantize_current,
+)
+from evpilot.core.session import LimitReached, Session, SessionRecord, StopReason, cap_reached
+
+Phases = tuple[float, float, float]
+ZERO3: Phases = (0.0, 0.0, 0.0)
+# An increase of the signaled current is allowed at most this often (IEC 61851 pacing).
+INCREASE_INTERVAL_S = 5.0
+CABLE_LIMITS = (13.0, 20.0, 32.0, 63.0)
+MODES = ("off", "normal", "smart", "solar", "min+solar")
+PHASE_MODES = ("not_present", "always_1p", "always_3p", "solar_1p", "auto")
+
+
+class WorkState(StrEnum):
+    """The Shelly Top AC work states."""
+
+    FREE = "charger_free"
+    INSERT = "charger_insert"
+    WAIT = "charger_wait"
+    CHARGING = "charger_charging"
+    PAUSE = "charger_pause"
+    END = "charger_end"
+    FAULT = "charger_fault"
+
+
+class ErrorFlag(StrEnum):
+    """Fault and warning flags a charger can raise."""
+
+    PILOT_FAULT = "pilot_fault"
+    DIODE_SHORT = "diode_short"
+    RCM_TRIGGERED = "rcm_triggered"
+    TEMPERATURE_HIGH = "temperature_high"
+    EV_NOT_STOPPING = "ev_not_stopping"
+
+
+# Flags that stop charging until cleared (temperature recovers by itself at RESUME).
+FAULT_FLAGS = frozenset(
+    {ErrorFlag.PILOT_FAULT, ErrorFlag.DIODE_SHORT, ErrorFlag.RCM_TRIGGERED, ErrorFlag.EV_NOT_STOPPING}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerConfig:
+    """Static description of a charge point (validated by the config layer)."""
+
+    id: str
+    name: str = ""
+    max_current: float = 32.0
+    min_current: float = 6.0
+    phases: int = 3
+    phase: int = 1
+    circuit: str | None = None
+    priority: int = 0
+    safe_current: float = 6.0
+    max_temp: float = 65.0
+    resume_temp: float = 55.0
+    auto_charge: bool = True
+    require_auth: bool = False
+    mode: str | None = None
+    contactor2: str = "not_present"
+    fixed_cable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class PilotReading:
+    """What the pilot hardware and the EV meter report at one moment."""
+
+    taken_at: float
+    letter: str
+    currents: Phases = ZERO3
+    voltages: Phases = (230.0, 230.0, 230.0)
+    energy_kwh: float | None = None
+    temperature: float = 25.0
+    rcm_fault: bool = False
+    diode_fault: bool = False
+    cable_limit: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PilotOutput:
+    """What the charger tells its hardware: PWM duty, contactor and phase count."""
+
+    duty: float
+    signaled: float
+    contactor: bool
+    phases: int
+    fallback_at: float
+    safe_current: float
+
+
+@dataclass(slots=True)
+class Lease:
+    """A limit that lapses at `expires_at` (None = never)."""
+
+    value: float
+    expires_at: float | None
+
+
+@dataclass(slots=True)
+class Charger:
+    """A charge point's live state; every method takes `now` and does no I/O."""
+
+    config: ChargerConfig
+    enabled: bool = True
+    available: bool = True
+    authorized: bool = True
+    auto_charge: bool = True
+    start_requested: bool = False
+    user_limit: float | None = None
+    override: float | None = None
+    leases: dict[str, Lease] = field(default_factory=dict)
+    energy_cap_kwh: float | None = None
+    time_cap_min: float | None = None
+    mode: str | None = None
+    phase_mode: str = "not_present"
+    # observed
+    letter: str = "A"
+    currents: Phases = ZERO3
+    voltages: Phases = (230.0, 230.0, 230.0)
+    temperature: float = 25.0
+    cable_limit: float | None = None
+    reading_at: float = 0.0
+    meter_kwh: float | None = None
+    power_w: float = 0.0
+    # chain
+    allocated: float = 0.0
+    allocation_source: str = "none"
+    allocation_expires: float = 0.0
+    active_phases: int = 3
+    available_current: float = 0.0
+    available_source: str = "max"
+    commanded: float = 0.0
+    signaled: float = 0.0
+    last_increase_at: float = -1e18
+    contactor: bool = False
+    stop_requested_at: float | None = None
+    errors: set[ErrorFlag] = field(default_factory=set)
+    limit_reached: LimitReached | None = None
+    ev_done: bool = False
+    has_charged: bool = False
+    # energy
+    session: Session | None = None
+    lifetime_kwh: float = 0.0
+    session_seq: int = 0
+    pending_tag: str | None = None
+    events: list[tuple[str, object]] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, config: ChargerConfig, lifetime_kwh: float = 0.0) -> Charger:
+        """A fresh charger for `config`, with a persisted lifetime counter."""
+        return cls(
+            config=config,
+            auto_charge=config.auto_charge,
+            authorized=not config.require_auth,
+            mode=config.mode,
+            phase_mode=config.contactor2,
+            active_phases=config.phases,
+            lifetime_kwh=lifetime_kwh,
+        )
+
+    # ---- commands -------------------------------------------------------------------------
+
+    def set_enabled(self, value: bool) -> None:
+        """Allow or forbid charging."""
+        self.enabled = bool(value)
+
+    def set_available(self, value: bool) -> None:
+        """Put the charge point in or out of service."""
+        self.available = bool(value)
+
+    def set_authorized(self, value: bool, id_tag: str | None = None) -> None:
+        """Grant or revoke authorization for the connected EV."""
+        self.authorized = bool(value)
+        if value and id_tag is not None and self.session is not None:
+            self.session.id_tag = id_tag
+        self.pending_tag = id_tag
+
+    def set_auto_charge(self, value: bool) -> None:
+        """Start on plug-in (True) or wait for an explicit start (False)."""
+        self.auto_charge = bool(value)
+
+    def request_start(self, now: float) -> None:
+        """Explicit start (start_charging = true)."""
+        self.start_requested = True
+
+    def request_stop(self, now: float) -> None:
+        """Explicit stop (start_charging = false): pauses the session."""
+        self.start_requested = False
+
+    def set_user_limit(self, amps: float | None) -> None:
+        """User current limit, 6 A to MAX in 0.1 A steps; None removes it."""
+        if amps is None:
+            self.user_limit = None
+            return
+        value = check_range("current_limit", amps, 6.0, self.config.max_current, " A")
+        if abs(round(value * 10) - value * 10) > 1e-6:
+            raise CommandError("current_limit", f"{amps} A is not a multiple of 0.1 A")
+        self.user_limit = round(value, 1)
+
+    def set_override(self, amps: float | None) -> None:
+        """Override current (0 = off, else 6 A to MAX)."""
+        if amps is None or amps == 0:
+            self.override = None
+            return
+        self.override = check_range("override_current", amps, 6.0, self.config.max_current, " A")
+
+    def set_lease(self, source: str, amps: float | None, expires_at: float | None) -> None:
+        """A leased external cap in A (0 stops charging); None hands control back."""
+        if amps is None:
+            self.leases.pop(source, None)
+            return
+        value = check_range(source, amps, 0.0, 80.0, " A")
+        self.leases[source] = Lease(value, expires_at)
+
+    def set_energy_cap(self, kwh: float | None) -> None:
+        """Session energy cap, 0-1000 kWh (None or 0 = none)."""
+        self.energy_cap_kwh = (
+            None if kwh is None else check_range("global_charge_limit", kwh, 0.0, 1000.0, " kWh")
+        )
+        if self.limit_reached == LimitReached.ENERGY:
+            self.limit_reached = None
+
+    def set_time_cap(self, minutes: float | None) -> None:
+        """Session duration cap, 0-1440 min (None or 0 = none)."""
+        self.time_cap_min = (
+            None if minutes is None else check_range("global_time_limit", minutes, 0.0, 1440.0, " min")
+        )
+        if self.limit_reached == LimitReached.TIME:
+            self.limit_reached = None
+
+    def set_mode(self, mode: str | None) -> None:
+        """Charging mode (off, normal, smart, solar, min+solar); None follows the site."""
+        if mode is not None and mode not in MODES:
+            raise CommandError("mode", f"{mode!r} is not one of {', '.join(MODES)}")
+        self.mode = mode
+
+    def set_phase_mode(self, mode: str) -> None:
+        """Second-contactor mode (not_present, always_1p, always_3p, solar_1p, auto)."""
+        if mode not in PHASE_MODES:
+            raise CommandError("phase_mode", f"{mode!r} is not one of {', '.join(PHASE_MODES)}")
+        if self.config.phases == 1 and mode not in ("not_present", "always_1p"):
+            raise CommandError("phase_mode", "a 1-phase charger cannot switch phases")
+        self.phase_mode = mode
+
+    def reset_faults(self) -> None:
+        """Clear latched faults (the hardware re-raises any that persist)."""
+        self.errors -= FAULT_FLAGS
+
+    # ---- derived ----------------------------------------------------------------------------
+
+    @property
+    def plugged(self) -> bool:
+        """A vehicle is connected."""
+        return self.letter in ("B", "C", "D")
+
+    @property
+    def faulted(self) -> bool:
+        """A latched fault stops charging."""
+        return bool(self.errors & FAULT_FLAGS)
+
+    def permitted(self) -> bool:
+        """Everything but the allocation allows charging now."""
+        return (
+            self.plugged
+            and self.enabled
+            and self.available
+            and self.authorized
+            and (self.auto_charge or self.start_requested)
+            and not self.faulted
+            and ErrorFlag.TEMPERATURE_HIGH not in self.errors
+            and self.limit_reached is None
+        )
+
+    def demand(self) -> int:
+        """0 = needs nothing, 1 = offer MIN (car connected, not requesting), 2 = wants current."""
+        if not self.permitted():
+            return 0
+        if self.letter in ("C", "D"):
+            return 2
+        return 0 if self.ev_done else 1
+
+    def own_limit(self, now: float) -> tuple[float, str]:
+        """The lowest of this charger's own caps and the source that binds."""
+        best, source = self.config.max_current, "max"
+        if self.cable_limit is not None and self.cable_limit < best:
+            best, source = self.cable_limit, "cable"
+        if self.user_limit is not None and self.user_limit < best:
+            best, source = self.user_limit, "user"
+        if self.override is not None and self.override < best:
+            best, source = self.override, "override"
+        for name, lease in self.leases.items():
+            if lease.expires_at is not None and now >= lease.expires_at:
+                continue
+            if lease.value < best:
+                best, source = lease.value, name
+        if ErrorFlag.TEMPERATURE_HIGH in self.errors:
+            best, source = 0.0, "temperature"
+        return best, source
+
+    def drop_expired_leases(self, now: float) -> list[str]:
+        """Remove lapsed leases; returns their names."""
+        gone = [k for k, v in self.leases.items() if v.expires_at is not None and now >= v.expires_at]
+        for name in gone:
+            del self.leases[name]
+        return gone
+
+    @property
+    def pilot(self) -> PilotState:
+        """The current control pilot state."""
+        if self.letter == "E":
+            return PilotState.E
+        if self.faulted or self.letter == "F":
+            return PilotState.F
+        return pilot_state(self.letter, self.signaled > 0)
+
+    def work_state(self) -> WorkState:
+        """The Shelly-style work state."""
+        if self.faulted or self.letter in ("E", "F"):
+            return WorkState.FAULT
+        if not self.plugged:
+            return WorkState.FREE
+        if self.contactor and max(self.currents) > DRAW_THRESHOLD_A:
+            return WorkState.CHARGING
+        if self.limit_reached is not None or self.ev_done:
+            return WorkState.END
+        if self.session is None:
+            return WorkState.INSERT
+        if not self.permitted():
+            return WorkState.PAUSE
+        return WorkState.WAIT
+
+    # ---- cycle ------------------------------------------------------------------------------
+
+    def observe(self, reading: PilotReading) -> None:
+        """Take in a pilot/meter reading: plug events, energy, temperature and faults."""
+        now = reading.taken_at
+        prev = self.letter
+        self.letter = reading.letter
+        self.currents = reading.currents
+        self.voltages = reading.voltages
+        self.temperature = reading.temperature
+        self.cable_limit = None if self.config.fixed_cable else reading.cable_limit
+        self.reading_at = now
+        self.power_w = sum(i * v for i, v in zip(reading.currents, reading.voltages, strict=True))
+        if reading.energy_kwh is not None:
+            if self.meter_kwh is not None and reading.energy_kwh > self.meter_kwh:
+                self._add_energy(reading.energy_kwh - self.meter_kwh)
+            self.meter_kwh = reading.energy_kwh
+        if self.session is not None:
+            self.session.peak_power_w = max(self.session.peak_power_w, self.power_w)
+
+        if reading.letter == "E":
+            self.errors.add(ErrorFlag.PILOT_FAULT)
+        if reading.diode_fault:
+            self.errors.add(ErrorFlag.DIODE_SHORT)
+        if reading.rcm_fault:
+            self.errors.add(ErrorFlag.RCM_TRIGGERED)
+        if reading.temperature >= self.config.max_temp:
+            self.errors.add(ErrorFlag.TEMPERATURE_HIGH)
+        elif reading.temperature <= self.config.resume_temp:
+            self.errors.discard(ErrorFlag.TEMPERATURE_HIGH)
+
+        was_plugged = prev in ("B", "C", "D")
+        if was_plugged and not self.plugged:
+            self._end_session(now, StopReason.EV_DISCONNECTED)
+            self.start_requested = False
+            self.limit_reached = None
+            self.ev_done = False
+            self.has_charged = False
+            self.authorized = not self.config.require_auth
+            if reading.letter == "A" and not reading.rcm_fault and not reading.diode_fault:
+                self.errors -= FAULT_FLAGS
+            self.events.append(("unplugged", self.config.id))
+        elif not was_plugged and self.plugged:
+            self.events.append(("plugged", self.config.id))
+        if self.letter in ("C", "D"):
+            if self.contactor and max(self.currents) > DRAW_THRESHOLD_A:
+                self.has_charged = True
+            self.ev_done = False
+        elif self.letter == "B" and self.has_charged and self.signaled > 0:
+            self.ev_done = True
+
+        if self.plugged and self.session is None and self.permitted():
+            self._start_session(now)
+        if self.session is not None and self.limit_reached is None:
+            reached = cap_reached(self.session, now, self.energy_cap_kwh, self.time_cap_min)
+            if reached is not None:
+                self.limit_reached = reached
+                self.events.append(("limit_reached", reached.value))
+
+    def apply(self, now: float, allocated: float, source: str, phases: int, lease_s: float) -> PilotOutput:
+        """Run the current chain for a new allocation and decide PWM and contactor."""
+        self.allocated = allocated
+        self.allocation_source = source
+        self.allocation_expires = now + lease_s
+        if phases != self.active_phases and not self.contactor:
+            self.active_phases = phases
+        return self._drive(now)
+
+    def fallback(self, now: float) -> PilotOutput:
+        """The allocation lease lapsed: drive at the configured safe current."""
+        self.allocated = min(self.allocated, self.config.safe_current)
+        self.allocation_source = "lease"
+        return self._drive(now)
+
+    def advance(self, now: float) -> PilotOutput:
+        """Re-evaluate without a new allocation (falls back once the lease lapsed)."""
+        if now >= self.allocation_expires:
+            return self.fallback(now)
+        return self._drive(now)
+
+    def _drive(self, now: float) -> PilotOutput:
+        limit, limit_source = self.own_limit(now)
+        self.available_current = quantize_current(limit)
+        self.available_source = limit_source
+        commanded = 0.0
+        if self.permitted():
+            commanded = quantize_current(min(self.allocated, self.available_current))
+        self.commanded = commanded
+        if commanded < self.signaled:
+            self.signaled = commanded
+        elif commanded > self.signaled and now - self.last_increase_at >= INCREASE_INTERVAL_S:
+            self.signaled = commanded
+            self.last_increase_at = now
+
+        state = self.pilot
+        drawing = max(self.currents) > DRAW_THRESHOLD_A
+        if self.faulted or not self.plugged:
+            self._open(now)
+        elif contactor_may_close(state):
+            if not self.contactor:
+                self.events.append(("contactor", True))
+            self.contactor = True
+            self.stop_requested_at = None
+        elif self.contactor:
+            if self.stop_requested_at is None:
+                self.stop_requested_at = now
+            if not drawing or self.letter == "B":
+                self._open(now)
+            elif now - self.stop_requested_at >= STOP_DEADLINE_S:
+                self.errors.add(ErrorFlag.EV_NOT_STOPPING)
+                self._open(now)
+        return PilotOutput(
+            duty=duty_for_current(self.signaled),
+            signaled=self.signaled,
+            contactor=self.contactor,
+            phases=self.active_phases,
+            fallback_at=self.allocation_expires,
+            safe_current=self.config.safe_current,
+        )
+
+    def _open(self, now: float) -> None:
+        if self.contactor:
+            self.events.append(("contactor", False))
+        self.contactor = False
+        self.stop_requested_at = None
+
+    def _add_energy(self, kwh: float) -> None:
+        self.lifetime_kwh += kwh
+        if self.session is not None:
+            self.session.energy_kwh += kwh
+
+    def add_charging_time(self, seconds: float) -> None:
+        """Account time spent with the contactor closed and current flowing."""
+        if self.session is not None and self.contactor and max(self.currents) > DRAW_THRESHOLD_A:
+            self.session.charging_s += seconds
+
+    def _start_session(self, now: float) -> None:
+        self.session_seq += 1
+        tag = self.pending_tag
+        self.session = Session(
+            id=f"{self.config.id}-{int(now * 1000)}-{self.session_seq}",
+            charger_id=self.config.id,
+            started_at=now,
+            id_tag=tag,
+        )
+        self.events.append(("session_started", self.session.id))
+
+    def _end_session(self, now: float, reason: StopReason) -> None:
+        if self.session is None:
+            return
+        self.session.ended_at = now
+        reason_text = reason.value
+        if reason == StopReason.EV_DISCONNECTED and self.limit_reached is not None:
+            reason_text = f"{self.limit_reached.value}_limit"
+        self.session.stop_reason = reason_text
+        self.events.append(("session_ended", SessionRecord.of(self.session)))
+        self.session = None
+
+    def close(self, now: float, reason: StopReason = StopReason.SHUTDOWN) -> None:
+        """End the session (shutdown)."""
+        self._end_session(now, reason)

@@ -1,0 +1,96 @@
+"""IEC 61851-1 control pilot: states, PWM duty cycle and current conversion."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+MIN_CURRENT = 6.0
+MAX_CURRENT = 80.0
+# Above 51 A the standard switches to the second duty-cycle range (85 %–96 %).
+RANGE_SPLIT_CURRENT = 51.0
+# Time the EV is given to stop drawing after PWM is removed before the contactor must open.
+STOP_DEADLINE_S = 6.0
+# Above this many amps on any phase an EV counts as still drawing current.
+DRAW_THRESHOLD_A = 0.5
+NO_PWM_DUTY = 100.0
+
+
+class PilotState(StrEnum):
+    """Control pilot states; the digit says whether PWM is on (2) or off (1)."""
+
+    A = "A"
+    B1 = "B1"
+    B2 = "B2"
+    C1 = "C1"
+    C2 = "C2"
+    D1 = "D1"
+    D2 = "D2"
+    E = "E"
+    F = "F"
+
+
+STATE_MEANING: dict[PilotState, str] = {
+    PilotState.A: "no vehicle connected",
+    PilotState.B1: "vehicle connected, EVSE not offering current (no PWM)",
+    PilotState.B2: "vehicle connected, EVSE offering current (PWM on), vehicle not requesting",
+    PilotState.C1: "vehicle requests charging, EVSE not offering current (no PWM)",
+    PilotState.C2: "vehicle charging, PWM on",
+    PilotState.D1: "vehicle requests charging with ventilation, no PWM",
+    PilotState.D2: "vehicle charging with ventilation, PWM on",
+    PilotState.E: "control pilot short circuit or no power",
+    PilotState.F: "EVSE fault (pilot at -12 V)",
+}
+
+
+def quantize_current(amps: float) -> float:
+    """Round to the 0.1 A resolution; anything between 0 and 6 A becomes 0."""
+    value = round(amps * 10.0) / 10.0
+    if value < MIN_CURRENT:
+        return 0.0
+    return min(value, MAX_CURRENT)
+
+
+def duty_for_current(amps: float) -> float:
+    """Duty cycle (%) that signals `amps`; 0 A means no PWM (100 %, state x1)."""
+    if amps == 0:
+        return NO_PWM_DUTY
+    if not MIN_CURRENT <= amps <= MAX_CURRENT:
+        raise ValueError(f"current {amps} A is outside 0 or {MIN_CURRENT}-{MAX_CURRENT} A")
+    amps = round(amps * 10.0) / 10.0
+    if amps <= RANGE_SPLIT_CURRENT:
+        return round(amps / 0.6, 4)
+    return round(amps / 2.5 + 64.0, 4)
+
+
+def current_for_duty(duty: float) -> float:
+    """Current (A) an EV may draw for a PWM duty cycle (%); 0 where charging is not allowed."""
+    if duty < 8.0 or duty > 97.0:
+        return 0.0
+    if duty < 10.0:
+        return MIN_CURRENT
+    if duty <= 85.0:
+        amps = duty * 0.6
+    elif duty <= 96.0:
+        amps = (duty - 64.0) * 2.5
+    else:
+        amps = MAX_CURRENT
+    return round(amps * 10.0) / 10.0
+
+
+def pilot_state(ev_letter: str, pwm_on: bool) -> PilotState:
+    """Combine what the EV presents (A–F) with whether PWM is on."""
+    if ev_letter in ("A", "E", "F"):
+        return PilotState(ev_letter)
+    if ev_letter not in ("B", "C", "D"):
+        raise ValueError(f"unknown pilot letter {ev_letter!r}")
+    return PilotState(ev_letter + ("2" if pwm_on else "1"))
+
+
+def contactor_may_close(state: PilotState) -> bool:
+    """The contactor may be closed only while the EV requests and PWM is on."""
+    return state in (PilotState.C2, PilotState.D2)
+
+
+def is_plugged(state: PilotState) -> bool:
+    """A vehicle is connected (any state but A, E and F)."""
+    return state not in (PilotState.A, PilotState.E, PilotState.F)

@@ -1,0 +1,158 @@
+"""The site as data: grid connection, circuit tree, meters and the per-tick snapshot."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from evpilot.core.charger import ChargerConfig, Phases
+
+NOMINAL_VOLTAGE = 230.0
+# §14a EnWG: while the grid operator's relay is open, charging may draw at most 4.2 kW.
+GRID_RELAY_W = 4200.0
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitConfig:
+    """A sub-distribution with a per-phase fuse, nested under `parent` (None = mains)."""
+
+    name: str
+    limit: float
+    parent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SolarConfig:
+    """Solar-mode tuning: START (A, sum of phases), STOP timer (min, 0 = never), IMPORT (A)."""
+
+    start_current: float = 6.0
+    stop_min: float = 10.0
+    max_import: float = 0.0
+    start_grace_s: float = 40.0
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseSwitchConfig:
+    """Timers of the automatic 1/3-phase switch."""
+
+    down_hold_s: float = 30.0
+    up_hold_s: float = 60.0
+    min_interval_s: float = 300.0
+    margin: float = 1.0
+    detect_single_phase_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class SiteConfig:
+    """Static limits and tuning of one site."""
+
+    mains_limit: float = 25.0
+    capacity_limit: float | None = None
+    cap_stop_s: float = 0.0
+    mode: str = "smart"
+    circuits: tuple[CircuitConfig, ...] = ()
+    meter_timeout_s: float = 11.0
+    fallback_current: float = 6.0
+    exclude_self_current: bool = True
+    battery_timeout_s: float = 11.0
+    solar: SolarConfig = field(default_factory=SolarConfig)
+    phase_switch: PhaseSwitchConfig = field(default_factory=PhaseSwitchConfig)
+    increase_interval_s: float = 5.0
+    ramp_step: float = 4.0
+    shortage_pause_s: float = 60.0
+    ev_headroom: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """A per-phase current reading (A, + import) taken at `taken_at`."""
+
+    currents: Phases
+    taken_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerInput:
+    """What `compute` needs to know about one charger this tick."""
+
+    config: ChargerConfig
+    mode: str
+    demand: int
+    limit: float
+    limit_source: str
+    measured: Phases
+    session_kwh: float = 0.0
+    phase_mode: str = "not_present"
+    active_phases: int = 3
+    charging: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerMemo:
+    """Per-charger controller memory carried from one tick to the next."""
+
+    current: float = 0.0
+    phases: int = 3
+    last_raise: float = -1e18
+    paused_until: float = -1e18
+    solar_started: float | None = None
+    solar_short_since: float | None = None
+    phase_down_since: float | None = None
+    phase_up_since: float | None = None
+    last_switch: float = -1e18
+    one_phase_since: float | None = None
+    single_phase_car: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BalancerState:
+    """Controller memory of the whole site."""
+
+    chargers: Mapping[str, ChargerMemo] = field(default_factory=dict)
+    capacity_over_since: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SiteLimit:
+    """An external cap on the chargers' total per-phase current, with its source."""
+
+    amps: float
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything `compute` decides from, frozen at one moment."""
+
+    site: SiteConfig
+    chargers: tuple[ChargerInput, ...]
+    mains: Reading | None = None
+    circuit_meters: Mapping[str, Reading] = field(default_factory=dict)
+    battery_current: float | None = None
+    battery_at: float | None = None
+    grid_relay_open: bool = False
+    site_limits: tuple[SiteLimit, ...] = ()
+    state: BalancerState = field(default_factory=BalancerState)
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerAllocation:
+    """The decision for one charger: current per phase, phase count and the binding source."""
+
+    current: float
+    phases: int
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """The result of one `compute`: per-charger decisions, site figures and the next state."""
+
+    chargers: Mapping[str, ChargerAllocation]
+    state: BalancerState
+    mains_fresh: bool
+    fallback: bool
+    base_load: Phases
+    available: Phases
+    solar_surplus: float | None = None
+    notes: tuple[str, ...] = ()
