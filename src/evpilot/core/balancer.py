@@ -162,7 +162,8 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         cap, src = ci.limit, ci.limit_source
         if ci.demand == 1 and ci.config.min_current < cap:
             cap, src = ci.config.min_current, "ev"
-        elif ci.charging and m.current > 0:
+        elif ci.charging and m.current > 0 and now - m.last_raise >= 3 * site.increase_interval_s:
+            # Only after the EV had time to follow the last raise does a gap mean it needs less.
             drawn = max(ci.measured)
             need = max(ci.config.min_current, drawn + site.ev_headroom)
             if m.current - drawn > site.ev_headroom + 1.0 and need < cap:

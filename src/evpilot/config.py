@@ -1,0 +1,295 @@
+"""Typed configuration: one YAML file, validated with pydantic, with defaults for a sim home."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from evpilot.core.charger import ChargerConfig
+from evpilot.core.site import CircuitConfig, PhaseSwitchConfig, SiteConfig, SolarConfig
+from evpilot.sim.ev import CarSpec
+from evpilot.sim.site import PlannedCar, SimParams
+
+Mode = Literal["off", "normal", "smart", "solar", "min+solar"]
+PhaseMode = Literal["not_present", "always_1p", "always_3p", "solar_1p", "auto"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CircuitModel(_Model):
+    """A circuit (sub-distribution) with its per-phase fuse."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    limit: float = Field(ge=10, le=200, description="CIRCUIT per-phase limit (A)")
+    parent: str | None = Field(default=None, description="parent circuit; none = directly on the mains")
+
+
+class SolarModel(_Model):
+    """Solar-mode settings (SmartEVSE START / STOP / IMPORT)."""
+
+    start_current: float = Field(default=6, ge=0, le=48, description="START: surplus (A, sum of phases)")
+    stop_min: float = Field(default=10, ge=0, le=60, description="STOP timer (min), 0 = never stop")
+    max_import: float = Field(default=0, ge=0, le=20, description="IMPORT allowed (A, sum of phases)")
+    start_grace_s: float = Field(default=40, ge=0, le=600)
+
+
+class PhaseSwitchModel(_Model):
+    """Automatic 1/3-phase switching timers."""
+
+    down_hold_s: float = Field(default=30, ge=0, le=3600)
+    up_hold_s: float = Field(default=60, ge=0, le=3600)
+    min_interval_s: float = Field(default=300, ge=0, le=86400)
+    margin: float = Field(default=1, ge=0, le=10)
+
+
+class SiteModel(_Model):
+    """The grid connection and the site-wide settings."""
+
+    mains_limit: float = Field(default=25, ge=10, le=200, description="MAINS per-phase limit (A)")
+    capacity_limit: float | None = Field(default=None, ge=10, le=600, description="CAPACITY (A, sum)")
+    cap_stop_min: float = Field(default=0, ge=0, le=60, description="CAP STOP grace (min)")
+    mode: Mode = "smart"
+    mains_meter: Literal["sim", "api", "none"] = Field(
+        default="sim", description="where mains readings come from: the simulator, an API feed, or none"
+    )
+    circuits: list[CircuitModel] = Field(default_factory=list)
+    meter_timeout_s: float = Field(default=11, ge=1, le=600)
+    fallback_current: float = Field(default=6, ge=0, le=80)
+    exclude_self_current: bool = True
+    solar: SolarModel = Field(default_factory=SolarModel)
+    phase_switch: PhaseSwitchModel = Field(default_factory=PhaseSwitchModel)
+    ramp_step: float = Field(default=6, ge=0.1, le=80)
+
+    @model_validator(mode="after")
+    def _tree(self) -> SiteModel:
+        names = [c.name for c in self.circuits]
+        if len(set(names)) != len(names):
+            raise ValueError("circuit names must be unique")
+        for c in self.circuits:
+            if c.parent is not None and c.parent not in names:
+                raise ValueError(f"circuit {c.name!r}: unknown parent {c.parent!r}")
+        parent = {c.name: c.parent for c in self.circuits}
+        for name in names:
+            seen: set[str] = set()
+            node: str | None = name
+            while node is not None:
+                if node in seen:
+                    raise ValueError(f"circuit {name!r}: the parent chain has a loop")
+                seen.add(node)
+                node = parent[node]
+        return self
+
+
+class ChargerModel(_Model):
+    """One charge point."""
+
+    id: str = Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")
+    name: str = ""
+    max_current: float = Field(default=32, ge=10, le=80, description="MAX (A)")
+    min_current: float = Field(default=6, ge=6, le=16, description="MIN (A)")
+    phases: Literal[1, 3] = 3
+    phase: Literal[1, 2, 3] = Field(default=1, description="mains phase of a 1-phase charger")
+    circuit: str | None = None
+    priority: int = Field(default=0, ge=0, le=9)
+    safe_current: float = Field(default=6, ge=0, le=80, description="current when the lease lapses")
+    max_temp: float = Field(default=65, ge=40, le=75, description="MAX TEMP (°C)")
+    auto_charge: bool = True
+    require_auth: bool = False
+    mode: Mode | None = None
+    contactor2: PhaseMode = "not_present"
+    fixed_cable: bool = True
+
+    def core(self) -> ChargerConfig:
+        """The core's view of this charger."""
+        return ChargerConfig(
+            id=self.id,
+            name=self.name or self.id,
+            max_current=self.max_current,
+            min_current=self.min_current,
+            phases=self.phases,
+            phase=self.phase,
+            circuit=self.circuit,
+            priority=self.priority,
+            safe_current=self.safe_current,
+            max_temp=self.max_temp,
+            auto_charge=self.auto_charge,
+            require_auth=self.require_auth,
+            mode=self.mode,
+            contactor2=self.contactor2,
+            fixed_cable=self.fixed_cable,
+        )
+
+
+class CarModel(_Model):
+    """A simulated car and when it plugs in."""
+
+    charger: str
+    at_s: float = Field(default=0, ge=0)
+    unplug_at_s: float | None = Field(default=None, ge=0)
+    battery_kwh: float = Field(default=60, gt=0, le=300)
+    soc: float = Field(default=30, ge=0, le=100)
+    target_soc: float = Field(default=100, ge=0, le=100)
+    max_current: float = Field(default=32, ge=6, le=80)
+    phases: Literal[1, 3] = 3
+    ventilation: bool = False
+
+
+class SimModel(_Model):
+    """The built-in simulator."""
+
+    enabled: bool = True
+    seed: int = 1
+    pv_kwp: float = Field(default=6, ge=0, le=1000)
+    house_base: tuple[float, float, float] = (1.5, 1.0, 1.2)
+    spike_rate_h: float = Field(default=0.5, ge=0, le=60)
+    first_spike_s: float | None = Field(default=300, ge=0)
+    battery_kwh: float = Field(default=0, ge=0)
+    battery_power_w: float = Field(default=0, ge=0)
+    ambient_c: float = 25
+    start_tod_h: float | None = Field(default=None, ge=0, lt=24)
+    cars: list[CarModel] | None = None
+
+    def params(self, charger_ids: list[str]) -> SimParams:
+        """The simulator's parameters; by default one car plugs into the first charger at start."""
+        cars = self.cars
+        if cars is None:
+            cars = [CarModel(charger=charger_ids[0])] if charger_ids else []
+        return SimParams(
+            seed=self.seed,
+            pv_kwp=self.pv_kwp,
+            house_base=self.house_base,
+            spike_rate_h=self.spike_rate_h,
+            first_spike_at=self.first_spike_s,
+            battery_kwh=self.battery_kwh,
+            battery_power_w=self.battery_power_w,
+            ambient_c=self.ambient_c,
+            start_tod_s=None if self.start_tod_h is None else self.start_tod_h * 3600,
+            cars=[
+                PlannedCar(
+                    charger=c.charger,
+                    at=c.at_s,
+                    unplug_at=c.unplug_at_s,
+                    spec=CarSpec(
+                        battery_kwh=c.battery_kwh,
+                        soc=c.soc,
+                        max_current=c.max_current,
+                        phases=c.phases,
+                        target_soc=c.target_soc,
+                        ventilation=c.ventilation,
+                    ),
+                )
+                for c in cars
+            ],
+        )
+
+
+class ControlModel(_Model):
+    """The runtime's timing."""
+
+    tick_s: float = Field(default=1.0, gt=0, le=60)
+    lease_ticks: float = Field(default=5, ge=1, le=100)
+
+
+class HttpModel(_Model):
+    """Where the HTTP API listens."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
+class AppConfig(_Model):
+    """The whole evpilot configuration file."""
+
+    site: SiteModel = Field(default_factory=SiteModel)
+    chargers: list[ChargerModel] = Field(default_factory=lambda: [ChargerModel(id="cp1", name="Garage")])
+    sim: SimModel = Field(default_factory=SimModel)
+    control: ControlModel = Field(default_factory=ControlModel)
+    http: HttpModel = Field(default_factory=HttpModel)
+
+    @model_validator(mode="after")
+    def _refs(self) -> AppConfig:
+        ids = [c.id for c in self.chargers]
+        if len(set(ids)) != len(ids):
+            raise ValueError("charger ids must be unique")
+        circuits = {c.name for c in self.site.circuits}
+        for c in self.chargers:
+            if c.circuit is not None and c.circuit not in circuits:
+                raise ValueError(f"charger {c.id!r}: unknown circuit {c.circuit!r}")
+            if c.min_current > c.max_current:
+                raise ValueError(f"charger {c.id!r}: min_current is above max_current")
+        for car in self.sim.cars or []:
+            if car.charger not in ids:
+                raise ValueError(f"sim car: unknown charger {car.charger!r}")
+        return self
+
+    def site_core(self) -> SiteConfig:
+        """The core's view of the site."""
+        s = self.site
+        return SiteConfig(
+            mains_limit=s.mains_limit,
+            capacity_limit=s.capacity_limit,
+            cap_stop_s=s.cap_stop_min * 60,
+            mode=s.mode,
+            circuits=tuple(CircuitConfig(c.name, c.limit, c.parent) for c in s.circuits),
+            meter_timeout_s=s.meter_timeout_s,
+            fallback_current=s.fallback_current,
+            exclude_self_current=s.exclude_self_current,
+            solar=SolarConfig(
+                s.solar.start_current, s.solar.stop_min, s.solar.max_import, s.solar.start_grace_s
+            ),
+            phase_switch=PhaseSwitchConfig(
+                s.phase_switch.down_hold_s,
+                s.phase_switch.up_hold_s,
+                s.phase_switch.min_interval_s,
+                s.phase_switch.margin,
+            ),
+            ramp_step=s.ramp_step,
+        )
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `errors` lists (key, reason)."""
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{k}: {m}" for k, m in errors))
+        self.errors = errors
+
+
+def parse_config(data: object) -> AppConfig:
+    """Validate a parsed YAML document; raises ConfigError naming each bad key."""
+    if data is None:
+        data = {}
+    try:
+        return AppConfig.model_validate(data)
+    except ValidationError as exc:
+        errors = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(root)"
+            errors.append((key, err["msg"]))
+        raise ConfigError(errors) from None
+
+
+def load_config(path: str | Path | None) -> AppConfig:
+    """Load and validate a YAML config file (None = the default simulated home)."""
+    if path is None:
+        return AppConfig()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([("(file)", str(exc))]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([("(yaml)", str(exc))]) from None
+    return parse_config(data)
+
+
+def json_schema() -> str:
+    """The JSON schema of the config file."""
+    return json.dumps(AppConfig.model_json_schema(), indent=2)

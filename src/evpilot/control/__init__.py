@@ -1,0 +1,1 @@
+"""The asyncio runtime: scheduling, staleness, leases, applying allocations, the event bus."""

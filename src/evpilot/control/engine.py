@@ -1,0 +1,128 @@
+"""One synchronous control step: read devices, build the snapshot, compute, apply."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from evpilot.core.balancer import compute
+from evpilot.core.charger import Charger
+from evpilot.core.errors import check_range
+from evpilot.core.iec61851 import DRAW_THRESHOLD_A
+from evpilot.core.site import (
+    Allocation,
+    BalancerState,
+    ChargerInput,
+    Reading,
+    SiteConfig,
+    SiteLimit,
+    Snapshot,
+)
+from evpilot.devices.apifed import ApiFedBattery
+from evpilot.devices.base import MeterSource, PilotHardware
+
+
+@dataclass(slots=True)
+class SiteCap:
+    """An external site-wide cap (A per phase on all chargers together), maybe leased."""
+
+    amps: float
+    expires_at: float | None
+
+
+class Engine:
+    """Owns the chargers' domain objects and runs `compute` once per step."""
+
+    def __init__(
+        self,
+        site: SiteConfig,
+        chargers: Mapping[str, Charger],
+        pilots: Mapping[str, PilotHardware],
+        mains: MeterSource | None,
+        lease_s: float = 5.0,
+    ) -> None:
+        self.site = site
+        self.chargers = dict(chargers)
+        self.pilots = dict(pilots)
+        self.mains = mains
+        self.circuit_meters: dict[str, MeterSource] = {}
+        self.battery = ApiFedBattery()
+        self.grid_relay_open = False
+        self.site_caps: dict[str, SiteCap] = {}
+        self.lease_s = lease_s
+        self.state = BalancerState()
+        self.last: Allocation | None = None
+        self.last_mains: Reading | None = None
+        self.last_tick: float | None = None
+        self.before_step: Callable[[float], None] | None = None
+
+    def mode_of(self, charger: Charger) -> str:
+        """The charger's effective mode (its own, or the site's)."""
+        return charger.mode or self.site.mode
+
+    def set_site_cap(self, source: str, amps: float | None, expires_at: float | None = None) -> None:
+        """Set or clear an external cap on the chargers' total current per phase."""
+        if amps is None:
+            self.site_caps.pop(source, None)
+            return
+        self.site_caps[source] = SiteCap(check_range(source, amps, 0.0, 600.0, " A"), expires_at)
+
+    def snapshot(self, now: float) -> Snapshot:
+        """Freeze everything `compute` needs."""
+        inputs = []
+        for ch in self.chargers.values():
+            limit, source = ch.own_limit(now)
+            inputs.append(
+                ChargerInput(
+                    config=ch.config,
+                    mode=self.mode_of(ch),
+                    demand=ch.demand(),
+                    limit=limit,
+                    limit_source=source,
+                    measured=ch.currents,
+                    session_kwh=ch.session.energy_kwh if ch.session is not None else 0.0,
+                    phase_mode=ch.phase_mode,
+                    active_phases=ch.active_phases,
+                    charging=ch.contactor and max(ch.currents) > DRAW_THRESHOLD_A,
+                )
+            )
+        mains = self.mains.latest() if self.mains is not None else None
+        self.last_mains = mains
+        circuits = {}
+        for name, meter in self.circuit_meters.items():
+            reading = meter.latest()
+            if reading is not None:
+                circuits[name] = reading
+        lapsed = [k for k, v in self.site_caps.items() if v.expires_at is not None and now >= v.expires_at]
+        for name in lapsed:
+            del self.site_caps[name]
+        limits = tuple(SiteLimit(c.amps, name) for name, c in self.site_caps.items())
+        return Snapshot(
+            site=self.site,
+            chargers=tuple(inputs),
+            mains=mains,
+            circuit_meters=circuits,
+            battery_current=self.battery.current,
+            battery_at=self.battery.at,
+            grid_relay_open=self.grid_relay_open,
+            site_limits=limits,
+            state=self.state,
+        )
+
+    def step(self, now: float) -> Allocation:
+        """Read every pilot, decide, and write every pilot."""
+        dt = 0.0 if self.last_tick is None else max(0.0, now - self.last_tick)
+        self.last_tick = now
+        if self.before_step is not None:
+            self.before_step(now)
+        for cid, ch in self.chargers.items():
+            ch.observe(self.pilots[cid].read())
+            ch.add_charging_time(dt)
+            ch.drop_expired_leases(now)
+        alloc = compute(self.snapshot(now), now)
+        self.state = alloc.state
+        self.last = alloc
+        for cid, ch in self.chargers.items():
+            a = alloc.chargers[cid]
+            self.pilots[cid].write(ch.apply(now, a.current, a.source, a.phases, self.lease_s))
+        return alloc

@@ -1,0 +1,427 @@
+"""The asyncio runtime: ticks the engine on an injected clock and publishes changes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, Protocol
+
+from evpilot.config import AppConfig
+from evpilot.control.build import assemble
+from evpilot.core.charger import MODES, Charger
+from evpilot.core.errors import CommandError
+from evpilot.core.session import SessionRecord, StopReason
+from evpilot.sim.ev import CarSpec
+from evpilot.store.sqlite import Store
+
+log = logging.getLogger("evpilot")
+# Lifetime counters are written this often (clock seconds) besides at shutdown.
+COUNTER_SAVE_S = 60.0
+_SETTING_KEYS = (
+    "enabled",
+    "auto_charge",
+    "user_limit",
+    "energy_cap_kwh",
+    "time_cap_min",
+    "mode",
+    "phase_mode",
+)
+
+
+class Clock(Protocol):
+    """The time source the runtime follows."""
+
+    speed: float
+
+    def now(self) -> float:
+        """Current clock time (epoch seconds)."""
+
+    async def wait(self, event: asyncio.Event, seconds: float) -> bool:
+        """Wait for `event` at most `seconds` of clock time."""
+
+
+class UnknownCharger(KeyError):
+    """No charger with this id."""
+
+
+class Runtime:
+    """Runs the control loop, owns the site, applies commands and broadcasts state."""
+
+    def __init__(self, config: AppConfig, clock: Clock, store: Store | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.store = store
+        self.started_at = clock.now()
+        parts = assemble(
+            config,
+            self.started_at,
+            lifetime=store.lifetime if store is not None else None,
+        )
+        self.engine = parts.engine
+        self.sim = parts.sim
+        self.sim_meter = parts.sim_meter
+        self.api_meter = parts.api_meter
+        self.api_meter.listeners.append(self.recompute)
+        self.default_id = config.chargers[0].id if config.chargers else ""
+        self.subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        self._docs: dict[str, dict[str, Any]] = {}
+        self._work: dict[str, tuple[str, str]] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._last_counter_save = self.started_at
+        self.tick_count = 0
+        self.tick_times: list[float] = []
+        if store is not None:
+            self._restore(store)
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    def _restore(self, store: Store) -> None:
+        site = store.get_setting("site")
+        if isinstance(site, dict) and site.get("mode") in MODES:
+            self.engine.site = replace(self.engine.site, mode=site["mode"])
+        for cid, ch in self.engine.chargers.items():
+            saved = store.get_setting(f"charger:{cid}")
+            if not isinstance(saved, dict):
+                continue
+            with contextlib.suppress(CommandError, TypeError, ValueError):
+                ch.set_enabled(bool(saved.get("enabled", True)))
+                ch.set_auto_charge(bool(saved.get("auto_charge", ch.auto_charge)))
+                ch.set_user_limit(saved.get("user_limit"))
+                ch.set_energy_cap(saved.get("energy_cap_kwh"))
+                ch.set_time_cap(saved.get("time_cap_min"))
+                ch.set_mode(saved.get("mode"))
+                ch.set_phase_mode(saved.get("phase_mode", ch.phase_mode))
+
+    def _persist(self, ch: Charger) -> None:
+        if self.store is None:
+            return
+        self.store.set_setting(f"charger:{ch.config.id}", {k: getattr(ch, k) for k in _SETTING_KEYS})
+
+    async def start(self) -> None:
+        """Run the first tick and start the control loop."""
+        self.tick()
+        self._task = asyncio.create_task(self._loop(), name="evpilot-control")
+
+    async def stop(self) -> None:
+        """Stop the loop, close open sessions and save counters."""
+        self._stopping = True
+        if self._task is not None:
+            self._wake.set()
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        now = self.clock.now()
+        for ch in self.engine.chargers.values():
+            ch.close(now, StopReason.SHUTDOWN)
+        self._drain_events()
+        if self.store is not None:
+            self.store.save_lifetime({cid: c.lifetime_kwh for cid, c in self.engine.chargers.items()})
+
+    async def _loop(self) -> None:
+        tick_s = self.config.control.tick_s
+        next_tick = self.clock.now() + tick_s
+        while not self._stopping:
+            woke = await self.clock.wait(self._wake, max(0.0, next_tick - self.clock.now()))
+            self._wake.clear()
+            try:
+                self.tick()
+            except Exception:  # the loop must survive a bug in one tick
+                log.exception("control tick failed")
+            if not woke:
+                next_tick += tick_s
+                if next_tick < self.clock.now():
+                    next_tick = self.clock.now() + tick_s
+
+    def recompute(self) -> None:
+        """Ask for an immediate tick (new meter data or a command)."""
+        self._wake.set()
+
+    # ---- one tick ---------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Advance the site to now, compute, apply, publish."""
+        now = self.clock.now()
+        self.engine.step(now)
+        self.tick_count += 1
+        self.tick_times.append(now)
+        if len(self.tick_times) > 1000:
+            del self.tick_times[:500]
+        self._drain_events()
+        self._log_changes()
+        self._publish_changes()
+        if self.store is not None and now - self._last_counter_save >= COUNTER_SAVE_S:
+            self._last_counter_save = now
+            self.store.save_lifetime({cid: c.lifetime_kwh for cid, c in self.engine.chargers.items()})
+
+    def _drain_events(self) -> None:
+        for ch in self.engine.chargers.values():
+            events, ch.events = ch.events, []
+            for kind, payload in events:
+                if kind == "session_ended" and isinstance(payload, SessionRecord):
+                    if self.store is not None:
+                        self.store.add_session(payload)
+                    log.info(
+                        "%s: session %s ended (%s), %.3f kWh",
+                        ch.config.id,
+                        payload.id,
+                        payload.stop_reason,
+                        payload.energy_kwh,
+                    )
+                    self._broadcast("session", {"charger": ch.config.id, "event": "ended", **_rec(payload)})
+                elif kind == "session_started":
+                    log.info("%s: session %s started", ch.config.id, payload)
+                    self._broadcast("session", {"charger": ch.config.id, "event": "started", "id": payload})
+                elif kind == "limit_reached":
+                    log.info("%s: session %s limit reached, charging stopped", ch.config.id, payload)
+
+    def _log_changes(self) -> None:
+        for cid, ch in self.engine.chargers.items():
+            ws = (ch.work_state().value, ch.pilot.value)
+            if self._work.get(cid) != ws:
+                self._work[cid] = ws
+                log.info(
+                    "%s: %s (%s), signaled %.1f A, allocated %.1f A by %s",
+                    cid,
+                    ws[0],
+                    ws[1],
+                    ch.signaled,
+                    ch.allocated,
+                    ch.allocation_source,
+                )
+
+    def _publish_changes(self) -> None:
+        if not self.subscribers and not self.listeners:
+            return
+        docs: dict[str, dict[str, Any]] = {"site": self.site_doc()}
+        if self.default_id:
+            docs["charging"] = self.charging_doc(self.default_id)
+        for cid in self.engine.chargers:
+            docs[f"charger:{cid}"] = self.charger_doc(cid)
+        for key, doc in docs.items():
+            if self._docs.get(key) != doc:
+                self._docs[key] = doc
+                self._broadcast(key.split(":")[0], doc)
+
+    def _broadcast(self, topic: str, message: dict[str, Any]) -> None:
+        frame = {"topic": topic, "message": message}
+        for q in list(self.subscribers):
+            if q.qsize() > 1000:
+                continue
+            q.put_nowait(frame)
+        for listener in self.listeners:
+            listener(topic, message)
+
+    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        """A queue that receives every published frame; the current state comes first."""
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        q.put_nowait({"topic": "site", "message": self.site_doc()})
+        for cid in self.engine.chargers:
+            q.put_nowait({"topic": "charger", "message": self.charger_doc(cid)})
+        if self.default_id:
+            q.put_nowait({"topic": "charging", "message": self.charging_doc(self.default_id)})
+        self.subscribers.add(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue[dict[str, Any]]) -> None:
+        """Stop sending frames to `q`."""
+        self.subscribers.discard(q)
+
+    # ---- lookups ------------------------------------------------------------------------------
+
+    def charger(self, cid: str) -> Charger:
+        """The charger with id `cid` (raises UnknownCharger)."""
+        try:
+            return self.engine.chargers[cid]
+        except KeyError:
+            raise UnknownCharger(cid) from None
+
+    def command(self, cid: str, action: Callable[[Charger], None], persist: bool = True) -> Charger:
+        """Run a validated command on a charger, persist its settings and recompute at once."""
+        ch = self.charger(cid)
+        action(ch)
+        if persist:
+            self._persist(ch)
+        self.recompute()
+        return ch
+
+    def set_site_mode(self, mode: str) -> None:
+        """Set the site's default mode."""
+        if mode not in MODES:
+            raise CommandError("mode", f"{mode!r} is not one of {', '.join(MODES)}")
+        self.engine.site = replace(self.engine.site, mode=mode)
+        if self.store is not None:
+            self.store.set_setting("site", {"mode": mode})
+        self.recompute()
+
+    # ---- documents ----------------------------------------------------------------------------
+
+    def charging_doc(self, cid: str) -> dict[str, Any]:
+        """Seed 002's `/api/v1/charging` fields for one charger."""
+        ch = self.charger(cid)
+        freq = self.sim.frequency if self.sim is not None else 50.0
+        return {
+            "voltage": [round(v, 2) for v in ch.voltages],
+            "amperage": [round(a, 2) for a in ch.currents],
+            "allocatedAmperage": round(ch.allocated, 1),
+            "commandedAmperage": round(ch.commanded, 1),
+            "availableAmperage": round(ch.available_current, 1),
+            "signaledAmperage": round(ch.signaled, 1),
+            "frequency": round(freq, 3),
+            "energyImported": round(ch.meter_kwh or 0.0, 3),
+            "lastActivePower": round(ch.power_w, 1),
+        }
+
+    def charger_doc(self, cid: str) -> dict[str, Any]:
+        """The native API's full view of one charger."""
+        ch = self.charger(cid)
+        now = self.clock.now()
+        session = None
+        if ch.session is not None:
+            s = ch.session
+            session = {
+                "id": s.id,
+                "started_at": round(s.started_at, 3),
+                "duration_s": round(s.duration_s(now)),
+                "charging_s": round(s.charging_s),
+                "energy_kwh": round(s.energy_kwh, 3),
+                "peak_power_w": round(s.peak_power_w, 1),
+                "id_tag": s.id_tag,
+            }
+        return {
+            "id": cid,
+            "name": ch.config.name,
+            "state": ch.pilot.value,
+            "work_state": ch.work_state().value,
+            "plugged": ch.plugged,
+            "charging": ch.work_state().value == "charger_charging",
+            "enabled": ch.enabled,
+            "available": ch.available,
+            "authorized": ch.authorized,
+            "auto_charge": ch.auto_charge,
+            "start_requested": ch.start_requested,
+            "mode": self.engine.mode_of(ch),
+            "mode_setting": ch.mode,
+            "phases": ch.active_phases,
+            "phase_mode": ch.phase_mode,
+            "current": {
+                "allocated": round(ch.allocated, 1),
+                "available": round(ch.available_current, 1),
+                "commanded": round(ch.commanded, 1),
+                "signaled": round(ch.signaled, 1),
+            },
+            "limit_source": ch.allocation_source,
+            "available_source": ch.available_source,
+            "amperage": [round(a, 2) for a in ch.currents],
+            "voltage": [round(v, 1) for v in ch.voltages],
+            "power_w": round(ch.power_w, 1),
+            "temperature": round(ch.temperature, 1),
+            "limits": {
+                "max_current": ch.config.max_current,
+                "min_current": ch.config.min_current,
+                "cable": ch.cable_limit,
+                "user": ch.user_limit,
+                "override": ch.override,
+                "leases": {
+                    k: {
+                        "amps": v.value,
+                        "expires_in_s": None if v.expires_at is None else round(v.expires_at - now, 1),
+                    }
+                    for k, v in ch.leases.items()
+                },
+            },
+            "caps": {"energy_kwh": ch.energy_cap_kwh, "time_min": ch.time_cap_min},
+            "limit_reached": None if ch.limit_reached is None else ch.limit_reached.value,
+            "errors": sorted(e.value for e in ch.errors),
+            "session": session,
+            "lifetime_kwh": round(ch.lifetime_kwh, 3),
+        }
+
+    def site_doc(self) -> dict[str, Any]:
+        """The native API's view of the site."""
+        e = self.engine
+        alloc = e.last
+        site = e.site
+        mains: dict[str, Any] | None = None
+        now = self.clock.now()
+        reading = e.last_mains
+        if reading is not None:
+            mains = {
+                "currents": [round(a, 2) for a in reading.currents],
+                "age_s": round(now - reading.taken_at, 1),
+                "fresh": alloc.mains_fresh if alloc is not None else False,
+            }
+            if self.sim is not None and e.mains is self.sim_meter:
+                m = self.sim.mains_meter()
+                mains.update(
+                    voltages=[round(v, 1) for v in m.voltages],
+                    powers=[round(p, 1) for p in m.powers],
+                    import_kwh=round(m.import_kwh, 3),
+                    export_kwh=round(m.export_kwh, 3),
+                    frequency=round(m.frequency, 3),
+                )
+        doc: dict[str, Any] = {
+            "mode": site.mode,
+            "mains_limit": site.mains_limit,
+            "capacity_limit": site.capacity_limit,
+            "mains": mains,
+            "base_load": [round(a, 2) for a in alloc.base_load] if alloc else None,
+            "available": [round(a, 2) for a in alloc.available] if alloc else None,
+            "solar_surplus": None
+            if alloc is None or alloc.solar_surplus is None
+            else round(alloc.solar_surplus, 2),
+            "fallback": alloc.fallback if alloc else False,
+            "grid_relay_open": e.grid_relay_open,
+            "battery_current": e.battery.current,
+            "chargers": sorted(e.chargers),
+        }
+        if self.sim is not None:
+            doc["sim"] = {
+                "time": round(self.sim.now, 1),
+                "time_of_day_h": round(self.sim.tod(self.sim.now) / 3600.0, 3),
+                "pv_w": round(self.sim.pv_w, 1),
+                "house": [round(a, 2) for a in self.sim.house_currents],
+                "battery_w": round(self.sim.battery_w, 1),
+                "ambient_c": self.sim.params.ambient_c,
+            }
+        return doc
+
+    # ---- simulator control --------------------------------------------------------------------
+
+    def sim_plug(self, cid: str, spec: CarSpec) -> None:
+        """Plug a simulated car into charger `cid`."""
+        self.charger(cid)
+        assert self.sim is not None
+        pilot = self.sim.pilots[cid]
+        if pilot.car is not None:
+            raise CommandError("charger", f"a car is already plugged into {cid}")
+        pilot.plug(spec)
+        self.recompute()
+
+    def sim_unplug(self, cid: str) -> None:
+        """Unplug the simulated car from `cid`."""
+        self.charger(cid)
+        assert self.sim is not None
+        self.sim.pilots[cid].unplug()
+        self.recompute()
+
+
+def _rec(r: SessionRecord) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "charger_id": r.charger_id,
+        "started_at": r.started_at,
+        "ended_at": r.ended_at,
+        "energy_kwh": r.energy_kwh,
+        "peak_power_w": r.peak_power_w,
+        "stop_reason": r.stop_reason,
+        "id_tag": r.id_tag,
+    }
+
+
+session_dict = _rec

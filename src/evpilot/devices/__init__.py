@@ -1,0 +1,1 @@
+"""Drivers for meters and charger hardware, each behind a small Protocol."""

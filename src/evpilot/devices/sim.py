@@ -1,0 +1,21 @@
+"""Adapters that expose the simulator's meters as drivers."""
+
+from __future__ import annotations
+
+from evpilot.core.site import Reading
+from evpilot.sim.site import SimSite
+
+
+class SimMainsMeter:
+    """The simulated site's mains meter as a MeterSource."""
+
+    def __init__(self, site: SimSite) -> None:
+        self.site = site
+        self.enabled = True
+        self._last: Reading | None = None
+
+    def latest(self) -> Reading | None:
+        """The simulator's mains currents now; while switched off, the last one it sent."""
+        if self.enabled:
+            self._last = self.site.mains_meter().as_reading()
+        return self._last

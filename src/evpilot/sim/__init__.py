@@ -1,0 +1,1 @@
+"""Physical simulator of cars, house load, PV, home battery and meters."""

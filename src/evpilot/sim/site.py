@@ -1,0 +1,288 @@
+"""The simulated site: chargers' pilot hardware with cars, house, PV, battery and meters."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+
+from evpilot.core.charger import ChargerConfig, Phases, PilotOutput, PilotReading
+from evpilot.core.iec61851 import current_for_duty, duty_for_current
+from evpilot.core.site import Reading
+from evpilot.sim.ev import CarSpec, SimCar
+from evpilot.sim.house import PV, HomeBattery, House, Spike
+
+NOMINAL_V = 230.0
+# Source impedance seen by each phase: the voltage sags this many volts per ampere drawn.
+SAG_V_PER_A = 0.05
+# Thermal model of the charger: steady-state rise per A² and the time constant.
+HEAT_K_PER_A2 = 0.01
+HEAT_TAU_S = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class MainsMeterReading:
+    """What a mains meter reports: per-phase V, A, W, energy counters and frequency."""
+
+    taken_at: float
+    voltages: Phases
+    currents: Phases
+    powers: Phases
+    import_kwh: float
+    export_kwh: float
+    frequency: float
+
+    def as_reading(self) -> Reading:
+        """The per-phase currents the balancer needs."""
+        return Reading(self.currents, self.taken_at)
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedCar:
+    """A car that plugs into `charger` at `at` seconds after the start."""
+
+    charger: str
+    at: float
+    spec: CarSpec
+    unplug_at: float | None = None
+
+
+@dataclass(slots=True)
+class SimParams:
+    """Parameters of a simulated site."""
+
+    seed: int = 1
+    pv_kwp: float = 6.0
+    house_base: Phases = (1.5, 1.0, 1.2)
+    spike_rate_h: float = 0.5
+    first_spike_at: float | None = 300.0
+    battery_kwh: float = 0.0
+    battery_power_w: float = 0.0
+    ambient_c: float = 25.0
+    start_tod_s: float | None = None
+    cars: list[PlannedCar] = field(default_factory=list)
+
+
+class SimPilot:
+    """Pilot hardware of one charger in the simulator: relays, PWM, EV meter, thermals."""
+
+    __slots__ = (
+        "car",
+        "config",
+        "contactor",
+        "currents",
+        "diode_fault",
+        "duty",
+        "energy_kwh",
+        "fallback_at",
+        "phases",
+        "rcm_fault",
+        "rng",
+        "safe_current",
+        "site",
+        "temperature",
+        "voltages",
+    )
+
+    def __init__(self, site: SimSite, config: ChargerConfig, rng: random.Random) -> None:
+        self.site = site
+        self.config = config
+        self.rng = rng
+        self.car: SimCar | None = None
+        self.duty = 100.0
+        self.contactor = False
+        self.phases = config.phases
+        self.energy_kwh = 0.0
+        self.currents: Phases = (0.0, 0.0, 0.0)
+        self.voltages: Phases = (NOMINAL_V, NOMINAL_V, NOMINAL_V)
+        self.temperature = site.params.ambient_c
+        self.rcm_fault = False
+        self.diode_fault = False
+        self.fallback_at = math.inf
+        self.safe_current = config.safe_current
+
+    def plug(self, spec: CarSpec) -> None:
+        """Connect a car."""
+        self.car = SimCar(spec, random.Random(self.rng.random()))
+
+    def unplug(self) -> None:
+        """Disconnect the car."""
+        self.car = None
+        self.currents = (0.0, 0.0, 0.0)
+
+    def read(self) -> PilotReading:
+        """The pilot letter, EV meter and sensors as the controller sees them."""
+        letter = "A" if self.car is None else self.car.letter
+        return PilotReading(
+            taken_at=self.site.now,
+            letter=letter,
+            currents=self.currents,
+            voltages=self.voltages,
+            energy_kwh=self.energy_kwh,
+            temperature=self.temperature,
+            rcm_fault=self.rcm_fault,
+            diode_fault=self.diode_fault,
+            cable_limit=32.0 if self.car is not None else None,
+        )
+
+    def write(self, output: PilotOutput) -> None:
+        """Apply the controller's PWM, contactor and phase count."""
+        self.duty = output.duty
+        self.contactor = output.contactor
+        self.phases = output.phases
+        self.fallback_at = output.fallback_at
+        self.safe_current = output.safe_current
+
+    def _step(self, now: float, dt: float, phase_v: Phases) -> Phases:
+        car = self.car
+        if car is None:
+            self.currents = (0.0, 0.0, 0.0)
+        else:
+            duty = self.duty
+            if now >= self.fallback_at and duty < 100.0:
+                # The controller stopped renewing its setpoint: the hardware drops to safe current.
+                safe = self.safe_current
+                if current_for_duty(duty) > safe:
+                    duty = duty_for_current(safe) if safe >= 6 else 100.0
+            car.see_duty(now, duty)
+            self.currents = car.draw(self.contactor and not self.rcm_fault, self.phases)
+            if self.config.phases == 1:
+                self.currents = (self.currents[0], 0.0, 0.0)
+        if self.config.phases == 1:
+            v = phase_v[self.config.phase - 1]
+            self.voltages = (v, 0.0, 0.0)
+        else:
+            self.voltages = phase_v
+        power = sum(i * v for i, v in zip(self.currents, self.voltages, strict=True))
+        kwh = power * dt / 3.6e6
+        self.energy_kwh += kwh
+        if car is not None:
+            car.absorb(kwh)
+        amps = max(self.currents)
+        target = self.site.params.ambient_c + HEAT_K_PER_A2 * amps * amps
+        self.temperature += (target - self.temperature) * min(1.0, dt / HEAT_TAU_S)
+        return self.mains_draw()
+
+    def mains_draw(self) -> Phases:
+        """This charger's current on the mains phases."""
+        if self.config.phases == 1:
+            out = [0.0, 0.0, 0.0]
+            out[self.config.phase - 1] = self.currents[0]
+            return (out[0], out[1], out[2])
+        return self.currents
+
+
+class SimSite:
+    """Deterministic physics of a whole site; time advances only through `advance_to`."""
+
+    def __init__(self, params: SimParams, chargers: list[ChargerConfig], start: float) -> None:
+        self.params = params
+        self.rng = random.Random(params.seed)
+        self.start = start
+        self.now = start
+        self.tod0 = params.start_tod_s if params.start_tod_s is not None else start % 86400.0
+        first = None
+        if params.first_spike_at is not None:
+            first = Spike(start + params.first_spike_at, 1200.0, (10.0, 10.0, 10.0), "oven")
+        self.house = House(
+            random.Random(self.rng.random()),
+            params.house_base,
+            params.spike_rate_h,
+            first,
+            start,
+        )
+        self.pv = PV(random.Random(self.rng.random()), params.pv_kwp)
+        self.battery = (
+            HomeBattery(params.battery_kwh, params.battery_power_w) if params.battery_kwh > 0 else None
+        )
+        self.pilots: dict[str, SimPilot] = {
+            c.id: SimPilot(self, c, random.Random(self.rng.random())) for c in chargers
+        }
+        self.planned = sorted(params.cars, key=lambda p: p.at)
+        self.unplugs: list[tuple[float, str]] = []
+        self.import_kwh = 0.0
+        self.export_kwh = 0.0
+        self.mains_currents: Phases = (0.0, 0.0, 0.0)
+        self.house_currents: Phases = (0.0, 0.0, 0.0)
+        self.phase_v: Phases = (NOMINAL_V, NOMINAL_V, NOMINAL_V)
+        self.pv_w = 0.0
+        self.battery_w = 0.0
+        self.frequency = 50.0
+        self.step_s = 1.0
+
+    def tod(self, now: float) -> float:
+        """Seconds into the simulated local day."""
+        return (self.tod0 + (now - self.start)) % 86400.0
+
+    def advance_to(self, target: float) -> None:
+        """Run the physics up to `target` in steps of at most `step_s`."""
+        while self.now < target - 1e-9:
+            dt = min(self.step_s, target - self.now)
+            self._step(self.now + dt, dt)
+
+    def _step(self, now: float, dt: float) -> None:
+        self.now = now
+        while self.planned and self.planned[0].at + self.start <= now:
+            plan = self.planned.pop(0)
+            pilot = self.pilots.get(plan.charger)
+            if pilot is not None:
+                pilot.plug(plan.spec)
+                if plan.unplug_at is not None:
+                    self.unplugs.append((self.start + plan.unplug_at, plan.charger))
+        if self.unplugs:
+            for at, cid in list(self.unplugs):
+                if at <= now:
+                    self.pilots[cid].unplug()
+                    self.unplugs.remove((at, cid))
+        tod = self.tod(now)
+        house = self.house.currents(now, tod)
+        self.house_currents = house
+        pv_w = self.pv.power_w(now, tod)
+        self.pv_w = pv_w
+        pv_a = pv_w / (3 * NOMINAL_V)
+        ev = [0.0, 0.0, 0.0]
+        for pilot in self.pilots.values():
+            d = pilot._step(now, dt, self.phase_v)
+            ev[0] += d[0]
+            ev[1] += d[1]
+            ev[2] += d[2]
+        net = [house[p] + ev[p] - pv_a for p in range(3)]
+        bat_a = 0.0
+        if self.battery is not None:
+            net_w = sum(net) * NOMINAL_V
+            self.battery_w = self.battery.respond(net_w)
+            self.battery.step(dt)
+            bat_a = self.battery_w / (3 * NOMINAL_V)
+        mains = (net[0] + bat_a, net[1] + bat_a, net[2] + bat_a)
+        self.mains_currents = mains
+        self.phase_v = (
+            NOMINAL_V + 2.0 - SAG_V_PER_A * mains[0],
+            NOMINAL_V + 2.0 - SAG_V_PER_A * mains[1],
+            NOMINAL_V + 2.0 - SAG_V_PER_A * mains[2],
+        )
+        self.frequency = 50.0 + 0.02 * math.sin(now / 37.0)
+        power = sum(mains[p] * self.phase_v[p] for p in range(3))
+        if power >= 0:
+            self.import_kwh += power * dt / 3.6e6
+        else:
+            self.export_kwh += -power * dt / 3.6e6
+
+    def mains_meter(self) -> MainsMeterReading:
+        """The mains meter's reading at the simulator's present time."""
+        m = self.mains_currents
+        v = self.phase_v
+        return MainsMeterReading(
+            taken_at=self.now,
+            voltages=v,
+            currents=(round(m[0], 3), round(m[1], 3), round(m[2], 3)),
+            powers=(round(m[0] * v[0], 1), round(m[1] * v[1], 1), round(m[2] * v[2], 1)),
+            import_kwh=self.import_kwh,
+            export_kwh=self.export_kwh,
+            frequency=self.frequency,
+        )
+
+    def battery_current(self) -> float | None:
+        """Home battery current (A, + charging), or None without a battery."""
+        if self.battery is None:
+            return None
+        return self.battery_w / NOMINAL_V

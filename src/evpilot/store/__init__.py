@@ -1,0 +1,1 @@
+"""Persistence: sessions, settings and lifetime counters."""
