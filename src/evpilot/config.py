@@ -152,7 +152,9 @@ class SimModel(_Model):
     battery_kwh: float = Field(default=0, ge=0)
     battery_power_w: float = Field(default=0, ge=0)
     ambient_c: float = 25
-    start_tod_h: float | None = Field(default=None, ge=0, lt=24)
+    start_tod_h: float | None = Field(
+        default=10.0, ge=0, lt=24, description="simulated time of day at start (h); null = wall clock"
+    )
     cars: list[CarModel] | None = None
 
     def params(self, charger_ids: list[str]) -> SimParams:

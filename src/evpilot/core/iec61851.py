@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 
 MIN_CURRENT = 6.0
@@ -43,8 +44,9 @@ STATE_MEANING: dict[PilotState, str] = {
 
 
 def quantize_current(amps: float) -> float:
-    """Round to the 0.1 A resolution; anything between 0 and 6 A becomes 0."""
-    value = round(amps * 10.0) / 10.0
+    """Round down to the 0.1 A resolution; anything between 0 and 6 A becomes 0."""
+    # Rounding down: a signaled current must never exceed the limit it was derived from.
+    value = math.floor(amps * 10.0 + 1e-6) / 10.0
     if value < MIN_CURRENT:
         return 0.0
     return min(value, MAX_CURRENT)

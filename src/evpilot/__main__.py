@@ -1,0 +1,5 @@
+"""`python -m evpilot`."""
+
+from evpilot.cli import main
+
+raise SystemExit(main())

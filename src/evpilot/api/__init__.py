@@ -1,0 +1,1 @@
+"""External APIs: one facade module each, translating to the core."""

@@ -1,0 +1,87 @@
+"""The HTTP application: every facade mounted on one server, with uniform error mapping."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from evpilot import __version__
+from evpilot.api import native
+from evpilot.control.runtime import Runtime, UnknownCharger
+from evpilot.core.errors import CommandError
+
+MAX_BODY = 64 * 1024
+
+
+def create_app(rt: Runtime, manage_runtime: bool = True) -> FastAPI:
+    """The FastAPI app for a runtime; with `manage_runtime` it starts and stops the runtime."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if manage_runtime:
+            await rt.start()
+        try:
+            yield
+        finally:
+            if manage_runtime:
+                await rt.stop()
+
+    app = FastAPI(
+        title="evpilot",
+        version=__version__,
+        description="Smart-charging controller: native REST API, WebSocket and simulator control.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = rt
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):  # type: ignore[no-untyped-def]
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            return JSONResponse(
+                {"error": "too_large", "detail": f"request body over {MAX_BODY} bytes"}, status_code=413
+            )
+        return await call_next(request)
+
+    @app.exception_handler(UnknownCharger)
+    async def unknown_charger(request: Request, exc: UnknownCharger) -> JSONResponse:
+        return JSONResponse(
+            {
+                "error": "not_found",
+                "detail": f"no charger {exc.args[0]!r}",
+                "chargers": sorted(rt.engine.chargers),
+            },
+            status_code=404,
+        )
+
+    @app.exception_handler(CommandError)
+    async def command_error(request: Request, exc: CommandError) -> JSONResponse:
+        return JSONResponse({"error": "invalid", "field": exc.field, "detail": exc.message}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
+            problems.append({"field": ".".join(loc) or "body", "detail": err.get("msg", "invalid")})
+        return JSONResponse({"error": "invalid", "detail": problems}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": "http", "detail": exc.detail}, status_code=exc.status_code)
+
+    app.include_router(native.build_router(rt))
+
+    page = resources.files("evpilot.web").joinpath("index.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> str:
+        return page
+
+    return app

@@ -1,0 +1,336 @@
+"""evpilot's own REST API and WebSocket (`/api/...`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
+from pydantic import BaseModel, ConfigDict, Field
+
+from evpilot.control.runtime import Runtime, session_dict
+from evpilot.core.charger import Charger
+from evpilot.core.errors import CommandError, check_range
+from evpilot.sim.ev import CarSpec
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class EnabledBody(_Body):
+    """Allow or forbid charging."""
+
+    enabled: bool
+
+
+class CurrentLimitBody(_Body):
+    """User current limit in A (6 to the charger's MAX, 0.1 A steps); null removes it."""
+
+    current: float | None = Field(ge=6, le=80)
+
+
+class CapsBody(_Body):
+    """Session caps; omitted fields stay as they are, null or 0 removes a cap."""
+
+    energy_kwh: float | None = Field(default=None, ge=0, le=1000)
+    time_min: float | None = Field(default=None, ge=0, le=1440)
+
+
+class AutoChargeBody(_Body):
+    """Start on plug-in (true) or wait for an explicit start (false)."""
+
+    auto_charge: bool
+
+
+class ModeBody(_Body):
+    """Charging mode; null follows the site's mode."""
+
+    mode: str | None
+
+
+class PhaseModeBody(_Body):
+    """Second-contactor mode."""
+
+    phase_mode: str
+
+
+class StartBody(_Body):
+    """Start charging, optionally for an id tag."""
+
+    id_tag: str | None = Field(default=None, max_length=64)
+
+
+class SiteSettingsBody(_Body):
+    """Site settings that can be changed at run time."""
+
+    mode: str
+
+
+class MainsBody(_Body):
+    """An API-fed mains meter reading: per-phase current in A (+ import, − export)."""
+
+    currents: tuple[float, float, float]
+    battery_current: float | None = Field(default=None, ge=-1000, le=1000)
+
+
+class RelayBody(_Body):
+    """State of the grid operator's relay input (§14a EnWG)."""
+
+    open: bool
+
+
+class PlugBody(_Body):
+    """A simulated car to plug in."""
+
+    battery_kwh: float = Field(default=60, gt=0, le=300)
+    soc: float = Field(default=30, ge=0, le=100)
+    target_soc: float = Field(default=100, ge=0, le=100)
+    max_current: float = Field(default=32, ge=6, le=80)
+    phases: int = Field(default=3, ge=1, le=3, description="1 or 3")
+    ventilation: bool = False
+
+
+class HouseBody(_Body):
+    """Fixed house load per phase in A; null returns to the daily profile."""
+
+    currents: tuple[float, float, float] | None
+
+
+class PvBody(_Body):
+    """Fixed PV power in W; null returns to the daily curve."""
+
+    power_w: float | None = Field(ge=0, le=1_000_000)
+
+
+class AmbientBody(_Body):
+    """Ambient temperature in °C."""
+
+    temperature_c: float = Field(ge=-40, le=90)
+
+
+class MeterOnlineBody(_Body):
+    """Switch the simulated mains meter on or off (a dropout)."""
+
+    online: bool
+
+
+class FaultBody(_Body):
+    """Simulated hardware faults."""
+
+    rcm: bool = False
+    diode: bool = False
+
+
+def build_router(rt: Runtime) -> APIRouter:
+    """The native API bound to a runtime."""
+    r = APIRouter(prefix="/api")
+
+    def doc(cid: str) -> dict[str, Any]:
+        return rt.charger_doc(cid)
+
+    @r.get("/site", tags=["site"], summary="Site state: mains, base load, available current, PV")
+    async def get_site() -> dict[str, Any]:
+        return rt.site_doc()
+
+    @r.get("/chargers", tags=["chargers"], summary="All chargers")
+    async def list_chargers() -> list[dict[str, Any]]:
+        return [doc(cid) for cid in rt.engine.chargers]
+
+    @r.get("/chargers/{cid}", tags=["chargers"], summary="One charger: state, currents, session, limits")
+    async def get_charger(cid: str) -> dict[str, Any]:
+        return doc(cid)
+
+    @r.get("/chargers/{cid}/charging", tags=["chargers"], summary="The SECC-style current chain")
+    async def get_charging(cid: str) -> dict[str, Any]:
+        return rt.charging_doc(cid)
+
+    @r.post("/chargers/{cid}/start", tags=["commands"], summary="Start charging (start_charging = true)")
+    async def start(cid: str, body: StartBody | None = None) -> dict[str, Any]:
+        def act(ch: Charger) -> None:
+            if body is not None and body.id_tag is not None:
+                ch.set_authorized(True, body.id_tag)
+            ch.request_start(rt.clock.now())
+
+        rt.command(cid, act, persist=False)
+        return doc(cid)
+
+    @r.post("/chargers/{cid}/stop", tags=["commands"], summary="Stop (pause) charging")
+    async def stop(cid: str) -> dict[str, Any]:
+        rt.command(cid, lambda ch: ch.request_stop(rt.clock.now()), persist=False)
+        return doc(cid)
+
+    @r.put("/chargers/{cid}/enabled", tags=["commands"], summary="Enable or disable charging")
+    async def put_enabled(cid: str, body: EnabledBody) -> dict[str, Any]:
+        rt.command(cid, lambda ch: ch.set_enabled(body.enabled))
+        return doc(cid)
+
+    @r.put("/chargers/{cid}/current_limit", tags=["commands"], summary="User current limit (A)")
+    async def put_limit(cid: str, body: CurrentLimitBody) -> dict[str, Any]:
+        rt.command(cid, lambda ch: ch.set_user_limit(body.current))
+        return doc(cid)
+
+    @r.put("/chargers/{cid}/caps", tags=["commands"], summary="Session energy and time caps")
+    async def put_caps(cid: str, body: CapsBody) -> dict[str, Any]:
+        fields = body.model_fields_set
+
+        def act(ch: Charger) -> None:
+            if "energy_kwh" in fields and body.energy_kwh is not None:
+                check_range("energy_kwh", body.energy_kwh, 0, 1000, " kWh")
+            if "energy_kwh" in fields:
+                ch.set_energy_cap(body.energy_kwh or None)
+            if "time_min" in fields:
+                ch.set_time_cap(body.time_min or None)
+
+        rt.command(cid, act)
+        return doc(cid)
+
+    @r.put("/chargers/{cid}/auto_charge", tags=["commands"], summary="Start on plug-in or on command")
+    async def put_auto(cid: str, body: AutoChargeBody) -> dict[str, Any]:
+        rt.command(cid, lambda ch: ch.set_auto_charge(body.auto_charge))
+        return doc(cid)
+
+    @r.put("/chargers/{cid}/mode", tags=["commands"], summary="Charging mode of one charger")
+    async def put_mode(cid: str, body: ModeBody) -> dict[str, Any]:
+        rt.command(cid, lambda ch: ch.set_mode(body.mode))
+        return doc(cid)
+
+    @r.put("/chargers/{cid}/phase_mode", tags=["commands"], summary="Second contactor (1/3-phase) mode")
+    async def put_phase_mode(cid: str, body: PhaseModeBody) -> dict[str, Any]:
+        rt.command(cid, lambda ch: ch.set_phase_mode(body.phase_mode))
+        return doc(cid)
+
+    @r.post("/chargers/{cid}/reset", tags=["commands"], summary="Clear latched faults")
+    async def reset(cid: str) -> dict[str, Any]:
+        rt.command(cid, lambda ch: ch.reset_faults(), persist=False)
+        return doc(cid)
+
+    @r.get("/sessions", tags=["sessions"], summary="Ended sessions, newest first")
+    async def sessions(
+        charger: Annotated[str | None, Query(max_length=32)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[dict[str, Any]]:
+        if charger is not None:
+            rt.charger(charger)
+        if rt.store is None:
+            return []
+        return [session_dict(s) for s in rt.store.sessions(charger, limit)]
+
+    @r.get("/settings", tags=["settings"], summary="Site settings")
+    async def get_settings() -> dict[str, Any]:
+        s = rt.engine.site
+        return {
+            "mode": s.mode,
+            "mains_limit": s.mains_limit,
+            "capacity_limit": s.capacity_limit,
+            "meter_timeout_s": s.meter_timeout_s,
+            "tick_s": rt.config.control.tick_s,
+            "speed": rt.clock.speed,
+        }
+
+    @r.put("/settings", tags=["settings"], summary="Change site settings")
+    async def put_settings(body: SiteSettingsBody) -> dict[str, Any]:
+        rt.set_site_mode(body.mode)
+        return await get_settings()
+
+    @r.put("/meters/mains", tags=["meters"], summary="Feed the API mains meter (A per phase)")
+    async def put_mains(body: MainsBody) -> dict[str, Any]:
+        for i, a in enumerate(body.currents):
+            check_range(f"currents[{i}]", a, -1000, 1000, " A")
+        now = rt.clock.now()
+        if body.battery_current is not None:
+            rt.engine.battery.push(body.battery_current, now)
+        rt.api_meter.push(body.currents, now)
+        return {"accepted": True, "at": now}
+
+    @r.put("/site/grid_relay", tags=["site"], summary="Grid operator relay input (open = 4.2 kW cap)")
+    async def put_relay(body: RelayBody) -> dict[str, Any]:
+        rt.engine.grid_relay_open = body.open
+        rt.recompute()
+        return {"open": body.open}
+
+    # ---- simulator -------------------------------------------------------------------------
+
+    def sim_required() -> None:
+        if rt.sim is None:
+            raise CommandError("sim", "the simulator is not running")
+
+    @r.post("/sim/chargers/{cid}/plug", tags=["simulator"], summary="Plug a simulated car in")
+    async def sim_plug(cid: str, body: PlugBody | None = None) -> dict[str, Any]:
+        sim_required()
+        b = body or PlugBody()
+        if b.phases not in (1, 3):
+            raise CommandError("phases", "must be 1 or 3")
+        spec = CarSpec(b.battery_kwh, b.soc, b.max_current, b.phases, b.target_soc, b.ventilation)
+        rt.sim_plug(cid, spec)
+        return doc(cid)
+
+    @r.post("/sim/chargers/{cid}/unplug", tags=["simulator"], summary="Unplug the simulated car")
+    async def sim_unplug(cid: str) -> dict[str, Any]:
+        sim_required()
+        rt.sim_unplug(cid)
+        return doc(cid)
+
+    @r.post("/sim/chargers/{cid}/fault", tags=["simulator"], summary="Raise or clear hardware faults")
+    async def sim_fault(cid: str, body: FaultBody) -> dict[str, Any]:
+        sim_required()
+        rt.charger(cid)
+        assert rt.sim is not None
+        pilot = rt.sim.pilots[cid]
+        pilot.rcm_fault = body.rcm
+        pilot.diode_fault = body.diode
+        rt.recompute()
+        return doc(cid)
+
+    @r.put("/sim/house", tags=["simulator"], summary="Fix the house load per phase (A)")
+    async def sim_house(body: HouseBody) -> dict[str, Any]:
+        sim_required()
+        assert rt.sim is not None
+        if body.currents is not None:
+            for i, a in enumerate(body.currents):
+                check_range(f"currents[{i}]", a, 0, 400, " A")
+        rt.sim.house.override = body.currents
+        rt.recompute()
+        return {"currents": body.currents}
+
+    @r.put("/sim/pv", tags=["simulator"], summary="Fix the PV power (W)")
+    async def sim_pv(body: PvBody) -> dict[str, Any]:
+        sim_required()
+        assert rt.sim is not None
+        rt.sim.pv.override = body.power_w
+        rt.recompute()
+        return {"power_w": body.power_w}
+
+    @r.put("/sim/ambient", tags=["simulator"], summary="Set the ambient temperature (°C)")
+    async def sim_ambient(body: AmbientBody) -> dict[str, Any]:
+        sim_required()
+        assert rt.sim is not None
+        rt.sim.params.ambient_c = body.temperature_c
+        rt.recompute()
+        return {"temperature_c": body.temperature_c}
+
+    @r.put("/sim/mains_meter", tags=["simulator"], summary="Take the simulated mains meter off/online")
+    async def sim_meter(body: MeterOnlineBody) -> dict[str, Any]:
+        sim_required()
+        if rt.sim_meter is None:
+            raise CommandError("mains_meter", "the mains meter is not the simulated one")
+        rt.sim_meter.enabled = body.online
+        return {"online": body.online}
+
+    @r.websocket("/ws")
+    async def ws(socket: WebSocket) -> None:
+        await socket.accept()
+        q = rt.subscribe()
+        try:
+            while True:
+                frame = await q.get()
+                await socket.send_json(frame)
+        except (WebSocketDisconnect, RuntimeError, asyncio.CancelledError):
+            pass
+        finally:
+            rt.unsubscribe(q)
+            with contextlib.suppress(Exception):
+                await socket.close()
+
+    return r

@@ -1,0 +1,119 @@
+"""The `evpilot` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import platformdirs
+
+from evpilot import __version__
+from evpilot.config import AppConfig, ConfigError, json_schema, load_config
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _speed(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"speed must be a number, got {text!r}") from None
+    if not 0 < value <= 100_000:
+        raise argparse.ArgumentTypeError("speed must be > 0 and <= 100000")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser."""
+    p = argparse.ArgumentParser(prog="evpilot", description="Smart-charging controller for EVs.")
+    p.add_argument("--version", action="version", version=f"evpilot {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="run the controller (a simulated home when no config is given)")
+    run.add_argument("--config", type=Path, help="YAML config file")
+    run.add_argument("--data-dir", type=Path, help="where the SQLite database lives")
+    run.add_argument("--http", type=_host_port, help="HOST:PORT to serve on (default 127.0.0.1:8080)")
+    run.add_argument("--speed", type=_speed, default=1.0, help="simulation speed factor (default 1)")
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    cfg = sub.add_parser("config", help="check a config file or print its schema")
+    csub = cfg.add_subparsers(dest="config_cmd", required=True)
+    check = csub.add_parser("check", help="validate a config file and print each error with its key")
+    check.add_argument("file", type=Path)
+    csub.add_parser("schema", help="print the JSON schema of the config file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `evpilot` command."""
+    args = parser().parse_args(argv)
+    if args.cmd == "config":
+        if args.config_cmd == "schema":
+            print(json_schema())
+            return 0
+        try:
+            load_config(args.file)
+        except ConfigError as exc:
+            for key, msg in exc.errors:
+                print(f"{args.file}: {key}: {msg}", file=sys.stderr)
+            return 1
+        print(f"{args.file}: ok")
+        return 0
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)-5s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for key, msg in exc.errors:
+            print(f"config error: {key}: {msg}", file=sys.stderr)
+        return 2
+    return run(config, args.data_dir, args.http, args.speed)
+
+
+def run(config: AppConfig, data_dir: Path | None, http: tuple[str, int] | None, speed: float) -> int:
+    """Serve the API and run the control loop until SIGINT/SIGTERM."""
+    import uvicorn
+
+    from evpilot.api.app import create_app
+    from evpilot.control.clock import ScaledClock
+    from evpilot.control.runtime import Runtime
+    from evpilot.store.sqlite import Store
+
+    directory = data_dir or Path(platformdirs.user_data_dir("evpilot"))
+    store = Store(directory / "evpilot.sqlite3")
+    host, port = http or (config.http.host, config.http.port)
+    log = logging.getLogger("evpilot")
+
+    async def serve() -> None:
+        rt = Runtime(config, ScaledClock(speed), store)
+        app = create_app(rt)
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+        log.info(
+            "evpilot %s on http://%s:%d (speed %gx, data %s, %d charger(s), simulator %s)",
+            __version__,
+            host,
+            port,
+            speed,
+            directory,
+            len(config.chargers),
+            "on" if config.sim.enabled else "off",
+        )
+        await server.serve()
+
+    try:
+        asyncio.run(serve())
+    finally:
+        store.close()
+    log.info("evpilot stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
