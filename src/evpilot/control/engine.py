@@ -55,6 +55,8 @@ class Engine:
         self.last_mains: Reading | None = None
         self.last_tick: float | None = None
         self.before_step: Callable[[float], None] | None = None
+        # The allocator; benchmarks swap in baselines here, everything else uses the real one.
+        self.compute: Callable[[Snapshot, float], Allocation] = compute
 
     def mode_of(self, charger: Charger) -> str:
         """The charger's effective mode (its own, or the site's)."""
@@ -119,7 +121,7 @@ class Engine:
             ch.observe(self.pilots[cid].read())
             ch.add_charging_time(dt)
             ch.drop_expired_leases(now)
-        alloc = compute(self.snapshot(now), now)
+        alloc = self.compute(self.snapshot(now), now)
         self.state = alloc.state
         self.last = alloc
         for cid, ch in self.chargers.items():
