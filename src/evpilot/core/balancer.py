@@ -137,6 +137,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
 
     # ---- per-charger caps ---------------------------------------------------------------
     caps = [0.0] * n
+    ev_limited = [False] * n
     cap_src = ["idle"] * n
     eff_phases = [1] * n
     candidates: list[int] = []
@@ -150,24 +151,31 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         if ci.mode == "off":
             cap_src[idx] = "off"
             continue
+        if ci.limit < ci.config.min_current - _EPS:
+            cap_src[idx] = ci.limit_source
+            continue
         if ci.demand == 0:
             cap_src[idx] = "idle"
             continue
         if m.paused_until > now:
             cap_src[idx] = "shortage"
             continue
-        if ci.limit < ci.config.min_current - _EPS:
-            cap_src[idx] = ci.limit_source
-            continue
         cap, src = ci.limit, ci.limit_source
         if ci.demand == 1 and ci.config.min_current < cap:
             cap, src = ci.config.min_current, "ev"
-        elif ci.charging and m.current > 0 and now - m.last_raise >= 3 * site.increase_interval_s:
-            # Only after the EV had time to follow the last raise does a gap mean it needs less.
+        elif ci.charging and m.current > 0:
+            # A car drawing clearly less than offered (after it had time to follow the last
+            # raise) is capped near its draw; the cap lifts once it uses what it has.
             drawn = max(ci.measured)
+            gap = m.current - drawn
+            if m.ev_limited:
+                limited = gap > 1.0
+            else:
+                limited = now - m.last_raise >= 3 * site.increase_interval_s and gap > site.ev_headroom + 1.0
             need = max(ci.config.min_current, drawn + site.ev_headroom)
-            if m.current - drawn > site.ev_headroom + 1.0 and need < cap:
+            if limited and need < cap:
                 cap, src = need, "ev"
+                ev_limited[idx] = True
         caps[idx] = cap
         cap_src[idx] = src
         if not fresh and ci.mode in GRID_MODES:
@@ -188,7 +196,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         con = sp.add_constraint(budget, "solar")
         for _ in solar_ids:
             sp.add_charger()
-        index = {i: k for k, i in enumerate(solar_ids)}
+        index = {i: j for j, i in enumerate(solar_ids)}
         for i in solar_ids:
             sp.link(index[i], con, float(eff_phases[i]))
         s_alloc = [0.0] * len(solar_ids)
@@ -205,10 +213,10 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         solar_src = "import" if site.solar.max_import > 0 and surplus < budget - solar_left else "solar"
         if battery < 0 and solar_src == "solar":
             solar_src = "battery"
-        for k, i in enumerate(solar_ids):
+        for pos, i in enumerate(solar_ids):
             ci = chargers[i]
             m = memo_in[i]
-            share = s_alloc[k]
+            share = s_alloc[pos]
             solar_share[i] = share
             mn = ci.config.min_current
             if ci.mode == "min+solar":
@@ -217,7 +225,10 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
                     cap_src[i] = solar_src if share >= mn else "min"
                 continue
             started = m.solar_started
-            if started is None and surplus >= site.solar.start_current:
+            # Start only on START export and enough budget for MIN on every phase used: a start
+            # that the STOP timer would end again is a flap.
+            enough = surplus + site.solar.max_import >= mn * eff_phases[i] - _EPS
+            if started is None and surplus >= site.solar.start_current and enough:
                 started = now
             if started is None:
                 caps[i] = 0.0
@@ -251,6 +262,9 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     for idx, ci in enumerate(chargers):
         if ci.mode == "solar" and idx not in solar_share:
             memo_in[idx] = replace(memo_in[idx], solar_started=None, solar_short_since=None)
+
+    # Chargers that solar (or a low own cap) leaves below MIN get nothing, without a shortage pause.
+    candidates = [i for i in candidates if caps[i] >= chargers[i].config.min_current - _EPS]
 
     # ---- grid constraints -----------------------------------------------------------------
     prob = Problem()
@@ -315,7 +329,8 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         for idx in fallback_ids:
             ci = chargers[idx]
             share = min(site.mains_limit / per_phase[p] for p in phases_of(ci, eff_phases[idx]))
-            value = min(site.fallback_current, caps[idx], share)
+            # A stale reading never raises a setpoint: at most what the charger had before.
+            value = min(site.fallback_current, caps[idx], share, memo_in[idx].current)
             if value < ci.config.min_current:
                 value = 0.0
             alloc[idx] = value
@@ -326,33 +341,53 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     over_since = snapshot.state.capacity_over_since
     capacity_short = False
     paused_now: set[int] = set()
-    while True:
-        saved = list(prob.used)
-        by_prio: dict[int, list[int]] = {}
-        for idx in active:
-            by_prio.setdefault(chargers[idx].config.priority, []).append(idx)
-        for prio in sorted(by_prio, reverse=True):
-            fill(prob, by_prio[prio], caps, cap_src, alloc, bound)
-        below = [i for i in active if alloc[i] < chargers[i].config.min_current - _EPS]
-        if not below:
+    # Every active charger first gets its MIN; while that does not fit, pause one at a time.
+    load = list(prob.used)
+    for idx in active:
+        mn = chargers[idx].config.min_current
+        for c, k in prob.uses[idx]:
+            load[c] += k * mn
+    alive = set(active)
+    while alive:
+        violated = [
+            c
+            for c in range(len(load))
+            if load[c] > prob.capacity[c] + _EPS and any(i in alive for i, _ in prob.members[c])
+        ]
+        if not violated:
             break
-        if all(bound[i] == "capacity" for i in below) and site.cap_stop_s > 0:
+        if site.cap_stop_s > 0 and all(prob.source[c] == "capacity" for c in violated):
             capacity_short = True
             if over_since is None:
                 over_since = now
             if now - over_since < site.cap_stop_s:
-                for i in below:
-                    alloc[i] = chargers[i].config.min_current
                 break
+        pool = {i for c in violated for i, _ in prob.members[c] if i in alive}
         victim = min(
-            below,
+            pool,
             key=lambda i: (chargers[i].config.priority, -chargers[i].session_kwh, chargers[i].config.id),
         )
-        active.remove(victim)
+        alive.discard(victim)
         paused_now.add(victim)
-        alloc[victim] = 0.0
         bound[victim] = "shortage"
-        prob.used = saved
+        mn = chargers[victim].config.min_current
+        for c, k in prob.uses[victim]:
+            load[c] -= k * mn
+    active = [i for i in active if i in alive]
+    extra_caps = list(caps)
+    for idx in active:
+        mn = chargers[idx].config.min_current
+        extra_caps[idx] = caps[idx] - mn
+        for c, k in prob.uses[idx]:
+            prob.used[c] += k * mn
+    extra = [0.0] * n
+    by_prio: dict[int, list[int]] = {}
+    for idx in active:
+        by_prio.setdefault(chargers[idx].config.priority, []).append(idx)
+    for prio in sorted(by_prio, reverse=True):
+        fill(prob, by_prio[prio], extra_caps, cap_src, extra, bound)
+    for idx in active:
+        alloc[idx] = chargers[idx].config.min_current + extra[idx]
     if not capacity_short:
         over_since = None
 
@@ -432,6 +467,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             last_switch=last_switch,
             one_phase_since=one_since,
             single_phase_car=single_car,
+            ev_limited=ev_limited[idx],
         )
     return Allocation(
         chargers=out,

@@ -102,6 +102,7 @@ class ChargerMemo:
     last_switch: float = -1e18
     one_phase_since: float | None = None
     single_phase_car: bool = False
+    ev_limited: bool = False
 
 
 @dataclass(frozen=True, slots=True)
