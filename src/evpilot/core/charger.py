@@ -22,6 +22,9 @@ ZERO3: Phases = (0.0, 0.0, 0.0)
 # An increase of the signaled current is allowed at most this often (IEC 61851 pacing).
 INCREASE_INTERVAL_S = 5.0
 CABLE_LIMITS = (13.0, 20.0, 32.0, 63.0)
+# Charging power must stay under the under-power limit this long before the session is stopped,
+# so that a car ramping up or balancing its cells is not cut off at once.
+UNDER_POWER_S = 60.0
 MODES = ("off", "normal", "smart", "solar", "min+solar")
 PHASE_MODES = ("not_present", "always_1p", "always_3p", "solar_1p", "auto")
 
@@ -126,6 +129,8 @@ class Charger:
     leases: dict[str, Lease] = field(default_factory=dict)
     energy_cap_kwh: float | None = None
     time_cap_min: float | None = None
+    under_power_w: float | None = None
+    under_power_since: float | None = None
     mode: str | None = None
     phase_mode: str = "not_present"
     # observed
@@ -142,6 +147,7 @@ class Charger:
     allocation_source: str = "none"
     allocation_expires: float = 0.0
     active_phases: int = 3
+    target_phases: int = 3
     available_current: float = 0.0
     available_source: str = "max"
     commanded: float = 0.0
@@ -170,6 +176,7 @@ class Charger:
             mode=config.mode,
             phase_mode=config.contactor2,
             active_phases=config.phases,
+            target_phases=config.phases,
             lifetime_kwh=lifetime_kwh,
         )
 
@@ -242,6 +249,18 @@ class Charger:
         )
         if self.limit_reached == LimitReached.TIME:
             self.limit_reached = None
+
+    def set_under_power_limit(self, watts: float | None) -> None:
+        """Stop the session once charging power stays below `watts` (0-100,000 W; None or 0 = off)."""
+        value = None if watts is None else check_range("under_power_limit", watts, 0.0, 100_000.0, " W")
+        self.under_power_w = value or None
+        self.under_power_since = None
+        if self.limit_reached == LimitReached.UNDER_POWER:
+            self.limit_reached = None
+
+    def reset_lifetime(self) -> None:
+        """Zero the lifetime energy counter."""
+        self.lifetime_kwh = 0.0
 
     def set_mode(self, mode: str | None) -> None:
         """Charging mode (off, normal, smart, solar, min+solar); None follows the site."""
@@ -377,17 +396,19 @@ class Charger:
 
         was_plugged = prev in ("B", "C", "D")
         if was_plugged and not self.plugged:
-            self._end_session(now, StopReason.EV_DISCONNECTED)
+            lost = reading.letter in ("E", "F")
+            self._end_session(now, StopReason.FAULT if lost else StopReason.EV_DISCONNECTED)
             self.start_requested = False
             self.limit_reached = None
             self.ev_done = False
             self.has_charged = False
             self.authorized = not self.config.require_auth
-            if reading.letter == "A" and not reading.rcm_fault and not reading.diode_fault:
-                self.errors -= FAULT_FLAGS
             self.events.append(("unplugged", self.config.id))
         elif not was_plugged and self.plugged:
             self.events.append(("plugged", self.config.id))
+        # A healthy empty socket (after unplug, or after a pilot fault went away) clears faults.
+        if reading.letter == "A" and prev != "A" and not reading.rcm_fault and not reading.diode_fault:
+            self.errors -= FAULT_FLAGS
         if self.letter in ("C", "D"):
             if self.contactor and max(self.currents) > DRAW_THRESHOLD_A:
                 self.has_charged = True
@@ -402,14 +423,31 @@ class Charger:
             if reached is not None:
                 self.limit_reached = reached
                 self.events.append(("limit_reached", reached.value))
+        self._check_under_power(now)
+
+    def _check_under_power(self, now: float) -> None:
+        low = (
+            self.under_power_w is not None
+            and self.session is not None
+            and self.contactor
+            and self.letter in ("C", "D")
+            and self.power_w < self.under_power_w
+        )
+        if not low:
+            self.under_power_since = None
+            return
+        if self.under_power_since is None:
+            self.under_power_since = now
+        elif now - self.under_power_since >= UNDER_POWER_S and self.limit_reached is None:
+            self.limit_reached = LimitReached.UNDER_POWER
+            self.events.append(("limit_reached", LimitReached.UNDER_POWER.value))
 
     def apply(self, now: float, allocated: float, source: str, phases: int, lease_s: float) -> PilotOutput:
         """Run the current chain for a new allocation and decide PWM and contactor."""
         self.allocated = allocated
         self.allocation_source = source
         self.allocation_expires = now + lease_s
-        if phases != self.active_phases and not self.contactor:
-            self.active_phases = phases
+        self.target_phases = phases
         return self._drive(now)
 
     def fallback(self, now: float) -> PilotOutput:
@@ -429,7 +467,12 @@ class Charger:
         self.available_current = quantize_current(limit)
         self.available_source = limit_source
         commanded = 0.0
-        if self.permitted():
+        switching = self.target_phases != self.active_phases
+        if switching and not self.contactor:
+            # Safe phase switch: only with the contactor open (the EV has stopped drawing).
+            self.active_phases = self.target_phases
+            switching = False
+        if self.permitted() and not switching:
             commanded = quantize_current(min(self.allocated, self.available_current))
         self.commanded = commanded
         if commanded < self.signaled:

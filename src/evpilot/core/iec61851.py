@@ -9,6 +9,9 @@ MIN_CURRENT = 6.0
 MAX_CURRENT = 80.0
 # Above 51 A the standard switches to the second duty-cycle range (85 %–96 %).
 RANGE_SPLIT_CURRENT = 51.0
+# 85 % is 51 A, and the high-range formula gives 85 % again for 52.5 A; the next step up (52.6 A)
+# is the first current above 51 A an EV can read back, so 51-52.5 A is signaled as 51 A.
+RANGE_GAP_TOP = 52.5
 # Time the EV is given to stop drawing after PWM is removed before the contactor must open.
 STOP_DEADLINE_S = 6.0
 # Above this many amps on any phase an EV counts as still drawing current.
@@ -49,6 +52,8 @@ def quantize_current(amps: float) -> float:
     value = math.floor(amps * 10.0 + 1e-6) / 10.0
     if value < MIN_CURRENT:
         return 0.0
+    if RANGE_SPLIT_CURRENT < value <= RANGE_GAP_TOP:
+        return RANGE_SPLIT_CURRENT
     return min(value, MAX_CURRENT)
 
 
@@ -59,8 +64,8 @@ def duty_for_current(amps: float) -> float:
     if not MIN_CURRENT <= amps <= MAX_CURRENT:
         raise ValueError(f"current {amps} A is outside 0 or {MIN_CURRENT}-{MAX_CURRENT} A")
     amps = round(amps * 10.0) / 10.0
-    if amps <= RANGE_SPLIT_CURRENT:
-        return round(amps / 0.6, 4)
+    if amps <= RANGE_GAP_TOP:
+        return round(min(amps, RANGE_SPLIT_CURRENT) / 0.6, 4)
     return round(amps / 2.5 + 64.0, 4)
 
 
