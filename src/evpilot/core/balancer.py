@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from functools import lru_cache
 
@@ -454,7 +455,9 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
                 value, src = 0.0, "phase_switch"
         else:
             down_since = up_since = None
-        out[ci.config.id] = ChargerAllocation(round(value, 2), ph if not single_car else 1, src)
+        # Rounded down so a reported allocation never exceeds what the limits allow.
+        shown = math.floor(value * 100.0 + 1e-6) / 100.0
+        out[ci.config.id] = ChargerAllocation(shown, ph if not single_car else 1, src)
         new_memos[ci.config.id] = ChargerMemo(
             current=value,
             phases=ph,
