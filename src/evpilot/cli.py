@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import platformdirs
@@ -81,6 +85,23 @@ def run(config: AppConfig, data_dir: Path | None, http: tuple[str, int] | None, 
     """Serve the API and run the control loop until SIGINT/SIGTERM."""
     import uvicorn
 
+    class _GracefulServer(uvicorn.Server):
+        """uvicorn's server, but SIGINT/SIGTERM end `serve()` normally instead of being re-raised."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn re-raises the signal after shutdown, which would kill the process before the
+            # store is closed and make a clean stop exit with -15.
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            originals = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in originals.items():
+                    signal.signal(sig, handler)
+
     from evpilot.api.app import create_app
     from evpilot.control.clock import ScaledClock
     from evpilot.control.runtime import Runtime
@@ -94,7 +115,9 @@ def run(config: AppConfig, data_dir: Path | None, http: tuple[str, int] | None, 
     async def serve() -> None:
         rt = Runtime(config, ScaledClock(speed), store)
         app = create_app(rt)
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+        server = _GracefulServer(
+            uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+        )
         log.info(
             "evpilot %s on http://%s:%d (speed %gx, data %s, %d charger(s), simulator %s)",
             __version__,
