@@ -1,0 +1,543 @@
+"""Day-long site benchmark: six simulated sites, evpilot against two baselines and an LP optimum.
+
+Each scenario is an evpilot config (parsed with `parse_config`) built with `control.build.assemble`
+and run with `Engine.step` at 1 s steps on the simulator. The same day (house load, appliance
+spikes, PV with clouds, cars arriving and leaving) is run three times: with evpilot's `compute`,
+with a static split (each charger fixed at limit/N) and with a slow controller (one charger
+adjusted per 30 s tick). The perfect-foresight optimum is a linear program (scipy, HiGHS) over the
+same day. Run `python bench/day_scenarios.py --help`; see bench/README.md for the metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from day_baselines import SlowController, StaticSplit
+from day_lp import CarSession, LpResult, optimum
+from day_metrics import LONG_EVENT_S, Recorder, RunResult
+from evpilot.config import AppConfig, parse_config
+from evpilot.control.build import assemble
+from evpilot.sim.house import Spike
+
+START = 1_700_000_000.0
+CONTROLLERS = ("evpilot", "static", "slow")
+GOALS = {"energy": 0.97, "pv": 0.95, "event_s": LONG_EVENT_S, "jain": 0.99, "switches": 6}
+
+
+@dataclass(frozen=True, slots=True)
+class Visit:
+    """A car at a charger from `arrive_h` to `leave_h` (hours of the simulated day)."""
+
+    charger: str
+    arrive_h: float
+    leave_h: float
+    battery_kwh: float = 60.0
+    soc: float = 30.0
+    max_current: float = 32.0
+    phases: int = 3
+    target_soc: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """A fixed extra house load (e.g. a heat pump cycle) from `from_h` to `to_h`, A per phase."""
+
+    from_h: float
+    to_h: float
+    currents: tuple[float, float, float]
+    name: str = "heat pump"
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """One simulated site and day."""
+
+    number: int
+    title: str
+    site: dict[str, Any]
+    chargers: list[dict[str, Any]]
+    sim: dict[str, Any]
+    visits: list[Visit]
+    loads: list[Load] = field(default_factory=list)
+    lp_step_s: float = 60.0
+
+    def clipped(self, from_h: float, hours: float) -> list[tuple[Visit, float, float]]:
+        """Visits inside the run, with plug and unplug times in seconds from its start."""
+        end = from_h + hours
+        out = []
+        for v in self.visits:
+            if v.leave_h <= from_h or v.arrive_h >= end:
+                continue
+            out.append((v, max(0.0, (v.arrive_h - from_h) * 3600), (min(v.leave_h, end) - from_h) * 3600))
+        return out
+
+    def config(self, from_h: float, hours: float) -> AppConfig:
+        """The evpilot config of this scenario for a run of `hours` from `from_h`."""
+        end = from_h + hours
+        cars = []
+        for v, at, unplug in self.clipped(from_h, hours):
+            cars.append(
+                {
+                    "charger": v.charger,
+                    "at_s": at,
+                    "unplug_at_s": unplug if v.leave_h < end else None,
+                    "battery_kwh": v.battery_kwh,
+                    "soc": v.soc,
+                    "target_soc": v.target_soc,
+                    "max_current": v.max_current,
+                    "phases": v.phases,
+                }
+            )
+        sim = {**self.sim, "start_tod_h": from_h, "first_spike_s": None, "cars": cars}
+        return parse_config({"site": self.site, "chargers": self.chargers, "sim": sim})
+
+    def sessions(self, from_h: float, hours: float) -> list[CarSession]:
+        """The car sessions for the LP."""
+        return [
+            CarSession(v.charger, at, unplug, v.battery_kwh, v.soc, v.target_soc, v.max_current, v.phases)
+            for v, at, unplug in self.clipped(from_h, hours)
+        ]
+
+    def spikes(self, from_h: float, hours: float) -> list[Spike]:
+        """The extra loads as simulator spikes."""
+        out = []
+        end = from_h + hours
+        for load in self.loads:
+            a, b = max(load.from_h, from_h), min(load.to_h, end)
+            if b > a:
+                out.append(Spike(START + (a - from_h) * 3600, (b - a) * 3600, load.currents, load.name))
+        return out
+
+
+# ---- the six scenarios ------------------------------------------------------------------------
+
+
+def _cycling(currents: tuple[float, float, float], on_min: float, off_min: float) -> list[Load]:
+    """A load cycling on/off all day, like a heat pump's compressor."""
+    out = []
+    t = 0.0
+    while t < 24:
+        out.append(Load(t, min(24.0, t + on_min / 60), currents))
+        t += (on_min + off_min) / 60
+    return out
+
+
+def s1_home() -> Scenario:
+    """Home, 1 charger, 25 A mains, PV 8 kWp, house spikes."""
+    return Scenario(
+        1,
+        "home: 1 charger, 3x25 A, PV 8 kWp, spikes",
+        {"mains_limit": 25, "mode": "smart"},
+        [{"id": "cp1", "max_current": 32}],
+        {"seed": 11, "pv_kwp": 8, "house_base": [2.0, 1.5, 1.8], "spike_rate_h": 1.0},
+        [
+            Visit("cp1", 0.0, 3.5, 77, 10, 32),
+            Visit("cp1", 12.5, 24.0, 77, 20, 16),
+        ],
+    )
+
+
+def s2_two_and_heat_pump() -> Scenario:
+    """Two chargers and a heat pump on 3x25 A."""
+    return Scenario(
+        2,
+        "two chargers + heat pump, 3x25 A",
+        {"mains_limit": 25, "mode": "smart"},
+        [{"id": "cp1", "max_current": 32}, {"id": "cp2", "max_current": 32}],
+        {"seed": 22, "pv_kwp": 5, "house_base": [2.0, 1.5, 1.8], "spike_rate_h": 1.0},
+        [
+            Visit("cp1", 0.0, 6.5, 77, 30, 32),
+            Visit("cp2", 0.0, 7.5, 60, 40, 16),
+            Visit("cp1", 17.5, 24.0, 60, 25, 32),
+            Visit("cp2", 18.0, 24.0, 40, 20, 32, phases=1),
+        ],
+        _cycling((6.0, 6.0, 6.0), 25, 15),
+    )
+
+
+def s3_eight_shared() -> Scenario:
+    """8 chargers power-sharing a 3x63 A supply (office by day, residents at night)."""
+    rng = random.Random(33)
+    chargers: list[dict[str, Any]] = [{"id": f"cp{i}", "max_current": 32} for i in range(1, 7)]
+    chargers += [
+        {"id": "cp7", "max_current": 32, "phases": 1, "phase": 2},
+        {"id": "cp8", "max_current": 32, "phases": 1, "phase": 3},
+    ]
+    visits = []
+    for i in range(1, 6):
+        arrive = 7.5 + rng.uniform(0, 1.5)
+        visits.append(
+            Visit(f"cp{i}", arrive, 16.5 + rng.uniform(0, 1.5), rng.choice([60, 77]), rng.uniform(20, 50))
+        )
+    for i in (1, 2, 6, 7, 8):
+        one = i in (7, 8)
+        visits.append(
+            Visit(f"cp{i}", 0.0, 6.5 + rng.uniform(0, 1), 60, rng.uniform(40, 70), 32, 1 if one else 3)
+        )
+        visits.append(
+            Visit(f"cp{i}", 18 + rng.uniform(0, 2), 24.0, rng.choice([40, 77]), rng.uniform(15, 40), 32,
+                  1 if one else 3)
+        )  # fmt: skip
+    return Scenario(
+        3,
+        "8 chargers sharing 3x63 A, PV 20 kWp",
+        {"mains_limit": 63, "mode": "smart"},
+        chargers,
+        {"seed": 33, "pv_kwp": 20, "house_base": [10.0, 8.0, 12.0], "spike_rate_h": 3.0},
+        visits,
+    )
+
+
+def s4_depot() -> Scenario:
+    """50 chargers behind nested circuits at a depot (halls → rows)."""
+    rng = random.Random(44)
+    circuits: list[dict[str, Any]] = [
+        {"name": "hall-a", "limit": 125},
+        {"name": "hall-b", "limit": 125},
+    ]
+    rows = ["a1", "a2", "a3", "b1", "b2", "b3"]
+    circuits += [{"name": r, "limit": 63, "parent": f"hall-{r[0]}"} for r in rows]
+    chargers: list[dict[str, Any]] = []
+    visits: list[Visit] = []
+    one_count = 0
+    for i in range(50):
+        cid = f"cp{i:02d}"
+        one = i % 5 in (1, 2, 3)
+        ch: dict[str, Any] = {"id": cid, "circuit": rows[i % 6], "max_current": 32}
+        if one:
+            ch.update(phases=1, phase=one_count % 3 + 1)
+            one_count += 1
+        chargers.append(ch)
+        phases = 1 if one else 3
+        max_a = 32 if one else rng.choice([16, 32])
+        kwh = rng.choice([40, 60, 77, 100])
+        # the van that came in last night, then the next evening's van
+        visits.append(Visit(cid, 0.0, rng.uniform(5, 7), kwh, rng.uniform(30, 60), max_a, phases))
+        visits.append(Visit(cid, rng.uniform(17, 20), 24.0, kwh, rng.uniform(10, 40), max_a, phases))
+        if i % 5 == 0:
+            visits.append(
+                Visit(cid, rng.uniform(8, 10), rng.uniform(14, 16), 60, rng.uniform(20, 50), max_a, 3)
+            )
+    return Scenario(
+        4,
+        "depot: 50 chargers, 200 A > 2x125 A halls > 6x63 A rows, PV 60 kWp",
+        {"mains_limit": 200, "mode": "smart", "circuits": circuits},
+        chargers,
+        {"seed": 44, "pv_kwp": 60, "house_base": [15.0, 12.0, 18.0], "spike_rate_h": 2.0},
+        visits,
+        lp_step_s=300.0,
+    )
+
+
+def s5_capacity() -> Scenario:
+    """Capacity-tariff home: the sum of the three phases stays within 40 A."""
+    return Scenario(
+        5,
+        "capacity-tariff home: sum of phases <= 40 A, 3x25 A, PV 6 kWp",
+        {"mains_limit": 25, "capacity_limit": 40, "cap_stop_min": 0, "mode": "smart"},
+        [{"id": "cp1", "max_current": 32}],
+        {"seed": 55, "pv_kwp": 6, "house_base": [2.0, 1.5, 1.8], "spike_rate_h": 1.5},
+        [
+            Visit("cp1", 0.0, 7.0, 77, 20, 32),
+            Visit("cp1", 17.0, 24.0, 60, 30, 32),
+        ],
+    )
+
+
+def s6_solar() -> Scenario:
+    """Solar day: a 1/3-phase switching charger (auto) and a 1-phase car, both in solar mode."""
+    return Scenario(
+        6,
+        "solar day: 1/3-phase auto charger + 1-phase car, PV 10 kWp",
+        {"mains_limit": 25, "mode": "solar", "solar": {"start_current": 6, "stop_min": 10, "max_import": 0}},
+        [
+            {"id": "cp1", "max_current": 32, "contactor2": "auto"},
+            {"id": "cp2", "max_current": 32},
+        ],
+        {"seed": 66, "pv_kwp": 10, "house_base": [1.5, 1.0, 1.2], "spike_rate_h": 0.5},
+        [
+            Visit("cp1", 8.0, 18.0, 60, 30, 32),
+            Visit("cp2", 9.0, 17.0, 40, 40, 16, phases=1),
+        ],
+    )
+
+
+SCENARIOS: dict[int, Callable[[], Scenario]] = {
+    1: s1_home,
+    2: s2_two_and_heat_pump,
+    3: s3_eight_shared,
+    4: s4_depot,
+    5: s5_capacity,
+    6: s6_solar,
+}
+
+
+# ---- running ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One run: a scenario with one controller."""
+
+    scenario: int
+    controller: str
+    from_h: float
+    hours: float
+    lp_step_s: float | None
+    progress_h: float
+
+
+def run(job: Job) -> RunResult:
+    """Simulate one scenario with one controller at 1 s steps and measure it."""
+    sc = SCENARIOS[job.scenario]()
+    config = sc.config(job.from_h, job.hours)
+    parts = assemble(config, START)
+    engine, sim = parts.engine, parts.sim
+    assert sim is not None
+    sim.house.spikes.extend(sc.spikes(job.from_h, job.hours))
+    if job.controller == "static":
+        engine.compute = StaticSplit(engine.site, [c.config for c in engine.chargers.values()])
+    elif job.controller == "slow":
+        engine.compute = SlowController(engine.site)
+    seconds = round(job.hours * 3600)
+    result = RunResult(job.controller, seconds, period_s=job.lp_step_s or sc.lp_step_s)
+    rec = Recorder(config, engine, sim, START, result)
+    step, sample = engine.step, rec.sample
+    t0 = time.perf_counter()
+    every = max(1, round(job.progress_h * 3600))
+    for k in range(1, seconds + 1):
+        now = START + k
+        step(now)
+        sample(now)
+        if k % every == 0 and k < seconds:
+            print(
+                f"  [S{job.scenario} {job.controller:7}] {k / 3600:5.1f}/{job.hours:g} h simulated, "
+                f"{time.perf_counter() - t0:6.1f} s wall",
+                flush=True,
+            )
+    result.wall_s = time.perf_counter() - t0
+    return rec.finish()
+
+
+@dataclass(slots=True)
+class ScenarioReport:
+    """A scenario's runs and its LP optima."""
+
+    scenario: Scenario
+    runs: dict[str, RunResult]
+    lp_energy: LpResult | None
+    lp_pv: LpResult | None
+
+
+def solve_lp(
+    sc: Scenario, runs: dict[str, RunResult], from_h: float, hours: float
+) -> tuple[LpResult, LpResult]:
+    """Both optima (energy, PV self-consumption) over the house/PV series the runs saw."""
+    ref = runs.get("evpilot") or next(iter(runs.values()))
+    for r in runs.values():
+        if abs(r.house_sum - ref.house_sum) > 1e-6 * max(1.0, abs(ref.house_sum)):
+            raise RuntimeError(f"S{sc.number}: runs saw different house loads; the day is not reproducible")
+    config = sc.config(from_h, hours)
+    sessions = sc.sessions(from_h, hours)
+    args = (config, sessions, ref.house, ref.pv_a, ref.volts, ref.period_s, ref.seconds)
+    return optimum(*args, objective="energy"), optimum(*args, objective="pv")
+
+
+# ---- printing -----------------------------------------------------------------------------------
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None or math.isnan(x) else f"{100 * x:.1f} %"
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or math.isnan(b) or b <= 1e-9:
+        return None
+    return a / b
+
+
+def _jain(r: RunResult) -> str:
+    if not r.jain:
+        return "- (no contention)"
+    return f"{sum(r.jain) / len(r.jain):.3f} / {min(r.jain):.3f} [{len(r.jain)}]"
+
+
+def _per_day(count: int, r: RunResult) -> float:
+    return count * 86400.0 / max(1, r.seconds)
+
+
+def rows_for(rep: ScenarioReport) -> list[tuple[str, list[str]]]:
+    """The table rows: label and one cell per controller."""
+    lp_e = rep.lp_energy.value if rep.lp_energy else None
+    lp_pv = rep.lp_pv.value if rep.lp_pv else None
+    runs = list(rep.runs.values())
+    h = runs[0].seconds / 3600.0
+    rows: list[tuple[str, list[str]]] = [
+        ("energy to cars (kWh)", [f"{r.delivered_kwh:.1f}" for r in runs]),
+        ("  / LP optimum", [_pct(_ratio(r.delivered_kwh, lp_e)) for r in runs]),
+        ("PV self-consumption", [_pct(r.self_consumption) for r in runs]),
+        ("  / LP optimum", [_pct(_ratio(r.self_consumption, lp_pv)) for r in runs]),
+        ("grid import (kWh)", [f"{r.import_kwh:.1f}" for r in runs]),
+        ("over limit (s, by EVs)", [f"{r.over_s}" for r in runs]),
+        ("over limit (A*s)", [f"{r.over_as:.0f}" for r in runs]),
+        ("longest event (s)", [f"{r.longest_s}" for r in runs]),
+        (f"events > {LONG_EVENT_S} s", [f"{r.long_events}" for r in runs]),
+        ("Jain mean/min [windows]", [_jain(r) for r in runs]),
+        ("starts /ch/day (max)", [f"{max(_per_day(v, r) for v in r.starts.values()):.0f}" for r in runs]),
+        ("stops /ch/day (max)", [f"{max(_per_day(v, r) for v in r.stops.values()):.0f}" for r in runs]),
+        ("phase sw /ch/day (max)", [f"{max(_per_day(v, r) for v in r.switches.values()):.0f}" for r in runs]),
+        ("PWM changes /ch/h (max)", [f"{max(v / h for v in r.pwm_changes.values()):.1f}" for r in runs]),
+        ("wall time (s)", [f"{r.wall_s:.1f}" for r in runs]),
+    ]
+    return rows
+
+
+def goal_misses(rep: ScenarioReport) -> list[str]:
+    """Which of the issue's goals evpilot misses in this scenario."""
+    r = rep.runs.get("evpilot")
+    if r is None:
+        return []
+    out = []
+    e = _ratio(r.delivered_kwh, rep.lp_energy.value if rep.lp_energy else None)
+    if e is not None and e < GOALS["energy"]:
+        out.append(f"energy {100 * e:.1f} % of LP < 97 %")
+    pv = _ratio(r.self_consumption, rep.lp_pv.value if rep.lp_pv else None)
+    if pv is not None and pv < GOALS["pv"]:
+        out.append(f"PV self-consumption {100 * pv:.1f} % of LP < 95 %")
+    if r.longest_s > GOALS["event_s"]:
+        out.append(f"{r.long_events} overload events > {LONG_EVENT_S} s (longest {r.longest_s} s)")
+    if r.jain and sum(r.jain) / len(r.jain) < GOALS["jain"]:
+        out.append(f"Jain {sum(r.jain) / len(r.jain):.3f} < 0.99")
+    sw = max((_per_day(v, r) for v in r.switches.values()), default=0)
+    if sw > GOALS["switches"]:
+        out.append(f"{sw:.0f} phase switches/charger/day > 6")
+    return out
+
+
+def _tod(rep: ScenarioReport, s: int, from_h: float) -> str:
+    t = (from_h * 3600 + s) % 86400
+    return f"{int(t // 3600):02d}:{int(t % 3600 // 60):02d}:{int(t % 60):02d}"
+
+
+def print_report(rep: ScenarioReport, from_h: float) -> None:
+    """Print one scenario's block: the side-by-side table and evpilot's details."""
+    sc = rep.scenario
+    runs = list(rep.runs.values())
+    h = runs[0].seconds / 3600.0
+    print()
+    print(f"S{sc.number} {sc.title}  ({h:g} h from {from_h:02g}:00, {len(sc.chargers)} chargers)")
+    if rep.lp_energy is not None and rep.lp_pv is not None:
+        print(
+            f"   LP optimum ({runs[0].period_s:g} s periods, {rep.lp_energy.variables} vars): "
+            f"energy {rep.lp_energy.value:.1f} kWh, PV self-consumption {_pct(rep.lp_pv.value)}  "
+            f"[{rep.lp_energy.solve_s + rep.lp_pv.solve_s:.1f} s]"
+        )
+    names = [r.controller for r in runs]
+    print(f"   {'':26}" + "".join(f"{n:>22}" for n in names))
+    for label, cells in rows_for(rep):
+        print(f"   {label:26}" + "".join(f"{c:>22}" for c in cells))
+    r = rep.runs.get("evpilot")
+    if r is None:
+        return
+    worst = sorted(r.events, key=lambda e: (-e.duration_s, -e.peak_a))[:3]
+    if worst:
+        text = ", ".join(
+            f"{e.key} at {_tod(rep, e.start_s, from_h)} {e.duration_s} s (+{e.peak_a:.1f} A)" for e in worst
+        )
+        print(f"   evpilot longest overloads: {text}")
+    if r.house_only_over_s:
+        print(f"   (house alone above the mains limit for {r.house_only_over_s} s: not counted against EVs)")
+    misses = goal_misses(rep)
+    print("   evpilot goals: " + ("all met" if not misses else "MISSED: " + "; ".join(misses)))
+
+
+def summary_json(reports: Sequence[ScenarioReport]) -> dict[str, Any]:
+    """A machine-readable summary (for comparing runs)."""
+    out: dict[str, Any] = {}
+    for rep in reports:
+        entry: dict[str, Any] = {
+            "title": rep.scenario.title,
+            "lp_energy_kwh": rep.lp_energy.value if rep.lp_energy else None,
+            "lp_pv_self_consumption": rep.lp_pv.value if rep.lp_pv else None,
+        }
+        for name, r in rep.runs.items():
+            d = asdict(r)
+            for key in ("house", "pv_a", "volts", "events"):
+                d.pop(key)
+            d["events_long"] = r.long_events
+            d["longest_s"] = r.longest_s
+            d["self_consumption"] = r.self_consumption
+            entry[name] = d
+        out[f"S{rep.scenario.number}"] = entry
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the scenarios and print the tables."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--scenario", type=int, action="append", choices=sorted(SCENARIOS),
+                   help="run only this scenario (repeatable; default all)")  # fmt: skip
+    p.add_argument("--hours", type=float, default=24.0, help="simulated hours (default 24)")
+    p.add_argument("--from-hour", type=float, default=0.0, help="time of day the run starts (default 0)")
+    p.add_argument("--controllers", default=",".join(CONTROLLERS), help="comma list of evpilot,static,slow")
+    p.add_argument("--lp-step", type=float, default=None, help="LP period in s (default 60, depot 300)")
+    p.add_argument("--no-lp", action="store_true", help="skip the LP optimum")
+    p.add_argument("--jobs", type=int, default=1, help="parallel simulation processes (default 1)")
+    p.add_argument("--progress-h", type=float, default=6.0, help="progress line every N simulated h")
+    p.add_argument("--json", help="also write a JSON summary to this file")
+    args = p.parse_args(argv)
+    if not 0 <= args.from_hour < 24 or args.hours <= 0 or args.from_hour + args.hours > 24 + 1e-9:
+        p.error("--from-hour/--hours must stay within one day")
+    controllers = [c for c in args.controllers.split(",") if c]
+    if any(c not in CONTROLLERS for c in controllers) or not controllers:
+        p.error(f"--controllers: choose from {','.join(CONTROLLERS)}")
+    numbers = args.scenario or sorted(SCENARIOS)
+    jobs = [
+        Job(n, c, args.from_hour, args.hours, args.lp_step, args.progress_h)
+        for n in numbers
+        for c in controllers
+    ]
+    # The depot dominates the wall time; start it first so parallel runs end together.
+    jobs.sort(key=lambda j: -len(SCENARIOS[j.scenario]().chargers))
+    print(f"day benchmark: scenarios {numbers}, {args.hours:g} h from {args.from_hour:g}:00, "
+          f"controllers {controllers}, {len(jobs)} runs, {args.jobs} process(es)", flush=True)  # fmt: skip
+    t0 = time.perf_counter()
+    results: dict[tuple[int, str], RunResult] = {}
+    if args.jobs > 1:
+        with multiprocessing.Pool(args.jobs) as pool:
+            for job, res in zip(jobs, pool.imap(run, jobs), strict=True):
+                results[(job.scenario, job.controller)] = res
+                print(f"  done S{job.scenario} {job.controller} ({res.wall_s:.0f} s)", flush=True)
+    else:
+        for job in jobs:
+            res = run(job)
+            results[(job.scenario, job.controller)] = res
+            print(f"  done S{job.scenario} {job.controller} ({res.wall_s:.0f} s)", flush=True)
+    reports = []
+    for n in numbers:
+        sc = SCENARIOS[n]()
+        runs = {c: results[(n, c)] for c in controllers}
+        lp_e = lp_pv = None
+        if not args.no_lp:
+            lp_e, lp_pv = solve_lp(sc, runs, args.from_hour, args.hours)
+        rep = ScenarioReport(sc, runs, lp_e, lp_pv)
+        reports.append(rep)
+        print_report(rep, args.from_hour)
+    print(f"\ntotal wall time {time.perf_counter() - t0:.0f} s")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(summary_json(reports), fh, indent=1, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
