@@ -11,6 +11,7 @@ import yaml
 
 from evpilot.config import parse_config
 from evpilot.control.build import assemble
+from evpilot.devices.apifed import ApiFedMeter
 from evpilot.sim.ev import CarSpec
 
 START = 1_700_000_000.0
@@ -68,6 +69,7 @@ def run(scenario: dict[str, Any]) -> Result:
     end = int(scenario.get("duration", max([*events, *expects, 0]) + 1))
     tol = float(scenario.get("tolerance", 0.25))
     battery: float | None = None
+    circuit_loads: dict[str, list[float]] = {}
     res = Result()
     over_since: list[int | None] = [None, None, None]
     limit = config.site.mains_limit
@@ -89,6 +91,9 @@ def run(scenario: dict[str, Any]) -> Result:
                 parts.sim_meter.enabled = ev["meter"] == "online"
             if "battery" in ev:
                 battery = ev["battery"]
+            if "circuit_load" in ev:
+                c = ev["circuit_load"]
+                circuit_loads[c["name"]] = c["currents"]
             if "grid_relay" in ev:
                 engine.grid_relay_open = ev["grid_relay"] == "open"
             if "ambient" in ev:
@@ -122,6 +127,16 @@ def run(scenario: dict[str, Any]) -> Result:
                         raise KeyError(f"unknown command {key}")
         if battery is not None:
             engine.battery.push(float(battery), START + t)
+        for name, other in circuit_loads.items():
+            # The circuit meter sees its other loads plus the chargers wired to it.
+            seen = [float(x) for x in other]
+            for cid, pilot in simsite.pilots.items():
+                if engine.chargers[cid].config.circuit == name:
+                    d = pilot.mains_draw()
+                    seen = [seen[p] + d[p] for p in range(3)]
+            meter = engine.circuit_meters[name]
+            assert isinstance(meter, ApiFedMeter)
+            meter.push((seen[0], seen[1], seen[2]), START + t)
         alloc = engine.step(START + t)
         mains = simsite.mains_currents
         for p in range(3):
