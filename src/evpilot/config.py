@@ -191,6 +191,13 @@ class SimModel(_Model):
         )
 
 
+class Esp32EvseModel(_Model):
+    """The ESP32-EVSE compatible REST API: optional HTTP Basic credentials."""
+
+    username: str = Field(default="", max_length=64, description="empty user and password = no auth")
+    password: str = Field(default="", max_length=64)
+
+
 class ControlModel(_Model):
     """The runtime's timing."""
 
@@ -213,6 +220,7 @@ class AppConfig(_Model):
     sim: SimModel = Field(default_factory=SimModel)
     control: ControlModel = Field(default_factory=ControlModel)
     http: HttpModel = Field(default_factory=HttpModel)
+    esp32evse: Esp32EvseModel = Field(default_factory=Esp32EvseModel)
 
     @model_validator(mode="after")
     def _refs(self) -> AppConfig:

@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from evpilot import __version__
-from evpilot.api import native
+from evpilot.api import esp32evse, native, secc, smartevse
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.errors import CommandError
 
@@ -77,6 +77,9 @@ def create_app(rt: Runtime, manage_runtime: bool = True) -> FastAPI:
         return JSONResponse({"error": "http", "detail": exc.detail}, status_code=exc.status_code)
 
     app.include_router(native.build_router(rt))
+    esp32evse.mount(app, rt)
+    smartevse.mount(app, rt)
+    secc.mount(app, rt)
 
     page = resources.files("evpilot.web").joinpath("index.html").read_text(encoding="utf-8")
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Query, WebSocket
 from pydantic import BaseModel, ConfigDict, Field
 
+from evpilot.api import secc
 from evpilot.control.runtime import Runtime, session_dict
 from evpilot.core.charger import Charger
 from evpilot.core.errors import CommandError, check_range
@@ -320,17 +319,7 @@ def build_router(rt: Runtime) -> APIRouter:
 
     @r.websocket("/ws")
     async def ws(socket: WebSocket) -> None:
-        await socket.accept()
-        q = rt.subscribe()
-        try:
-            while True:
-                frame = await q.get()
-                await socket.send_json(frame)
-        except (WebSocketDisconnect, RuntimeError, asyncio.CancelledError):
-            pass
-        finally:
-            rt.unsubscribe(q)
-            with contextlib.suppress(Exception):
-                await socket.close()
+        # Every published frame; takes the SECC text commands for the default charger.
+        await secc.run_socket(socket, rt, rt.default_id)
 
     return r

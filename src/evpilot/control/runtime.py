@@ -12,8 +12,9 @@ from typing import Any, Protocol
 from evpilot.config import AppConfig
 from evpilot.control.build import assemble
 from evpilot.core.charger import MODES, Charger
-from evpilot.core.errors import CommandError
+from evpilot.core.errors import CommandError, check_range
 from evpilot.core.session import SessionRecord, StopReason
+from evpilot.core.site import SiteConfig
 from evpilot.sim.ev import CarSpec
 from evpilot.store.sqlite import Store
 
@@ -249,6 +250,28 @@ class Runtime:
             self._persist(ch)
         self.recompute()
         return ch
+
+    def update_site(self, **changes: Any) -> SiteConfig:
+        """Replace site settings (already range-checked by the caller); a dict updates a nested group."""
+        site = self.engine.site
+        for key, value in list(changes.items()):
+            if not hasattr(site, key):
+                raise CommandError(key, "is not a site setting")
+            if isinstance(value, dict):
+                changes[key] = replace(getattr(site, key), **value)
+        self.engine.site = replace(site, **changes)
+        self.recompute()
+        return self.engine.site
+
+    def set_min_current(self, amps: float) -> None:
+        """Set MIN (A per phase, 6-16) of every charger; refused if above a charger's MAX."""
+        value = check_range("current_min", amps, 6.0, 16.0, " A")
+        for ch in self.engine.chargers.values():
+            if value > ch.config.max_current:
+                raise CommandError("current_min", f"{value} A is above {ch.config.id}'s MAX")
+        for ch in self.engine.chargers.values():
+            ch.config = replace(ch.config, min_current=value)
+        self.recompute()
 
     def set_site_mode(self, mode: str) -> None:
         """Set the site's default mode."""

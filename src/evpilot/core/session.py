@@ -23,6 +23,7 @@ class LimitReached(StrEnum):
 
     ENERGY = "energy"
     TIME = "time"
+    UNDER_POWER = "under_power"
 
 
 @dataclass(slots=True)

@@ -1,0 +1,340 @@
+"""ESP32-EVSE REST facade (`/api/v1/state`, `/api/v1/info`): the firmware's names and units.
+
+Units at this edge: energy in Ws (core kWh × 3,600,000), time limits in s (core minutes × 60),
+currents in A with 0.1 A resolution, power in W. Errors are the firmware's plain-text bodies with
+its status codes (400, 401, 404, 413, 415); writes answer `OK` as text.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from starlette.responses import PlainTextResponse, Response
+
+from evpilot import __version__
+from evpilot.api.facade import CHARGER_PREFIX, BodyLimit, Routes, json_response
+from evpilot.control.runtime import Runtime, UnknownCharger
+from evpilot.core.charger import Charger
+from evpilot.core.errors import CommandError, check_range
+
+WS_PER_KWH = 3_600_000.0
+# The firmware refuses request bodies over 50 KB.
+MAX_BODY = 50 * 1024
+REALM = 'Basic realm="Users"'
+# Core caps, in the firmware's units.
+MAX_CONSUMPTION_WS = 1000 * WS_PER_KWH
+MAX_TIME_LIMIT_S = 1440 * 60
+MAX_UNDER_POWER_W = 100_000.0
+
+# The default texts of ESP-IDF's http server for these status codes.
+TEXT_400 = "Server unable to understand request due to invalid syntax"
+TEXT_401 = "This request requires authentication"
+TEXT_404 = "This URI does not exist"
+
+Action = Callable[[Charger], None]
+
+
+class Refused(Exception):
+    """A request the firmware would refuse: status code, plain-text body and extra headers."""
+
+    def __init__(self, status: int, text: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+        self.headers = headers or {}
+
+    def response(self) -> Response:
+        """The plain-text refusal."""
+        return PlainTextResponse(self.text, status_code=self.status, headers=self.headers)
+
+
+def _too_large() -> Response:
+    return PlainTextResponse("JSON size must be less than 50KB!", status_code=413)
+
+
+def _bad(detail: str) -> Refused:
+    return Refused(400, f"{TEXT_400}: {detail}")
+
+
+def _number(field: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad(f"{field} must be a number")
+    if not math.isfinite(value):
+        raise _bad(f"{field} must be finite")
+    return float(value)
+
+
+def _boolean(field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _bad(f"{field} must be true or false")
+    return value
+
+
+def _tenths(amps: float) -> float:
+    """The firmware keeps the charging current in 0.1 A and drops finer digits."""
+    return math.floor(amps * 10.0 + 1e-6) / 10.0
+
+
+# Each converter validates one value in the firmware's units and returns the core command for it.
+def _enabled(value: Any, ch: Charger) -> Action:
+    flag = _boolean("enabled", value)
+    return lambda c: c.set_enabled(flag)
+
+
+def _available(value: Any, ch: Charger) -> Action:
+    flag = _boolean("available", value)
+    return lambda c: c.set_available(flag)
+
+
+def _charging_current(value: Any, ch: Charger) -> Action:
+    amps = check_range(
+        "chargingCurrent", _tenths(_number("chargingCurrent", value)), 6.0, ch.config.max_current, " A"
+    )
+    return lambda c: c.set_user_limit(amps)
+
+
+def _consumption_limit(value: Any, ch: Charger) -> Action:
+    ws = check_range("consumptionLimit", _number("consumptionLimit", value), 0.0, MAX_CONSUMPTION_WS, " Ws")
+    return lambda c: c.set_energy_cap(ws / WS_PER_KWH or None)
+
+
+def _charging_time_limit(value: Any, ch: Charger) -> Action:
+    s = check_range("chargingTimeLimit", _number("chargingTimeLimit", value), 0.0, MAX_TIME_LIMIT_S, " s")
+    return lambda c: c.set_time_cap(s / 60.0 or None)
+
+
+def _under_power_limit(value: Any, ch: Charger) -> Action:
+    w = check_range("underPowerLimit", _number("underPowerLimit", value), 0.0, MAX_UNDER_POWER_W, " W")
+    return lambda c: c.set_under_power_limit(w or None)
+
+
+STATE_FIELDS: dict[str, Callable[[Any, Charger], Action]] = {
+    "available": _available,
+    "enabled": _enabled,
+    "chargingCurrent": _charging_current,
+    "consumptionLimit": _consumption_limit,
+    "chargingTimeLimit": _charging_time_limit,
+    "underPowerLimit": _under_power_limit,
+}
+
+
+def state_doc(rt: Runtime, cid: str) -> dict[str, Any]:
+    """The firmware's `GET /api/v1/state` document for one charger."""
+    ch = rt.charger(cid)
+    s = ch.session
+    now = rt.clock.now()
+    return {
+        # An EVSE taken out of service shows state F, as the firmware does.
+        "state": ch.pilot.value if ch.available else "F",
+        "available": ch.available,
+        "enabled": ch.enabled,
+        "pendingAuth": ch.plugged and not ch.authorized,
+        "limitReached": ch.limit_reached is not None,
+        "chargingCurrent": ch.user_limit if ch.user_limit is not None else ch.config.max_current,
+        "consumptionLimit": round((ch.energy_cap_kwh or 0.0) * WS_PER_KWH),
+        "chargingTimeLimit": round((ch.time_cap_min or 0.0) * 60.0),
+        "underPowerLimit": round(ch.under_power_w or 0.0),
+        "errors": sorted(e.value for e in ch.errors) or None,
+        "sessionTime": round(s.duration_s(now)) if s is not None else 0,
+        "chargingTime": round(s.charging_s) if s is not None else 0,
+        "consumption": round(s.energy_kwh * WS_PER_KWH) if s is not None else 0,
+        "totalConsumption": round(ch.lifetime_kwh * WS_PER_KWH),
+        "power": round(ch.power_w),
+        "voltage": [round(v, 1) for v in ch.voltages],
+        "current": [round(a, 1) for a in ch.currents],
+    }
+
+
+def info_doc(rt: Runtime, cid: str) -> dict[str, Any]:
+    """The firmware's `GET /api/v1/info` document (the 'chip' is evpilot)."""
+    ch = rt.charger(cid)
+    return {
+        "uptime": round(rt.clock.now() - rt.started_at),
+        "appVersion": __version__,
+        "appDate": "",
+        "appTime": "",
+        "idfVersion": f"evpilot {__version__}",
+        "chip": "evpilot",
+        "chipCores": 1,
+        "chipRevision": 0,
+        "heapSize": 0,
+        "maxHeapSize": 0,
+        "mac": "00:00:00:00:00:00",
+        "ip": "",
+        "macAp": "00:00:00:00:00:00",
+        "ipAp": "",
+        "temperatureSensorCount": 1,
+        "temperatureLow": round(ch.temperature, 2),
+        "temperatureHigh": round(ch.temperature, 2),
+    }
+
+
+def _scalar_body(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "description": description,
+            "content": {"application/json": {"schema": schema}},
+        }
+    }
+
+
+_NUMBER = {"type": "number"}
+_BOOLEAN = {"type": "boolean"}
+_STATE_BODY = {
+    "type": "object",
+    "properties": {
+        "available": _BOOLEAN,
+        "enabled": _BOOLEAN,
+        "chargingCurrent": _NUMBER,
+        "consumptionLimit": _NUMBER,
+        "chargingTimeLimit": _NUMBER,
+        "underPowerLimit": _NUMBER,
+    },
+}
+
+
+def mount(app: FastAPI, rt: Runtime) -> None:
+    """Serve the ESP32-EVSE API at the root (default charger) and under `/chargers/{id}/`."""
+    auth = rt.config.esp32evse
+    expected: bytes | None = None
+    if auth.username or auth.password:
+        expected = f"{auth.username}:{auth.password}".encode()
+
+    def authorize(request: Request) -> None:
+        if expected is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        try:
+            given = base64.b64decode(token.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            given = b""
+        if scheme.lower() != "basic" or not secrets.compare_digest(given, expected):
+            raise Refused(401, TEXT_401, {"WWW-Authenticate": REALM})
+
+    def charger(cid: str) -> Charger:
+        try:
+            return rt.charger(cid)
+        except UnknownCharger:
+            raise Refused(404, TEXT_404) from None
+
+    async def read_json(request: Request) -> Any:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise Refused(415, "Not JSON body")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                raise Refused(413, "JSON size must be less than 50KB!")
+        try:
+            return json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise _bad("malformed JSON") from None
+
+    def guarded(fn: Callable[[Request, str], Any]) -> Callable[[Request, str], Any]:
+        async def run(request: Request, cid: str) -> Response:
+            try:
+                authorize(request)
+                return await fn(request, cid)  # type: ignore[no-any-return]
+            except Refused as refused:
+                return refused.response()
+            except CommandError as exc:
+                return _bad(f"{exc.field}: {exc.message}").response()
+
+        run.__name__ = fn.__name__
+        return run
+
+    def setter(field: str) -> Callable[[Request, str], Any]:
+        convert = STATE_FIELDS[field]
+
+        async def set_one(request: Request, cid: str) -> Response:
+            ch = charger(cid)
+            action = convert(await read_json(request), ch)
+            rt.command(cid, action)
+            return PlainTextResponse("OK")
+
+        set_one.__name__ = f"set_{field}"
+        return guarded(set_one)
+
+    async def get_state(request: Request, cid: str) -> Response:
+        charger(cid)
+        return json_response(state_doc(rt, cid))
+
+    async def get_info(request: Request, cid: str) -> Response:
+        charger(cid)
+        return json_response(info_doc(rt, cid))
+
+    async def set_state(request: Request, cid: str) -> Response:
+        ch = charger(cid)
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            raise _bad("body must be a JSON object")
+        known = [k for k in body if k in STATE_FIELDS]
+        if not known:
+            raise _bad(f"no known field (one of {', '.join(STATE_FIELDS)})")
+        actions = [STATE_FIELDS[k](body[k], ch) for k in known]
+
+        def apply_all(c: Charger) -> None:
+            for action in actions:
+                action(c)
+
+        rt.command(cid, apply_all)
+        return PlainTextResponse("OK")
+
+    async def authorize_session(request: Request, cid: str) -> Response:
+        charger(cid)
+        rt.command(cid, lambda c: c.set_authorized(True), persist=False)
+        return PlainTextResponse("OK")
+
+    async def reset_total_consumption(request: Request, cid: str) -> Response:
+        charger(cid)
+        rt.command(cid, lambda c: c.reset_lifetime(), persist=False)
+        return PlainTextResponse("OK")
+
+    routes = Routes(rt, "ESP32-EVSE")
+    base = "/api/v1"
+    routes.add("GET", f"{base}/state", guarded(get_state), "Live charging state (firmware fields)")
+    routes.add("GET", f"{base}/info", guarded(get_info), "Firmware / device info")
+    routes.add(
+        "POST",
+        f"{base}/state",
+        guarded(set_state),
+        "Set several state fields at once",
+        openapi_extra=_scalar_body("object with any of the settable fields", _STATE_BODY),
+    )
+    scalars = (
+        ("enabled", "enabled", _BOOLEAN, "Enable / disable charging"),
+        ("available", "available", _BOOLEAN, "Put the EVSE in / out of service"),
+        ("charging-current", "chargingCurrent", _NUMBER, "Charging current (A, 0.1 A steps)"),
+        ("consumption-limit", "consumptionLimit", _NUMBER, "Session energy limit (Ws, 0 = none)"),
+        ("charging-time-limit", "chargingTimeLimit", _NUMBER, "Session time limit (s, 0 = none)"),
+        ("under-power-limit", "underPowerLimit", _NUMBER, "Under-power stop threshold (W, 0 = none)"),
+    )
+    for path, field, schema, summary in scalars:
+        routes.add(
+            "POST",
+            f"{base}/state/{path}",
+            setter(field),
+            summary,
+            openapi_extra=_scalar_body(f"bare JSON {schema['type']}", schema),
+        )
+    routes.add("POST", f"{base}/state/authorize", guarded(authorize_session), "Authorize a pending charge")
+    routes.add(
+        "POST",
+        f"{base}/state/reset-total-consumption",
+        guarded(reset_total_consumption),
+        "Zero the lifetime energy counter",
+    )
+    routes.mount(app)
+    app.add_middleware(
+        BodyLimit, pattern=rf"^{CHARGER_PREFIX}{base}/(state|info)", limit=MAX_BODY, refuse=_too_large
+    )

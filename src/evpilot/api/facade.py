@@ -1,0 +1,86 @@
+"""Plumbing shared by the device facades: root + per-charger routes, a body-size guard, JSON bytes."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from evpilot.control.runtime import Runtime
+
+Handler = Callable[[Request, str], Awaitable[Response]]
+# Matches the per-charger prefix of a facade path: /chargers/<id>/...
+CHARGER_PREFIX = r"(?:/chargers/[^/]+)?"
+
+
+def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A compact JSON response (no re-validation or re-encoding by FastAPI)."""
+    body = json.dumps(doc, separators=(",", ":"), allow_nan=False)
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+class Routes:
+    """Registers every handler twice: at the root (default charger) and under `/chargers/{cid}`."""
+
+    def __init__(self, rt: Runtime, tag: str) -> None:
+        self.rt = rt
+        self.tag = tag
+        self.root = APIRouter(tags=[tag])
+        self.per_charger = APIRouter(prefix="/chargers/{cid}", tags=[f"{tag} (per charger)"])
+
+    def add(self, method: str, path: str, handler: Handler, summary: str, **extra: Any) -> None:
+        """Serve `handler(request, charger_id)` for `method path` at both places."""
+        rt = self.rt
+
+        async def at_root(request: Request) -> Response:
+            return await handler(request, rt.default_id)
+
+        async def for_charger(request: Request, cid: str) -> Response:
+            return await handler(request, cid)
+
+        name = handler.__name__.strip("_")
+        self.root.add_api_route(
+            path, at_root, methods=[method], name=name, summary=summary, response_class=Response, **extra
+        )
+        self.per_charger.add_api_route(
+            path,
+            for_charger,
+            methods=[method],
+            name=f"{name}_for_charger",
+            summary=summary,
+            response_class=Response,
+            **extra,
+        )
+
+    def mount(self, app: FastAPI) -> None:
+        """Include both routers in the app."""
+        app.include_router(self.root)
+        app.include_router(self.per_charger)
+
+
+class BodyLimit:
+    """ASGI guard: a request to a matching path with a larger body gets the facade's own refusal."""
+
+    def __init__(self, app: ASGIApp, pattern: str, limit: int, refuse: Callable[[], Response]) -> None:
+        self.app = app
+        self.pattern = re.compile(pattern)
+        self.limit = limit
+        self.refuse = refuse
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, or answer it with the refusal when its body is too large."""
+        if scope["type"] != "http" or not self.pattern.match(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                if not value.isdigit() or int(value) > self.limit:
+                    await self.refuse()(scope, receive, send)
+                    return
+                break
+        await self.app(scope, receive, send)

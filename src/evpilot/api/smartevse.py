@@ -1,0 +1,432 @@
+"""SmartEVSE-3 REST facade (`/settings`, `/currents`, `/ev_meter`): the firmware's names and units.
+
+Units at this edge: override and measured currents in dA (core A × 10), MIN/MAX/MAINS/START/IMPORT
+in A, timers in minutes, EV meter power in kW and energy in kWh with one decimal. Parameters come in
+the query string as the firmware takes them. A refused value is answered in the firmware's style,
+`{"<param>": "Value not allowed!"}`, with HTTP 400, and nothing of the request is applied.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from starlette.responses import Response
+
+from evpilot import __version__
+from evpilot.api.facade import CHARGER_PREFIX, BodyLimit, Routes, json_response
+from evpilot.control.runtime import Runtime, UnknownCharger
+from evpilot.core.charger import Charger, ErrorFlag
+from evpilot.core.errors import CommandError
+from evpilot.core.iec61851 import DRAW_THRESHOLD_A, duty_for_current
+
+NOT_ALLOWED = "Value not allowed!"
+MAX_BODY = 16 * 1024
+# The firmware's integer parameters are short; longer text is refused rather than parsed.
+_INT = re.compile(r"^[+-]?\d{1,9}$")
+# A measured current in dA may be at most ±1000 A, as in the native API.
+MAX_DECIAMPS = 10_000
+
+# mode parameter / mode_id: 0 OFF, 1 NORMAL, 2 SOLAR, 3 SMART.
+MODE_BY_ID = {1: "normal", 2: "solar", 3: "smart"}
+MODE_NAME = {"normal": ("NORMAL", 1), "solar": ("SOLAR", 2), "min+solar": ("SOLAR", 2), "smart": ("SMART", 3)}
+# evse.mode is the firmware's internal Mode: 0 normal, 1 smart, 2 solar.
+EVSE_MODE = {"normal": 0, "smart": 1, "solar": 2, "min+solar": 2, "off": 0}
+# enable_C2: 0 Not present, 1 Always Off, 2 Solar Off, 3 Always On, 4 Auto.
+C2_BY_ID = ("not_present", "always_1p", "solar_1p", "always_3p", "auto")
+C2_NAME = {
+    "not_present": "Not present",
+    "always_1p": "Always Off",
+    "solar_1p": "Solar Off",
+    "always_3p": "Always On",
+    "auto": "Auto",
+}
+# evse.state_id / evse.state by pilot state (the firmware's State numbers and web names).
+STATE = {
+    "A": (0, "Ready to Charge"),
+    "B1": (9, "Charging Stopped"),
+    "B2": (1, "Connected to EV"),
+    "C1": (10, "Stop Charging"),
+    "C2": (2, "Charging"),
+    "D1": (10, "Stop Charging"),
+    "D2": (3, "Charging"),
+    "E": (0, "Ready to Charge"),
+    "F": (0, "Ready to Charge"),
+}
+# evse.error / error_id: the firmware's error names and bit numbers; evpilot-only faults after them.
+ERRORS = {
+    ErrorFlag.TEMPERATURE_HIGH: ("Temperature High", 3),
+    ErrorFlag.RCM_TRIGGERED: ("RCM Tripped", 5),
+    ErrorFlag.PILOT_FAULT: ("Pilot Fault", 10),
+    ErrorFlag.DIODE_SHORT: ("Diode Short", 11),
+    ErrorFlag.EV_NOT_STOPPING: ("EV Not Stopping", 12),
+}
+NO_POWER = ("No Power Available", 1)
+NO_SUN = ("Waiting for Solar", 7)
+METER_NAME = {"api": "API", "sim": "Sim", "none": "Disabled"}
+
+
+class Refused(Exception):
+    """Parameters the firmware would not accept: `{param: message}` and the HTTP status."""
+
+    def __init__(self, errors: dict[str, Any], status: int = 400) -> None:
+        super().__init__(errors)
+        self.errors = errors
+        self.status = status
+
+
+def _int(text: str | None) -> int | None:
+    if text is None or not _INT.match(text.strip()):
+        return None
+    return int(text.strip())
+
+
+def _dA(amps: float) -> int:
+    return round(amps * 10.0)
+
+
+def settings_doc(rt: Runtime, cid: str) -> dict[str, Any]:
+    """The firmware's `GET /settings` document for one charger."""
+    ch = rt.charger(cid)
+    e = rt.engine
+    site = e.site
+    mode = e.mode_of(ch)
+    if not ch.enabled or mode == "off":
+        mode_name, mode_id = "OFF", 0
+    else:
+        mode_name, mode_id = MODE_NAME[mode]
+    state_id, state_name = STATE[ch.pilot.value]
+    error, error_id = "None", 0
+    flagged = [f for f in ERRORS if f in ch.errors]
+    if flagged:
+        error, error_id = ERRORS[flagged[0]]
+    elif ch.plugged and ch.permitted() and ch.commanded == 0:
+        if ch.allocation_source == "solar":
+            # Like the firmware, waiting for sun is shown in the state, not as an error.
+            state_name = f"{state_name} - {NO_SUN[0]}"
+        else:
+            error, error_id = NO_POWER
+    circuit = next((c.limit for c in site.circuits if c.name == ch.config.circuit), site.mains_limit)
+    mains = e.last_mains
+    mains_dA = [_dA(a) for a in mains.currents] if mains is not None else [0, 0, 0]
+    ev_dA = [_dA(a) for a in ch.currents]
+    session_kwh = ch.session.energy_kwh if ch.session is not None else 0.0
+    meter = {"L1": mains_dA[0], "L2": mains_dA[1], "L3": mains_dA[2]}
+    import_kwh = export_kwh = 0.0
+    if rt.sim is not None and e.mains is rt.sim_meter:
+        m = rt.sim.mains_meter()
+        import_kwh, export_kwh = m.import_kwh, m.export_kwh
+    return {
+        "version": __version__,
+        "serialnr": zlib.crc32(cid.encode()) % 100_000,
+        "mode": mode_name,
+        "mode_id": mode_id,
+        "car_connected": ch.plugged,
+        "evse": {
+            "temp": round(ch.temperature),
+            "temp_max": round(ch.config.max_temp),
+            "connected": ch.plugged,
+            "access": ch.enabled,
+            "mode": EVSE_MODE[mode],
+            "loadbl": 0,
+            # The firmware reports the PWM timer value, 1024 = 100 % (no PWM).
+            "pwm": round(duty_for_current(ch.signaled) * 10.24),
+            "solar_stop_timer": 0,
+            "state": state_name,
+            "state_id": state_id,
+            "error": error,
+            "error_id": error_id,
+            "rfid": "Not Installed",
+        },
+        "settings": {
+            "charge_current": _dA(ch.signaled),
+            "override_current": _dA(ch.override) if ch.override is not None else 0,
+            "current_min": ch.config.min_current,
+            "current_max": ch.config.max_current,
+            "current_main": site.mains_limit,
+            "current_max_circuit": circuit,
+            "current_max_sum_mains": site.capacity_limit or 0,
+            "max_sum_mains_time": round(site.cap_stop_s / 60.0),
+            "solar_max_import": site.solar.max_import,
+            "solar_start_current": site.solar.start_current,
+            "solar_stop_time": site.solar.stop_min,
+            "enable_C2": C2_NAME[ch.phase_mode],
+            "mains_meter": METER_NAME.get(rt.config.site.mains_meter, "Disabled"),
+            "starttime": 0,
+            "stoptime": 0,
+            "repeat": 0,
+        },
+        "home_battery": {
+            "current": _dA(e.battery.current) if e.battery.current is not None else 0,
+            "last_update": round(e.battery.at) if e.battery.at is not None else 0,
+        },
+        "ev_meter": {
+            "description": "evpilot",
+            "address": 0,
+            "import_active_power": round(ch.power_w / 1000.0, 1),
+            "total_kwh": round(ch.lifetime_kwh, 1),
+            "charged_kwh": round(session_kwh, 1),
+            "currents": {"TOTAL": sum(ev_dA), "L1": ev_dA[0], "L2": ev_dA[1], "L3": ev_dA[2]},
+            "import_active_energy": round(ch.lifetime_kwh, 1),
+            "export_active_energy": 0.0,
+        },
+        "mains_meter": {
+            "import_active_energy": round(import_kwh, 1),
+            "export_active_energy": round(export_kwh, 1),
+        },
+        "phase_currents": {
+            "TOTAL": sum(mains_dA),
+            **meter,
+            "last_data_update": round(mains.taken_at) if mains is not None else 0,
+            "charging_L1": ch.currents[0] > DRAW_THRESHOLD_A,
+            "charging_L2": ch.currents[1] > DRAW_THRESHOLD_A,
+            "charging_L3": ch.currents[2] > DRAW_THRESHOLD_A,
+            "original_data": {"TOTAL": sum(mains_dA), **meter},
+        },
+        "backlight": {"timer": 0, "status": "N/A"},
+    }
+
+
+def _query(names: list[tuple[str, str]]) -> dict[str, Any]:
+    return {
+        "parameters": [
+            {"name": n, "in": "query", "required": False, "schema": {"type": "string"}, "description": d}
+            for n, d in names
+        ]
+    }
+
+
+SETTINGS_PARAMS = [
+    ("mode", "0 OFF, 1 NORMAL, 2 SOLAR, 3 SMART"),
+    ("override_current", "dA; 0 = off, else MIN×10 to MAX×10 (NORMAL and SMART only)"),
+    ("disable_override_current", "any value: remove the override"),
+    ("current_min", "MIN, A per phase, 6-16"),
+    ("current_max_sum_mains", "CAPACITY, A summed over the phases: 0 (off) or 10-600"),
+    ("max_sum_mains_timer", "CAP STOP, minutes 0-60"),
+    ("enable_C2", "0 Not present, 1 Always Off, 2 Solar Off, 3 Always On, 4 Auto"),
+    ("stop_timer", "solar STOP timer, minutes 0-60 (0 = never stop)"),
+    ("solar_start_current", "solar START, A summed over the phases, 0-48"),
+    ("solar_max_import", "solar IMPORT, A summed over the phases, 0-48"),
+]
+CURRENTS_PARAMS = [
+    ("L1", "mains current L1 in dA (+ import); L1, L2 and L3 together"),
+    ("L2", "mains current L2 in dA"),
+    ("L3", "mains current L3 in dA"),
+    ("battery_current", "home battery current in dA (+ charging, − discharging)"),
+]
+EV_METER_PARAMS = [
+    ("L1", "EV current L1 in dA"),
+    ("L2", "EV current L2 in dA"),
+    ("L3", "EV current L3 in dA"),
+    ("import_active_energy", "Wh"),
+    ("export_active_energy", "Wh"),
+    ("import_active_power", "W"),
+]
+
+
+def mount(app: FastAPI, rt: Runtime) -> None:
+    """Serve the SmartEVSE API at the root (default charger) and under `/chargers/{id}/`."""
+
+    def charger(cid: str) -> Charger:
+        try:
+            return rt.charger(cid)
+        except UnknownCharger:
+            raise Refused({"charger": f"no charger {cid!r}"}, 404) from None
+
+    def guarded(fn: Callable[[Request, str], Any]) -> Callable[[Request, str], Any]:
+        async def run(request: Request, cid: str) -> Response:
+            try:
+                return await fn(request, cid)  # type: ignore[no-any-return]
+            except Refused as refused:
+                return json_response(refused.errors, refused.status)
+
+        run.__name__ = fn.__name__
+        return run
+
+    async def get_settings(request: Request, cid: str) -> Response:
+        charger(cid)
+        return json_response(settings_doc(rt, cid))
+
+    async def post_settings(request: Request, cid: str) -> Response:
+        ch = charger(cid)
+        q = request.query_params
+        errors: dict[str, Any] = {}
+        done: dict[str, Any] = {}
+        charger_actions: list[Callable[[Charger], None]] = []
+        site: dict[str, Any] = {}
+        solar: dict[str, float] = {}
+        min_current: int | None = None
+
+        def number(name: str, low: int, high: int, off: int | None = None) -> int | None:
+            if name not in q:
+                return None
+            value = _int(q[name])
+            if value is None or not (low <= value <= high or value == off):
+                errors[name] = NOT_ALLOWED
+                return None
+            return value
+
+        def probe(name: str, action: Callable[[Charger], None]) -> None:
+            # Dry-run the core command on a copy: a value the core refuses is refused here too.
+            try:
+                action(copy.deepcopy(ch))
+            except CommandError:
+                errors[name] = NOT_ALLOWED
+                return
+            charger_actions.append(action)
+
+        mode = rt.engine.mode_of(ch)
+        if "mode" in q:
+            mode_id = _int(q["mode"])
+            if mode_id == 0:
+                probe("mode", lambda c: c.set_enabled(False))
+                done["mode"] = q["mode"]
+            elif mode_id in MODE_BY_ID:
+                new_mode = MODE_BY_ID[mode_id]
+                mode = new_mode
+
+                def set_mode(c: Charger) -> None:
+                    c.set_mode(new_mode)
+                    c.set_enabled(True)
+
+                probe("mode", set_mode)
+                done["mode"] = q["mode"]
+            else:
+                errors["mode"] = NOT_ALLOWED
+        if "override_current" in q:
+            value = number("override_current", 0, 10 * round(ch.config.max_current))
+            if value is not None:
+                if mode not in ("normal", "smart"):
+                    errors["override_current"] = NOT_ALLOWED
+                else:
+                    amps = value / 10.0 or None
+                    probe("override_current", lambda c: c.set_override(amps))
+                    done["override_current"] = value
+        if "disable_override_current" in q:
+            charger_actions.append(lambda c: c.set_override(None))
+            done["disable_override_current"] = "OK"
+        if "enable_C2" in q:
+            c2 = number("enable_C2", 0, len(C2_BY_ID) - 1)
+            if c2 is not None:
+                phase_mode = C2_BY_ID[c2]
+                probe("enable_C2", lambda c: c.set_phase_mode(phase_mode))
+                done.setdefault("settings", {})["enable_C2"] = C2_NAME[phase_mode]
+        value = number("current_min", 6, 16)
+        if value is not None:
+            if any(value > c.config.max_current for c in rt.engine.chargers.values()):
+                errors["current_min"] = NOT_ALLOWED
+            else:
+                min_current = done["current_min"] = value
+        value = number("current_max_sum_mains", 10, 600, off=0)
+        if value is not None:
+            site["capacity_limit"] = float(value) or None
+            done["current_max_sum_mains"] = value
+        value = number("max_sum_mains_timer", 0, 60)
+        if value is not None:
+            site["cap_stop_s"] = value * 60.0
+            done["max_sum_mains_time"] = value
+        value = number("stop_timer", 0, 60)
+        if "stop_timer" in errors:
+            errors["stop_timer"] = False
+        elif value is not None:
+            solar["stop_min"] = float(value)
+            done["stop_timer"] = True
+        for name, key in (("solar_start_current", "start_current"), ("solar_max_import", "max_import")):
+            value = number(name, 0, 48)
+            if value is not None:
+                solar[key] = float(value)
+                done[name] = value
+        if errors:
+            raise Refused(errors)
+
+        def apply_all(c: Charger) -> None:
+            for action in charger_actions:
+                action(c)
+
+        if charger_actions:
+            rt.command(cid, apply_all)
+        if min_current is not None:
+            rt.set_min_current(min_current)
+        if solar:
+            site["solar"] = solar
+        if site:
+            rt.update_site(**site)
+        return json_response(done)
+
+    async def post_currents(request: Request, cid: str) -> Response:
+        charger(cid)
+        q = request.query_params
+        errors: dict[str, Any] = {}
+        phases = [name for name in ("L1", "L2", "L3") if name in q]
+        values: dict[str, int] = {}
+        for name in (*phases, "battery_current") if "battery_current" in q else phases:
+            value = _int(q[name])
+            if value is None or abs(value) > MAX_DECIAMPS:
+                errors[name] = NOT_ALLOWED
+            else:
+                values[name] = value
+        if phases and len(phases) < 3:
+            errors["TOTAL"] = "L1, L2 and L3 must be sent together"
+        elif phases and rt.config.site.mains_meter != "api":
+            errors["TOTAL"] = "MainsMeter is not API"
+        if not phases and "battery_current" not in q:
+            errors["TOTAL"] = "no L1, L2, L3 or battery_current"
+        if errors:
+            raise Refused(errors)
+        now = rt.clock.now()
+        doc: dict[str, Any] = {}
+        if "battery_current" in values:
+            rt.engine.battery.push(values["battery_current"] / 10.0, now)
+            doc["battery_current"] = values["battery_current"]
+            rt.recompute()
+        if phases:
+            dA = (values["L1"], values["L2"], values["L3"])
+            rt.api_meter.push((dA[0] / 10.0, dA[1] / 10.0, dA[2] / 10.0), now)
+            doc["original"] = {"L1": dA[0], "L2": dA[1], "L3": dA[2]}
+            doc.update({"L1": dA[0], "L2": dA[1], "L3": dA[2], "TOTAL": sum(dA)})
+        return json_response(doc)
+
+    async def post_ev_meter(request: Request, cid: str) -> Response:
+        charger(cid)
+        errors: dict[str, Any] = {}
+        for name, _ in EV_METER_PARAMS:
+            if name in request.query_params and _int(request.query_params[name]) is None:
+                errors[name] = NOT_ALLOWED
+        # evpilot measures the EV itself; like a SmartEVSE whose EV METER is not API, it takes no feed.
+        errors["ev_meter"] = "EV meter is not API"
+        raise Refused(errors)
+
+    routes = Routes(rt, "SmartEVSE")
+    routes.add("GET", "/settings", guarded(get_settings), "State and settings (firmware JSON)")
+    routes.add(
+        "POST",
+        "/settings",
+        guarded(post_settings),
+        "Change mode, override current and settings (query parameters)",
+        openapi_extra=_query(SETTINGS_PARAMS),
+    )
+    routes.add(
+        "POST",
+        "/currents",
+        guarded(post_currents),
+        "Feed the API mains meter and the home battery current (dA)",
+        openapi_extra=_query(CURRENTS_PARAMS),
+    )
+    routes.add(
+        "POST",
+        "/ev_meter",
+        guarded(post_ev_meter),
+        "Feed an API EV meter (refused: evpilot meters the EV itself)",
+        openapi_extra=_query(EV_METER_PARAMS),
+    )
+    routes.mount(app)
+    app.add_middleware(
+        BodyLimit,
+        pattern=rf"^{CHARGER_PREFIX}/(settings|currents|ev_meter)$",
+        limit=MAX_BODY,
+        refuse=lambda: json_response({"error": "Request too large"}, 413),
+    )
