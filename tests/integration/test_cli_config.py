@@ -1,0 +1,96 @@
+"""The `evpilot config` commands and config errors at start-up, run as real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.helpers import free_port
+
+BAD_CONFIG = {
+    "site": {"mains_limit": 5, "mode": "turbo"},
+    "chargers": [{"id": "cp1", "max_current": 100, "max_temp": 90}, {"id": "bad id!"}],
+    "sim": {"unknown_key": 1},
+}
+
+
+def evpilot(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the evpilot CLI and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "evpilot", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_config_check_prints_every_error_with_its_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(BAD_CONFIG), encoding="utf-8")
+    r = evpilot("config", "check", str(path))
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    expected = {
+        "site.mains_limit": "greater than or equal to 10",
+        "site.mode": "'off'",
+        "chargers.0.max_current": "less than or equal to 80",
+        "chargers.0.max_temp": "less than or equal to 75",
+        "chargers.1.id": "pattern",
+        "sim.unknown_key": "not permitted",
+    }
+    for key, reason in expected.items():
+        line = next((x for x in lines if f": {key}: " in x), None)
+        assert line is not None, f"{key} missing in {lines}"
+        assert line.startswith(str(path)) and reason in line
+    assert len(lines) == len(expected)
+
+
+def test_config_check_accepts_a_good_file(tmp_path: Path) -> None:
+    path = tmp_path / "good.yaml"
+    path.write_text(
+        yaml.safe_dump({"site": {"mains_limit": 35}, "chargers": [{"id": "cp1", "max_current": 16}]}),
+        encoding="utf-8",
+    )
+    r = evpilot("config", "check", str(path))
+    assert r.returncode == 0, r.stderr
+    assert "ok" in r.stdout
+
+
+def test_config_check_reports_yaml_and_file_errors(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("site: [unclosed\n", encoding="utf-8")
+    r = evpilot("config", "check", str(broken))
+    assert r.returncode != 0 and "(yaml)" in r.stderr
+    r = evpilot("config", "check", str(tmp_path / "missing.yaml"))
+    assert r.returncode != 0 and "(file)" in r.stderr
+
+
+def test_config_schema_is_json_schema() -> None:
+    r = evpilot("config", "schema")
+    assert r.returncode == 0
+    schema = json.loads(r.stdout)
+    assert schema["type"] == "object" and schema["title"] == "AppConfig"
+    for key in ("site", "chargers", "sim", "control", "http"):
+        assert key in schema["properties"]
+    assert schema["additionalProperties"] is False
+    charger = schema["$defs"]["ChargerModel"]["properties"]
+    assert charger["max_current"]["maximum"] == 80 and charger["max_current"]["minimum"] == 10
+
+
+def test_config_error_stops_run_with_key_and_reason(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"chargers": [{"id": "cp1", "phases": 2}]}), encoding="utf-8")
+    r = evpilot(
+        "run", "--config", str(path), "--http", f"127.0.0.1:{free_port()}", "--data-dir", str(tmp_path)
+    )
+    assert r.returncode != 0
+    assert "chargers.0.phases" in r.stderr and "1 or 3" in r.stderr
+    assert not (tmp_path / "evpilot.sqlite3").exists()
+
+
+def test_bad_command_line_is_refused() -> None:
+    r = evpilot("run", "--speed", "0")
+    assert r.returncode == 2 and "speed" in r.stderr
+    r = evpilot("run", "--http", "localhost")
+    assert r.returncode == 2 and "HOST:PORT" in r.stderr
