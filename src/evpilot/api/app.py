@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
+from typing import Any, get_args
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from evpilot import __version__
@@ -17,6 +19,22 @@ from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.errors import CommandError
 
 MAX_BODY = 64 * 1024
+
+
+def _allowed_range(request: Request, loc: tuple[Any, ...]) -> tuple[float, float] | None:
+    """The (min, max) bounds of the body field at `loc`, read from the route's body model."""
+    field = getattr(request.scope.get("route"), "body_field", None)
+    if field is None or len(loc) != 2 or loc[0] != "body":
+        return None
+    annotation = field.field_info.annotation
+    for model in (annotation, *get_args(annotation)):
+        if isinstance(model, type) and issubclass(model, BaseModel) and loc[1] in model.model_fields:
+            meta = model.model_fields[loc[1]].metadata
+            low = next((getattr(m, a) for m in meta for a in ("ge", "gt") if hasattr(m, a)), None)
+            high = next((getattr(m, a) for m in meta for a in ("le", "lt") if hasattr(m, a)), None)
+            if low is not None and high is not None:
+                return float(low), float(high)
+    return None
 
 
 def create_app(rt: Runtime, manage_runtime: bool = True) -> FastAPI:
@@ -69,7 +87,12 @@ def create_app(rt: Runtime, manage_runtime: bool = True) -> FastAPI:
         problems = []
         for err in exc.errors():
             loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
-            problems.append({"field": ".".join(loc) or "body", "detail": err.get("msg", "invalid")})
+            problem: dict[str, Any] = {"field": ".".join(loc) or "body", "detail": err.get("msg", "invalid")}
+            allowed = _allowed_range(request, tuple(err.get("loc", ())))
+            if allowed is not None:
+                problem["allowed"] = {"min": allowed[0], "max": allowed[1]}
+                problem["detail"] += f" (allowed {allowed[0]:g} to {allowed[1]:g})"
+            problems.append(problem)
         return JSONResponse({"error": "invalid", "detail": problems}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)

@@ -167,7 +167,10 @@ def build_router(rt: Runtime) -> APIRouter:
 
     @r.put("/chargers/{cid}/current_limit", tags=["commands"], summary="User current limit (A)")
     async def put_limit(cid: str, body: CurrentLimitBody) -> dict[str, Any]:
-        rt.command(cid, lambda ch: ch.set_user_limit(body.current))
+        try:
+            rt.command(cid, lambda ch: ch.set_user_limit(body.current))
+        except CommandError as exc:
+            raise CommandError("current", exc.message) from None  # the body's name for the field
         return doc(cid)
 
     @r.put("/chargers/{cid}/caps", tags=["commands"], summary="Session energy and time caps")

@@ -88,16 +88,25 @@ class Runtime:
             self.engine.site = replace(self.engine.site, mode=site["mode"])
         for cid, ch in self.engine.chargers.items():
             saved = store.get_setting(f"charger:{cid}")
-            if not isinstance(saved, dict):
-                continue
-            with contextlib.suppress(CommandError, TypeError, ValueError):
-                ch.set_enabled(bool(saved.get("enabled", True)))
-                ch.set_auto_charge(bool(saved.get("auto_charge", ch.auto_charge)))
-                ch.set_user_limit(saved.get("user_limit"))
-                ch.set_energy_cap(saved.get("energy_cap_kwh"))
-                ch.set_time_cap(saved.get("time_cap_min"))
-                ch.set_mode(saved.get("mode"))
-                ch.set_phase_mode(saved.get("phase_mode", ch.phase_mode))
+            if isinstance(saved, dict):
+                self._restore_charger(ch, saved)
+
+    @staticmethod
+    def _restore_charger(ch: Charger, saved: dict[str, Any]) -> None:
+        setters: dict[str, Callable[[Any], None]] = {
+            "enabled": lambda v: ch.set_enabled(bool(v)),
+            "auto_charge": lambda v: ch.set_auto_charge(bool(v)),
+            "user_limit": ch.set_user_limit,
+            "energy_cap_kwh": ch.set_energy_cap,
+            "time_cap_min": ch.set_time_cap,
+            "mode": ch.set_mode,
+            "phase_mode": ch.set_phase_mode,
+        }
+        # One setting at a time: one that no longer validates (say MAX was lowered) is dropped alone.
+        for key, setter in setters.items():
+            if key in saved:
+                with contextlib.suppress(CommandError, TypeError, ValueError):
+                    setter(saved[key])
 
     def _persist(self, ch: Charger) -> None:
         if self.store is None:
