@@ -198,6 +198,23 @@ class Esp32EvseModel(_Model):
     password: str = Field(default="", max_length=64)
 
 
+class ShellyModel(_Model):
+    """The Shelly Gen2 RPC facade (Top AC) and its auto_balance meter."""
+
+    password: str | None = Field(
+        default=None, min_length=1, max_length=64, description="digest password of user 'admin'; none = no auth"
+    )
+    device_id: str | None = Field(
+        default=None, pattern=r"^[a-z0-9]+-[a-z0-9]{1,32}$", description="device id of the default charger"
+    )
+    mac: str | None = Field(default=None, pattern=r"^[0-9A-F]{12}$", description="MAC of the default charger")
+    em_port: int = Field(default=80, ge=1, le=65535, description="HTTP port of the auto_balance Shelly EM")
+    em_poll_s: float = Field(default=2.0, gt=0, le=60, description="auto_balance meter poll interval (s)")
+    sim_em_port: int | None = Field(
+        default=None, ge=0, le=65535, description="serve a simulated Shelly Pro 3EM on 127.0.0.1:<port>"
+    )
+
+
 class ControlModel(_Model):
     """The runtime's timing."""
 
@@ -221,6 +238,7 @@ class AppConfig(_Model):
     control: ControlModel = Field(default_factory=ControlModel)
     http: HttpModel = Field(default_factory=HttpModel)
     esp32evse: Esp32EvseModel = Field(default_factory=Esp32EvseModel)
+    shelly: ShellyModel = Field(default_factory=ShellyModel)
 
     @model_validator(mode="after")
     def _refs(self) -> AppConfig:

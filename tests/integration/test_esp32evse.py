@@ -39,9 +39,7 @@ def render(template: str, values: dict[str, Any]) -> str:
     return re.sub(r"\{\{\.(\w+)\}\}", lambda m: go_value(values[m.group(1)]), out)
 
 
-async def run_plugin(
-    client: httpx.AsyncClient, plugin: dict[str, Any], base: str, **values: Any
-) -> Any:
+async def run_plugin(client: httpx.AsyncClient, plugin: dict[str, Any], base: str, **values: Any) -> Any:
     """Run one evcc `http` plugin: a GET read through its jq, or a write with its body template."""
     assert plugin["source"] == "http"
     uri = plugin["uri"].replace("http://EVSE_IP", base)
@@ -185,7 +183,7 @@ async def test_units_and_commands_round_trip() -> None:
 
 async def test_authorize_releases_a_pending_session() -> None:
     config = make_config({"chargers": [{"id": "cp1", "require_auth": True}]})
-    async with serve(config, speed=20) as (base, rt), httpx.AsyncClient(base_url=base) as c:
+    async with serve(config, speed=20) as (base, _rt), httpx.AsyncClient(base_url=base) as c:
         doc = await until(lambda: c.get("/api/v1/state"), lambda r: r.json()["pendingAuth"])
         assert doc.json()["pendingAuth"] is True
         assert doc.json()["power"] == 0

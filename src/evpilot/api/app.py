@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from evpilot import __version__
-from evpilot.api import esp32evse, native, secc, smartevse
+from evpilot.api import esp32evse, native, secc, shelly, smartevse
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.errors import CommandError
 
@@ -103,6 +103,7 @@ def create_app(rt: Runtime, manage_runtime: bool = True) -> FastAPI:
     esp32evse.mount(app, rt)
     smartevse.mount(app, rt)
     secc.mount(app, rt)
+    shelly.mount(app, rt)
 
     page = resources.files("evpilot.web").joinpath("index.html").read_text(encoding="utf-8")
 

@@ -79,6 +79,8 @@ def _boolean(field: str, value: Any) -> bool:
 
 def _tenths(amps: float) -> float:
     """The firmware keeps the charging current in 0.1 A and drops finer digits."""
+    if abs(amps) > 1e6:  # far out of range either way; floor() of a huge float would overflow
+        return amps
     return math.floor(amps * 10.0 + 1e-6) / 10.0
 
 
