@@ -72,12 +72,13 @@ class Engine:
     def snapshot(self, now: float) -> Snapshot:
         """Freeze everything `compute` needs."""
         inputs = []
+        site_mode = self.site.mode
         for ch in self.chargers.values():
             limit, source = ch.own_limit(now)
             inputs.append(
                 ChargerInput(
                     config=ch.config,
-                    mode=self.mode_of(ch),
+                    mode=ch.mode or site_mode,
                     demand=ch.demand(),
                     limit=limit,
                     limit_source=source,
@@ -117,14 +118,19 @@ class Engine:
         self.last_tick = now
         if self.before_step is not None:
             self.before_step(now)
+        pilots = self.pilots
         for cid, ch in self.chargers.items():
-            ch.observe(self.pilots[cid].read())
-            ch.add_charging_time(dt)
-            ch.drop_expired_leases(now)
+            ch.observe(pilots[cid].read())
+            if ch.session is not None:
+                ch.add_charging_time(dt)
+            if ch.leases:
+                ch.drop_expired_leases(now)
         alloc = self.compute(self.snapshot(now), now)
         self.state = alloc.state
         self.last = alloc
+        decisions = alloc.chargers
+        lease_s = self.lease_s
         for cid, ch in self.chargers.items():
-            a = alloc.chargers[cid]
-            self.pilots[cid].write(ch.apply(now, a.current, a.source, a.phases, self.lease_s))
+            a = decisions[cid]
+            pilots[cid].write(ch.apply(now, a.current, a.source, a.phases, lease_s))
         return alloc

@@ -55,6 +55,12 @@ class ErrorFlag(StrEnum):
 FAULT_FLAGS = frozenset(
     {ErrorFlag.PILOT_FAULT, ErrorFlag.DIODE_SHORT, ErrorFlag.RCM_TRIGGERED, ErrorFlag.EV_NOT_STOPPING}
 )
+# Module-level aliases: looking an enum member up on its class is slow, and these run every tick.
+_TEMPERATURE_HIGH = ErrorFlag.TEMPERATURE_HIGH
+_BLOCKING_FLAGS = FAULT_FLAGS | {_TEMPERATURE_HIGH}
+_PLUGGED_LETTERS = ("B", "C", "D")
+_PILOT_E = PilotState.E
+_PILOT_F = PilotState.F
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,23 +291,22 @@ class Charger:
     @property
     def plugged(self) -> bool:
         """A vehicle is connected."""
-        return self.letter in ("B", "C", "D")
+        return self.letter in _PLUGGED_LETTERS
 
     @property
     def faulted(self) -> bool:
         """A latched fault stops charging."""
-        return bool(self.errors & FAULT_FLAGS)
+        return not self.errors.isdisjoint(FAULT_FLAGS)
 
     def permitted(self) -> bool:
         """Everything but the allocation allows charging now."""
         return (
-            self.plugged
+            self.letter in _PLUGGED_LETTERS
             and self.enabled
             and self.available
             and self.authorized
             and (self.auto_charge or self.start_requested)
-            and not self.faulted
-            and ErrorFlag.TEMPERATURE_HIGH not in self.errors
+            and self.errors.isdisjoint(_BLOCKING_FLAGS)
             and self.limit_reached is None
         )
 
@@ -322,17 +327,20 @@ class Charger:
             best, source = self.user_limit, "user"
         if self.override is not None and self.override < best:
             best, source = self.override, "override"
-        for name, lease in self.leases.items():
-            if lease.expires_at is not None and now >= lease.expires_at:
-                continue
-            if lease.value < best:
-                best, source = lease.value, name
-        if ErrorFlag.TEMPERATURE_HIGH in self.errors:
+        if self.leases:
+            for name, lease in self.leases.items():
+                if lease.expires_at is not None and now >= lease.expires_at:
+                    continue
+                if lease.value < best:
+                    best, source = lease.value, name
+        if _TEMPERATURE_HIGH in self.errors:
             best, source = 0.0, "temperature"
         return best, source
 
     def drop_expired_leases(self, now: float) -> list[str]:
         """Remove lapsed leases; returns their names."""
+        if not self.leases:
+            return []
         gone = [k for k, v in self.leases.items() if v.expires_at is not None and now >= v.expires_at]
         for name in gone:
             del self.leases[name]
@@ -341,11 +349,12 @@ class Charger:
     @property
     def pilot(self) -> PilotState:
         """The current control pilot state."""
-        if self.letter == "E":
-            return PilotState.E
-        if self.faulted or self.letter == "F":
-            return PilotState.F
-        return pilot_state(self.letter, self.signaled > 0)
+        letter = self.letter
+        if letter == "E":
+            return _PILOT_E
+        if letter == "F" or not self.errors.isdisjoint(FAULT_FLAGS):
+            return _PILOT_F
+        return pilot_state(letter, self.signaled > 0)
 
     def work_state(self) -> WorkState:
         """The Shelly-style work state."""
@@ -375,7 +384,9 @@ class Charger:
         self.temperature = reading.temperature
         self.cable_limit = None if self.config.fixed_cable else reading.cable_limit
         self.reading_at = now
-        self.power_w = sum(i * v for i, v in zip(reading.currents, reading.voltages, strict=True))
+        amps, volts = reading.currents, reading.voltages
+        # Same order of operations as sum() over the three products.
+        self.power_w = amps[0] * volts[0] + amps[1] * volts[1] + amps[2] * volts[2]
         if reading.energy_kwh is not None:
             if self.meter_kwh is not None and reading.energy_kwh > self.meter_kwh:
                 self._add_energy(reading.energy_kwh - self.meter_kwh)
@@ -390,9 +401,9 @@ class Charger:
         if reading.rcm_fault:
             self.errors.add(ErrorFlag.RCM_TRIGGERED)
         if reading.temperature >= self.config.max_temp:
-            self.errors.add(ErrorFlag.TEMPERATURE_HIGH)
+            self.errors.add(_TEMPERATURE_HIGH)
         elif reading.temperature <= self.config.resume_temp:
-            self.errors.discard(ErrorFlag.TEMPERATURE_HIGH)
+            self.errors.discard(_TEMPERATURE_HIGH)
 
         was_plugged = prev in ("B", "C", "D")
         if was_plugged and not self.plugged:
@@ -482,8 +493,7 @@ class Charger:
             self.last_increase_at = now
 
         state = self.pilot
-        drawing = max(self.currents) > DRAW_THRESHOLD_A
-        if self.faulted or not self.plugged:
+        if state is _PILOT_F or self.letter not in _PLUGGED_LETTERS:
             self._open(now)
         elif contactor_may_close(state):
             if not self.contactor:
@@ -493,7 +503,7 @@ class Charger:
         elif self.contactor:
             if self.stop_requested_at is None:
                 self.stop_requested_at = now
-            if not drawing or self.letter == "B":
+            if not max(self.currents) > DRAW_THRESHOLD_A or self.letter == "B":
                 self._open(now)
             elif now - self.stop_requested_at >= STOP_DEADLINE_S:
                 self.errors.add(ErrorFlag.EV_NOT_STOPPING)

@@ -84,20 +84,30 @@ def current_for_duty(duty: float) -> float:
     return round(amps * 10.0) / 10.0
 
 
+# pilot_state runs for every charger on every tick: look the state up instead of building it.
+_STATES_PWM_ON = {letter: PilotState(letter + "2") for letter in "BCD"}
+_STATES_PWM_OFF = {letter: PilotState(letter + "1") for letter in "BCD"}
+for _letter in "AEF":
+    _STATES_PWM_ON[_letter] = _STATES_PWM_OFF[_letter] = PilotState(_letter)
+
+
 def pilot_state(ev_letter: str, pwm_on: bool) -> PilotState:
     """Combine what the EV presents (A–F) with whether PWM is on."""
-    if ev_letter in ("A", "E", "F"):
-        return PilotState(ev_letter)
-    if ev_letter not in ("B", "C", "D"):
+    state = (_STATES_PWM_ON if pwm_on else _STATES_PWM_OFF).get(ev_letter)
+    if state is None:
         raise ValueError(f"unknown pilot letter {ev_letter!r}")
-    return PilotState(ev_letter + ("2" if pwm_on else "1"))
+    return state
+
+
+_CONTACTOR_STATES = frozenset({PilotState.C2, PilotState.D2})
+_UNPLUGGED_STATES = frozenset({PilotState.A, PilotState.E, PilotState.F})
 
 
 def contactor_may_close(state: PilotState) -> bool:
     """The contactor may be closed only while the EV requests and PWM is on."""
-    return state in (PilotState.C2, PilotState.D2)
+    return state in _CONTACTOR_STATES
 
 
 def is_plugged(state: PilotState) -> bool:
     """A vehicle is connected (any state but A, E and F)."""
-    return state not in (PilotState.A, PilotState.E, PilotState.F)
+    return state not in _UNPLUGGED_STATES

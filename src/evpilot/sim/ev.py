@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from evpilot.core.charger import Phases
+from evpilot.core.charger import ZERO3, Phases
 from evpilot.core.iec61851 import current_for_duty
 
 # Above this state of charge the battery accepts less current (constant-voltage phase).
@@ -28,7 +28,7 @@ class CarSpec:
 class SimCar:
     """A car plugged into a charger: follows the PWM after a 1–5 s delay."""
 
-    __slots__ = ("_pending", "_pending_at", "_rng", "follow", "last_offer", "soc", "spec")
+    __slots__ = ("_duty", "_offer", "_pending", "_pending_at", "_rng", "follow", "last_offer", "soc", "spec")
 
     def __init__(self, spec: CarSpec, rng: random.Random) -> None:
         self.spec = spec
@@ -38,6 +38,9 @@ class SimCar:
         self.last_offer = 0.0
         self._pending = 0.0
         self._pending_at: float | None = None
+        # The last duty seen and the current it offers (the conversion is pure, so it is cached).
+        self._duty = -1.0
+        self._offer = 0.0
 
     @property
     def wants_charge(self) -> bool:
@@ -60,7 +63,10 @@ class SimCar:
 
     def see_duty(self, now: float, duty: float) -> None:
         """Notice the pilot's duty cycle; the car adapts after a random 1–5 s."""
-        offer = current_for_duty(duty)
+        if duty != self._duty:
+            self._duty = duty
+            self._offer = current_for_duty(duty)
+        offer = self._offer
         if offer != self.last_offer:
             self.last_offer = offer
             delay = 1.0 + 4.0 * self._rng.random()
@@ -73,8 +79,8 @@ class SimCar:
 
     def draw(self, contactor: bool, charger_phases: int) -> Phases:
         """Per-phase current on the charger's L1..L3."""
-        if not contactor or not self.wants_charge or self.follow <= 0:
-            return (0.0, 0.0, 0.0)
+        if not contactor or self.follow <= 0 or not self.soc < self.spec.target_soc - 1e-9:
+            return ZERO3
         amps = min(self.follow, self.spec.max_current, self.taper_limit())
         if self.spec.phases == 3 and charger_phases == 3:
             return (amps, amps, amps)

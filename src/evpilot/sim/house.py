@@ -72,18 +72,21 @@ class House:
         hour = int(tod // 3600) % 24
         frac = (tod % 3600) / 3600.0
         factor = _PROFILE[hour] * (1 - frac) + _PROFILE[(hour + 1) % 24] * frac
-        out = [self.base[0] * factor, self.base[1] * factor, self.base[2] * factor]
-        keep: list[Spike] = []
+        base = self.base
+        out0, out1, out2 = base[0] * factor, base[1] * factor, base[2] * factor
+        expired = False
         for s in self.spikes:
             if s.start + s.duration <= now:
+                expired = True
                 continue
-            keep.append(s)
             if s.start <= now:
-                out[0] += s.currents[0]
-                out[1] += s.currents[1]
-                out[2] += s.currents[2]
-        self.spikes = keep
-        return (out[0], out[1], out[2])
+                amps = s.currents
+                out0 += amps[0]
+                out1 += amps[1]
+                out2 += amps[2]
+        if expired:
+            self.spikes = [s for s in self.spikes if s.start + s.duration > now]
+        return (out0, out1, out2)
 
 
 class PV:

@@ -6,7 +6,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from evpilot.core.charger import ChargerConfig, Phases, PilotOutput, PilotReading
+from evpilot.core.charger import ZERO3, ChargerConfig, Phases, PilotOutput, PilotReading
 from evpilot.core.iec61851 import current_for_duty, duty_for_current
 from evpilot.core.site import Reading
 from evpilot.sim.ev import CarSpec, SimCar
@@ -135,8 +135,10 @@ class SimPilot:
 
     def _step(self, now: float, dt: float, phase_v: Phases) -> Phases:
         car = self.car
+        config = self.config
+        one_phase = config.phases == 1
         if car is None:
-            self.currents = (0.0, 0.0, 0.0)
+            currents: Phases = ZERO3
         else:
             duty = self.duty
             if now >= self.fallback_at and duty < 100.0:
@@ -145,30 +147,39 @@ class SimPilot:
                 if current_for_duty(duty) > safe:
                     duty = duty_for_current(safe) if safe >= 6 else 100.0
             car.see_duty(now, duty)
-            self.currents = car.draw(self.contactor and not self.rcm_fault, self.phases)
-            if self.config.phases == 1:
-                self.currents = (self.currents[0], 0.0, 0.0)
-        if self.config.phases == 1:
-            v = phase_v[self.config.phase - 1]
-            self.voltages = (v, 0.0, 0.0)
+            currents = car.draw(self.contactor and not self.rcm_fault, self.phases)
+            if one_phase and currents is not ZERO3:
+                currents = (currents[0], 0.0, 0.0)
+        self.currents = currents
+        if one_phase:
+            v = phase_v[config.phase - 1]
+            voltages: Phases = (v, 0.0, 0.0)
         else:
-            self.voltages = phase_v
-        power = sum(i * v for i, v in zip(self.currents, self.voltages, strict=True))
+            voltages = phase_v
+        self.voltages = voltages
+        # Same order of operations as sum() over the three products.
+        power = currents[0] * voltages[0] + currents[1] * voltages[1] + currents[2] * voltages[2]
         kwh = power * dt / 3.6e6
         self.energy_kwh += kwh
         if car is not None:
             car.absorb(kwh)
-        amps = max(self.currents)
+        amps = max(currents)
         target = self.site.params.ambient_c + HEAT_K_PER_A2 * amps * amps
         self.temperature += (target - self.temperature) * min(1.0, dt / HEAT_TAU_S)
-        return self.mains_draw()
+        if one_phase:
+            return self.mains_draw()
+        return currents
 
     def mains_draw(self) -> Phases:
         """This charger's current on the mains phases."""
         if self.config.phases == 1:
-            out = [0.0, 0.0, 0.0]
-            out[self.config.phase - 1] = self.currents[0]
-            return (out[0], out[1], out[2])
+            amps = self.currents[0]
+            phase = self.config.phase
+            if phase == 1:
+                return (amps, 0.0, 0.0)
+            if phase == 2:
+                return (0.0, amps, 0.0)
+            return (0.0, 0.0, amps)
         return self.currents
 
 
@@ -200,6 +211,7 @@ class SimSite:
         }
         self.planned = sorted(params.cars, key=lambda p: p.at)
         self.unplugs: list[tuple[float, str]] = []
+        self._unplug_due = math.inf
         self.import_kwh = 0.0
         self.export_kwh = 0.0
         self.mains_currents: Phases = (0.0, 0.0, 0.0)
@@ -222,46 +234,53 @@ class SimSite:
 
     def _step(self, now: float, dt: float) -> None:
         self.now = now
-        while self.planned and self.planned[0].at + self.start <= now:
-            plan = self.planned.pop(0)
+        planned = self.planned
+        while planned and planned[0].at + self.start <= now:
+            plan = planned.pop(0)
             pilot = self.pilots.get(plan.charger)
             if pilot is not None:
                 pilot.plug(plan.spec)
                 if plan.unplug_at is not None:
-                    self.unplugs.append((self.start + plan.unplug_at, plan.charger))
-        if self.unplugs:
+                    due = self.start + plan.unplug_at
+                    self.unplugs.append((due, plan.charger))
+                    self._unplug_due = min(self._unplug_due, due)
+        if self.unplugs and self._unplug_due <= now:
             for at, cid in list(self.unplugs):
                 if at <= now:
                     self.pilots[cid].unplug()
                     self.unplugs.remove((at, cid))
+            self._unplug_due = min((at for at, _ in self.unplugs), default=math.inf)
         tod = self.tod(now)
         house = self.house.currents(now, tod)
         self.house_currents = house
         pv_w = self.pv.power_w(now, tod)
         self.pv_w = pv_w
         pv_a = pv_w / (3 * NOMINAL_V)
-        ev = [0.0, 0.0, 0.0]
+        ev0 = ev1 = ev2 = 0.0
+        phase_v = self.phase_v
         for pilot in self.pilots.values():
-            d = pilot._step(now, dt, self.phase_v)
-            ev[0] += d[0]
-            ev[1] += d[1]
-            ev[2] += d[2]
-        net = [house[p] + ev[p] - pv_a for p in range(3)]
-        bat_a = 0.0
+            d = pilot._step(now, dt, phase_v)
+            ev0 += d[0]
+            ev1 += d[1]
+            ev2 += d[2]
+        net0 = house[0] + ev0 - pv_a
+        net1 = house[1] + ev1 - pv_a
+        net2 = house[2] + ev2 - pv_a
         if self.battery is not None:
-            net_w = sum(net) * NOMINAL_V
+            net_w = (net0 + net1 + net2) * NOMINAL_V
             self.battery_w = self.battery.respond(net_w)
             self.battery.step(dt)
             bat_a = self.battery_w / (3 * NOMINAL_V)
-        mains = (net[0] + bat_a, net[1] + bat_a, net[2] + bat_a)
+            mains = (net0 + bat_a, net1 + bat_a, net2 + bat_a)
+        else:
+            mains = (net0 + 0.0, net1 + 0.0, net2 + 0.0)
         self.mains_currents = mains
-        self.phase_v = (
-            NOMINAL_V + 2.0 - SAG_V_PER_A * mains[0],
-            NOMINAL_V + 2.0 - SAG_V_PER_A * mains[1],
-            NOMINAL_V + 2.0 - SAG_V_PER_A * mains[2],
-        )
+        v0 = NOMINAL_V + 2.0 - SAG_V_PER_A * mains[0]
+        v1 = NOMINAL_V + 2.0 - SAG_V_PER_A * mains[1]
+        v2 = NOMINAL_V + 2.0 - SAG_V_PER_A * mains[2]
+        self.phase_v = (v0, v1, v2)
         self.frequency = 50.0 + 0.02 * math.sin(now / 37.0)
-        power = sum(mains[p] * self.phase_v[p] for p in range(3))
+        power = mains[0] * v0 + mains[1] * v1 + mains[2] * v2
         if power >= 0:
             self.import_kwh += power * dt / 3.6e6
         else:

@@ -1,0 +1,143 @@
+"""Simulation speed: 24 h of the default site and of a 100-charger site at 1 s steps.
+
+Runs `Engine.step` in a plain loop (no asyncio, no HTTP) and prints sim-seconds per wall-second,
+the wall time and its ratio to the goal (≤ 1.0 meets it). `--digest` also prints delivered energy
+and a hash of every charger's signaled current at every tick, to check that an optimization did
+not change behaviour (the digest costs a little time, so compare timings without it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import random
+import struct
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from evpilot.config import AppConfig, parse_config
+from evpilot.control.build import assemble
+
+START = 1_700_000_000.0
+DAY_S = 86400
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What one run measured."""
+
+    name: str
+    sim_s: int
+    wall_s: float
+    cpu_s: float
+    goal_s: float
+    delivered_kwh: float
+    digest: str | None
+
+
+def default_config() -> AppConfig:
+    """The site evpilot runs with no config: one charger, 25 A mains, PV, one car at start."""
+    return AppConfig()
+
+
+def fleet_config(chargers: int = 100, seed: int = 7) -> AppConfig:
+    """A depot: `chargers` chargers on circuits of 10 under a 200 A mains, cars arriving all day."""
+    rng = random.Random(seed)
+    groups = max(1, (chargers + 9) // 10)
+    circuits: list[dict[str, Any]] = [{"name": f"feeder{g}", "limit": 100} for g in range((groups + 4) // 5)]
+    circuits += [{"name": f"c{g}", "limit": 63, "parent": f"feeder{g // 5}"} for g in range(groups)]
+    cps: list[dict[str, Any]] = []
+    cars: list[dict[str, Any]] = []
+    for i in range(chargers):
+        cid = f"cp{i:03d}"
+        one_phase = i % 4 == 3
+        cps.append(
+            {
+                "id": cid,
+                "circuit": f"c{i // 10}",
+                "phases": 1 if one_phase else 3,
+                "phase": (i % 3) + 1,
+                "max_current": 32,
+                "priority": 1 if i % 10 == 0 else 0,
+            }
+        )
+        # Two visits a day: a morning/daytime car and an evening car that may stay overnight.
+        t = rng.uniform(0, 8 * 3600)
+        for _ in range(2):
+            stay = rng.uniform(2 * 3600, 8 * 3600)
+            cars.append(
+                {
+                    "charger": cid,
+                    "at_s": round(t),
+                    "unplug_at_s": round(t + stay),
+                    "battery_kwh": rng.choice([40, 60, 77, 100]),
+                    "soc": round(rng.uniform(10, 70), 1),
+                    "max_current": rng.choice([16, 32]),
+                    "phases": 1 if one_phase or rng.random() < 0.2 else 3,
+                }
+            )
+            t += stay + rng.uniform(600, 4 * 3600)
+    return parse_config(
+        {
+            "site": {"mains_limit": 200, "circuits": circuits},
+            "chargers": cps,
+            "sim": {"seed": seed, "pv_kwp": 50, "house_base": [20, 18, 22], "cars": cars},
+        }
+    )
+
+
+def run(name: str, config: AppConfig, seconds: int, goal_s: float, digest: bool) -> Result:
+    """Simulate `seconds` of `config` at 1 s steps; returns the timing and key outputs."""
+    parts = assemble(config, START)
+    engine = parts.engine
+    sim = parts.sim
+    assert sim is not None
+    chargers = list(engine.chargers.values())
+    h = hashlib.blake2b(digest_size=16) if digest else None
+    pack = struct.Struct(f"<{len(chargers)}d").pack
+    step = engine.step
+    c0 = time.process_time()
+    t0 = time.perf_counter()
+    for k in range(1, seconds + 1):
+        step(START + k)
+        if h is not None:
+            h.update(pack(*[c.signaled for c in chargers]))
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - c0
+    delivered = sum(p.energy_kwh for p in sim.pilots.values())
+    return Result(name, seconds, wall, cpu, goal_s, delivered, h.hexdigest() if h is not None else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks and print a table."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--hours", type=float, default=24.0, help="simulated hours per run (default 24)")
+    p.add_argument("--chargers", type=int, default=100, help="chargers in the fleet run (default 100)")
+    p.add_argument("--only", choices=["default", "fleet"], help="run only one of the two sites")
+    p.add_argument("--digest", action="store_true", help="also hash signaled currents per tick")
+    args = p.parse_args(argv)
+    seconds = int(args.hours * 3600)
+    scale = seconds / DAY_S
+    runs = []
+    if args.only in (None, "default"):
+        runs.append(("default site (1 charger)", default_config(), 2.0 * scale))
+    if args.only in (None, "fleet"):
+        runs.append((f"fleet ({args.chargers} chargers)", fleet_config(args.chargers), 60.0 * scale))
+    head = f"{'site':28} {'sim s':>7} {'wall s':>8} {'cpu s':>7} {'sim s/wall s':>13} {'goal s':>7}"
+    print(f"{head} {'ratio':>6}  kWh")
+    for name, config, goal in runs:
+        r = run(name, config, seconds, goal, args.digest)
+        line = (
+            f"{r.name:28} {r.sim_s:7d} {r.wall_s:8.2f} {r.cpu_s:7.2f} {r.sim_s / r.wall_s:13.0f} "
+            f"{r.goal_s:7.2f} {r.wall_s / r.goal_s:6.2f}  {r.delivered_kwh:.4f}"
+        )
+        if r.digest is not None:
+            line += f"  digest {r.digest}"
+        print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
