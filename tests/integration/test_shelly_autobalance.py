@@ -57,6 +57,8 @@ async def test_auto_balance_keeps_the_site_under_max_current(tmp_path: Path) -> 
         async with httpx.AsyncClient(base_url=base) as client:
             await client.put("/api/sim/house", json={"currents": [8, 8, 8]})
             ch = rt.charger("cp1")
+            sim = rt.sim
+            assert sim is not None
             await _until(lambda: ch.signaled > 20)  # charging fast before auto_balance
             reply = await _rpc(
                 client,
@@ -67,19 +69,26 @@ async def test_auto_balance_keeps_the_site_under_max_current(tmp_path: Path) -> 
                 },
             )
             assert reply["result"] == {"restart_required": False}
-            # house 8 A per phase: the EV may take 16 - 8 = 8 A (its own current excluded from the reading)
-            await _until(lambda: _lease(rt) is not None and 7.4 <= (_lease(rt) or 0) <= 8.6)
-            await _until(lambda: 0 < ch.signaled <= 8.6 and max(ch.currents) <= 8.7)
-            await _until(lambda: rt.sim is not None and max(rt.sim.mains_currents) <= 16.7)
+
+            # the EV may take 16 A minus the house (the EV's own current is excluded from the EM reading)
+            def cap_matches_house() -> bool:
+                lease = _lease(rt)
+                return lease is not None and abs(lease - (16 - max(sim.house_currents))) <= 0.6
+
+            await _until(cap_matches_house)
+            await _until(lambda: 0 < ch.signaled <= 16 - max(sim.house_currents) + 0.6)
+            await _until(lambda: max(sim.mains_currents) <= 16.7)
             doc = (await client.get("/api/chargers/cp1")).json()
-            assert doc["limits"]["leases"]["auto_balance"]["amps"] <= 8.6
+            assert doc["limits"]["leases"]["auto_balance"]["amps"] < 16
+            assert doc["available_source"] == "auto_balance"
             status = (await _rpc(client, "Service.GetStatus", {"id": 0}))["result"]["auto_balance"]
             assert status["active"] is True and status["reason"] == "ok" and status["error"] is None
-            assert status["em_currents"][0] > 15
+            assert max(status["em_currents"]) > 15
 
-            # a bigger house load leaves less than MIN: charging pauses
-            await client.put("/api/sim/house", json={"currents": [12, 12, 12]})
+            # a limit that leaves less than MIN for the EV pauses charging
+            await _rpc(client, "Service.SetConfig", {"config": {"auto_balance": {"max_current": 6}}})
             await _until(lambda: ch.signaled == 0)
+            await _rpc(client, "Service.SetConfig", {"config": {"auto_balance": {"max_current": 16}}})
 
             # the meter goes away: after meter_timeout_s the cap falls back to the site's fallback current
             assert facade.sim_em is not None
