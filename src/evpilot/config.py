@@ -202,7 +202,7 @@ class ShellyModel(_Model):
     """The Shelly Gen2 RPC facade (Top AC) and its auto_balance meter."""
 
     password: str | None = Field(
-        default=None, min_length=1, max_length=64, description="digest password of user 'admin'; none = no auth"
+        default=None, min_length=1, max_length=64, description="digest password of user admin; none = no auth"
     )
     device_id: str | None = Field(
         default=None, pattern=r"^[a-z0-9]+-[a-z0-9]{1,32}$", description="device id of the default charger"
