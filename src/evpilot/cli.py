@@ -15,7 +15,7 @@ from pathlib import Path
 import platformdirs
 
 from evpilot import __version__
-from evpilot.config import AppConfig, ConfigError, json_schema, load_config
+from evpilot.config import AppConfig, ConfigError, json_schema, load_config, parse_mqtt_url
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -35,6 +35,14 @@ def _speed(text: str) -> float:
     return value
 
 
+def _mqtt_url(text: str) -> str:
+    try:
+        parse_mqtt_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser."""
     p = argparse.ArgumentParser(prog="evpilot", description="Smart-charging controller for EVs.")
@@ -45,6 +53,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", type=Path, help="where the SQLite database lives")
     run.add_argument("--http", type=_host_port, help="HOST:PORT to serve on (default 127.0.0.1:8080)")
     run.add_argument("--speed", type=_speed, default=1.0, help="simulation speed factor (default 1)")
+    run.add_argument(
+        "--mqtt", type=_mqtt_url, metavar="URL", help="MQTT broker: mqtt[s]://[user:password@]host[:port]"
+    )
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     cfg = sub.add_parser("config", help="check a config file or print its schema")
     csub = cfg.add_subparsers(dest="config_cmd", required=True)
@@ -78,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         for key, msg in exc.errors:
             print(f"config error: {key}: {msg}", file=sys.stderr)
         return 2
+    if args.mqtt:
+        config = config.model_copy(update={"mqtt": config.mqtt.model_copy(update={"url": args.mqtt})})
     return run(config, args.data_dir, args.http, args.speed)
 
 

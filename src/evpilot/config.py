@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -229,6 +231,97 @@ class HttpModel(_Model):
     port: int = Field(default=8080, ge=0, le=65535)
 
 
+_TOPIC_PREFIX = r"^[^+#/\x00][^+#\x00]{0,62}[^+#/\x00]$|^[^+#/\x00]$"
+
+
+class SmartEvseMqttModel(_Model):
+    """SmartEVSE-compatible MQTT topics (one SmartEVSE prefix per charger)."""
+
+    enabled: bool = True
+    prefix: str = Field(
+        default="SmartEVSE/{serial}",
+        description="topic prefix; {serial} = the charger's serial (older firmware: SmartEVSE-{serial})",
+    )
+    serials: dict[str, str] = Field(
+        default_factory=dict, description="charger id -> serial (default: the charger id)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> SmartEvseMqttModel:
+        if "{serial}" not in self.prefix:
+            raise ValueError("prefix must contain {serial}")
+        for cid, serial in self.serials.items():
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", serial):
+                raise ValueError(f"serial of {cid!r} must be 1-32 of A-Z a-z 0-9 _ -")
+        return self
+
+    def topic(self, cid: str) -> str:
+        """The SmartEVSE topic prefix of charger `cid`."""
+        return self.prefix.replace("{serial}", self.serials.get(cid, cid))
+
+
+class MqttModel(_Model):
+    """The MQTT client: broker, topics, Home Assistant discovery and compatibility bridges."""
+
+    url: str | None = Field(
+        default=None, description="mqtt://[user[:password]@]host[:port] or mqtts://...; none = MQTT off"
+    )
+    username: str | None = Field(default=None, max_length=256)
+    password: str | None = Field(default=None, max_length=256)
+    client_id: str | None = Field(
+        default=None, max_length=64, description="MQTT client id (default: evpilot-<topic prefix>)"
+    )
+    topic_prefix: str = Field(default="evpilot", pattern=_TOPIC_PREFIX)
+    tls_ca: Path | None = Field(default=None, description="CA file for mqtts:// (default: system CAs)")
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    refresh_s: float = Field(default=60, ge=1, le=3600, description="full republish period (s)")
+    reconnect_min_s: float = Field(default=0.5, gt=0, le=60)
+    reconnect_max_s: float = Field(default=30, gt=0, le=3600)
+    discovery: bool = True
+    discovery_prefix: str = Field(default="homeassistant", pattern=_TOPIC_PREFIX)
+    smartevse: SmartEvseMqttModel = Field(default_factory=SmartEvseMqttModel)
+    esp32evse: dict[str, str] = Field(
+        default_factory=dict, description="charger id -> ESP32-EVSE bridge identifier (a-z, 0-9)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> MqttModel:
+        if self.url is not None:
+            parse_mqtt_url(self.url)
+        for cid, ident in list(self.esp32evse.items()):
+            low = ident.lower()
+            if not re.fullmatch(r"[a-z0-9]+", low):
+                raise ValueError(
+                    f"invalid ESP32-EVSE identifier {ident!r} for {cid!r}: use only a-z and 0-9"
+                    " (no spaces, dashes, dots or other characters)"
+                )
+            self.esp32evse[cid] = low
+        if len(set(self.esp32evse.values())) != len(self.esp32evse):
+            raise ValueError("ESP32-EVSE identifiers must be unique")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s is above reconnect_max_s")
+        return self
+
+
+def parse_mqtt_url(url: str) -> tuple[bool, str, int, str | None, str | None]:
+    """Split an MQTT URL into (tls, host, port, user, password); raises ValueError."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"MQTT URL must start with mqtt:// or mqtts://, got {url!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"bad port in MQTT URL {url!r}") from None
+    if not parts.hostname:
+        raise ValueError(f"no host in MQTT URL {url!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"MQTT URL {url!r} must not have a path, query or fragment")
+    tls = parts.scheme == "mqtts"
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    return tls, parts.hostname, port or (8883 if tls else 1883), user, password
+
+
 class AppConfig(_Model):
     """The whole evpilot configuration file."""
 
@@ -237,6 +330,7 @@ class AppConfig(_Model):
     sim: SimModel = Field(default_factory=SimModel)
     control: ControlModel = Field(default_factory=ControlModel)
     http: HttpModel = Field(default_factory=HttpModel)
+    mqtt: MqttModel = Field(default_factory=MqttModel)
     esp32evse: Esp32EvseModel = Field(default_factory=Esp32EvseModel)
     shelly: ShellyModel = Field(default_factory=ShellyModel)
 
@@ -254,6 +348,11 @@ class AppConfig(_Model):
         for car in self.sim.cars or []:
             if car.charger not in ids:
                 raise ValueError(f"sim car: unknown charger {car.charger!r}")
+        for cid in [*self.mqtt.esp32evse, *self.mqtt.smartevse.serials]:
+            if cid not in ids:
+                raise ValueError(f"mqtt: unknown charger {cid!r}")
+        if self.mqtt.url is not None and "site" in ids:
+            raise ValueError("mqtt: charger id 'site' is reserved for the site's topics")
         return self
 
     def site_core(self) -> SiteConfig:

@@ -44,9 +44,18 @@ def create_app(rt: Runtime, manage_runtime: bool = True) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if manage_runtime:
             await rt.start()
+        bridge = None
+        if manage_runtime and rt.config.mqtt.url is not None:
+            from evpilot.api.mqtt import MqttBridge
+
+            bridge = MqttBridge(rt, rt.config.mqtt)
+            await bridge.start()
+        app.state.mqtt = bridge
         try:
             yield
         finally:
+            if bridge is not None:
+                await bridge.stop()
             if manage_runtime:
                 await rt.stop()
 

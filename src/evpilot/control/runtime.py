@@ -291,6 +291,12 @@ class Runtime:
             self.store.set_setting("site", {"mode": mode})
         self.recompute()
 
+    def set_capacity_limit(self, amps: float | None) -> None:
+        """Set the CAPACITY limit (A summed over the phases, 10-600); None or 0 removes it."""
+        value = None if not amps else check_range("capacity_limit", amps, 10.0, 600.0, " A")
+        self.engine.site = replace(self.engine.site, capacity_limit=value)
+        self.recompute()
+
     # ---- documents ----------------------------------------------------------------------------
 
     def charging_doc(self, cid: str) -> dict[str, Any]:

@@ -1,0 +1,794 @@
+"""MQTT facade: native topics, SmartEVSE- and ESP32-EVSE-compatible topics, Home Assistant discovery.
+
+One client connection per runtime. State goes out when it changes (the runtime's listeners)
+and in full every `refresh_s`; commands come in on `.../set` topics, are validated here and
+applied through the same core commands as the REST API. A refused command changes nothing
+and leaves a retained JSON note on `<prefix>/<charger>/error`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import random
+import re
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiomqtt
+
+from evpilot.api.ha_discovery import OFF, ON, discovery_configs, node_slug
+from evpilot.config import MqttModel, parse_mqtt_url
+from evpilot.control.runtime import Runtime, UnknownCharger
+from evpilot.core.charger import MODES, Charger
+from evpilot.core.errors import CommandError, check_range
+from evpilot.devices.base import PilotHardware
+from evpilot.devices.evmeter import ApiFedEvMeter, EvMeterReading, MeteredPilot
+
+log = logging.getLogger("evpilot.mqtt")
+
+# Longer payloads are refused before decoding: no command needs more than a few dozen bytes.
+MAX_PAYLOAD = 256
+ONLINE, OFFLINE = "online", "offline"
+DISCOVERY_KEY = "mqtt:discovery"
+# Errors and events waiting for a connection beyond this are dropped (oldest first).
+MAX_PENDING = 1000
+# A session shorter than this does not reset the reconnect backoff (a broker that accepts
+# and then drops us, e.g. for a duplicate client id, must not be hammered).
+STABLE_SESSION_S = 10.0
+BUTTON_PAYLOADS = frozenset({"", "PRESS", "ON", "1", "TRUE", "START", "STOP"})
+NATIVE_COMMANDS = (
+    "enabled",
+    "current",
+    "mode",
+    "phases",
+    "energy_cap",
+    "time_cap",
+    "auto_charge",
+    "start",
+    "stop",
+    "reset",
+)
+SITE_COMMANDS = ("mode", "capacity")
+
+SE_MODES = {"Off": None, "Normal": "normal", "Smart": "smart", "Solar": "solar"}
+SE_MODE_NAMES = {"off": "Off", "normal": "Normal", "smart": "Smart", "solar": "Solar"}
+SE_ENABLE_C2 = ("Not present", "Always Off", "Solar Off", "Always On", "Auto")
+SE_PHASE_MODES = ("not_present", "always_1p", "solar_1p", "always_3p", "auto")
+SE_STATES = {
+    "A": "Ready to Charge",
+    "B1": "Connected to EV",
+    "B2": "Connected to EV",
+    "C1": "Charging Stopped",
+    "C2": "Charging",
+    "D1": "Charging Stopped",
+    "D2": "D",
+    "E": "Ready to Charge",
+    "F": "Ready to Charge",
+}
+SE_ERRORS = {"rcm_triggered": "RCM Tripped", "temperature_high": "Temperature High"}
+SE_UNSUPPORTED = frozenset(
+    {
+        "CPPWMOverride",
+        "CustomButton",
+        "RequiredEVCCID",
+        "ColorOff",
+        "ColorNormal",
+        "ColorSmart",
+        "ColorSolar",
+        "ColorCustom",
+        "CableLock",
+    }
+)
+_INT = re.compile(r"[+-]?\d{1,9}")
+_FLOAT = re.compile(r"[+-]?(\d{1,9}(\.\d{0,9})?|\.\d{1,9})([eE][+-]?\d{1,3})?")
+_BOOLS = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False}
+
+
+class Rejected(Exception):
+    """An incoming topic or payload was refused; the message says why."""
+
+
+class _Misrouted(Rejected):
+    """A refused topic that still belongs to a known charger (its error goes there)."""
+
+    def __init__(self, cid: str, message: str) -> None:
+        super().__init__(message)
+        self.cid = cid
+
+
+@dataclass(frozen=True, slots=True)
+class Out:
+    """One message to publish; `dedupe` skips it when the topic already carries this payload."""
+
+    topic: str
+    payload: str
+    retain: bool = True
+    qos: int = 0
+    dedupe: bool = True
+
+
+# ---- payload parsing ---------------------------------------------------------------------------
+
+
+def payload_text(payload: object) -> str:
+    """The payload as stripped UTF-8 text (refuses long, binary and control-character payloads)."""
+    if payload is None:
+        data = b""
+    elif isinstance(payload, bytes | bytearray):
+        data = bytes(payload)
+    else:
+        data = str(payload).encode()
+    if len(data) > MAX_PAYLOAD:
+        raise Rejected(f"payload too long ({len(data)} bytes, at most {MAX_PAYLOAD})")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Rejected("payload is not UTF-8 text") from None
+    text = text.strip()
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise Rejected("payload contains control characters")
+    return text
+
+
+def parse_number(text: str, what: str) -> float:
+    """A finite decimal number."""
+    if not _FLOAT.fullmatch(text) or not math.isfinite(value := float(text)):
+        raise Rejected(f"{what}: {text[:40]!r} is not a number")
+    return value
+
+
+def parse_int(text: str, what: str) -> int:
+    """A decimal integer."""
+    if not _INT.fullmatch(text):
+        raise Rejected(f"{what}: {text!r} is not an integer")
+    return int(text)
+
+
+def parse_bool(text: str, what: str) -> bool:
+    """ON/OFF, true/false or 1/0 (any case)."""
+    value = _BOOLS.get(text.lower())
+    if value is None:
+        raise Rejected(f"{what}: {text!r} is not one of ON, OFF, true, false, 1, 0")
+    return value
+
+
+def _shown(payload: object) -> str:
+    if isinstance(payload, bytes | bytearray):
+        text = bytes(payload[:80]).decode("utf-8", "replace")
+    else:
+        text = str(payload)[:80]
+    return text
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    """A number as MQTT text: no trailing `.0`, `None` when unknown."""
+    if value is None:
+        return "None"
+    r = round(float(value), digits)
+    if r == int(r):
+        return str(int(r))
+    return repr(r)
+
+
+def onoff(value: object) -> str:
+    """ON or OFF."""
+    return ON if value else OFF
+
+
+# ---- the bridge ----------------------------------------------------------------------------------
+
+
+class MqttBridge:
+    """Connects a runtime to an MQTT broker; start() after the runtime, stop() before it."""
+
+    def __init__(self, rt: Runtime, cfg: MqttModel) -> None:
+        if cfg.url is None:
+            raise ValueError("MQTT is not configured (mqtt.url)")
+        self.rt = rt
+        self.cfg = cfg
+        tls, self.host, self.port, user, password = parse_mqtt_url(cfg.url)
+        self.tls = tls
+        self.username = cfg.username if cfg.username is not None else user
+        self.password = cfg.password if cfg.password is not None else password
+        self.prefix = cfg.topic_prefix
+        self.client_id = cfg.client_id or f"evpilot-{node_slug(self.prefix)}"
+        self.status_topic = f"{self.prefix}/status"
+        ids = list(rt.engine.chargers)
+        self.smartevse: dict[str, str] = (
+            {cid: cfg.smartevse.topic(cid) for cid in ids} if cfg.smartevse.enabled else {}
+        )
+        self._se_by_prefix = {sp: cid for cid, sp in self.smartevse.items()}
+        self.esp32: dict[str, str] = dict(cfg.esp32evse)
+        self._esp_by_id = {ident: cid for cid, ident in self.esp32.items()}
+        self.ev_meters: dict[str, ApiFedEvMeter] = {}
+        self._inner_pilots: dict[str, PilotHardware] = {}
+        self._announced: list[str] | None = None
+        self._sent: dict[str, str] = {}
+        self._pending: list[Out] = []
+        self._dirty: set[str] = set()
+        self._site_dirty = False
+        self._cdocs: dict[str, dict[str, Any]] = {}
+        self._sdoc: dict[str, Any] = {}
+        self._wake = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.connected = asyncio.Event()
+        self.connects = 0
+        self.accepted = 0
+        self.rejected = 0
+        self.published = 0
+        self.on_message: Callable[[str], None] | None = None
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Install the API-fed EV meters, follow the runtime's changes and connect in the background."""
+        timeout = self.rt.engine.site.meter_timeout_s
+        for cid in self.smartevse:
+            meter = ApiFedEvMeter()
+            meter.listeners.append(self.rt.recompute)
+            self.ev_meters[cid] = meter
+            self._inner_pilots[cid] = self.rt.engine.pilots[cid]
+            self.rt.engine.pilots[cid] = MeteredPilot(self._inner_pilots[cid], meter, timeout)
+        self.rt.listeners.append(self._on_change)
+        self._task = asyncio.create_task(self._run(), name="evpilot-mqtt")
+
+    async def stop(self) -> None:
+        """Publish `offline`, disconnect cleanly and detach from the runtime."""
+        self._stopping = True
+        client = self._client
+        if client is not None and self.connected.is_set():
+            topics = [self.status_topic, *(f"{sp}/connected" for sp in self.smartevse.values())]
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(*(client.publish(t, OFFLINE, qos=1, retain=True) for t in topics)), 5
+                )
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(ValueError):
+            self.rt.listeners.remove(self._on_change)
+        for cid, pilot in self._inner_pilots.items():
+            self.rt.engine.pilots[cid] = pilot
+
+    def _make_client(self) -> aiomqtt.Client:
+        context = None
+        if self.tls:
+            ca = str(self.cfg.tls_ca) if self.cfg.tls_ca is not None else None
+            context = ssl.create_default_context(cafile=ca)
+        client = aiomqtt.Client(
+            self.host,
+            self.port,
+            username=self.username,
+            password=self.password,
+            identifier=self.client_id,
+            will=aiomqtt.Will(self.status_topic, OFFLINE, qos=1, retain=True),
+            # A persistent session: the broker queues QoS 1 commands while we are away.
+            clean_session=False,
+            keepalive=self.cfg.keepalive_s,
+            timeout=10,
+            tls_context=context,
+        )
+        # Many QoS 0 publishes in flight at once is our normal batch, not a sign of trouble.
+        client.pending_calls_threshold = 1_000_000
+        return client
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = self.cfg.reconnect_min_s
+        while not self._stopping:
+            began = loop.time()
+            try:
+                async with self._make_client() as client:
+                    await self._session(client)
+            except aiomqtt.MqttError as exc:
+                if self._stopping:
+                    break
+                log.warning("MQTT %s:%d: %s; reconnecting in %.1f s", self.host, self.port, exc, delay)
+            finally:
+                self.connected.clear()
+                self._client = None
+            if loop.time() - began >= STABLE_SESSION_S:
+                delay = self.cfg.reconnect_min_s
+            await asyncio.sleep(delay * random.uniform(0.8, 1.0))
+            delay = min(delay * 2, self.cfg.reconnect_max_s)
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        self._client = client
+        self._sent.clear()
+        for topic in self.subscriptions():
+            await client.subscribe(topic, qos=1)
+        await self._announce(client)
+        online = [self.status_topic, *(f"{sp}/connected" for sp in self.smartevse.values())]
+        await asyncio.gather(*(client.publish(t, ONLINE, qos=1, retain=True) for t in online))
+        self._mark_all()
+        self.connects += 1
+        self.connected.set()
+        log.info(
+            "MQTT connected to %s:%d as %s (prefix %s)", self.host, self.port, self.client_id, self.prefix
+        )
+        tasks = {
+            asyncio.create_task(self._receiver(client), name="evpilot-mqtt-rx"),
+            asyncio.create_task(self._publisher(client), name="evpilot-mqtt-tx"),
+        }
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                    await task
+
+    def subscriptions(self) -> list[str]:
+        """The topic filters the bridge listens on."""
+        subs = [f"{self.prefix}/+/+/set"]
+        subs += [f"{sp}/Set/#" for sp in self.smartevse.values()]
+        subs += [f"{ident}/+/set" for ident in self.esp32.values()]
+        return subs
+
+    async def _announce(self, client: aiomqtt.Client) -> None:
+        """Publish discovery configs and clear the ones announced before that no longer exist."""
+        configs = discovery_configs(self.rt.engine.chargers, self.cfg) if self.cfg.discovery else {}
+        store = self.rt.store
+        before = self._announced
+        if before is None and store is not None:
+            saved = store.get_setting(DISCOVERY_KEY)
+            before = [t for t in saved if isinstance(t, str)] if isinstance(saved, list) else []
+        stale = [t for t in before or [] if t not in configs]
+        msgs = [client.publish(t, "", qos=1, retain=True) for t in stale]
+        msgs += [
+            client.publish(t, json.dumps(c, separators=(",", ":"), ensure_ascii=False), qos=1, retain=True)
+            for t, c in configs.items()
+        ]
+        await asyncio.gather(*msgs)
+        if stale:
+            log.info("MQTT: removed %d discovery config(s) of entities that no longer exist", len(stale))
+        self._announced = sorted(configs)
+        if store is not None:
+            store.set_setting(DISCOVERY_KEY, self._announced)
+
+    # ---- outgoing ------------------------------------------------------------------------
+
+    def _on_change(self, topic: str, message: dict[str, Any]) -> None:
+        if topic == "charger":
+            cid = str(message["id"])
+            self._cdocs[cid] = message
+            self._dirty.add(cid)
+        elif topic == "site":
+            self._sdoc = message
+            self._site_dirty = True
+        elif topic == "session":
+            cid = str(message.get("charger", ""))
+            if cid in self.rt.engine.chargers:
+                body = json.dumps(message, separators=(",", ":"))
+                self._queue(Out(f"{self.prefix}/{cid}/event", body, retain=False, qos=1, dedupe=False))
+        else:
+            return
+        self._wake.set()
+
+    def _queue(self, out: Out) -> None:
+        self._pending.append(out)
+        if len(self._pending) > MAX_PENDING:
+            del self._pending[: len(self._pending) - MAX_PENDING]
+        self._wake.set()
+
+    def _mark_all(self) -> None:
+        self._sdoc = self.rt.site_doc()
+        self._site_dirty = True
+        for cid in self.rt.engine.chargers:
+            self._cdocs[cid] = self.rt.charger_doc(cid)
+            self._dirty.add(cid)
+        self._wake.set()
+
+    async def _publisher(self, client: aiomqtt.Client) -> None:
+        loop = asyncio.get_running_loop()
+        next_refresh = loop.time() + self.cfg.refresh_s
+        while True:
+            wait = next_refresh - loop.time()
+            if wait > 0 and not self._wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+            self._wake.clear()
+            if loop.time() >= next_refresh:
+                next_refresh = loop.time() + self.cfg.refresh_s
+                self._sent.clear()
+                self._mark_all()
+                self._wake.clear()
+            await self._flush(client)
+
+    def render(self) -> list[Out]:
+        """Every message that the pending changes call for (before de-duplication)."""
+        outs, self._pending = self._pending, []
+        dirty, self._dirty = self._dirty, set()
+        if self._site_dirty:
+            self._site_dirty = False
+            outs += self.render_site(self._sdoc)
+            dirty |= set(self.smartevse)
+        for cid in dirty:
+            doc = self._cdocs.get(cid)
+            if doc is None:
+                continue
+            outs += self.render_charger(cid, doc)
+            if cid in self.smartevse:
+                outs += self.render_smartevse(cid, doc, self._sdoc)
+            if cid in self.esp32:
+                outs += self.render_esp32(cid, doc)
+        return outs
+
+    async def _flush(self, client: aiomqtt.Client) -> None:
+        send = []
+        for out in self.render():
+            if out.dedupe:
+                if self._sent.get(out.topic) == out.payload:
+                    continue
+                self._sent[out.topic] = out.payload
+            send.append(out)
+        if send:
+            await asyncio.gather(
+                *(client.publish(o.topic, o.payload, qos=o.qos, retain=o.retain) for o in send)
+            )
+            self.published += len(send)
+
+    def render_charger(self, cid: str, d: dict[str, Any]) -> list[Out]:
+        """Native topics of one charger: the JSON document and one topic per value."""
+        base = f"{self.prefix}/{cid}"
+        session = d.get("session") or {}
+        limits = d["limits"]
+        caps = d["caps"]
+        current = d["current"]
+        values = {
+            "pilot": d["state"],
+            "work_state": d["work_state"],
+            "plugged": onoff(d["plugged"]),
+            "charging": onoff(d["charging"]),
+            "enabled": onoff(d["enabled"]),
+            "auto_charge": onoff(d["auto_charge"]),
+            "mode": d["mode_setting"] or "site",
+            "effective_mode": d["mode"],
+            "phases": d["phase_mode"],
+            "active_phases": str(d["phases"]),
+            "current": fmt(limits["user"] if limits["user"] is not None else limits["max_current"], 1),
+            "override_current": fmt(limits["override"] or 0, 1),
+            "signaled_current": fmt(current["signaled"], 1),
+            "allocated_current": fmt(current["allocated"], 1),
+            "available_current": fmt(current["available"], 1),
+            "limit_source": d["limit_source"],
+            "available_source": d["available_source"],
+            "power": fmt(d["power_w"], 1),
+            "session_energy": fmt(session.get("energy_kwh", 0.0)),
+            "session_time": fmt(session.get("duration_s", 0)),
+            "lifetime_energy": fmt(d["lifetime_kwh"]),
+            "temperature": fmt(d["temperature"], 1),
+            "problem": onoff(d["errors"]),
+            "errors": json.dumps(d["errors"]),
+            "energy_cap": fmt(caps["energy_kwh"] or 0),
+            "time_cap": fmt(caps["time_min"] or 0),
+            "limit_reached": d["limit_reached"] or "none",
+        }
+        for i in range(3):
+            values[f"current_l{i + 1}"] = fmt(d["amperage"][i], 2)
+            values[f"voltage_l{i + 1}"] = fmt(d["voltage"][i], 1)
+        outs = [Out(f"{base}/state", json.dumps(d, separators=(",", ":"), ensure_ascii=False))]
+        outs += [Out(f"{base}/{k}", v) for k, v in values.items()]
+        return outs
+
+    def render_site(self, d: dict[str, Any]) -> list[Out]:
+        """Native site topics."""
+        base = f"{self.prefix}/site"
+        mains = d.get("mains")
+        cur = mains["currents"] if mains else [None, None, None]
+        avail = d.get("available") or [None, None, None]
+        sim = d.get("sim")
+        values = {
+            "mode": d["mode"],
+            "pv_power": fmt(sim["pv_w"], 1) if sim else "None",
+            "battery_current": fmt(d.get("battery_current"), 2),
+            "capacity_limit": fmt(d.get("capacity_limit"), 1),
+            "mains_limit": fmt(d["mains_limit"], 1),
+            "solar_surplus": fmt(d.get("solar_surplus"), 2),
+            "fallback": onoff(d.get("fallback")),
+        }
+        for i in range(3):
+            values[f"mains_l{i + 1}"] = fmt(cur[i], 2)
+            values[f"available_l{i + 1}"] = fmt(avail[i], 2)
+        outs = [Out(f"{base}/state", json.dumps(d, separators=(",", ":"), ensure_ascii=False))]
+        outs += [Out(f"{base}/{k}", v) for k, v in values.items()]
+        return outs
+
+    def _solar_stop_timer(self, cid: str) -> int:
+        memo = self.rt.engine.state.chargers.get(cid)
+        stop_s = self.rt.engine.site.solar.stop_min * 60.0
+        if memo is None or memo.solar_short_since is None or stop_s <= 0:
+            return 0
+        return max(0, round(stop_s - (self.rt.clock.now() - memo.solar_short_since)))
+
+    def render_smartevse(self, cid: str, d: dict[str, Any], site: dict[str, Any]) -> list[Out]:
+        """The SmartEVSE firmware's topics (units: dA for currents, W, Wh), its retain flags."""
+        sp = self.smartevse[cid]
+        errors = d["errors"]
+        mode = "Off" if not d["enabled"] else SE_MODE_NAMES.get(d["mode"], "N/A")
+        if errors:
+            error = next((SE_ERRORS[e] for e in errors if e in SE_ERRORS), errors[0])
+        elif site.get("fallback"):
+            error = "Communication Error"
+        elif d["plugged"] and d["mode"] == "solar" and d["current"]["allocated"] == 0 and d["enabled"]:
+            error = "Waiting for Solar"
+        else:
+            error = "None"
+        session = d.get("session") or {}
+        limits = d["limits"]
+
+        def da(amps: float | None) -> str:
+            return str(round((amps or 0.0) * 10))
+
+        retained = {
+            "Mode": mode,
+            "Access": "Allow" if d["enabled"] else "Deny",
+            "State": SE_STATES.get(d["state"], "NOSTATE"),
+            "Error": error,
+            "ChargeCurrent": da(d["current"]["signaled"]),
+            "ChargeCurrentOverride": da(limits["override"]),
+            "MaxCurrent": da(limits["max_current"]),
+            "EVPlugState": "Connected" if d["plugged"] else "Disconnected",
+            "EVEnergyCharged": str(round(session.get("energy_kwh", 0.0) * 1000)),
+            "EnableC2": SE_ENABLE_C2[SE_PHASE_MODES.index(d["phase_mode"])],
+        }
+        live = {
+            "NrOfPhases": str(d["phases"]),
+            "EVChargePower": str(round(d["power_w"])),
+            "EVTotalEnergyCharged": str(round(d["lifetime_kwh"] * 1000)),
+            "ESPTemp": str(round(d["temperature"])),
+            "SolarStopTimer": str(self._solar_stop_timer(cid)),
+        }
+        for i in range(3):
+            live[f"EVCurrentL{i + 1}"] = da(d["amperage"][i])
+        mains = site.get("mains")
+        if mains:
+            for i in range(3):
+                live[f"MainsCurrentL{i + 1}"] = da(mains["currents"][i])
+        if site.get("battery_current") is not None:
+            live["HomeBatteryCurrent"] = str(round(site["battery_current"]))
+        outs = [Out(f"{sp}/{k}", v) for k, v in retained.items()]
+        outs += [Out(f"{sp}/{k}", v, retain=False) for k, v in live.items()]
+        return outs
+
+    def render_esp32(self, cid: str, d: dict[str, Any]) -> list[Out]:
+        """The ESP32-EVSE Home Assistant bridge's retained `<id>/state` document."""
+        session = d.get("session") or {}
+        limits = d["limits"]
+        doc = {
+            "state": d["state"],
+            "charging": d["state"] in ("C2", "D2"),
+            "enabled": d["enabled"],
+            "error": bool(d["errors"]),
+            "power": round(d["power_w"], 1),
+            "current": limits["user"] if limits["user"] is not None else limits["max_current"],
+            "session_energy": round(session.get("energy_kwh", 0.0) * 1000, 1),
+            "temperature": round(d["temperature"], 1),
+        }
+        return [Out(f"{self.esp32[cid]}/state", json.dumps(doc, separators=(",", ":")))]
+
+    # ---- incoming ------------------------------------------------------------------------
+
+    async def _receiver(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            self.handle_message(message.topic.value, message.payload, bool(message.retain))
+
+    def handle_message(self, topic: str, payload: object, retain: bool = False) -> bool:
+        """Validate and apply one incoming command; True if it was applied."""
+        if retain:
+            # Only stale retained messages arrive flagged: live ones are delivered with retain=0.
+            log.info("MQTT: ignoring a retained (stale) command on %s", topic)
+            return False
+        cid: str | None = None
+        try:
+            kind, cid, what = self._route(topic)
+            text = payload_text(payload)
+            if kind == "native":
+                self._native(cid, what, text)
+            elif kind == "site":
+                self._site(what, text)
+            elif kind == "smartevse":
+                self._smartevse(cid, what, text)
+            else:
+                self._esp32(cid, what, text)
+        except (Rejected, CommandError, UnknownCharger) as exc:
+            if isinstance(exc, CommandError):
+                reason = f"{exc.field}: {exc.message}"
+            elif isinstance(exc, UnknownCharger):
+                reason = f"no charger {exc.args[0]!r}"
+            else:
+                reason = str(exc)
+                if isinstance(exc, _Misrouted):
+                    cid = exc.cid
+            self._reject(cid, topic, payload, reason)
+            return False
+        self.accepted += 1
+        if self.on_message is not None:
+            self.on_message(topic)
+        return True
+
+    def _reject(self, cid: str | None, topic: str, payload: object, reason: str) -> None:
+        self.rejected += 1
+        log.warning("MQTT: refused %s %r: %s", topic, _shown(payload), reason)
+        where = f"{self.prefix}/{cid}/error" if cid else f"{self.prefix}/error"
+        body = {"topic": topic[:200], "payload": _shown(payload), "error": reason, "at": self.rt.clock.now()}
+        self._queue(Out(where, json.dumps(body, ensure_ascii=False), qos=1, dedupe=False))
+
+    def _route(self, topic: str) -> tuple[str, str | None, str]:
+        head, _, what = topic.rpartition("/")
+        if what == "set":
+            ident, _, cmd = head.rpartition("/")
+            cid = self._esp_by_id.get(ident)
+            if cid is not None:
+                if cmd not in ("enabled", "current"):
+                    raise _Misrouted(cid, f"unknown ESP32-EVSE command {cmd!r} (enabled, current)")
+                return "esp32", cid, cmd
+        if head.endswith("/Set"):
+            cid = self._se_by_prefix.get(head[:-4])
+            if cid is not None:
+                return "smartevse", cid, what
+        for sp, cid in self._se_by_prefix.items():
+            if topic.startswith(sp + "/Set/"):
+                raise _Misrouted(cid, f"unknown SmartEVSE topic {topic[len(sp) :]!r}")
+        if topic.startswith(self.prefix + "/"):
+            parts = topic[len(self.prefix) + 1 :].split("/")
+            if len(parts) == 3 and parts[2] == "set":
+                target, cmd = parts[0], parts[1]
+                if target == "site":
+                    if cmd not in SITE_COMMANDS:
+                        raise _Misrouted("site", f"unknown site command {cmd!r} ({', '.join(SITE_COMMANDS)})")
+                    return "site", "site", cmd
+                if target not in self.rt.engine.chargers:
+                    raise Rejected(f"no charger {target!r} (chargers: {', '.join(self.rt.engine.chargers)})")
+                if cmd not in NATIVE_COMMANDS:
+                    raise _Misrouted(target, f"unknown command {cmd!r} ({', '.join(NATIVE_COMMANDS)})")
+                return "native", target, cmd
+        raise Rejected(f"unexpected topic {topic[:120]!r}")
+
+    # ---- command tables --------------------------------------------------------------------
+
+    def _apply(self, cid: str | None, action: Callable[[Charger], None], persist: bool = True) -> None:
+        assert cid is not None
+        self.rt.command(cid, action, persist=persist)
+
+    def _native(self, cid: str | None, what: str, text: str) -> None:
+        now = self.rt.clock.now
+        if what == "enabled":
+            on = parse_bool(text, what)
+            self._apply(cid, lambda ch: ch.set_enabled(on))
+        elif what == "auto_charge":
+            on = parse_bool(text, what)
+            self._apply(cid, lambda ch: ch.set_auto_charge(on))
+        elif what == "current":
+            amps = None if text.lower() in ("none", "null") else parse_number(text, what)
+            self._apply(cid, lambda ch: ch.set_user_limit(amps))
+        elif what == "mode":
+            mode = None if text in ("site", "null", "none") else text
+            if mode is not None and mode not in MODES:
+                raise Rejected(f"mode: {text!r} is not one of site, {', '.join(MODES)}")
+            self._apply(cid, lambda ch: ch.set_mode(mode))
+        elif what == "phases":
+            phase_mode = {"1": "always_1p", "3": "always_3p"}.get(text, text)
+            self._apply(cid, lambda ch: ch.set_phase_mode(phase_mode))
+        elif what == "energy_cap":
+            kwh = check_range("energy_cap", parse_number(text, what), 0, 1000, " kWh")
+            self._apply(cid, lambda ch: ch.set_energy_cap(kwh or None))
+        elif what == "time_cap":
+            minutes = check_range("time_cap", parse_number(text, what), 0, 1440, " min")
+            self._apply(cid, lambda ch: ch.set_time_cap(minutes or None))
+        else:
+            if text.upper() not in BUTTON_PAYLOADS:
+                raise Rejected(f"{what}: payload must be empty or PRESS, got {text[:40]!r}")
+            if what == "start":
+                self._apply(cid, lambda ch: ch.request_start(now()), persist=False)
+            elif what == "stop":
+                self._apply(cid, lambda ch: ch.request_stop(now()), persist=False)
+            else:
+                self._apply(cid, lambda ch: ch.reset_faults(), persist=False)
+
+    def _site(self, what: str, text: str) -> None:
+        if what == "mode":
+            self.rt.set_site_mode(text)
+        else:
+            amps = parse_number(text, what)
+            self.rt.set_capacity_limit(amps or None)
+
+    def _smartevse(self, cid: str | None, what: str, text: str) -> None:
+        assert cid is not None
+        ch = self.rt.charger(cid)
+        now = self.rt.clock.now()
+        if what == "Mode":
+            if text not in SE_MODES:
+                raise Rejected(f"Mode: {text!r} is not one of {', '.join(SE_MODES)}")
+            mode = SE_MODES[text]
+
+            def set_mode(c: Charger) -> None:
+                if mode is None:
+                    c.set_enabled(False)
+                    return
+                c.set_mode(mode)
+                if mode != "normal":
+                    c.set_override(None)  # the firmware clears the override in Smart and Solar
+                c.set_enabled(True)
+
+            self._apply(cid, set_mode)
+        elif what == "CurrentOverride":
+            da = parse_int(text, what)
+            low, high = ch.config.min_current * 10, ch.config.max_current * 10
+            if da != 0 and not low <= da <= high:
+                raise Rejected(f"CurrentOverride: {da} dA is outside 0 or {low:g}-{high:g} dA")
+            self._apply(cid, lambda c: c.set_override(da / 10 if da else None), persist=False)
+        elif what == "CurrentMaxSumMains":
+            amps = parse_int(text, what)
+            if amps != 0 and not 10 <= amps <= 600:
+                raise Rejected(f"CurrentMaxSumMains: {amps} A is outside 0 or 10-600 A")
+            self.rt.set_capacity_limit(amps or None)
+        elif what == "MainsMeter":
+            l1, l2, l3 = self._ints(text, 3, what, "L1:L2:L3")
+            for x in (l1, l2, l3):
+                if not -2000 < x < 2000:
+                    raise Rejected(f"MainsMeter: {x} dA is outside -2000..2000 dA")
+            if self.rt.config.site.mains_meter != "api":
+                raise Rejected(
+                    "MainsMeter: the mains meter is not fed through the API (site.mains_meter: api)"
+                )
+            self.rt.api_meter.push((l1 / 10, l2 / 10, l3 / 10), now)
+        elif what == "EVMeter":
+            l1, l2, l3, w, wh = self._ints(text, 5, what, "L1:L2:L3:W:Wh")
+            phases = (l1, l2, l3)
+            if any(not -1 <= x < 1000 for x in phases):
+                raise Rejected("EVMeter: currents must be 0..999 dA (or -1 = unknown)")
+            if w < -1 or wh < -1:
+                raise Rejected("EVMeter: W and Wh must be >= 0 (or -1 = unknown)")
+            currents = None if -1 in phases else (l1 / 10, l2 / 10, l3 / 10)
+            reading = EvMeterReading(
+                currents, None if w == -1 else float(w), None if wh == -1 else wh / 1000, now
+            )
+            self.ev_meters[cid].push(reading)
+        elif what == "HomeBatteryCurrent":
+            battery = check_range("HomeBatteryCurrent", parse_int(text, what), -1000, 1000, " A")
+            self.rt.engine.battery.push(battery, now)
+            self.rt.recompute()
+        elif what == "EnableC2":
+            if text.isdigit():
+                index = int(text)
+                if not 0 <= index < len(SE_ENABLE_C2):
+                    raise Rejected(f"EnableC2: {index} is outside 0-{len(SE_ENABLE_C2) - 1}")
+            elif text in SE_ENABLE_C2:
+                index = SE_ENABLE_C2.index(text)
+            else:
+                raise Rejected(f"EnableC2: {text!r} is not 0-4 or one of {', '.join(SE_ENABLE_C2)}")
+            phase_mode = SE_PHASE_MODES[index]
+            self._apply(cid, lambda c: c.set_phase_mode(phase_mode))
+        elif what in SE_UNSUPPORTED:
+            raise Rejected(f"SmartEVSE setting {what!r} is not supported by evpilot")
+        else:
+            raise Rejected(f"unknown SmartEVSE topic 'Set/{what[:40]}'")
+
+    @staticmethod
+    def _ints(text: str, count: int, what: str, form: str) -> Sequence[int]:
+        parts = text.split(":")
+        if len(parts) != count or not all(_INT.fullmatch(p) for p in parts):
+            raise Rejected(f"{what}: {text[:60]!r} is not {form} (integers)")
+        return [int(p) for p in parts]
+
+    def _esp32(self, cid: str | None, what: str, text: str) -> None:
+        if what == "enabled":
+            on = parse_bool(text, what)
+            self._apply(cid, lambda ch: ch.set_enabled(on))
+        else:
+            # ESP32-EVSE keeps the charging current in 0.1 A steps and rounds what it is sent.
+            amps = round(parse_number(text, what) * 10) / 10
+            self._apply(cid, lambda ch: ch.set_user_limit(amps))

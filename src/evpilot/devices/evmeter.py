@@ -1,0 +1,78 @@
+"""An EV meter fed through an API (SmartEVSE `/Set/EVMeter`), layered over a charger's pilot."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from evpilot.core.charger import Phases, PilotOutput, PilotReading
+from evpilot.devices.base import PilotHardware
+
+
+@dataclass(frozen=True, slots=True)
+class EvMeterReading:
+    """One pushed EV meter reading; None = the sender does not know this value."""
+
+    currents: Phases | None
+    power_w: float | None
+    energy_kwh: float | None
+    taken_at: float
+
+
+class ApiFedEvMeter:
+    """The latest EV meter values pushed by an external sender."""
+
+    def __init__(self) -> None:
+        self.reading: EvMeterReading | None = None
+        self.listeners: list[Callable[[], None]] = []
+
+    def push(self, reading: EvMeterReading) -> None:
+        """Store a reading and tell listeners."""
+        self.reading = reading
+        for listener in self.listeners:
+            listener()
+
+
+class MeteredPilot:
+    """A pilot whose EV meter values come from an API-fed meter while that meter is fresh.
+
+    The energy counter handed to the charger stays continuous when the source switches
+    between the pilot's own meter and the API meter (each source only adds its own deltas).
+    """
+
+    def __init__(self, inner: PilotHardware, meter: ApiFedEvMeter, timeout_s: float) -> None:
+        self.inner = inner
+        self.meter = meter
+        self.timeout_s = timeout_s
+        self._source: str | None = None
+        self._raw: float | None = None
+        self._total: float | None = None
+
+    def _fresh(self, now: float) -> EvMeterReading | None:
+        r = self.meter.reading
+        if r is None or now - r.taken_at > self.timeout_s:
+            return None
+        return r
+
+    def _energy(self, source: str, raw: float | None) -> float | None:
+        if raw is None:
+            return self._total
+        if self._total is None:
+            self._total = raw
+        elif source == self._source and self._raw is not None and raw > self._raw:
+            self._total += raw - self._raw
+        self._source, self._raw = source, raw
+        return self._total
+
+    def read(self) -> PilotReading:
+        """The pilot's reading with the API meter's currents and energy when they are fresh."""
+        base = self.inner.read()
+        api = self._fresh(base.taken_at)
+        if api is None:
+            return replace(base, energy_kwh=self._energy("pilot", base.energy_kwh))
+        currents = api.currents if api.currents is not None else base.currents
+        return replace(base, currents=currents, energy_kwh=self._energy("api", api.energy_kwh))
+
+    def write(self, output: PilotOutput) -> None:
+        """Pass the controller's output to the real pilot."""
+        self.inner.write(output)
