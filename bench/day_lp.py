@@ -15,10 +15,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import numpy as np
-from scipy.optimize import linprog
-from scipy.sparse import coo_matrix
+from typing import Any
 
 from day_baselines import circuit_paths
 from evpilot.config import AppConfig
@@ -113,7 +110,12 @@ class _Builder:
             self.eq_v.append(val)
         self.eq_b.append(rhs)
 
-    def solve(self) -> tuple[np.ndarray | None, str, float]:
+    def solve(self) -> tuple[Any, str, float]:
+        # scipy is only in the `bench` extra: import it when an LP is actually solved.
+        import numpy as np
+        from scipy.optimize import linprog
+        from scipy.sparse import coo_matrix
+
         t0 = time.perf_counter()
         a_ub = coo_matrix((self.ub_v, (self.ub_r, self.ub_c)), shape=(len(self.ub_b), self.n)).tocsr()
         a_eq = None
