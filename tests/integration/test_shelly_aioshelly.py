@@ -61,6 +61,9 @@ async def test_aioshelly_initialises_reads_and_sets_over_http_and_ws() -> None:
             # virtual components arrive through Shelly.GetComponents (paged) and the status.
             assert device.config["number:200"]["role"] == "current_limit"
             assert device.config["number:200"]["max"] == 32
+            # the second page of Shelly.GetComponents arrived too
+            assert device.config["number:202"]["role"] == "time_charge"
+            assert device.status["number:202"]["value"] >= 0
             assert device.config["enum:200"]["options"] == WORK_STATES
             assert device.status["enum:200"]["value"] in WORK_STATES
             phase = device.status["object:200"]["value"]

@@ -849,6 +849,9 @@ def build_router(facade: ShellyFacade) -> APIRouter:
         dev = lookup(cid)
         if isinstance(dev, Response):
             return dev
+        denied = http_auth(request, dev, method)
+        if denied is not None:
+            return denied
         try:
             params = _query_params(request.scope.get("query_string", b""))
             if request.method == "POST":
@@ -868,9 +871,6 @@ def build_router(facade: ShellyFacade) -> APIRouter:
                             )
                         doc = _params_dict(doc["params"])
                     params.update(doc)
-            denied = http_auth(request, dev, method)
-            if denied is not None:
-                return denied
             result = facade.call(dev, method, params, "HTTP_in")
         except RpcError as exc:
             return rest_error(exc)
@@ -987,12 +987,12 @@ async def _serve_ws(facade: ShellyFacade, socket: WebSocket, cid: str | None) ->
             text = msg.get("text")
             if text is None and msg.get("bytes") is not None:
                 text = msg["bytes"].decode("utf-8", errors="replace")
-            reply = await _ws_frame(facade, dev, text or "")
+            reply, trusted = await _ws_frame(facade, dev, text or "")
             if reply is None:
                 continue
             await send(reply)
             src = reply.get("dst")
-            if "result" in reply and isinstance(src, str) and peer["src"] is None:
+            if trusted and isinstance(src, str) and peer["src"] is None:
                 peer["src"] = src
                 status = facade.shelly_status(dev)
                 peer["last"] = status
@@ -1008,18 +1008,27 @@ async def _serve_ws(facade: ShellyFacade, socket: WebSocket, cid: str | None) ->
             await socket.close()
 
 
-async def _ws_frame(facade: ShellyFacade, dev: Device, text: str) -> dict[str, Any] | None:
-    """The reply to one WebSocket frame (None for a notification, which gets no reply)."""
+async def _ws_frame(facade: ShellyFacade, dev: Device, text: str) -> tuple[dict[str, Any] | None, bool]:
+    """The reply to one WebSocket frame (None for a notification) and whether the caller is now trusted.
+
+    A client is trusted (gets status notifications) after a successful request that needed no password
+    or proved it.
+    """
     if len(text) > MAX_BODY:
-        return {"id": None, "src": dev.device_id, "error": _invalid(f"frame over {MAX_BODY} bytes").body()}
+        return {
+            "id": None,
+            "src": dev.device_id,
+            "error": _invalid(f"frame over {MAX_BODY} bytes").body(),
+        }, False
     try:
         doc = json.loads(text)
     except ValueError:
-        return {"id": None, "src": dev.device_id, "error": _invalid("malformed JSON frame").body()}
+        return {"id": None, "src": dev.device_id, "error": _invalid("malformed JSON frame").body()}, False
     if not isinstance(doc, dict) or not isinstance(doc.get("method"), str):
-        return {"id": None, "src": dev.device_id, "error": _invalid("a frame needs a string 'method'").body()}
+        err = _invalid("a frame needs a string 'method'").body()
+        return {"id": None, "src": dev.device_id, "error": err}, False
     if "id" not in doc:
-        return None
+        return None, False
     reply: dict[str, Any] = {"id": doc["id"], "src": dev.device_id}
     if isinstance(doc.get("src"), str):
         reply["dst"] = doc["src"]
@@ -1033,7 +1042,8 @@ async def _ws_frame(facade: ShellyFacade, dev: Device, text: str) -> dict[str, A
         reply["result"] = facade.call(dev, method, doc.get("params"), "WS_in")
     except RpcError as exc:
         reply["error"] = exc.body()
-    return reply
+        return reply, False
+    return reply, facade.auth is None or method not in PUBLIC_METHODS
 
 
 # ---- mounting -------------------------------------------------------------------------------------
