@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import unquote, urlsplit
 
 import yaml
@@ -17,6 +17,7 @@ from evpilot.sim.ev import CarSpec
 from evpilot.sim.site import PlannedCar, SimParams
 
 Mode = Literal["off", "normal", "smart", "solar", "min+solar"]
+HouseAmps = Annotated[float, Field(ge=0, le=400)]
 PhaseMode = Literal["not_present", "always_1p", "always_3p", "solar_1p", "auto"]
 
 
@@ -148,12 +149,12 @@ class SimModel(_Model):
     enabled: bool = True
     seed: int = 1
     pv_kwp: float = Field(default=6, ge=0, le=1000)
-    house_base: tuple[float, float, float] = (1.5, 1.0, 1.2)
+    house_base: tuple[HouseAmps, HouseAmps, HouseAmps] = (1.5, 1.0, 1.2)
     spike_rate_h: float = Field(default=0.5, ge=0, le=60)
     first_spike_s: float | None = Field(default=300, ge=0)
-    battery_kwh: float = Field(default=0, ge=0)
-    battery_power_w: float = Field(default=0, ge=0)
-    ambient_c: float = 25
+    battery_kwh: float = Field(default=0, ge=0, le=10_000)
+    battery_power_w: float = Field(default=0, ge=0, le=1_000_000)
+    ambient_c: float = Field(default=25, ge=-40, le=90)
     start_tod_h: float | None = Field(
         default=10.0, ge=0, lt=24, description="simulated time of day at start (h); null = wall clock"
     )

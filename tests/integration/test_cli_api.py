@@ -172,6 +172,14 @@ def test_enable_disable(api: Api) -> None:
     until(lambda: api.charger()["work_state"] == "charger_charging", what="charging again")
 
 
+def test_stop_pauses_an_auto_charge_charger_until_start(api: Api) -> None:
+    api.ok("POST", "/api/chargers/{cid}/stop", cid="cp1")
+    doc = api.wait(lambda d: d["work_state"] == "charger_pause")
+    assert doc["current"]["signaled"] == 0 and doc["session"] is not None
+    api.ok("POST", "/api/chargers/{cid}/start", cid="cp1")
+    api.wait(lambda d: d["work_state"] == "charger_charging")
+
+
 def test_energy_cap_stops_then_lifting_it_resumes(api: Api) -> None:
     session_kwh = api.charger()["session"]["energy_kwh"]
     api.ok("PUT", "/api/chargers/{cid}/caps", {"energy_kwh": session_kwh + 0.01, "time_min": 600}, cid="cp1")
@@ -269,7 +277,7 @@ def test_site_limit_grid_relay_and_meter_feeds(api: Api) -> None:
     api.ok("PUT", "/api/site/limit", {"amps": None})
     assert api.ok("PUT", "/api/site/grid_relay", {"open": True}) == {"open": True}
     assert api.ok("GET", "/api/site")["grid_relay_open"] is True
-    until(lambda: api.charger()["current"]["allocated"] * 3 * 230 <= 4200 + 1, what="§14a cap")
+    until(lambda: api.charger()["current"]["commanded"] * 3 * 230 <= 4200, what="§14a cap")
     api.ok("PUT", "/api/site/grid_relay", {"open": False})
     # The API-fed meters accept readings even while the site reads the simulated meter.
     assert api.ok("PUT", "/api/meters/mains", {"currents": [1.5, -2, 3]})["accepted"] is True

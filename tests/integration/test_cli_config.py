@@ -14,7 +14,7 @@ from tests.helpers import free_port
 BAD_CONFIG = {
     "site": {"mains_limit": 5, "mode": "turbo"},
     "chargers": [{"id": "cp1", "max_current": 100, "max_temp": 90}, {"id": "bad id!"}],
-    "sim": {"unknown_key": 1},
+    "sim": {"unknown_key": 1, "ambient_c": 1000, "house_base": [1, -1, 1]},
 }
 
 
@@ -38,6 +38,8 @@ def test_config_check_prints_every_error_with_its_key(tmp_path: Path) -> None:
         "chargers.0.max_temp": "less than or equal to 75",
         "chargers.1.id": "pattern",
         "sim.unknown_key": "not permitted",
+        "sim.ambient_c": "less than or equal to 90",
+        "sim.house_base.1": "greater than or equal to 0",
     }
     for key, reason in expected.items():
         line = next((x for x in lines if f": {key}: " in x), None)

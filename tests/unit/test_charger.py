@@ -603,3 +603,20 @@ def test_phase_count_changes_only_with_the_contactor_open() -> None:
     rig.amps = 0.0
     rig.tick()
     assert rig.ch.apply(rig.now, 32, "t", 1, LEASE_S).phases == 1
+
+
+def test_explicit_stop_pauses_even_with_auto_charge_until_start_or_unplug() -> None:
+    rig = Rig()
+    rig.charge(5)
+    rig.ch.request_stop(rig.now)
+    assert rig.tick(follow=True).signaled == 0.0
+    rig.tick(follow=True)
+    assert not rig.ch.contactor and rig.ch.work_state() is WorkState.PAUSE
+    rig.ch.request_start(rig.now)
+    rig.tick(dt=INCREASE_INTERVAL_S, follow=True)
+    assert rig.ch.signaled == 32.0 and rig.ch.contactor
+    rig.ch.request_stop(rig.now)
+    rig.letter, rig.amps = "A", 0.0
+    rig.tick()
+    rig.charge(6)  # the next car starts on plug-in again (after the 5 s pacing)
+    assert rig.ch.signaled == 32.0 and rig.ch.contactor

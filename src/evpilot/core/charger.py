@@ -130,6 +130,8 @@ class Charger:
     authorized: bool = True
     auto_charge: bool = True
     start_requested: bool = False
+    # An explicit stop pauses the session even with auto_charge on, until a start or unplug.
+    paused: bool = False
     user_limit: float | None = None
     override: float | None = None
     leases: dict[str, Lease] = field(default_factory=dict)
@@ -210,10 +212,12 @@ class Charger:
     def request_start(self, now: float) -> None:
         """Explicit start (start_charging = true)."""
         self.start_requested = True
+        self.paused = False
 
     def request_stop(self, now: float) -> None:
         """Explicit stop (start_charging = false): pauses the session."""
         self.start_requested = False
+        self.paused = True
 
     def set_user_limit(self, amps: float | None) -> None:
         """User current limit, 6 A to MAX in 0.1 A steps; None removes it."""
@@ -306,6 +310,7 @@ class Charger:
             and self.available
             and self.authorized
             and (self.auto_charge or self.start_requested)
+            and not self.paused
             and self.errors.isdisjoint(_BLOCKING_FLAGS)
             and self.limit_reached is None
         )
@@ -410,6 +415,7 @@ class Charger:
             lost = reading.letter in ("E", "F")
             self._end_session(now, StopReason.FAULT if lost else StopReason.EV_DISCONNECTED)
             self.start_requested = False
+            self.paused = False
             self.limit_reached = None
             self.ev_done = False
             self.has_charged = False
