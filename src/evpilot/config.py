@@ -31,6 +31,9 @@ class CircuitModel(_Model):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     limit: float = Field(ge=10, le=200, description="CIRCUIT per-phase limit (A)")
     parent: str | None = Field(default=None, description="parent circuit; none = directly on the mains")
+    meter: Literal["none", "api"] = Field(
+        default="none", description="a meter on this circuit: none, or fed through the API"
+    )
 
 
 class SolarModel(_Model):
@@ -331,8 +334,8 @@ class AppConfig(_Model):
     sim: SimModel = Field(default_factory=SimModel)
     control: ControlModel = Field(default_factory=ControlModel)
     http: HttpModel = Field(default_factory=HttpModel)
-    mqtt: MqttModel = Field(default_factory=MqttModel)
     esp32evse: Esp32EvseModel = Field(default_factory=Esp32EvseModel)
+    mqtt: MqttModel = Field(default_factory=MqttModel)
     shelly: ShellyModel = Field(default_factory=ShellyModel)
 
     @model_validator(mode="after")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, WebSocket
 from pydantic import BaseModel, ConfigDict, Field
@@ -11,7 +11,11 @@ from evpilot.api import secc
 from evpilot.control.runtime import Runtime, session_dict
 from evpilot.core.charger import Charger
 from evpilot.core.errors import CommandError, check_range
+from evpilot.devices.apifed import ApiFedMeter
 from evpilot.sim.ev import CarSpec
+
+# JSON arrays of exactly three numbers (L1, L2, L3); strict mode would refuse a tuple type.
+Three = Annotated[list[float], Field(min_length=3, max_length=3)]
 
 
 class _Body(BaseModel):
@@ -70,8 +74,22 @@ class SiteSettingsBody(_Body):
 class MainsBody(_Body):
     """An API-fed mains meter reading: per-phase current in A (+ import, − export)."""
 
-    currents: tuple[float, float, float]
+    currents: Three
     battery_current: float | None = Field(default=None, ge=-1000, le=1000)
+
+
+class CircuitMeterBody(_Body):
+    """An API-fed circuit meter reading: per-phase current in A."""
+
+    currents: Three
+
+
+class SiteLimitBody(_Body):
+    """An external cap on the chargers' total current per phase; null amps removes it."""
+
+    amps: float | None = Field(ge=0, le=600)
+    source: Literal["user", "override", "lease"] = "user"
+    timeout_s: float | None = Field(default=None, gt=0, le=86400, description="lease: lapses after this")
 
 
 class RelayBody(_Body):
@@ -94,7 +112,7 @@ class PlugBody(_Body):
 class HouseBody(_Body):
     """Fixed house load per phase in A; null returns to the daily profile."""
 
-    currents: tuple[float, float, float] | None
+    currents: Three | None
 
 
 class PvBody(_Body):
@@ -243,8 +261,29 @@ def build_router(rt: Runtime) -> APIRouter:
         now = rt.clock.now()
         if body.battery_current is not None:
             rt.engine.battery.push(body.battery_current, now)
-        rt.api_meter.push(body.currents, now)
+        rt.api_meter.push((body.currents[0], body.currents[1], body.currents[2]), now)
         return {"accepted": True, "at": now}
+
+    @r.put(
+        "/meters/circuits/{name}", tags=["meters"], summary="Feed a circuit's API meter (A per phase)"
+    )
+    async def put_circuit(name: str, body: CircuitMeterBody) -> dict[str, Any]:
+        meter = rt.engine.circuit_meters.get(name)
+        if not isinstance(meter, ApiFedMeter):
+            raise CommandError("name", f"circuit {name!r} has no API-fed meter (config: meter: api)")
+        for i, a in enumerate(body.currents):
+            check_range(f"currents[{i}]", a, -1000, 1000, " A")
+        now = rt.clock.now()
+        meter.push((body.currents[0], body.currents[1], body.currents[2]), now)
+        return {"accepted": True, "at": now}
+
+    @r.put("/site/limit", tags=["site"], summary="External cap on all chargers together (A per phase)")
+    async def put_site_limit(body: SiteLimitBody) -> dict[str, Any]:
+        now = rt.clock.now()
+        expires = None if body.timeout_s is None else now + body.timeout_s
+        rt.engine.set_site_cap(body.source, body.amps, expires)
+        rt.recompute()
+        return {"source": body.source, "amps": body.amps, "timeout_s": body.timeout_s}
 
     @r.put("/site/grid_relay", tags=["site"], summary="Grid operator relay input (open = 4.2 kW cap)")
     async def put_relay(body: RelayBody) -> dict[str, Any]:
@@ -292,7 +331,8 @@ def build_router(rt: Runtime) -> APIRouter:
         if body.currents is not None:
             for i, a in enumerate(body.currents):
                 check_range(f"currents[{i}]", a, 0, 400, " A")
-        rt.sim.house.override = body.currents
+        c = body.currents
+        rt.sim.house.override = None if c is None else (c[0], c[1], c[2])
         rt.recompute()
         return {"currents": body.currents}
 

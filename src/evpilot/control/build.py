@@ -51,5 +51,9 @@ def assemble(
         mains,
         lease_s=config.control.tick_s * config.control.lease_ticks,
     )
+    for circuit in config.site.circuits:
+        if circuit.meter == "api":
+            meter = ApiFedMeter(circuit.name)
+            engine.circuit_meters[circuit.name] = meter
     engine.before_step = sim.advance_to
     return Assembly(engine, sim, sim_meter, api_meter)
