@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
+from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -32,6 +33,7 @@ class Routes:
         self.tag = tag
         self.root = APIRouter(tags=[tag])
         self.per_charger = APIRouter(prefix="/chargers/{cid}", tags=[f"{tag} (per charger)"])
+        self.gets: dict[str, Handler] = {}
 
     def add(self, method: str, path: str, handler: Handler, summary: str, **extra: Any) -> None:
         """Serve `handler(request, charger_id)` for `method path` at both places."""
@@ -44,6 +46,8 @@ class Routes:
             return await handler(request, cid)
 
         name = handler.__name__.strip("_")
+        if method == "GET":
+            self.gets[path] = handler
         self.root.add_api_route(
             path, at_root, methods=[method], name=name, summary=summary, response_class=Response, **extra
         )
@@ -57,10 +61,13 @@ class Routes:
             **extra,
         )
 
-    def mount(self, app: FastAPI) -> None:
-        """Include both routers in the app."""
+    def mount(self, app: FastAPI, fast_get: bool = True) -> None:
+        """Include both routers in the app; GET handlers also get the FastGet shortcut."""
         app.include_router(self.root)
         app.include_router(self.per_charger)
+        if fast_get and self.gets:
+            rt = self.rt
+            app.add_middleware(FastGet, routes=dict(self.gets), default=lambda: rt.default_id)
 
 
 class BodyLimit:
@@ -83,4 +90,32 @@ class BodyLimit:
                     await self.refuse()(scope, receive, send)
                     return
                 break
+        await self.app(scope, receive, send)
+
+
+class FastGet:
+    """ASGI shortcut for a facade's read-only GETs: exact path → handler, before routing and middleware.
+
+    The same handlers are also registered as normal routes (for the OpenAPI document); this only
+    spares the hot polling paths the router's linear scan and the middleware stack.
+    """
+
+    def __init__(self, app: ASGIApp, routes: dict[str, Handler], default: Callable[[], str]) -> None:
+        self.app = app
+        self.routes = routes
+        self.default = default
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer a known GET directly, pass everything else on."""
+        if scope["type"] == "http" and scope["method"] == "GET":
+            path: str = scope["path"]
+            handler = self.routes.get(path)
+            cid = ""
+            if handler is None and path.startswith("/chargers/"):
+                cid, sep, tail = path[len("/chargers/") :].partition("/")
+                handler = self.routes.get("/" + tail) if sep and cid else None
+            if handler is not None:
+                response = await handler(StarletteRequest(scope, receive), cid or self.default())
+                await response(scope, receive, send)
+                return
         await self.app(scope, receive, send)
