@@ -96,10 +96,13 @@ class Engine:
             reading = meter.latest()
             if reading is not None:
                 circuits[name] = reading
-        lapsed = [k for k, v in self.site_caps.items() if v.expires_at is not None and now >= v.expires_at]
-        for name in lapsed:
-            del self.site_caps[name]
-        limits = tuple(SiteLimit(c.amps, name) for name, c in self.site_caps.items())
+        limits: tuple[SiteLimit, ...] = ()
+        if self.site_caps:
+            caps = self.site_caps
+            lapsed = [k for k, v in caps.items() if v.expires_at is not None and now >= v.expires_at]
+            for name in lapsed:
+                del self.site_caps[name]
+            limits = tuple(SiteLimit(c.amps, name) for name, c in self.site_caps.items())
         return Snapshot(
             site=self.site,
             chargers=tuple(inputs),

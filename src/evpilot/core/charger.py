@@ -410,8 +410,9 @@ class Charger:
         elif reading.temperature <= self.config.resume_temp:
             self.errors.discard(_TEMPERATURE_HIGH)
 
-        was_plugged = prev in ("B", "C", "D")
-        if was_plugged and not self.plugged:
+        was_plugged = prev in _PLUGGED_LETTERS
+        plugged = reading.letter in _PLUGGED_LETTERS
+        if was_plugged and not plugged:
             lost = reading.letter in ("E", "F")
             self._end_session(now, StopReason.FAULT if lost else StopReason.EV_DISCONNECTED)
             self.start_requested = False
@@ -421,7 +422,7 @@ class Charger:
             self.has_charged = False
             self.authorized = not self.config.require_auth
             self.events.append(("unplugged", self.config.id))
-        elif not was_plugged and self.plugged:
+        elif not was_plugged and plugged:
             self.events.append(("plugged", self.config.id))
         # A healthy empty socket (after unplug, or after a pilot fault went away) clears faults.
         if reading.letter == "A" and prev != "A" and not reading.rcm_fault and not reading.diode_fault:
@@ -433,7 +434,7 @@ class Charger:
         elif self.letter == "B" and self.has_charged and self.signaled > 0:
             self.ev_done = True
 
-        if self.plugged and self.session is None and self.permitted():
+        if plugged and self.session is None and self.permitted():
             self._start_session(now)
         if self.session is not None and self.limit_reached is None:
             reached = cap_reached(self.session, now, self.energy_cap_kwh, self.time_cap_min)
@@ -500,7 +501,8 @@ class Charger:
 
         state = self.pilot
         if state is _PILOT_F or self.letter not in _PLUGGED_LETTERS:
-            self._open(now)
+            if self.contactor or self.stop_requested_at is not None:
+                self._open(now)
         elif contactor_may_close(state):
             if not self.contactor:
                 self.events.append(("contactor", True))

@@ -58,51 +58,65 @@ def fill(
     """
     if not members:
         return
-    ncons = len(problem.capacity)
+    capacity = problem.capacity
+    used = problem.used
+    uses = problem.uses
+    ncons = len(capacity)
     weight = [0.0] * ncons
-    status: dict[int, int] = {}
+    # Per charger: 0 = not a member of this fill, ACTIVE, FROZEN.
+    status = bytearray(len(uses))
     for i in members:
         status[i] = ACTIVE
-        for c, k in problem.uses[i]:
+        for c, k in uses[i]:
             weight[c] += k
     version = [0] * ncons
     heap: list[tuple[float, int, int]] = []
     for c in range(ncons):
         if weight[c] > _EPS:
-            heap.append(((problem.capacity[c] - problem.used[c]) / weight[c], c, 0))
+            heap.append(((capacity[c] - used[c]) / weight[c], c, 0))
     heapq.heapify(heap)
-    order = sorted(members, key=lambda i: caps[i])
+    heappush = heapq.heappush
+    heappop = heapq.heappop
+    order = sorted(members, key=caps.__getitem__)
+    norder = len(order)
     ptr = 0
     level = 0.0
     active = len(members)
 
     def freeze(i: int, value: float, why: str) -> None:
-        nonlocal active
         status[i] = FROZEN
         alloc[i] = value
         bound[i] = why
-        active -= 1
-        for c, k in problem.uses[i]:
-            problem.used[c] += k * value
-            weight[c] -= k
-            version[c] += 1
-            if weight[c] > _EPS:
-                heapq.heappush(heap, ((problem.capacity[c] - problem.used[c]) / weight[c], c, version[c]))
+        for c, k in uses[i]:
+            used[c] += k * value
+            w = weight[c] - k
+            weight[c] = w
+            v = version[c] + 1
+            version[c] = v
+            if w > _EPS:
+                heappush(heap, ((capacity[c] - used[c]) / w, c, v))
 
     while active:
-        while ptr < len(order) and status[order[ptr]] != ACTIVE:
+        while ptr < norder and status[order[ptr]] != ACTIVE:
             ptr += 1
-        next_cap = caps[order[ptr]] if ptr < len(order) else math.inf
-        while heap and (heap[0][2] != version[heap[0][1]] or weight[heap[0][1]] <= _EPS):
-            heapq.heappop(heap)
+        next_cap = caps[order[ptr]] if ptr < norder else math.inf
+        while heap:
+            top = heap[0]
+            c = top[1]
+            if top[2] == version[c] and weight[c] > _EPS:
+                break
+            heappop(heap)
         next_con = heap[0][0] if heap else math.inf
         if next_con < next_cap:
-            _, c, _ = heapq.heappop(heap)
+            c = heappop(heap)[1]
             level = max(level, next_con)
+            why = problem.source[c]
             for i, _k in problem.members[c]:
-                if status.get(i) == ACTIVE:
-                    freeze(i, level, problem.source[c])
+                if status[i] == ACTIVE:
+                    freeze(i, level, why)
+                    active -= 1
         else:
             level = max(level, next_cap)
             i = order[ptr]
             freeze(i, level, cap_source[i])
+            active -= 1
