@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import itertools
 import multiprocessing as mp
+import os
 import socket
 import statistics
 import time
@@ -57,7 +58,7 @@ def serve(port: int, tick_s: float, conn: Connection) -> None:
                 if msg == "stop":
                     break
                 if msg == "ticks":
-                    conn.send(list(rt.tick_times))
+                    conn.send((list(rt.tick_times), time.process_time()))
             await asyncio.sleep(0.05)
         server.should_exit = True
         await task
@@ -93,6 +94,39 @@ async def load(base: str, path: str, seconds: float, clients: int) -> tuple[int,
     return len(latencies), latencies, errors
 
 
+def client_proc(base: str, path: str, seconds: float, clients: int, conn: Connection) -> None:
+    """A load-generator process: run `load` and send back its result and how long it ran."""
+    t0 = time.perf_counter()
+    ok, latencies, errors = asyncio.run(load(base, path, seconds, clients))
+    conn.send((ok, latencies, errors, time.perf_counter() - t0))
+
+
+def load_procs(
+    base: str, path: str, seconds: float, clients: int, procs: int
+) -> tuple[float, int, list[float], int]:
+    """Spread `clients` over `procs` processes (clients cost more CPU than the server).
+
+    Returns (req/s, ok count, latencies, errors).
+    """
+    ctx = mp.get_context("spawn")
+    pipes, workers = [], []
+    for i in range(procs):
+        share = clients // procs + (1 if i < clients % procs else 0)
+        recv, send = ctx.Pipe(duplex=False)
+        w = ctx.Process(target=client_proc, args=(base, path, seconds, share, send), daemon=True)
+        w.start()
+        pipes.append(recv)
+        workers.append(w)
+    rps, ok, latencies, errors = 0.0, 0, [], 0
+    for recv, w in zip(pipes, workers, strict=True):
+        n, lat, err, elapsed = recv.recv()
+        w.join()
+        rps += n / elapsed
+        ok, errors = ok + n, errors + err
+        latencies += lat
+    return rps, ok, latencies, errors
+
+
 def jitter_ms(ticks: list[float], tick_s: float) -> list[float]:
     """How far each interval between consecutive ticks is from the tick period, in ms."""
     return [abs((b - a) - tick_s) * 1000.0 for a, b in itertools.pairwise(ticks)]
@@ -108,6 +142,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0, help="load per endpoint (s)")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--tick", type=float, default=0.1, help="control tick period of the server (s)")
+    ap.add_argument("--procs", type=int, default=2, help="client processes sharing the clients")
     args = ap.parse_args()
 
     port = free_port()
@@ -125,40 +160,47 @@ def main() -> None:
                 out.append((path, None))
                 continue
             await load(base, path, 1.0, args.clients)  # warm-up
+            loop = asyncio.get_running_loop()
             parent.send("ticks")
-            before = len(parent.recv())
-            t0 = time.perf_counter()
-            ok, lat, errors = await load(base, path, args.seconds, args.clients)
-            elapsed = time.perf_counter() - t0
+            ticks, cpu0 = parent.recv()
+            before = len(ticks)
+            rps, ok, lat, errors = await loop.run_in_executor(
+                None, load_procs, base, path, args.seconds, args.clients, args.procs
+            )
             parent.send("ticks")
-            ticks = parent.recv()
-            out.append((path, (ok / elapsed, lat, errors, ticks[max(0, before - 1) :])))
+            ticks, cpu1 = parent.recv()
+            cpu_us = (cpu1 - cpu0) / max(ok, 1) * 1e6
+            out.append((path, (rps, lat, errors, ticks[max(0, before - 1) :], cpu_us)))
         return out
 
     idle_start = time.perf_counter()
     time.sleep(min(3.0, args.seconds))
     parent.send("ticks")
-    idle_ticks = [t for t in parent.recv() if t >= time.time() - (time.perf_counter() - idle_start)]
+    idle_ticks = [t for t in parent.recv()[0] if t >= time.time() - (time.perf_counter() - idle_start)]
     results = asyncio.run(run_all())
     parent.send("stop")
     proc.join(10)
 
-    print(f"evpilot HTTP load: {args.clients} clients, {args.seconds:g} s per endpoint, tick {args.tick:g} s")
+    print(
+        f"evpilot HTTP load: {args.clients} clients in {args.procs} process(es), {args.seconds:g} s per"
+        f" endpoint, tick {args.tick:g} s, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+    )
     print(
         f"{'endpoint':28} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'vs goal':>8}"
-        f" {'tick jitter p99 ms':>19}"
+        f" {'tick jitter p99 ms':>19} {'server CPU/req':>15}"
     )
     all_jitter: list[float] = []
     for path, res in results:
         if res is None:
             print(f"{path:28} {'(not served)':>8}")
             continue
-        rps, lat, errors, ticks = res
+        rps, lat, errors, ticks, cpu_us = res
         ms = [x * 1000 for x in lat]
         jitter = jitter_ms(ticks, args.tick)
         print(
             f"{path:28} {rps:8.0f} {percentile(ms, 0.5):8.2f} {percentile(ms, 0.99):8.2f} {errors:6d}"
-            f" {rps / GOAL_RPS:7.2f}x {percentile(jitter, 0.99):19.2f}"
+            f" {rps / GOAL_RPS:7.2f}x {percentile(jitter, 0.99):19.2f} {cpu_us:9.0f} µs"
+            f" (one core: {1e6 / max(cpu_us, 1e-9):5.0f} req/s)"
         )
         all_jitter += jitter
     idle = jitter_ms(idle_ticks, args.tick)
