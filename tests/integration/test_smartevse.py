@@ -93,3 +93,18 @@ async def test_each_charger_under_its_own_prefix() -> None:
         assert (await c.post("/chargers/cp2/settings?mode=1&override_current=100")).status_code == 200
         assert rt.charger("cp2").override == 10.0 and rt.charger("cp1").override is None
         assert (await c.get("/chargers/cp2/settings")).json()["settings"]["override_current"] == 100
+
+
+async def test_api_meter_data_goes_stale_after_11_s() -> None:
+    config = make_config({"site": {"mains_meter": "api"}})
+    async with serve(config, speed=20) as (base, rt), httpx.AsyncClient(base_url=base) as c:
+        assert (await c.post("/currents?L1=50&L2=50&L3=50")).status_code == 200
+        fed_at = rt.clock.now()
+        site = await poll(c, "/api/site", lambda d: d["mains"] is not None and d["mains"]["fresh"])
+        assert site["mains"]["fresh"] is True
+        site = await poll(c, "/api/site", lambda d: not d["mains"]["fresh"])
+        assert site["mains"]["fresh"] is False and site["fallback"] is True
+        assert rt.clock.now() - fed_at >= 11.0
+        assert (await c.post("/currents?L1=50&L2=50&L3=50")).status_code == 200
+        site = await poll(c, "/api/site", lambda d: d["mains"]["fresh"])
+        assert site["mains"]["fresh"] is True
