@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from evpilot.core.charger import Phases
@@ -70,6 +70,63 @@ def _initial_phases(ci: ChargerInput, memo: ChargerMemo | None) -> int:
     if mode == "solar_1p":
         return 1 if ci.mode == "solar" else 3
     return memo.phases if memo is not None else 3
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """The constraint structure of a site for one set of charging chargers (cached)."""
+
+    keys: tuple[tuple[str, int], ...]
+    sources: tuple[str, ...]
+    members: list[list[tuple[int, float]]]
+    uses: list[list[tuple[int, float]]]
+
+
+@lru_cache(maxsize=32)
+def _structure(
+    circuits: tuple[CircuitConfig, ...],
+    linked: tuple[tuple[int, str | None, tuple[int, ...]], ...],
+    n: int,
+    capacity: bool,
+    relay: bool,
+    site_limits: int,
+) -> _Shape:
+    """Which constraint each charger loads, and by how much; rebuilt only when that changes."""
+    paths = _paths(circuits)
+    names = {c.name for c in circuits}
+    keys: list[tuple[str, int]] = []
+    sources: list[str] = []
+    index: dict[tuple[str, int], int] = {}
+    uses: list[list[tuple[int, float]]] = [[] for _ in range(n)]
+
+    def con(key: tuple[str, int], source: str) -> int:
+        c = index.get(key)
+        if c is None:
+            c = len(keys)
+            index[key] = c
+            keys.append(key)
+            sources.append(source)
+        return c
+
+    for idx, circuit, used in linked:
+        chain = ("", *(paths.get(circuit, ()) if circuit else ()))
+        for node in chain:
+            if node and node not in names:
+                continue
+            for p in used:
+                uses[idx].append((con((node, p), f"circuit:{node}" if node else "mains"), 1.0))
+        if capacity:
+            uses[idx].append((con(("#capacity", 0), "capacity"), float(len(used))))
+        if relay:
+            uses[idx].append((con(("#relay", 0), "grid_relay"), float(len(used))))
+        for k in range(site_limits):
+            for p in used:
+                uses[idx].append((con((f"#site{k}", p), "site"), 1.0))
+    members: list[list[tuple[int, float]]] = [[] for _ in keys]
+    for idx, lst in enumerate(uses):
+        for c, coef in lst:
+            members[c].append((idx, coef))
+    return _Shape(tuple(keys), tuple(sources), members, uses)
 
 
 def compute(snapshot: Snapshot, now: float) -> Allocation:
@@ -268,54 +325,42 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     candidates = [i for i in candidates if caps[i] >= chargers[i].config.min_current - _EPS]
 
     # ---- grid constraints -----------------------------------------------------------------
-    prob = Problem()
-    for _ in range(n):
-        prob.add_charger()
-    node_con: dict[tuple[str, int], int] = {}
-
-    def node_constraint(node: str, p: int) -> int:
-        key = (node, p)
-        c = node_con.get(key)
-        if c is None:
-            if node == "":
-                cap = site.mains_limit - base[p]
-                src = "mains"
-            else:
-                cap = limits[node]
-                reading = snapshot.circuit_meters.get(node)
-                if reading is not None and now - reading.taken_at <= site.meter_timeout_s:
-                    ev = circuit_ev.get(node, [0.0, 0.0, 0.0])
-                    cap -= reading.currents[p] - ev[p]
-                src = f"circuit:{node}"
-            c = prob.add_constraint(cap, src)
-            node_con[key] = c
-        return c
-
-    cap_con = -1
-    if site.capacity_limit is not None and fresh:
-        cap_con = prob.add_constraint(site.capacity_limit - (base[0] + base[1] + base[2]), "capacity")
-    relay_con = -1
-    if snapshot.grid_relay_open:
-        relay_con = prob.add_constraint(GRID_RELAY_W / NOMINAL_VOLTAGE, "grid_relay")
-    site_cons = [
-        tuple(prob.add_constraint(lim.amps, lim.source) for _ in range(3)) for lim in snapshot.site_limits
-    ]
-    for idx in candidates + fallback_ids:
-        ci = chargers[idx]
-        used_ph = phases_of(ci, eff_phases[idx])
-        nodes = ("", *(paths.get(ci.config.circuit, ()) if ci.config.circuit else ()))
-        for node in nodes:
-            if node and node not in limits:
-                continue
-            for p in used_ph:
-                prob.link(idx, node_constraint(node, p), 1.0)
-        if cap_con >= 0:
-            prob.link(idx, cap_con, float(len(used_ph)))
-        if relay_con >= 0:
-            prob.link(idx, relay_con, float(len(used_ph)))
-        for trio in site_cons:
-            for p in used_ph:
-                prob.link(idx, trio[p], 1.0)
+    linked = tuple(
+        (idx, chargers[idx].config.circuit, phases_of(chargers[idx], eff_phases[idx]))
+        for idx in candidates + fallback_ids
+    )
+    cap_on = site.capacity_limit is not None and fresh
+    shape = _structure(site.circuits, linked, n, cap_on, snapshot.grid_relay_open, len(snapshot.site_limits))
+    capacity: list[float] = []
+    for key in shape.keys:
+        node, p = key
+        if node == "":
+            capacity.append(site.mains_limit - base[p])
+        elif node == "#capacity":
+            assert site.capacity_limit is not None
+            capacity.append(site.capacity_limit - (base[0] + base[1] + base[2]))
+        elif node == "#relay":
+            capacity.append(GRID_RELAY_W / NOMINAL_VOLTAGE)
+        elif node.startswith("#site"):
+            capacity.append(snapshot.site_limits[int(node[5:])].amps)
+        else:
+            cap = limits[node]
+            reading = snapshot.circuit_meters.get(node)
+            if reading is not None and now - reading.taken_at <= site.meter_timeout_s:
+                ev = circuit_ev.get(node, [0.0, 0.0, 0.0])
+                cap -= reading.currents[p] - ev[p]
+            capacity.append(cap)
+    sources = list(shape.sources)
+    for pos2, key in enumerate(shape.keys):
+        if key[0].startswith("#site"):
+            sources[pos2] = snapshot.site_limits[int(key[0][5:])].source
+    prob = Problem(
+        capacity=capacity,
+        used=[0.0] * len(capacity),
+        source=sources,
+        members=shape.members,
+        uses=shape.uses,
+    )
 
     alloc = [0.0] * n
     bound = list(cap_src)
