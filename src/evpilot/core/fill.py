@@ -87,14 +87,13 @@ def fill(
         status[i] = FROZEN
         alloc[i] = value
         bound[i] = why
+        # Heap keys are refreshed lazily when they reach the top: freezing a member at or below
+        # the current level can only raise a constraint's saturation level, so a stale key is
+        # a lower bound and the order stays correct.
         for c, k in uses[i]:
             used[c] += k * value
-            w = weight[c] - k
-            weight[c] = w
-            v = version[c] + 1
-            version[c] = v
-            if w > _EPS:
-                heappush(heap, ((capacity[c] - used[c]) / w, c, v))
+            weight[c] -= k
+            version[c] += 1
 
     while active:
         while ptr < norder and status[order[ptr]] != ACTIVE:
@@ -103,9 +102,14 @@ def fill(
         while heap:
             top = heap[0]
             c = top[1]
-            if top[2] == version[c] and weight[c] > _EPS:
+            w = weight[c]
+            if w <= _EPS:
+                heappop(heap)
+            elif top[2] != version[c]:
+                heappop(heap)
+                heappush(heap, ((capacity[c] - used[c]) / w, c, version[c]))
+            else:
                 break
-            heappop(heap)
         next_con = heap[0][0] if heap else math.inf
         if next_con < next_cap:
             c = heappop(heap)[1]
