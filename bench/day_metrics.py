@@ -20,6 +20,8 @@ OVER_TOL_A = 0.05
 LONG_EVENT_S = 6
 # A charger drawing within this of what its car accepts is saturated (not competing for more).
 SATURATED_A = 0.6
+# A PWM change in the opposite direction to the previous one within this time is a reversal.
+REVERSAL_S = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +51,12 @@ class RunResult:
     events: list[OverEvent] = field(default_factory=list)
     house_only_over_s: int = 0
     jain: list[float] = field(default_factory=list)
+    unfair: list[tuple[float, int, dict[str, float]]] = field(default_factory=list)
     starts: dict[str, int] = field(default_factory=dict)
     stops: dict[str, int] = field(default_factory=dict)
     switches: dict[str, int] = field(default_factory=dict)
     pwm_changes: dict[str, int] = field(default_factory=dict)
+    reversals: dict[str, int] = field(default_factory=dict)
     sources: dict[str, dict[str, int]] = field(default_factory=dict)
     period_s: float = 60.0
     house: list[tuple[float, float, float]] = field(default_factory=list)
@@ -124,6 +128,9 @@ class Recorder:
         self.stops = [0] * n
         self.switches = [0] * n
         self.pwm = [0] * n
+        self.rev = [0] * n
+        self.last_dir = [0] * n
+        self.last_change = [-1e18] * n
         self.sources: list[dict[str, int]] = [{} for _ in range(n)]
         # fairness windows
         self.leaf = [ch.config.circuit or "" for ch in self.chargers]
@@ -228,6 +235,11 @@ class Recorder:
                 self.phases[i] = ch.active_phases
             if ch.signaled != self.signaled[i]:
                 self.pwm[i] += 1
+                way = 1 if ch.signaled > self.signaled[i] else -1
+                if way == -self.last_dir[i] and t - self.last_change[i] <= REVERSAL_S:
+                    self.rev[i] += 1
+                self.last_dir[i] = way
+                self.last_change[i] = t
                 self.signaled[i] = ch.signaled
             if alloc is not None and car is not None and car.wants_charge:
                 src = alloc.chargers[self.ids[i]].source
@@ -252,15 +264,24 @@ class Recorder:
             self._close_window()
 
     def _close_window(self) -> None:
-        groups: dict[tuple[object, ...], list[float]] = {}
+        groups: dict[tuple[object, ...], list[int]] = {}
         for i in range(len(self.ids)):
             key = self.win_key[i]
             if self.win_ok[i] and key is not None:
-                groups.setdefault(key, []).append(self.win_as[i])
-        for xs in groups.values():
+                groups.setdefault(key, []).append(i)
+        for members in groups.values():
+            xs = [self.win_as[i] for i in members]
             total = sum(xs)
             if len(xs) >= 2 and total > 1e-6:
-                self.r.jain.append(total * total / (len(xs) * sum(x * x for x in xs)))
+                j = total * total / (len(xs) * sum(x * x for x in xs))
+                self.r.jain.append(j)
+                if j < 0.99:
+                    # the window's start (s into the run) and each member's mean current
+                    start = round(self.win_end - self.window_s - self.start)
+                    means = {self.ids[i]: round(self.win_as[i] / self.window_s, 1) for i in members}
+                    self.r.unfair.append((j, start, means))
+                    self.r.unfair.sort(key=lambda u: u[0])
+                    del self.r.unfair[5:]
         n = len(self.ids)
         self.win_as = [0.0] * n
         self.win_ok = [True] * n
@@ -291,6 +312,7 @@ class Recorder:
             r.stops[cid] = self.stops[i]
             r.switches[cid] = self.switches[i]
             r.pwm_changes[cid] = self.pwm[i]
+            r.reversals[cid] = self.rev[i]
             r.sources[cid] = self.sources[i]
         r.delivered_kwh = sum(r.per_charger_kwh.values())
         return r

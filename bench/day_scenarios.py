@@ -396,6 +396,7 @@ def rows_for(rep: ScenarioReport) -> list[tuple[str, list[str]]]:
         ("stops /ch/day (max)", [f"{max(_per_day(v, r) for v in r.stops.values()):.0f}" for r in runs]),
         ("phase sw /ch/day (max)", [f"{max(_per_day(v, r) for v in r.switches.values()):.0f}" for r in runs]),
         ("PWM changes /ch/h (max)", [f"{max(v / h for v in r.pwm_changes.values()):.1f}" for r in runs]),
+        ("PWM reversals /ch/h (max)", [f"{max(v / h for v in r.reversals.values()):.1f}" for r in runs]),
         ("wall time (s)", [f"{r.wall_s:.1f}" for r in runs]),
     ]
     return rows
@@ -454,6 +455,20 @@ def print_report(rep: ScenarioReport, from_h: float) -> None:
             f"{e.key} at {_tod(rep, e.start_s, from_h)} {e.duration_s} s (+{e.peak_a:.1f} A)" for e in worst
         )
         print(f"   evpilot longest overloads: {text}")
+    shares: dict[str, int] = {}
+    for per in r.sources.values():
+        for src, n in per.items():
+            shares[src] = shares.get(src, 0) + n
+    total = sum(shares.values())
+    if total:
+        top = sorted(shares.items(), key=lambda kv: -kv[1])[:6]
+        print(
+            "   evpilot binding source while a car wanted charge: "
+            + ", ".join(f"{k} {100 * v / total:.0f} %" for k, v in top)
+        )
+    for j, start, means in r.unfair[:3]:
+        text = ", ".join(f"{k} {v} A" for k, v in means.items())
+        print(f"   evpilot unfair window at {_tod(rep, start, from_h)} (15 min): Jain {j:.3f}: mean {text}")
     if r.house_only_over_s:
         print(f"   (house alone above the mains limit for {r.house_only_over_s} s: not counted against EVs)")
     misses = goal_misses(rep)
