@@ -22,6 +22,8 @@ LONG_EVENT_S = 6
 SATURATED_A = 0.6
 # A PWM change in the opposite direction to the previous one within this time is a reversal.
 REVERSAL_S = 30
+# Reversals where both changes are at least this big are oscillation, not quantization dither.
+BIG_REVERSAL_A = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,7 @@ class RunResult:
     switches: dict[str, int] = field(default_factory=dict)
     pwm_changes: dict[str, int] = field(default_factory=dict)
     reversals: dict[str, int] = field(default_factory=dict)
+    big_reversals: dict[str, int] = field(default_factory=dict)
     sources: dict[str, dict[str, int]] = field(default_factory=dict)
     period_s: float = 60.0
     house: list[tuple[float, float, float]] = field(default_factory=list)
@@ -129,6 +132,8 @@ class Recorder:
         self.switches = [0] * n
         self.pwm = [0] * n
         self.rev = [0] * n
+        self.big_rev = [0] * n
+        self.last_step = [0.0] * n
         self.last_dir = [0] * n
         self.last_change = [-1e18] * n
         self.sources: list[dict[str, int]] = [{} for _ in range(n)]
@@ -235,9 +240,13 @@ class Recorder:
                 self.phases[i] = ch.active_phases
             if ch.signaled != self.signaled[i]:
                 self.pwm[i] += 1
-                way = 1 if ch.signaled > self.signaled[i] else -1
+                step = ch.signaled - self.signaled[i]
+                way = 1 if step > 0 else -1
                 if way == -self.last_dir[i] and t - self.last_change[i] <= REVERSAL_S:
                     self.rev[i] += 1
+                    if min(abs(step), abs(self.last_step[i])) >= BIG_REVERSAL_A:
+                        self.big_rev[i] += 1
+                self.last_step[i] = step
                 self.last_dir[i] = way
                 self.last_change[i] = t
                 self.signaled[i] = ch.signaled
@@ -313,6 +322,7 @@ class Recorder:
             r.switches[cid] = self.switches[i]
             r.pwm_changes[cid] = self.pwm[i]
             r.reversals[cid] = self.rev[i]
+            r.big_reversals[cid] = self.big_rev[i]
             r.sources[cid] = self.sources[i]
         r.delivered_kwh = sum(r.per_charger_kwh.values())
         return r

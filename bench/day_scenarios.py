@@ -397,6 +397,7 @@ def rows_for(rep: ScenarioReport) -> list[tuple[str, list[str]]]:
         ("phase sw /ch/day (max)", [f"{max(_per_day(v, r) for v in r.switches.values()):.0f}" for r in runs]),
         ("PWM changes /ch/h (max)", [f"{max(v / h for v in r.pwm_changes.values()):.1f}" for r in runs]),
         ("PWM reversals /ch/h (max)", [f"{max(v / h for v in r.reversals.values()):.1f}" for r in runs]),
+        ("  of them >= 1 A", [f"{max(v / h for v in r.big_reversals.values()):.1f}" for r in runs]),
         ("wall time (s)", [f"{r.wall_s:.1f}" for r in runs]),
     ]
     return rows
