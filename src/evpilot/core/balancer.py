@@ -259,14 +259,19 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             sp.link(index[i], con, float(eff_phases[i]))
         s_alloc = [0.0] * len(solar_ids)
         s_bound = [""] * len(solar_ids)
-        fill(
-            sp,
-            list(range(len(solar_ids))),
-            [caps[i] for i in solar_ids],
-            [cap_src[i] for i in solar_ids],
-            s_alloc,
-            s_bound,
-        )
+        s_caps = [caps[i] for i in solar_ids]
+        s_src = [cap_src[i] for i in solar_ids]
+        # Chargers already charging on surplus are served first; one waiting to start gets what
+        # is left, so a start never starves a running session below MIN.
+        running = [
+            j
+            for j, i in enumerate(solar_ids)
+            if chargers[i].mode == "min+solar" or memo_in[i].solar_started is not None
+        ]
+        waiting = [j for j in range(len(solar_ids)) if j not in set(running)]
+        fill(sp, running, s_caps, s_src, s_alloc, s_bound)
+        export_free = sp.residual(con) - site.solar.max_import
+        fill(sp, waiting, s_caps, s_src, s_alloc, s_bound)
         solar_left = sp.residual(con)
         solar_src = "import" if site.solar.max_import > 0 and surplus < budget - solar_left else "solar"
         if battery < 0 and solar_src == "solar":
@@ -283,10 +288,9 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
                     cap_src[i] = solar_src if share >= mn else "min"
                 continue
             started = m.solar_started
-            # Start only on START export and enough budget for MIN on every phase used: a start
-            # that the STOP timer would end again is a flap.
-            enough = surplus + site.solar.max_import >= mn * eff_phases[i] - _EPS
-            if started is None and surplus >= site.solar.start_current and enough:
+            # Start only on START export left by the running chargers and a share of at least
+            # MIN: a start that the STOP timer would end again is a flap.
+            if started is None and export_free >= site.solar.start_current and share >= mn - _EPS:
                 started = now
             if started is None:
                 caps[i] = 0.0
@@ -409,9 +413,16 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             if now - over_since < site.cap_stop_s:
                 break
         pool = {i for c in violated for i, _ in prob.members[c] if i in alive}
+        # Equal priority: a charger that started within the last `min_run_s` is paused last, so
+        # a returning charger never just swaps places with a running one every minute.
         victim = min(
             pool,
-            key=lambda i: (chargers[i].config.priority, -chargers[i].session_kwh, chargers[i].config.id),
+            key=lambda i: (
+                chargers[i].config.priority,
+                memo_in[i].current > 0 and now - memo_in[i].running_since < site.min_run_s,
+                -chargers[i].session_kwh,
+                chargers[i].config.id,
+            ),
         )
         alive.discard(victim)
         paused_now.add(victim)
@@ -446,7 +457,10 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         value = target
         last_raise = m.last_raise
         if target > m.current + _EPS:
-            if now - m.last_raise >= site.increase_interval_s:
+            if m.current > 0 and target - m.current < site.increase_deadband:
+                # Too small a rise to be worth a PWM change: avoids 0.1 A dithering.
+                value = m.current
+            elif now - m.last_raise >= site.increase_interval_s:
                 step = m.current + site.ramp_step
                 value = min(target, max(step, ci.config.min_current))
                 last_raise = now
@@ -516,6 +530,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             one_phase_since=one_since,
             single_phase_car=single_car,
             ev_limited=ev_limited[idx],
+            running_since=m.running_since if m.current > 0 or value <= 0 else now,
         )
     return Allocation(
         chargers=out,

@@ -61,6 +61,8 @@ class SiteConfig:
     ramp_step: float = 4.0
     shortage_pause_s: float = 60.0
     ev_headroom: float = 2.0
+    increase_deadband: float = 0.5
+    min_run_s: float = 900.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,7 @@ class ChargerMemo:
     one_phase_since: float | None = None
     single_phase_car: bool = False
     ev_limited: bool = False
+    running_since: float = -1e18
 
 
 @dataclass(frozen=True, slots=True)
