@@ -33,6 +33,7 @@ from evpilot.control.autobalance import AutoBalancer, AutoBalanceSettings
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.charger import Charger, WorkState
 from evpilot.core.errors import CommandError
+from evpilot.core.iec61851 import MIN_CURRENT
 from evpilot.sim.shelly_em import SimShellyEm
 
 log = logging.getLogger("evpilot.shelly")
@@ -52,7 +53,6 @@ PAGE_SIZE = 4
 NONCE_TTL_S = 3600.0
 # Remembered (nonce, nc, cnonce) triples: a replayed authorisation is refused.
 REPLAY_MEMORY = 4096
-# Component ids of the Top AC's virtual components (Shelly numbers dynamic components from 200).
 WORK_STATE_TITLES = {
     WorkState.FREE.value: "Free",
     WorkState.INSERT.value: "Connected",
@@ -118,6 +118,7 @@ class Component:
         return f"{self.type}:{self.id}"
 
 
+# The Top AC's virtual components (Shelly numbers dynamic components from 200).
 COMPONENTS = (
     Component("enum", 200, "work_state", "Work state", False),
     Component("number", 200, "current_limit", "Current limit", True),
@@ -447,9 +448,10 @@ class ShellyFacade:
             "auth_domain": dev.device_id if self.auth is not None else None,
         }
 
-    def component_status(self, dev: Device, comp: Component) -> dict[str, Any]:
-        """`{value, source, last_update_ts}` of a virtual component."""
-        self.refresh(dev)
+    def component_status(self, dev: Device, comp: Component, fresh: bool = False) -> dict[str, Any]:
+        """`{value, source, last_update_ts}` of a virtual component (`fresh`: values were just refreshed)."""
+        if not fresh:
+            self.refresh(dev)
         track = dev.tracks[comp.key]
         return {"value": track.value, "source": track.source, "last_update_ts": track.ts}
 
@@ -467,7 +469,7 @@ class ShellyFacade:
             )
         elif comp.role == "current_limit":
             doc.update(
-                min=_n(ch.config.min_current),
+                min=_n(MIN_CURRENT),
                 max=_n(ch.config.max_current),
                 default_value=_n(ch.config.max_current),
                 persisted=True,
@@ -549,8 +551,9 @@ class ShellyFacade:
     def shelly_status(self, dev: Device) -> dict[str, Any]:
         """`Shelly.GetStatus`: sys, service:0 and every virtual component under its key."""
         doc: dict[str, Any] = {"sys": self.sys_status(dev), "service:0": self.service_status(dev)}
+        self.refresh(dev)
         for comp in COMPONENTS:
-            doc[comp.key] = self.component_status(dev, comp)
+            doc[comp.key] = self.component_status(dev, comp, fresh=True)
         return doc
 
     def shelly_config(self, dev: Device) -> dict[str, Any]:
@@ -970,7 +973,7 @@ async def _serve_ws(facade: ShellyFacade, socket: WebSocket, cid: str | None) ->
                 if item["message"].get("id") != dev.cid:
                     continue
                 status = facade.shelly_status(dev)
-                changed = {k: v for k, v in status.items() if peer["last"].get(k) != v}
+                changed = {k: v for k, v in status.items() if _settled(peer["last"].get(k)) != _settled(v)}
                 peer["last"] = status
                 if changed:
                     params = {"ts": round(rt.clock.now(), 2), **changed}
@@ -1008,6 +1011,16 @@ async def _serve_ws(facade: ShellyFacade, socket: WebSocket, cid: str | None) ->
             await pump
         with contextlib.suppress(Exception):
             await socket.close()
+
+
+# Sys fields that change every second; like a device, they alone do not trigger a NotifyStatus.
+_CLOCK_FIELDS = frozenset({"unixtime", "uptime", "time"})
+
+
+def _settled(doc: object) -> object:
+    if isinstance(doc, dict) and "uptime" in doc:
+        return {k: v for k, v in doc.items() if k not in _CLOCK_FIELDS}
+    return doc
 
 
 async def _ws_frame(facade: ShellyFacade, dev: Device, text: str) -> tuple[dict[str, Any] | None, bool]:
