@@ -28,8 +28,7 @@ from evpilot.config import MqttModel, parse_mqtt_url
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.charger import MODES, Charger
 from evpilot.core.errors import CommandError, check_range
-from evpilot.devices.base import PilotHardware
-from evpilot.devices.evmeter import ApiFedEvMeter, EvMeterReading, MeteredPilot
+from evpilot.devices.evmeter import ApiFedEvMeter, EvMeterReading
 
 log = logging.getLogger("evpilot.mqtt")
 
@@ -211,7 +210,6 @@ class MqttBridge:
         self.esp32: dict[str, str] = dict(cfg.esp32evse)
         self._esp_by_id = {ident: cid for cid, ident in self.esp32.items()}
         self.ev_meters: dict[str, ApiFedEvMeter] = {}
-        self._inner_pilots: dict[str, PilotHardware] = {}
         self._announced: list[str] | None = None
         self._sent: dict[str, str] = {}
         self._pending: list[Out] = []
@@ -234,13 +232,7 @@ class MqttBridge:
 
     async def start(self) -> None:
         """Install the API-fed EV meters, follow the runtime's changes and connect in the background."""
-        timeout = self.rt.engine.site.meter_timeout_s
-        for cid in self.smartevse:
-            meter = ApiFedEvMeter()
-            meter.listeners.append(self.rt.recompute)
-            self.ev_meters[cid] = meter
-            self._inner_pilots[cid] = self.rt.engine.pilots[cid]
-            self.rt.engine.pilots[cid] = MeteredPilot(self._inner_pilots[cid], meter, timeout)
+        self.ev_meters = self.rt.ev_meters
         self.rt.listeners.append(self._on_change)
         self._task = asyncio.create_task(self._run(), name="evpilot-mqtt")
 
@@ -258,8 +250,6 @@ class MqttBridge:
                 await self._task
         with contextlib.suppress(ValueError):
             self.rt.listeners.remove(self._on_change)
-        for cid, pilot in self._inner_pilots.items():
-            self.rt.engine.pilots[cid] = pilot
 
     def _make_client(self) -> aiomqtt.Client:
         context = None

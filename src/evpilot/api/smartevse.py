@@ -23,6 +23,7 @@ from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.charger import Charger, ErrorFlag
 from evpilot.core.errors import CommandError
 from evpilot.core.iec61851 import DRAW_THRESHOLD_A, duty_for_current
+from evpilot.devices.evmeter import EvMeterReading
 
 NOT_ALLOWED = "Value not allowed!"
 MAX_BODY = 16 * 1024
@@ -392,13 +393,40 @@ def mount(app: FastAPI, rt: Runtime) -> None:
 
     async def post_ev_meter(request: Request, cid: str) -> Response:
         charger(cid)
+        q = request.query_params
         errors: dict[str, Any] = {}
+        values: dict[str, int] = {}
         for name, _ in EV_METER_PARAMS:
-            if name in request.query_params and _int(request.query_params[name]) is None:
+            if name not in q:
+                continue
+            value = _int(q[name])
+            limit = MAX_DECIAMPS if name in ("L1", "L2", "L3") else 10**9
+            low = -MAX_DECIAMPS if name in ("L1", "L2", "L3") else 0
+            if value is None or not low <= value <= limit:
                 errors[name] = NOT_ALLOWED
-        # evpilot measures the EV itself; like a SmartEVSE whose EV METER is not API, it takes no feed.
-        errors["ev_meter"] = "EV meter is not API"
-        raise Refused(errors)
+            else:
+                values[name] = value
+        phases = [name for name in ("L1", "L2", "L3") if name in q]
+        if phases and len(phases) < 3:
+            errors["TOTAL"] = "L1, L2 and L3 must be sent together"
+        if not values and not errors:
+            errors["ev_meter"] = "no L1, L2, L3, import_active_energy or import_active_power"
+        if errors:
+            raise Refused(errors)
+        currents = None
+        if phases:
+            currents = (values["L1"] / 10.0, values["L2"] / 10.0, values["L3"] / 10.0)
+        energy = values.get("import_active_energy")
+        power = values.get("import_active_power")
+        rt.ev_meters[cid].push(
+            EvMeterReading(
+                currents=currents,
+                power_w=None if power is None else float(power),
+                energy_kwh=None if energy is None else energy / 1000.0,
+                taken_at=rt.clock.now(),
+            )
+        )
+        return json_response({"ev_meter": values})
 
     routes = Routes(rt, "SmartEVSE")
     routes.add("GET", "/settings", guarded(get_settings), "State and settings (firmware JSON)")

@@ -15,6 +15,7 @@ from evpilot.core.charger import MODES, Charger
 from evpilot.core.errors import CommandError, check_range
 from evpilot.core.session import SessionRecord, StopReason
 from evpilot.core.site import SiteConfig
+from evpilot.devices.evmeter import ApiFedEvMeter, MeteredPilot
 from evpilot.sim.ev import CarSpec
 from evpilot.store.sqlite import Store
 
@@ -66,6 +67,16 @@ class Runtime:
         self.sim_meter = parts.sim_meter
         self.api_meter = parts.api_meter
         self.api_meter.listeners.append(self.recompute)
+        # Every charger can take an EV meter fed through an API (SmartEVSE REST and MQTT); while
+        # that feed is fresh its currents and energy replace the pilot's own meter.
+        self.ev_meters: dict[str, ApiFedEvMeter] = {}
+        for cid in self.engine.chargers:
+            meter = ApiFedEvMeter()
+            meter.listeners.append(self.recompute)
+            self.ev_meters[cid] = meter
+            self.engine.pilots[cid] = MeteredPilot(
+                self.engine.pilots[cid], meter, config.site.meter_timeout_s
+            )
         self.default_id = config.chargers[0].id if config.chargers else ""
         self.subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
