@@ -72,6 +72,8 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def _check(resp: httpx.Response) -> Any:
     assert resp.status_code < 500, resp.text
+    if resp.status_code in (307, 308):  # a method such as "." or ".." normalises to another path
+        return None
     return resp.json()
 
 
