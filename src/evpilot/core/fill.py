@@ -43,6 +43,37 @@ class Problem:
         return self.capacity[constraint] - self.used[constraint]
 
 
+def _fill_one(
+    problem: Problem, i: int, caps: list[float], cap_source: list[str], alloc: list[float], bound: list[str]
+) -> None:
+    """`fill` for one charger (most sites, most priority groups): no heap needed."""
+    capacity = problem.capacity
+    used = problem.used
+    uses = problem.uses[i]
+    weight: dict[int, float] = {}
+    for c, k in uses:
+        weight[c] = weight.get(c, 0.0) + k
+    # The tightest constraint; on a tie the lowest index, as the heap in `fill` would pop it.
+    best = math.inf
+    best_c = -1
+    for c in sorted(weight):
+        w = weight[c]
+        if w > _EPS:
+            ratio = (capacity[c] - used[c]) / w
+            if ratio < best:
+                best, best_c = ratio, c
+    if best < caps[i]:
+        value = max(0.0, best)
+        why = problem.source[best_c]
+    else:
+        value = max(0.0, caps[i])
+        why = cap_source[i]
+    alloc[i] = value
+    bound[i] = why
+    for c, k in uses:
+        used[c] += k * value
+
+
 def fill(
     problem: Problem,
     members: list[int],
@@ -57,6 +88,9 @@ def fill(
     so a later call (a lower priority) fills what is left.
     """
     if not members:
+        return
+    if len(members) == 1:
+        _fill_one(problem, members[0], caps, cap_source, alloc, bound)
         return
     capacity = problem.capacity
     used = problem.used
