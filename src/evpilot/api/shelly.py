@@ -18,7 +18,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -761,11 +761,21 @@ def _merge_balance(current: AutoBalanceSettings, patch: object) -> AutoBalanceSe
 _SHELLY_PATH = re.compile(r"^(?:/chargers/[^/]+)?/(?:shelly|rpc)(?:/.*)?$")
 
 
-class _ShellyBodyLimit:
-    """Refuses oversized bodies on the Shelly paths with a Shelly error object (before anything else)."""
+_GET_PATH = re.compile(r"^(?:/chargers/([^/]+))?/(?:shelly|rpc/([^/]+))$")
+ShellyGet = Callable[[str | None], Awaitable[Response]]
+RestGet = Callable[[Request, str | None, str], Awaitable[Response]]
 
-    def __init__(self, app: ASGIApp) -> None:
+
+class _ShellyFront:
+    """In front of everything on the Shelly paths: refuses oversized bodies with a Shelly error object,
+    and answers GETs directly (they are polled hard; this spares them the router's linear scan and the
+    middleware stack). The same handlers are also normal routes, for POST and the OpenAPI document.
+    """
+
+    def __init__(self, app: ASGIApp, shelly: ShellyGet, rest: RestGet) -> None:
         self.app = app
+        self.shelly = shelly
+        self.rest = rest
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and _SHELLY_PATH.match(scope["path"]):
@@ -776,6 +786,15 @@ class _ShellyBodyLimit:
                     status_code=413,
                 )
                 await resp(scope, receive, send)
+                return
+            m = _GET_PATH.match(scope["path"]) if scope["method"] == "GET" else None
+            if m is not None:
+                cid, method = m.group(1), m.group(2)
+                if method is None:
+                    response = await self.shelly(cid)
+                else:
+                    response = await self.rest(Request(scope, receive), cid, method)
+                await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -811,8 +830,8 @@ def _request_uri(request: Request) -> str:
     return raw.decode("latin-1") + ("?" + qs.decode("latin-1") if qs else "")
 
 
-def build_router(facade: ShellyFacade) -> APIRouter:
-    """The Shelly routes at the root and under `/chargers/{cid}`."""
+def build_router(facade: ShellyFacade) -> tuple[APIRouter, ShellyGet, RestGet]:
+    """The Shelly routes at the root and under `/chargers/{cid}`, and the two GET handlers."""
     r = APIRouter(tags=["shelly"])
 
     def http_auth(request: Request, dev: Device, method: str, frame_auth: object = None) -> Response | None:
@@ -944,7 +963,7 @@ def build_router(facade: ShellyFacade) -> APIRouter:
     async def ws_charger(socket: WebSocket, cid: str) -> None:
         await _serve_ws(facade, socket, cid)
 
-    return r
+    return r, shelly, rest
 
 
 async def _serve_ws(facade: ShellyFacade, socket: WebSocket, cid: str | None) -> None:
@@ -1067,8 +1086,9 @@ async def _ws_frame(facade: ShellyFacade, dev: Device, text: str) -> tuple[dict[
 def mount(app: FastAPI, rt: Runtime) -> ShellyFacade:
     """Serve the Shelly facade on `app` and run auto_balance (and the simulated EM) with the app."""
     facade = ShellyFacade(rt)
-    app.add_middleware(_ShellyBodyLimit)
-    app.include_router(build_router(facade))
+    router, shelly, rest = build_router(facade)
+    app.include_router(router)
+    app.add_middleware(_ShellyFront, shelly=shelly, rest=rest)
     app.state.shelly = facade
     inner = app.router.lifespan_context
 
