@@ -92,6 +92,8 @@ async def test_aioshelly_initialises_reads_and_sets_over_http_and_ws() -> None:
             assert RpcUpdateType.STATUS in updates
             await device.boolean_set(200, False)
             assert ch.start_requested is False
+            await _until(lambda: device.status["boolean:200"]["value"] is False)
+            await _until(lambda: device.status["enum:200"]["value"] == "charger_pause")
 
             methods = await device.methods_list()
             assert {"Number.Set", "Boolean.Set", "Service.SetConfig", "Shelly.GetComponents"} <= set(methods)

@@ -240,7 +240,8 @@ def _values(dev: Device, ch: Charger, now: float) -> dict[str, Any]:
         "enum:200": ch.work_state().value,
         "number:200": _n(ch.user_limit if ch.user_limit is not None else ch.config.max_current),
         "object:200": _phase_info(dev, ch, now),
-        "boolean:200": ch.start_requested,
+        # On while the user lets it charge: an explicit start, or auto_charge without an explicit stop.
+        "boolean:200": ch.start_requested or (ch.auto_charge and not ch.paused),
         "number:201": _n(round(s.energy_kwh, 3)) if s is not None else 0,
         # Top AC reports the session duration in whole minutes.
         "number:202": int(s.duration_s(now) // 60) if s is not None else 0,
