@@ -121,9 +121,10 @@ def fill(
         status[i] = FROZEN
         alloc[i] = value
         bound[i] = why
-        # Heap keys are refreshed lazily when they reach the top: freezing a member at or below
-        # the current level can only raise a constraint's saturation level, so a stale key is
-        # a lower bound and the order stays correct.
+        # Heap keys are refreshed lazily when they reach the top: freezing a member at the
+        # current level can only raise a saturation level that is still ahead, so a stale key
+        # is a lower bound; a refreshed key is never below the current level (a constraint
+        # already over capacity binds at once).
         for c, k in uses[i]:
             used[c] += k * value
             weight[c] -= k
@@ -141,7 +142,7 @@ def fill(
                 heappop(heap)
             elif top[2] != version[c]:
                 heappop(heap)
-                heappush(heap, ((capacity[c] - used[c]) / w, c, version[c]))
+                heappush(heap, (max((capacity[c] - used[c]) / w, level), c, version[c]))
             else:
                 break
         next_con = heap[0][0] if heap else math.inf
