@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from evpilot.core.balancer import circuit_paths as balancer_paths
 from evpilot.core.charger import ChargerConfig, Phases
 from evpilot.core.site import (
     Allocation,
@@ -36,16 +37,7 @@ def fixed_phases(ci: ChargerInput) -> int:
 
 def circuit_paths(site: SiteConfig) -> dict[str, tuple[str, ...]]:
     """For each circuit, its chain of circuit names up to the mains (mains excluded)."""
-    parent = {c.name: c.parent for c in site.circuits}
-    out: dict[str, tuple[str, ...]] = {}
-    for name in parent:
-        chain: list[str] = []
-        node: str | None = name
-        while node is not None and node not in chain:
-            chain.append(node)
-            node = parent.get(node)
-        out[name] = tuple(chain)
-    return out
+    return balancer_paths(site.circuits)
 
 
 def config_phases(cfg: ChargerConfig) -> tuple[int, ...]:

@@ -24,6 +24,30 @@ from evpilot.control.clock import ScaledClock
 from evpilot.control.runtime import Runtime
 from evpilot.store.sqlite import Store
 
+# Seed 002's `/api/v1/charging` fields, exactly.
+CHARGING_FIELDS = {
+    "voltage",
+    "amperage",
+    "allocatedAmperage",
+    "commandedAmperage",
+    "availableAmperage",
+    "signaledAmperage",
+    "frequency",
+    "energyImported",
+    "lastActivePower",
+}
+
+
+async def poll(client: httpx.AsyncClient, path: str, ok: Any, tries: int = 300) -> dict[str, Any]:
+    """GET `path` until `ok(doc)`; returns the last document."""
+    doc: dict[str, Any] = {}
+    for _ in range(tries):
+        doc = (await client.get(path)).json()
+        if ok(doc):
+            return doc
+        await asyncio.sleep(0.05)
+    return doc
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now."""

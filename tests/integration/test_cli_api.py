@@ -15,7 +15,7 @@ from websockets.asyncio.client import connect
 from evpilot.api.native import build_router
 from evpilot.control.clock import ManualClock
 from evpilot.control.runtime import Runtime
-from tests.helpers import evpilot_process, make_config
+from tests.helpers import CHARGING_FIELDS, evpilot_process, make_config
 
 T = TypeVar("T")
 SPEED = 20.0
@@ -26,18 +26,6 @@ CONFIG: dict[str, Any] = {
         {"id": "cp2", "name": "Drive", "max_current": 16, "auto_charge": False},
     ],
     "sim": {"seed": 3, "first_spike_s": None, "spike_rate_h": 0, "cars": [{"charger": "cp1", "soc": 20}]},
-}
-# seed 002's `/api/v1/charging` fields, exactly
-CHARGING_FIELDS = {
-    "voltage",
-    "amperage",
-    "allocatedAmperage",
-    "commandedAmperage",
-    "availableAmperage",
-    "signaledAmperage",
-    "frequency",
-    "energyImported",
-    "lastActivePower",
 }
 EXERCISED: set[tuple[str, str]] = set()
 

@@ -4,28 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import httpx
-import pytest
 
 from evpilot.control.runtime import Runtime
 from tests.helpers import serve
 from tests.integration.mqtt_helpers import Broker, mqtt_config, recorder, running, until
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    """A fresh mosquitto for one test."""
-    b = Broker(tmp_path / "broker")
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 def settings(rt: Runtime) -> dict[str, Any]:

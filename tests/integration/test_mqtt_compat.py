@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shlex
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -23,17 +21,6 @@ SEED_MAINS = (
     "mosquitto_pub  -h ip-of-mosquitto-server -u username -P password"
     " -t 'SmartEVSE-xxxxx/Set/MainsMeter' -m L1:L2:L3"
 )
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    """A fresh mosquitto for one test."""
-    b = Broker(tmp_path / "broker")
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 def seed_line(line: str, port: int, **replace: str) -> list[str]:

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from evpilot.store.sqlite import Store
 from tests.integration.mqtt_helpers import Broker, Recorder, mqtt_config, recorder, running
@@ -167,17 +164,6 @@ def value_problems(comp: str, cfg: dict[str, Any], value: str | None) -> list[st
         except ValueError:
             return [f"{value!r} is not numeric"]
     return []
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    """A fresh mosquitto for one test."""
-    b = Broker(tmp_path / "broker")
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 def configs(rec: Recorder) -> dict[str, dict[str, Any]]:

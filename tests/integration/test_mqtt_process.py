@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,17 +10,6 @@ import pytest
 from evpilot.cli import main
 from tests.helpers import evpilot_process
 from tests.integration.mqtt_helpers import Broker, recorder
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    """A fresh mosquitto for one test."""
-    b = Broker(tmp_path / "broker")
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 async def test_last_will_marks_evpilot_offline_after_kill_9(broker: Broker, tmp_path: Path) -> None:

@@ -4,35 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 import httpx
 import websockets
 
-from tests.helpers import make_config, serve
-
-CHARGING_FIELDS = {
-    "voltage",
-    "amperage",
-    "allocatedAmperage",
-    "commandedAmperage",
-    "availableAmperage",
-    "signaledAmperage",
-    "frequency",
-    "energyImported",
-    "lastActivePower",
-}
-
-
-async def poll(client: httpx.AsyncClient, path: str, ok: Any, tries: int = 300) -> dict[str, Any]:
-    """GET `path` until `ok(doc)`; returns the last document."""
-    doc: dict[str, Any] = {}
-    for _ in range(tries):
-        doc = (await client.get(path)).json()
-        if ok(doc):
-            return doc
-        await asyncio.sleep(0.05)
-    return doc
+from tests.helpers import CHARGING_FIELDS, make_config, poll, serve
 
 
 async def test_documents_have_the_seed_fields() -> None:

@@ -3,22 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import httpx
 
-from tests.helpers import make_config, serve
-
-
-async def poll(client: httpx.AsyncClient, path: str, ok: Any, tries: int = 300) -> dict[str, Any]:
-    """GET `path` until `ok(doc)`; returns the last document."""
-    doc: dict[str, Any] = {}
-    for _ in range(tries):
-        doc = (await client.get(path)).json()
-        if ok(doc):
-            return doc
-        await asyncio.sleep(0.05)
-    return doc
+from tests.helpers import make_config, poll, serve
 
 
 async def test_settings_document_has_the_firmware_structure() -> None:

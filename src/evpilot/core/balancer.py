@@ -29,7 +29,7 @@ TRIP_FACTOR = 2.0
 
 
 @lru_cache(maxsize=64)
-def _paths(circuits: tuple[CircuitConfig, ...]) -> dict[str, tuple[str, ...]]:
+def circuit_paths(circuits: tuple[CircuitConfig, ...]) -> dict[str, tuple[str, ...]]:
     """For each circuit, the chain of circuit names from it up to the mains (excluded)."""
     parent = {c.name: c.parent for c in circuits}
     out: dict[str, tuple[str, ...]] = {}
@@ -92,7 +92,7 @@ def _structure(
     site_limits: int,
 ) -> _Shape:
     """Which constraint each charger loads, and by how much; rebuilt only when that changes."""
-    paths = _paths(circuits)
+    paths = circuit_paths(circuits)
     names = {c.name for c in circuits}
     keys: list[tuple[str, int]] = []
     sources: list[str] = []
@@ -137,7 +137,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     n = len(chargers)
     mains = snapshot.mains
     fresh = mains is not None and now - mains.taken_at <= site.meter_timeout_s
-    paths = _paths(site.circuits)
+    paths = circuit_paths(site.circuits)
     limits = {c.name: c.limit for c in site.circuits}
 
     memo_in: list[ChargerMemo] = [memos.get(ci.config.id) or ChargerMemo() for ci in chargers]
