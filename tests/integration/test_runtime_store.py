@@ -144,3 +144,23 @@ def test_sim_plug_twice_is_refused_and_unplug_ends_the_session(tmp_path: Path) -
     run_for(rt, clock, 2)
     assert rt.charger("cp1").session is not None
     store.close()
+
+
+def test_site_settings_changed_at_run_time_survive_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "evpilot.sqlite3"
+    store = Store(path)
+    rt = Runtime(make_config(QUIET), ManualClock(), store)
+    rt.set_site_mode("solar")
+    rt.set_min_current(8)
+    rt.set_capacity_limit(40)
+    rt.update_site(cap_stop_s=300.0, solar={"stop_min": 15.0, "max_import": 3.0})
+    rt.update_site(solar={"start_current": 12.0})
+    store.close()
+
+    store = Store(path)
+    again = Runtime(make_config(QUIET), ManualClock(), store)
+    site = again.engine.site
+    assert (site.mode, site.capacity_limit, site.cap_stop_s) == ("solar", 40, 300.0)
+    assert (site.solar.stop_min, site.solar.max_import, site.solar.start_current) == (15.0, 3.0, 12.0)
+    assert again.charger("cp1").config.min_current == 8
+    store.close()

@@ -95,8 +95,16 @@ class Runtime:
 
     def _restore(self, store: Store) -> None:
         site = store.get_setting("site")
-        if isinstance(site, dict) and site.get("mode") in MODES:
-            self.engine.site = replace(self.engine.site, mode=site["mode"])
+        if isinstance(site, dict):
+            # One setting at a time, as for chargers: a stale one is dropped alone.
+            for key, value in site.items():
+                with contextlib.suppress(CommandError, TypeError, ValueError):
+                    if key == "mode":
+                        self.set_site_mode(value)
+                    elif key == "min_current":
+                        self.set_min_current(value)
+                    else:
+                        self.update_site(**{key: value})
         for cid, ch in self.engine.chargers.items():
             saved = store.get_setting(f"charger:{cid}")
             if isinstance(saved, dict):
@@ -274,14 +282,29 @@ class Runtime:
     def update_site(self, **changes: Any) -> SiteConfig:
         """Replace site settings (already range-checked by the caller); a dict updates a nested group."""
         site = self.engine.site
+        raw = dict(changes)
         for key, value in list(changes.items()):
             if not hasattr(site, key):
                 raise CommandError(key, "is not a site setting")
             if isinstance(value, dict):
                 changes[key] = replace(getattr(site, key), **value)
         self.engine.site = replace(site, **changes)
+        self._save_site(**raw)
         self.recompute()
         return self.engine.site
+
+    def _save_site(self, **changes: Any) -> None:
+        """Merge changed site settings into the stored ones, so a restart keeps them."""
+        if self.store is None:
+            return
+        saved = self.store.get_setting("site")
+        merged: dict[str, Any] = dict(saved) if isinstance(saved, dict) else {}
+        for key, value in changes.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = value
+        self.store.set_setting("site", merged)
 
     def set_min_current(self, amps: float) -> None:
         """Set MIN (A per phase, 6-16) of every charger; refused if above a charger's MAX."""
@@ -291,6 +314,7 @@ class Runtime:
                 raise CommandError("current_min", f"{value} A is above {ch.config.id}'s MAX")
         for ch in self.engine.chargers.values():
             ch.config = replace(ch.config, min_current=value)
+        self._save_site(min_current=value)
         self.recompute()
 
     def set_site_mode(self, mode: str) -> None:
@@ -298,14 +322,14 @@ class Runtime:
         if mode not in MODES:
             raise CommandError("mode", f"{mode!r} is not one of {', '.join(MODES)}")
         self.engine.site = replace(self.engine.site, mode=mode)
-        if self.store is not None:
-            self.store.set_setting("site", {"mode": mode})
+        self._save_site(mode=mode)
         self.recompute()
 
     def set_capacity_limit(self, amps: float | None) -> None:
         """Set the CAPACITY limit (A summed over the phases, 10-600); None or 0 removes it."""
         value = None if not amps else check_range("capacity_limit", amps, 10.0, 600.0, " A")
         self.engine.site = replace(self.engine.site, capacity_limit=value)
+        self._save_site(capacity_limit=value)
         self.recompute()
 
     # ---- documents ----------------------------------------------------------------------------
