@@ -80,6 +80,7 @@ class _Shape:
     sources: tuple[str, ...]
     members: list[list[tuple[int, float]]]
     uses: list[list[tuple[int, float]]]
+    weights: tuple[float, ...]
 
 
 @lru_cache(maxsize=32)
@@ -126,7 +127,8 @@ def _structure(
     for idx, lst in enumerate(uses):
         for c, coef in lst:
             members[c].append((idx, coef))
-    return _Shape(tuple(keys), tuple(sources), members, uses)
+    weights = tuple(sum(coef for _, coef in lst) for lst in members)
+    return _Shape(tuple(keys), tuple(sources), members, uses, weights)
 
 
 def compute(snapshot: Snapshot, now: float) -> Allocation:
@@ -392,11 +394,18 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     capacity_short = False
     paused_now: set[int] = set()
     # Every active charger first gets its MIN; while that does not fit, pause one at a time.
-    load = list(prob.used)
-    for idx in active:
-        mn = chargers[idx].config.min_current
-        for c, k in prob.uses[idx]:
-            load[c] += k * mn
+    mins = {chargers[i].config.min_current for i in active}
+    uniform = not fallback_ids and len(mins) == 1
+    if uniform:
+        # Everyone linked is active with the same MIN: the load is MIN times the weights.
+        common = next(iter(mins))
+        load = [u + common * w for u, w in zip(prob.used, shape.weights, strict=True)]
+    else:
+        load = list(prob.used)
+        for idx in active:
+            mn = chargers[idx].config.min_current
+            for c, k in prob.uses[idx]:
+                load[c] += k * mn
     alive = set(active)
     while alive:
         violated = [
@@ -433,10 +442,14 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     active = [i for i in active if i in alive]
     extra_caps = list(caps)
     for idx in active:
-        mn = chargers[idx].config.min_current
-        extra_caps[idx] = caps[idx] - mn
-        for c, k in prob.uses[idx]:
-            prob.used[c] += k * mn
+        extra_caps[idx] = caps[idx] - chargers[idx].config.min_current
+    if uniform and not paused_now:
+        prob.used = load
+    else:
+        for idx in active:
+            mn = chargers[idx].config.min_current
+            for c, k in prob.uses[idx]:
+                prob.used[c] += k * mn
     extra = [0.0] * n
     by_prio: dict[int, list[int]] = {}
     for idx in active:
@@ -517,6 +530,23 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         # Rounded down so a reported allocation never exceeds what the limits allow.
         shown = math.floor(value * 100.0 + 1e-6) / 100.0
         out[ci.config.id] = ChargerAllocation(shown, ph if not single_car else 1, src)
+        running_since = m.running_since if m.current > 0 or value <= 0 else now
+        if (
+            value == m.current
+            and last_raise == m.last_raise
+            and paused_until == m.paused_until
+            and ph == m.phases
+            and ev_limited[idx] == m.ev_limited
+            and single_car == m.single_phase_car
+            and one_since == m.one_phase_since
+            and down_since == m.phase_down_since
+            and up_since == m.phase_up_since
+            and last_switch == m.last_switch
+            and running_since == m.running_since
+        ):
+            # Unchanged: keep the old (immutable) memo instead of building an equal one.
+            new_memos[ci.config.id] = m
+            continue
         new_memos[ci.config.id] = ChargerMemo(
             current=value,
             phases=ph,
@@ -530,7 +560,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             one_phase_since=one_since,
             single_phase_car=single_car,
             ev_limited=ev_limited[idx],
-            running_since=m.running_since if m.current > 0 or value <= 0 else now,
+            running_since=running_since,
         )
     return Allocation(
         chargers=out,
