@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from evpilot import __version__
 from evpilot.api import esp32evse, native, secc, shelly, smartevse
+from evpilot.api.facade import BodyLimit
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.errors import CommandError
 
@@ -67,14 +68,14 @@ def create_app(rt: Runtime, manage_runtime: bool = True) -> FastAPI:
     )
     app.state.runtime = rt
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):  # type: ignore[no-untyped-def]
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-            return JSONResponse(
-                {"error": "too_large", "detail": f"request body over {MAX_BODY} bytes"}, status_code=413
-            )
-        return await call_next(request)
+    app.add_middleware(
+        BodyLimit,
+        pattern=r"^/(api|chargers)/",
+        limit=MAX_BODY,
+        refuse=lambda: JSONResponse(
+            {"error": "too_large", "detail": f"request body over {MAX_BODY} bytes"}, status_code=413
+        ),
+    )
 
     @app.exception_handler(UnknownCharger)
     async def unknown_charger(request: Request, exc: UnknownCharger) -> JSONResponse:

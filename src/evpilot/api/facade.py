@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from evpilot.control.runtime import Runtime
 
@@ -89,8 +89,27 @@ class BodyLimit:
                 if not value.isdigit() or int(value) > self.limit:
                     await self.refuse()(scope, receive, send)
                     return
+                await self.app(scope, receive, send)
+                return
+        # No length given (chunked): read the body up to the limit first, then replay it.
+        messages: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
                 break
-        await self.app(scope, receive, send)
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                await self.refuse()(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
 
 
 class FastGet:
