@@ -124,6 +124,8 @@ class ChargerModel(_Model):
             priority=self.priority,
             safe_current=self.safe_current,
             max_temp=self.max_temp,
+            # Resume at 55 °C, or 10 °C below a MAX TEMP set lower than 65 °C.
+            resume_temp=min(55.0, self.max_temp - 10.0),
             auto_charge=self.auto_charge,
             require_auth=self.require_auth,
             mode=self.mode,

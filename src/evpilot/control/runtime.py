@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol
@@ -70,7 +71,9 @@ class Runtime:
         # Every charger can take an EV meter fed through an API (SmartEVSE REST and MQTT); while
         # that feed is fresh its currents and energy replace the pilot's own meter.
         self.ev_meters: dict[str, ApiFedEvMeter] = {}
+        run_tag = "-" + secrets.token_hex(3)
         for cid in self.engine.chargers:
+            self.engine.chargers[cid].run_tag = run_tag
             meter = ApiFedEvMeter()
             meter.listeners.append(self.recompute)
             self.ev_meters[cid] = meter

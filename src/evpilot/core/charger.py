@@ -172,6 +172,8 @@ class Charger:
     lifetime_kwh: float = 0.0
     session_seq: int = 0
     pending_tag: str | None = None
+    # Set by the runtime per run: keeps session ids unique when a sped-up clock repeats times.
+    run_tag: str = ""
     events: list[tuple[str, object]] = field(default_factory=list)
 
     @classmethod
@@ -545,7 +547,7 @@ class Charger:
         self.session_seq += 1
         tag = self.pending_tag
         self.session = Session(
-            id=f"{self.config.id}-{int(now * 1000)}-{self.session_seq}",
+            id=f"{self.config.id}-{int(now * 1000)}-{self.session_seq}{self.run_tag}",
             charger_id=self.config.id,
             started_at=now,
             id_tag=tag,
