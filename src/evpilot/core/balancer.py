@@ -263,17 +263,33 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         s_bound = [""] * len(solar_ids)
         s_caps = [caps[i] for i in solar_ids]
         s_src = [cap_src[i] for i in solar_ids]
-        # Chargers already charging on surplus are served first; one waiting to start gets what
-        # is left, so a start never starves a running session below MIN.
+        # Admission: a charger waiting to start joins only when the budget still covers MIN for
+        # every charger already on surplus plus its own, and the export left reaches START;
+        # then all admitted chargers share the budget equally. A start never pushes a running
+        # session below MIN, and a running one never keeps the surplus from a newcomer for good.
         running = [
             j
             for j, i in enumerate(solar_ids)
             if chargers[i].mode == "min+solar" or memo_in[i].solar_started is not None
         ]
-        waiting = [j for j in range(len(solar_ids)) if j not in set(running)]
-        fill(sp, running, s_caps, s_src, s_alloc, s_bound)
-        export_free = sp.residual(con) - site.solar.max_import
-        fill(sp, waiting, s_caps, s_src, s_alloc, s_bound)
+        taken = sum(
+            chargers[solar_ids[j]].config.min_current * eff_phases[solar_ids[j]] for j in running
+        )
+        running_set = set(running)
+        waiting = sorted(
+            (j for j in range(len(solar_ids)) if j not in running_set),
+            key=lambda j: (-chargers[solar_ids[j]].config.priority, chargers[solar_ids[j]].config.id),
+        )
+        admitted: set[int] = set()
+        for j in waiting:
+            i = solar_ids[j]
+            need = chargers[i].config.min_current * eff_phases[i]
+            if need > s_caps[j] * eff_phases[i] + _EPS:
+                continue
+            if budget - taken >= need - _EPS and surplus - taken >= site.solar.start_current - _EPS:
+                admitted.add(j)
+                taken += need
+        fill(sp, running + sorted(admitted), s_caps, s_src, s_alloc, s_bound)
         solar_left = sp.residual(con)
         solar_src = "import" if site.solar.max_import > 0 and surplus < budget - solar_left else "solar"
         if battery < 0 and solar_src == "solar":
@@ -290,9 +306,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
                     cap_src[i] = solar_src if share >= mn else "min"
                 continue
             started = m.solar_started
-            # Start only on START export left by the running chargers and a share of at least
-            # MIN: a start that the STOP timer would end again is a flap.
-            if started is None and export_free >= site.solar.start_current and share >= mn - _EPS:
+            if started is None and pos in admitted:
                 started = now
             if started is None:
                 caps[i] = 0.0
