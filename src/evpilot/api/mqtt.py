@@ -243,7 +243,8 @@ class MqttBridge:
         if client is not None and self.connected.is_set():
             topics = [self.status_topic, *(f"{sp}/connected" for sp in self.smartevse.values())]
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                await asyncio.wait_for(self._send(client, [Out(t, OFFLINE, qos=1) for t in topics]), 5)
+                async with asyncio.timeout(5):
+                    await self._send(client, [Out(t, OFFLINE, qos=1) for t in topics])
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -389,11 +390,14 @@ class MqttBridge:
     async def _publisher(self, client: aiomqtt.Client) -> None:
         loop = asyncio.get_running_loop()
         next_refresh = loop.time() + self.cfg.refresh_s
-        while True:
+        while not self._stopping:
             wait = next_refresh - loop.time()
             if wait > 0 and not self._wake.is_set():
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel
+                # that lands as the event fires, and this loop would then never end.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
             self._wake.clear()
             if loop.time() >= next_refresh:
                 next_refresh = loop.time() + self.cfg.refresh_s

@@ -27,8 +27,11 @@ class ScaledClock:
 
     async def wait(self, event: asyncio.Event, seconds: float) -> bool:
         """Wait for `event` at most `seconds` of clock time; True if it was set."""
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel that lands
+        # just as the event is set.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), max(0.0, seconds) / self.speed)
+            async with asyncio.timeout(max(0.0, seconds) / self.speed):
+                await event.wait()
             return True
         return False
 
