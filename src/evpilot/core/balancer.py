@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
-from evpilot.core.charger import Phases
+from evpilot.core.charger import Phases, mains_draw
 from evpilot.core.fill import Problem, fill
 from evpilot.core.site import (
     GRID_RELAY_W,
@@ -48,15 +48,6 @@ def phases_of(ci: ChargerInput, phases: int) -> tuple[int, ...]:
     if phases == 3 and ci.config.phases == 3:
         return (0, 1, 2)
     return (ci.config.phase - 1,)
-
-
-def _mains_draw(ci: ChargerInput) -> Phases:
-    """The charger's measured current mapped onto mains phases."""
-    if ci.config.phases == 1:
-        out = [0.0, 0.0, 0.0]
-        out[ci.config.phase - 1] = ci.measured[0]
-        return (out[0], out[1], out[2])
-    return ci.measured
 
 
 def _initial_phases(ci: ChargerInput, memo: ChargerMemo | None) -> int:
@@ -150,7 +141,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     circuit_ev: dict[str, list[float]] = {}
     draws: list[Phases] = []
     for ci in chargers:
-        d = _mains_draw(ci)
+        d = mains_draw(ci.config, ci.measured)
         draws.append(d)
         ev_total[0] += d[0]
         ev_total[1] += d[1]

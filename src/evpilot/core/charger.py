@@ -85,6 +85,18 @@ class ChargerConfig:
     fixed_cable: bool = True
 
 
+def mains_draw(config: ChargerConfig, currents: Phases) -> Phases:
+    """A charger's L1..L3 currents placed on the mains phases (a 1-phase charger on its `phase`)."""
+    if config.phases != 1:
+        return currents
+    amps = currents[0]
+    if config.phase == 2:
+        return (0.0, amps, 0.0)
+    if config.phase == 3:
+        return (0.0, 0.0, amps)
+    return (amps, 0.0, 0.0)
+
+
 @dataclass(frozen=True, slots=True)
 class PilotReading:
     """What the pilot hardware and the EV meter report at one moment."""

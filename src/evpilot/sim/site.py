@@ -6,7 +6,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from evpilot.core.charger import ZERO3, ChargerConfig, Phases, PilotOutput, PilotReading
+from evpilot.core.charger import ZERO3, ChargerConfig, Phases, PilotOutput, PilotReading, mains_draw
 from evpilot.core.iec61851 import current_for_duty, duty_for_current
 from evpilot.core.site import Reading
 from evpilot.sim.ev import CarSpec, SimCar
@@ -172,15 +172,7 @@ class SimPilot:
 
     def mains_draw(self) -> Phases:
         """This charger's current on the mains phases."""
-        if self.config.phases == 1:
-            amps = self.currents[0]
-            phase = self.config.phase
-            if phase == 1:
-                return (amps, 0.0, 0.0)
-            if phase == 2:
-                return (0.0, amps, 0.0)
-            return (0.0, 0.0, amps)
-        return self.currents
+        return mains_draw(self.config, self.currents)
 
 
 class SimSite:
