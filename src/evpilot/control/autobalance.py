@@ -12,7 +12,7 @@ from typing import Any
 
 from evpilot.control.runtime import Runtime
 from evpilot.core.autobalance import BalanceInput, BalanceResult, auto_balance_cap
-from evpilot.core.charger import Charger, Phases
+from evpilot.core.charger import Charger, Phases, mains_draw
 from evpilot.devices.shelly_em import EmReading, ShellyEmError, ShellyEmMeter
 
 log = logging.getLogger("evpilot.autobalance")
@@ -39,15 +39,13 @@ class BalanceState:
     read_at: float | None = None
     error: str | None = None
     result: BalanceResult | None = None
+    em_ip: str | None = None
 
 
 def ev_on_mains(ch: Charger) -> tuple[Phases, tuple[int, ...]]:
     """The charger's measured currents per mains phase and the mains phases it can draw on."""
-    if ch.config.phases == 1:
-        out = [0.0, 0.0, 0.0]
-        out[ch.config.phase - 1] = ch.currents[0]
-        return (out[0], out[1], out[2]), (ch.config.phase - 1,)
-    return ch.currents, (0, 1, 2)
+    phases = (ch.config.phase - 1,) if ch.config.phases == 1 else (0, 1, 2)
+    return mains_draw(ch.config, ch.currents), phases
 
 
 class AutoBalancer:
@@ -86,7 +84,11 @@ class AutoBalancer:
         if old is not None:
             old.cancel()
         settings = self.settings[cid]
-        self.state[cid] = BalanceState()
+        previous = self.state.get(cid)
+        # A new meter address starts afresh; other changes (max_current, …) keep the last reading,
+        # which then ages normally (and goes stale) if the meter stops answering.
+        if previous is None or previous.em_ip != settings.em_ip:
+            self.state[cid] = BalanceState(em_ip=settings.em_ip)
         if settings.enable and settings.em_ip is not None:
             self._tasks[cid] = asyncio.create_task(self._poll(cid, settings), name=f"autobalance-{cid}")
         else:
@@ -109,31 +111,31 @@ class AutoBalancer:
     async def _poll(self, cid: str, settings: AutoBalanceSettings) -> None:
         assert settings.em_ip is not None
         meter = ShellyEmMeter(settings.em_ip, self.em_port, self.timeout_s)
-        loop = asyncio.get_running_loop()
+        clock = self.rt.clock
         state = self.state[cid]
         try:
             while True:
                 try:
                     state.reading = await meter.read()
-                    state.read_at = loop.time()
+                    state.read_at = clock.now()
                     state.error = None
                 except ShellyEmError as exc:
                     if state.error != str(exc):
                         log.warning("%s: auto_balance meter: %s", cid, exc)
                     state.error = str(exc)
-                self._apply(cid, settings, state, loop.time())
+                self._apply(cid, settings, state, clock.now())
                 await asyncio.sleep(self.poll_s)
         finally:
             await meter.close()
 
-    def _apply(self, cid: str, settings: AutoBalanceSettings, state: BalanceState, mono_now: float) -> None:
+    def _apply(self, cid: str, settings: AutoBalanceSettings, state: BalanceState, now: float) -> None:
         ch = self.rt.charger(cid)
         ev, phases = ev_on_mains(ch)
         reading = state.reading
         result = auto_balance_cap(
             BalanceInput(
                 meter=None if reading is None else reading.currents,
-                meter_age_s=0.0 if state.read_at is None else mono_now - state.read_at,
+                meter_age_s=0.0 if state.read_at is None else now - state.read_at,
                 ev=ev,
                 max_current=settings.max_current,
                 exclude_self_current=settings.exclude_self_current,
