@@ -13,6 +13,7 @@ from evpilot.core.charger import Charger
 from evpilot.core.errors import CommandError, check_range
 from evpilot.devices.apifed import ApiFedMeter
 from evpilot.sim.ev import CarSpec
+from evpilot.sim.site import SimSite
 
 # JSON arrays of exactly three numbers (L1, L2, L3); strict mode would refuse a tuple type.
 Three = Annotated[list[float], Field(min_length=3, max_length=3)]
@@ -293,13 +294,14 @@ def build_router(rt: Runtime) -> APIRouter:
 
     # ---- simulator -------------------------------------------------------------------------
 
-    def sim_required() -> None:
+    def sim_site() -> SimSite:
         if rt.sim is None:
             raise CommandError("sim", "the simulator is not running")
+        return rt.sim
 
     @r.post("/sim/chargers/{cid}/plug", tags=["simulator"], summary="Plug a simulated car in")
     async def sim_plug(cid: str, body: PlugBody | None = None) -> dict[str, Any]:
-        sim_required()
+        sim_site()
         b = body or PlugBody()
         if b.phases not in (1, 3):
             raise CommandError("phases", "must be 1 or 3")
@@ -309,16 +311,15 @@ def build_router(rt: Runtime) -> APIRouter:
 
     @r.post("/sim/chargers/{cid}/unplug", tags=["simulator"], summary="Unplug the simulated car")
     async def sim_unplug(cid: str) -> dict[str, Any]:
-        sim_required()
+        sim_site()
         rt.sim_unplug(cid)
         return doc(cid)
 
     @r.post("/sim/chargers/{cid}/fault", tags=["simulator"], summary="Raise or clear hardware faults")
     async def sim_fault(cid: str, body: FaultBody) -> dict[str, Any]:
-        sim_required()
+        sim = sim_site()
         rt.charger(cid)
-        assert rt.sim is not None
-        pilot = rt.sim.pilots[cid]
+        pilot = sim.pilots[cid]
         pilot.rcm_fault = body.rcm
         pilot.diode_fault = body.diode
         rt.recompute()
@@ -326,35 +327,32 @@ def build_router(rt: Runtime) -> APIRouter:
 
     @r.put("/sim/house", tags=["simulator"], summary="Fix the house load per phase (A)")
     async def sim_house(body: HouseBody) -> dict[str, Any]:
-        sim_required()
-        assert rt.sim is not None
+        sim = sim_site()
         if body.currents is not None:
             for i, a in enumerate(body.currents):
                 check_range(f"currents[{i}]", a, 0, 400, " A")
         c = body.currents
-        rt.sim.house.override = None if c is None else (c[0], c[1], c[2])
+        sim.house.override = None if c is None else (c[0], c[1], c[2])
         rt.recompute()
         return {"currents": body.currents}
 
     @r.put("/sim/pv", tags=["simulator"], summary="Fix the PV power (W)")
     async def sim_pv(body: PvBody) -> dict[str, Any]:
-        sim_required()
-        assert rt.sim is not None
-        rt.sim.pv.override = body.power_w
+        sim = sim_site()
+        sim.pv.override = body.power_w
         rt.recompute()
         return {"power_w": body.power_w}
 
     @r.put("/sim/ambient", tags=["simulator"], summary="Set the ambient temperature (°C)")
     async def sim_ambient(body: AmbientBody) -> dict[str, Any]:
-        sim_required()
-        assert rt.sim is not None
-        rt.sim.params.ambient_c = body.temperature_c
+        sim = sim_site()
+        sim.params.ambient_c = body.temperature_c
         rt.recompute()
         return {"temperature_c": body.temperature_c}
 
     @r.put("/sim/mains_meter", tags=["simulator"], summary="Take the simulated mains meter off/online")
     async def sim_meter(body: MeterOnlineBody) -> dict[str, Any]:
-        sim_required()
+        sim_site()
         if rt.sim_meter is None:
             raise CommandError("mains_meter", "the mains meter is not the simulated one")
         rt.sim_meter.enabled = body.online
