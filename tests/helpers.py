@@ -119,7 +119,9 @@ async def serve(
     rt = Runtime(config, ScaledClock(speed), store)
     app = create_app(rt)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=5)
+    )
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

@@ -129,7 +129,9 @@ def run(config: AppConfig, data_dir: Path | None, http: tuple[str, int] | None, 
         rt = Runtime(config, ScaledClock(speed), store)
         app = create_app(rt)
         server = _GracefulServer(
-            uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+            uvicorn.Config(
+                app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=5
+            )
         )
         log.info(
             "evpilot %s on http://%s:%d (speed %gx, data %s, %d charger(s), simulator %s)",

@@ -144,7 +144,10 @@ class SimShellyEm:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Start serving; returns the port (a free one when `port` is 0)."""
-        config = uvicorn.Config(self.app, host=host, port=port, log_level="warning", lifespan="off")
+        # A poller's open request must not hold up stop() for ever.
+        config = uvicorn.Config(
+            self.app, host=host, port=port, log_level="warning", lifespan="off", timeout_graceful_shutdown=2
+        )
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve(), name="sim-shelly-em")
         while not self._server.started:
