@@ -53,16 +53,16 @@ def fleet_config(chargers: int = 100, seed: int = 7) -> AppConfig:
     for i in range(chargers):
         cid = f"cp{i:03d}"
         one_phase = i % 4 == 3
-        cps.append(
-            {
-                "id": cid,
-                "circuit": f"c{i // 10}",
-                "phases": 1 if one_phase else 3,
-                "phase": (i % 3) + 1,
-                "max_current": 32,
-                "priority": 1 if i % 10 == 0 else 0,
-            }
-        )
+        cp: dict[str, Any] = {
+            "id": cid,
+            "circuit": f"c{i // 10}",
+            "phases": 1 if one_phase else 3,
+            "max_current": 32,
+            "priority": 1 if i % 10 == 0 else 0,
+        }
+        if one_phase:
+            cp["phase"] = (i % 3) + 1
+        cps.append(cp)
         # Two visits a day: a morning/daytime car and an evening car that may stay overnight.
         t = rng.uniform(0, 8 * 3600)
         for _ in range(2):

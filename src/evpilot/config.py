@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from evpilot.core.charger import ChargerConfig
+from evpilot.core.charger import ChargerConfig, PhaseRotation
 from evpilot.core.site import CircuitConfig, PhaseSwitchConfig, SiteConfig, SolarConfig
 from evpilot.sim.ev import CarSpec
 from evpilot.sim.site import PlannedCar, SimParams
@@ -101,6 +101,10 @@ class ChargerModel(_Model):
     min_current: float = Field(default=6, ge=6, le=16, description="MIN (A)")
     phases: Literal[1, 3] = 3
     phase: Literal[1, 2, 3] = Field(default=1, description="mains phase of a 1-phase charger")
+    phase_rotation: Literal["L1L2L3", "L2L3L1", "L3L1L2"] | None = Field(
+        default=None,
+        description="3-phase charger: mains phases its L1, L2, L3 are wired to (default L1L2L3)",
+    )
     circuit: str | None = None
     priority: int = Field(default=0, ge=0, le=9)
     safe_current: float = Field(default=6, ge=0, le=80, description="current when the lease lapses")
@@ -111,6 +115,16 @@ class ChargerModel(_Model):
     contactor2: PhaseMode = "not_present"
     fixed_cable: bool = True
 
+    @model_validator(mode="after")
+    def _wiring(self) -> ChargerModel:
+        if self.phases == 3 and "phase" in self.model_fields_set:
+            raise ValueError(
+                f"charger {self.id!r}: 'phase' is for 1-phase chargers; a 3-phase charger uses phase_rotation"
+            )
+        if self.phases == 1 and self.phase_rotation is not None:
+            raise ValueError(f"charger {self.id!r}: a 1-phase charger names its mains phase with 'phase'")
+        return self
+
     def core(self) -> ChargerConfig:
         """The core's view of this charger."""
         return ChargerConfig(
@@ -120,6 +134,7 @@ class ChargerModel(_Model):
             min_current=self.min_current,
             phases=self.phases,
             phase=self.phase,
+            phase_rotation=PhaseRotation(self.phase_rotation or "L1L2L3"),
             circuit=self.circuit,
             priority=self.priority,
             safe_current=self.safe_current,

@@ -12,7 +12,7 @@ from typing import Any
 
 from evpilot.control.runtime import Runtime
 from evpilot.core.autobalance import BalanceInput, BalanceResult, auto_balance_cap
-from evpilot.core.charger import Charger, Phases, mains_draw
+from evpilot.core.charger import Charger, Phases
 from evpilot.devices.shelly_em import EmReading, ShellyEmError, ShellyEmMeter
 
 log = logging.getLogger("evpilot.autobalance")
@@ -44,8 +44,8 @@ class BalanceState:
 
 def ev_on_mains(ch: Charger) -> tuple[Phases, tuple[int, ...]]:
     """The charger's measured currents per mains phase and the mains phases it can draw on."""
-    phases = (ch.config.phase - 1,) if ch.config.phases == 1 else (0, 1, 2)
-    return mains_draw(ch.config, ch.currents), phases
+    pm = ch.config.phase_map
+    return pm.to_mains(ch.currents), pm.used(ch.active_phases)
 
 
 class AutoBalancer:

@@ -45,9 +45,7 @@ def circuit_paths(circuits: tuple[CircuitConfig, ...]) -> dict[str, tuple[str, .
 
 def phases_of(ci: ChargerInput, phases: int) -> tuple[int, ...]:
     """Mains phase indices a charger draws on at `phases` phases."""
-    if phases == 3 and ci.config.phases == 3:
-        return (0, 1, 2)
-    return (ci.config.phase - 1,)
+    return ci.config.phase_map.used(phases)
 
 
 def _initial_phases(ci: ChargerInput, memo: ChargerMemo | None) -> int:

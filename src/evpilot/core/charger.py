@@ -16,9 +16,10 @@ from evpilot.core.iec61851 import (
     quantize_current,
 )
 from evpilot.core.session import LimitReached, Session, SessionRecord, StopReason, cap_reached
+from evpilot.core.units import ZERO3 as ZERO3
+from evpilot.core.units import PhaseMap, PhaseRotation, phase_map
+from evpilot.core.units import Phases as Phases
 
-Phases = tuple[float, float, float]
-ZERO3: Phases = (0.0, 0.0, 0.0)
 # An increase of the signaled current is allowed at most this often (IEC 61851 pacing).
 INCREASE_INTERVAL_S = 5.0
 CABLE_LIMITS = (13.0, 20.0, 32.0, 63.0)
@@ -73,6 +74,7 @@ class ChargerConfig:
     min_current: float = 6.0
     phases: int = 3
     phase: int = 1
+    phase_rotation: PhaseRotation = PhaseRotation.L1L2L3
     circuit: str | None = None
     priority: int = 0
     safe_current: float = 6.0
@@ -84,17 +86,16 @@ class ChargerConfig:
     contactor2: str = "not_present"
     fixed_cable: bool = True
 
+    @property
+    def phase_map(self) -> PhaseMap:
+        """Where this charger's L1..L3 land on the mains (`phase` if 1-phase, else `phase_rotation`)."""
+        first = self.phase - 1 if self.phases == 1 else self.phase_rotation.first
+        return phase_map(self.phases, first)
+
 
 def mains_draw(config: ChargerConfig, currents: Phases) -> Phases:
-    """A charger's L1..L3 currents placed on the mains phases (a 1-phase charger on its `phase`)."""
-    if config.phases != 1:
-        return currents
-    amps = currents[0]
-    if config.phase == 2:
-        return (0.0, amps, 0.0)
-    if config.phase == 3:
-        return (0.0, 0.0, amps)
-    return (amps, 0.0, 0.0)
+    """A charger's L1..L3 currents placed on the mains phases."""
+    return config.phase_map.to_mains(currents)
 
 
 @dataclass(frozen=True, slots=True)

@@ -151,9 +151,13 @@ class SimPilot:
             if one_phase and currents is not ZERO3:
                 currents = (currents[0], 0.0, 0.0)
         self.currents = currents
+        pm = config.phase_map
+        rotated = pm.order[0] != 0
         if one_phase:
-            v = phase_v[config.phase - 1]
+            v = phase_v[pm.order[0]]
             voltages: Phases = (v, 0.0, 0.0)
+        elif rotated:
+            voltages = pm.from_mains(phase_v)
         else:
             voltages = phase_v
         self.voltages = voltages
@@ -166,8 +170,8 @@ class SimPilot:
         amps = max(currents)
         target = self.site.params.ambient_c + HEAT_K_PER_A2 * amps * amps
         self.temperature += (target - self.temperature) * min(1.0, dt / HEAT_TAU_S)
-        if one_phase:
-            return self.mains_draw()
+        if one_phase or rotated:
+            return pm.to_mains(currents)
         return currents
 
     def mains_draw(self) -> Phases:
