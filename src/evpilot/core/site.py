@@ -19,6 +19,8 @@ class CircuitConfig:
     name: str
     limit: float
     parent: str | None = None
+    # A circuit with its own meter: without a fresh reading its chargers fall back.
+    metered: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,7 @@ class PhaseSwitchConfig:
     min_interval_s: float = 300.0
     margin: float = 1.0
     detect_single_phase_s: float = 60.0
+    max_per_session: int = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,9 @@ class ChargerInput:
     phase_mode: str = "not_present"
     active_phases: int = 3
     charging: bool = False
+    # When `measured` was taken (None: not tracked); older than the meter timeout = stale.
+    measured_at: float | None = None
+    plugged: bool = True
 
 
 @dataclass(frozen=True, slots=True)
