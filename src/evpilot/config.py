@@ -11,8 +11,9 @@ from urllib.parse import unquote, urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from evpilot.core.charger import ChargerConfig, PhaseRotation
+from evpilot.core.charger import ChargerConfig
 from evpilot.core.site import CircuitConfig, PhaseSwitchConfig, SiteConfig, SolarConfig
+from evpilot.core.units import PhaseRotation
 from evpilot.sim.ev import CarSpec
 from evpilot.sim.site import PlannedCar, SimParams
 

@@ -150,6 +150,12 @@ def test_a_decrease_takes_effect_in_one_tick(snap: Snapshot, jump: float) -> Non
         snap, mains=Reading((heavier[0], heavier[1], heavier[2]), NOW), state=first.state
     )
     second = compute(second_snap, NOW + 1)
+    if "mains" in second.rejected:
+        # Beyond 3 x the fuse the reading is refused as broken: fallback, never above before.
+        assert max(heavier) > 3 * snap.site.mains_limit
+        for cid, a in second.chargers.items():
+            assert a.current <= first.chargers[cid].current + EPS
+        return
     alloc = {k: v.current for k, v in second.chargers.items()}
     load = per_phase_load(second_snap, alloc, {k: v.phases for k, v in second.chargers.items()})
     for p in range(3):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -51,6 +52,8 @@ class Engine:
         self.site_caps: dict[str, SiteCap] = {}
         self.lease_s = lease_s
         self.state = BalancerState()
+        # Readings the core refused as implausible, by source (`mains`, `charger:<id>`, ...).
+        self.rejected: Counter[str] = Counter()
         self.last: Allocation | None = None
         self.last_mains: Reading | None = None
         self.last_tick: float | None = None
@@ -87,6 +90,8 @@ class Engine:
                     phase_mode=ch.phase_mode,
                     active_phases=ch.active_phases,
                     charging=ch.contactor and max(ch.currents) > DRAW_THRESHOLD_A,
+                    measured_at=ch.reading_at,
+                    plugged=ch.plugged,
                 )
             )
         mains = self.mains.latest() if self.mains is not None else None
@@ -131,6 +136,8 @@ class Engine:
         alloc = self.compute(self.snapshot(now), now)
         self.state = alloc.state
         self.last = alloc
+        if alloc.rejected:
+            self.rejected.update(alloc.rejected)
         decisions = alloc.chargers
         lease_s = self.lease_s
         for cid, ch in self.chargers.items():

@@ -452,6 +452,7 @@ class Runtime:
             if alloc is None or alloc.solar_surplus is None
             else round(alloc.solar_surplus, 2),
             "fallback": alloc.fallback if alloc else False,
+            "rejected_readings": dict(sorted(e.rejected.items())),
             "grid_relay_open": e.grid_relay_open,
             "battery_current": e.battery.current,
             "chargers": sorted(e.chargers),

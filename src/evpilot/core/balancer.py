@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
-from evpilot.core.charger import Phases, mains_draw
+from evpilot.core.charger import Phases
 from evpilot.core.fill import Problem, fill
 from evpilot.core.site import (
     GRID_RELAY_W,
@@ -21,11 +21,15 @@ from evpilot.core.site import (
     Snapshot,
 )
 
-GRID_MODES = ("smart", "solar", "min+solar")
 SOLAR_MODES = ("solar", "min+solar")
 _EPS = 1e-6
-# A mains reading above this multiple of the fuse means something is badly wrong: stop all.
+# A mains reading above this multiple of the fuse means something is badly wrong: stop all
+# (once a second reading confirms it).
 TRIP_FACTOR = 2.0
+# Readings beyond these are not currents a meter on this site can see: refused as broken.
+ABSURD_A = 1000.0
+ABSURD_FACTOR = 3.0
+_NEW_MEMO = ChargerMemo()
 
 
 @lru_cache(maxsize=64)
@@ -120,32 +124,106 @@ def _structure(
     return _Shape(tuple(keys), tuple(sources), members, uses, weights)
 
 
+def valid_reading(currents: Phases, limit: float) -> bool:
+    """A plausible reading: finite, within ±1000 A and at most 3 × the node's limit on each phase."""
+    top = min(ABSURD_A, ABSURD_FACTOR * limit)
+    return all(-ABSURD_A <= x <= top for x in currents)
+
+
+def _node_capacity(
+    key: tuple[str, int],
+    snapshot: Snapshot,
+    base: Phases,
+    limits: dict[str, float],
+    circuit_base: dict[str, Phases],
+) -> float:
+    """What the chargers may draw on one constraint, after the loads that are not theirs."""
+    node, p = key
+    site = snapshot.site
+    if node == "":
+        return site.mains_limit - base[p]
+    if node == "#capacity":
+        assert site.capacity_limit is not None
+        return site.capacity_limit - (base[0] + base[1] + base[2])
+    if node == "#relay":
+        return GRID_RELAY_W / NOMINAL_VOLTAGE
+    if node.startswith("#site"):
+        return snapshot.site_limits[int(node[5:])].amps
+    other = circuit_base.get(node)
+    return limits[node] - (other[p] if other is not None else 0.0)
+
+
 def compute(snapshot: Snapshot, now: float) -> Allocation:
     """Decide every charger's current, phase count and binding source for this tick."""
     site = snapshot.site
     memos = snapshot.state.chargers
     chargers = snapshot.chargers
     n = len(chargers)
-    mains = snapshot.mains
-    fresh = mains is not None and now - mains.taken_at <= site.meter_timeout_s
+    timeout = site.meter_timeout_s
     paths = circuit_paths(site.circuits)
     limits = {c.name: c.limit for c in site.circuits}
+    rejected: list[str] = []
 
-    memo_in: list[ChargerMemo] = [memos.get(ci.config.id) or ChargerMemo() for ci in chargers]
+    # ---- readings, checked at the edge ----------------------------------------------------
+    mains = snapshot.mains
+    if mains is not None and not valid_reading(mains.currents, site.mains_limit):
+        rejected.append("mains")
+        mains = None
+    trip_at: float | None = None
+    tripped = False
+    if (
+        mains is not None
+        and now - mains.taken_at <= timeout
+        and max(mains.currents) > TRIP_FACTOR * site.mains_limit
+    ):
+        prev = snapshot.state.trip_at
+        if prev is not None and mains.taken_at > prev:
+            tripped = True
+            trip_at = prev
+        else:
+            # One reading this far over could be a glitch: it is balanced on like any other (the
+            # chargers on that phase drop at once), but only a second one stops every charger.
+            trip_at = mains.taken_at if prev is None else prev
+    fresh = mains is not None and now - mains.taken_at <= timeout
+
+    stale_circuits: set[str] = set()
+    circuit_readings: dict[str, Phases] = {}
+    for circ in site.circuits:
+        reading = snapshot.circuit_meters.get(circ.name)
+        if reading is not None and not valid_reading(reading.currents, circ.limit):
+            rejected.append(f"circuit:{circ.name}")
+            reading = None
+        if reading is not None and now - reading.taken_at <= timeout:
+            circuit_readings[circ.name] = reading.currents
+        elif circ.metered:
+            stale_circuits.add(circ.name)
+
+    memo_in: list[ChargerMemo] = [memos.get(ci.config.id) or _NEW_MEMO for ci in chargers]
     phases = [_initial_phases(ci, memos.get(ci.config.id)) for ci in chargers]
     single = [m.single_phase_car for m in memo_in]
+    stale_ev = [False] * n
 
     ev_total = [0.0, 0.0, 0.0]
     circuit_ev: dict[str, list[float]] = {}
-    draws: list[Phases] = []
-    for ci in chargers:
-        d = mains_draw(ci.config, ci.measured)
-        draws.append(d)
+    for idx, ci in enumerate(chargers):
+        cfg = ci.config
+        measured = ci.measured
+        if not valid_reading(measured, cfg.max_current):
+            rejected.append(f"charger:{cfg.id}")
+            stale_ev[idx] = True
+            continue
+        if ci.measured_at is not None and now - ci.measured_at > timeout:
+            stale_ev[idx] = True
+            # Unknown draw: counted as 0, so the house load seen upstream includes it (conservative).
+            continue
+        if measured[0] == 0.0 and measured[1] == 0.0 and measured[2] == 0.0:
+            continue
+        d = cfg.phase_map.to_mains(measured)
         ev_total[0] += d[0]
         ev_total[1] += d[1]
         ev_total[2] += d[2]
-        if ci.config.circuit is not None:
-            for name in paths.get(ci.config.circuit, ()):
+        if cfg.circuit is not None:
+            for name in paths.get(cfg.circuit, ()):
                 acc = circuit_ev.setdefault(name, [0.0, 0.0, 0.0])
                 acc[0] += d[0]
                 acc[1] += d[1]
@@ -160,13 +238,20 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         )
     else:
         base = (0.0, 0.0, 0.0)
+    circuit_base: dict[str, Phases] = {}
+    for name, cur in circuit_readings.items():
+        ev = circuit_ev.get(name, (0.0, 0.0, 0.0))
+        circuit_base[name] = (cur[0] - ev[0], cur[1] - ev[1], cur[2] - ev[2])
     battery = 0.0
-    if (
-        snapshot.battery_current is not None
+    bat = snapshot.battery_current
+    if bat is not None and not -ABSURD_A <= bat <= ABSURD_A:
+        rejected.append("battery")
+    elif (
+        bat is not None
         and snapshot.battery_at is not None
         and now - snapshot.battery_at <= site.battery_timeout_s
     ):
-        battery = snapshot.battery_current
+        battery = bat
 
     out: dict[str, ChargerAllocation] = {}
     new_memos: dict[str, ChargerMemo] = {}
@@ -176,21 +261,29 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         site.mains_limit - base[2],
     )
 
-    tripped = fresh and mains is not None and max(mains.currents) > TRIP_FACTOR * site.mains_limit
     if tripped:
         for idx, ci in enumerate(chargers):
             m = memo_in[idx]
-            out[ci.config.id] = ChargerAllocation(0.0, phases[idx], "mains")
+            out[ci.config.id] = ChargerAllocation(0.0, phases[idx], "trip")
             new_memos[ci.config.id] = replace(m, current=0.0, phases=phases[idx])
-        return Allocation(out, BalancerState(new_memos, None), fresh, False, base, available)
+        return Allocation(
+            out,
+            BalancerState(new_memos, None, trip_at),
+            fresh,
+            False,
+            base,
+            available,
+            rejected=tuple(rejected),
+        )
 
     # ---- per-charger caps ---------------------------------------------------------------
     caps = [0.0] * n
     ev_limited = [False] * n
     cap_src = ["idle"] * n
     eff_phases = [1] * n
+    # Per charger: the fallback cap and its source when a reading it depends on is missing.
+    fb_cap: dict[int, tuple[float, str]] = {}
     candidates: list[int] = []
-    fallback_ids: list[int] = []
     for idx, ci in enumerate(chargers):
         m = memo_in[idx]
         eff = 1 if single[idx] else phases[idx]
@@ -212,7 +305,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         cap, src = ci.limit, ci.limit_source
         if ci.demand == 1 and ci.config.min_current < cap:
             cap, src = ci.config.min_current, "ev"
-        elif ci.charging and m.current > 0:
+        elif ci.charging and m.current > 0 and not stale_ev[idx]:
             # A car drawing clearly less than offered (after it had time to follow the last
             # raise) is capped near its draw; the cap lifts once it uses what it has.
             drawn = max(ci.measured)
@@ -227,10 +320,22 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
                 ev_limited[idx] = True
         caps[idx] = cap
         cap_src[idx] = src
-        if not fresh and ci.mode in GRID_MODES:
-            fallback_ids.append(idx)
-        else:
-            candidates.append(idx)
+        # A stale or refused reading never raises a setpoint: at most what the charger had before.
+        fb: tuple[float, str] | None = None
+        if not fresh:
+            fb = (min(site.fallback_current, m.current), "fallback")
+        elif stale_circuits and ci.config.circuit is not None:
+            for name in paths.get(ci.config.circuit, ()):
+                if name in stale_circuits:
+                    fb = (min(site.fallback_current, m.current), f"stale:{name}")
+                    break
+        if stale_ev[idx]:
+            value = min(ci.config.safe_current, m.current)
+            if fb is None or value < fb[0]:
+                fb = (value, "stale:charger")
+        if fb is not None:
+            fb_cap[idx] = fb
+        candidates.append(idx)
 
     # ---- solar budget (sum of phases) -------------------------------------------------------
     solar_ids = [i for i in candidates if chargers[i].mode in SOLAR_MODES]
@@ -256,27 +361,57 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         # every charger already on surplus plus its own, and the export left reaches START;
         # then all admitted chargers share the budget equally. A start never pushes a running
         # session below MIN, and a running one never keeps the surplus from a newcomer for good.
-        running = [
-            j
-            for j, i in enumerate(solar_ids)
-            if chargers[i].mode == "min+solar" or memo_in[i].solar_started is not None
-        ]
+        running: list[int] = []
+        trial: list[int] = []
+        for j, i in enumerate(solar_ids):
+            started0 = memo_in[i].solar_started
+            if chargers[i].mode == "min+solar":
+                running.append(j)
+            elif started0 is not None:
+                m0 = memo_in[i]
+                # Admitted on one phase's worth before the car's phase count was known, and it
+                # turned out to draw on more: it must fit again, or the running ones would pay.
+                if (
+                    m0.car_phases is not None
+                    and m0.solar_phases is not None
+                    and min(m0.car_phases, eff_phases[i]) > m0.solar_phases
+                ):
+                    trial.append(j)
+                else:
+                    running.append(j)
         taken = sum(
             chargers[solar_ids[j]].config.min_current * eff_phases[solar_ids[j]] for j in running
         )
+        dropped: set[int] = set()
+        rechecked: dict[int, int] = {}
+        for j in trial:
+            i = solar_ids[j]
+            need = chargers[i].config.min_current * eff_phases[i]
+            if budget - taken >= need - _EPS:
+                running.append(j)
+                taken += need
+                rechecked[j] = eff_phases[i]
+            else:
+                dropped.add(j)
         running_set = set(running)
         waiting = sorted(
-            (j for j in range(len(solar_ids)) if j not in running_set),
+            (j for j in range(len(solar_ids)) if j not in running_set and j not in dropped),
             key=lambda j: (-chargers[solar_ids[j]].config.priority, chargers[solar_ids[j]].config.id),
         )
         admitted: set[int] = set()
+        admit_phases: dict[int, int] = {}
         for j in waiting:
             i = solar_ids[j]
-            need = chargers[i].config.min_current * eff_phases[i]
-            if need > s_caps[j] * eff_phases[i] + _EPS:
+            # The car's own phase count once known; before that one phase, so a 1-phase car on a
+            # 3-phase charger is not kept waiting for three phases' worth of surplus.
+            car = memo_in[i].car_phases
+            need_phases = 1 if car is None else min(car, eff_phases[i])
+            need = chargers[i].config.min_current * need_phases
+            if chargers[i].config.min_current > s_caps[j] + _EPS:
                 continue
             if budget - taken >= need - _EPS and surplus - taken >= site.solar.start_current - _EPS:
                 admitted.add(j)
+                admit_phases[j] = need_phases
                 taken += need
         fill(sp, running + sorted(admitted), s_caps, s_src, s_alloc, s_bound)
         solar_left = sp.residual(con)
@@ -295,8 +430,13 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
                     cap_src[i] = solar_src if share >= mn else "min"
                 continue
             started = m.solar_started
+            solar_phases = m.solar_phases
+            if pos in dropped:
+                started, solar_phases = None, None
+            elif pos in rechecked:
+                solar_phases = rechecked[pos]
             if started is None and pos in admitted:
-                started = now
+                started, solar_phases = now, admit_phases[pos]
             if started is None:
                 caps[i] = 0.0
                 cap_src[i] = solar_src
@@ -325,40 +465,31 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
                 if share < caps[i] - _EPS:
                     caps[i] = share
                     cap_src[i] = solar_src
-            memo_in[i] = replace(m, solar_started=started, solar_short_since=short_since)
+            memo_in[i] = replace(
+                m, solar_started=started, solar_short_since=short_since, solar_phases=solar_phases
+            )
     for idx, ci in enumerate(chargers):
-        if ci.mode == "solar" and idx not in solar_share:
-            memo_in[idx] = replace(memo_in[idx], solar_started=None, solar_short_since=None)
+        if ci.mode == "solar" and idx not in solar_share and memo_in[idx].solar_started is not None:
+            memo_in[idx] = replace(
+                memo_in[idx], solar_started=None, solar_short_since=None, solar_phases=None
+            )
+    fallback = bool(fb_cap)
+    for idx, (value, why) in fb_cap.items():
+        if value < caps[idx] - _EPS or (value <= caps[idx] + _EPS and cap_src[idx] != "ev"):
+            caps[idx] = min(caps[idx], value)
+            cap_src[idx] = why
 
-    # Chargers that solar (or a low own cap) leaves below MIN get nothing, without a shortage pause.
+    # Chargers that solar, a fallback or a low own cap leave below MIN get nothing, without a pause.
     candidates = [i for i in candidates if caps[i] >= chargers[i].config.min_current - _EPS]
 
     # ---- grid constraints -----------------------------------------------------------------
     linked = tuple(
-        (idx, chargers[idx].config.circuit, phases_of(chargers[idx], eff_phases[idx]))
-        for idx in candidates + fallback_ids
+        (idx, chargers[idx].config.circuit, chargers[idx].config.phase_map.used(eff_phases[idx]))
+        for idx in candidates
     )
     cap_on = site.capacity_limit is not None and fresh
     shape = _structure(site.circuits, linked, n, cap_on, snapshot.grid_relay_open, len(snapshot.site_limits))
-    capacity: list[float] = []
-    for key in shape.keys:
-        node, p = key
-        if node == "":
-            capacity.append(site.mains_limit - base[p])
-        elif node == "#capacity":
-            assert site.capacity_limit is not None
-            capacity.append(site.capacity_limit - (base[0] + base[1] + base[2]))
-        elif node == "#relay":
-            capacity.append(GRID_RELAY_W / NOMINAL_VOLTAGE)
-        elif node.startswith("#site"):
-            capacity.append(snapshot.site_limits[int(node[5:])].amps)
-        else:
-            cap = limits[node]
-            reading = snapshot.circuit_meters.get(node)
-            if reading is not None and now - reading.taken_at <= site.meter_timeout_s:
-                ev = circuit_ev.get(node, [0.0, 0.0, 0.0])
-                cap -= reading.currents[p] - ev[p]
-            capacity.append(cap)
+    capacity = [_node_capacity(key, snapshot, base, limits, circuit_base) for key in shape.keys]
     sources = list(shape.sources)
     for pos2, key in enumerate(shape.keys):
         if key[0].startswith("#site"):
@@ -371,94 +502,54 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         uses=shape.uses,
     )
 
+    # ---- admission at MIN: greedy in keep order (O(n log n)) --------------------------------
     alloc = [0.0] * n
     bound = list(cap_src)
-    fallback = bool(fallback_ids)
-    if fallback_ids:
-        # Stale meter: every grid-mode charger at its fallback at once, capped so that the
-        # fallbacks together stay within each phase's fuse.
-        per_phase = [0, 0, 0]
-        for idx in fallback_ids:
-            for p in phases_of(chargers[idx], eff_phases[idx]):
-                per_phase[p] += 1
-        for idx in fallback_ids:
-            ci = chargers[idx]
-            share = min(site.mains_limit / per_phase[p] for p in phases_of(ci, eff_phases[idx]))
-            # A stale reading never raises a setpoint: at most what the charger had before.
-            value = min(site.fallback_current, caps[idx], share, memo_in[idx].current)
-            if value < ci.config.min_current:
-                value = 0.0
-            alloc[idx] = value
-            bound[idx] = "fallback"
-            for con_idx, coef in prob.uses[idx]:
-                prob.used[con_idx] += coef * value
-    active = list(candidates)
     over_since = snapshot.state.capacity_over_since
     capacity_short = False
     paused_now: set[int] = set()
-    # Every active charger first gets its MIN; while that does not fit, pause one at a time.
-    mins = {chargers[i].config.min_current for i in active}
-    uniform = not fallback_ids and len(mins) == 1
-    if uniform:
-        # Everyone linked is active with the same MIN: the load is MIN times the weights.
-        common = next(iter(mins))
-        load = [u + common * w for u, w in zip(prob.used, shape.weights, strict=True)]
-    else:
-        load = list(prob.used)
-        for idx in active:
-            mn = chargers[idx].config.min_current
-            for c, k in prob.uses[idx]:
-                load[c] += k * mn
-    alive = set(active)
-    while alive:
-        violated = [
-            c
-            for c in range(len(load))
-            if load[c] > prob.capacity[c] + _EPS and any(i in alive for i, _ in prob.members[c])
-        ]
-        if not violated:
-            break
-        if site.cap_stop_s > 0 and all(prob.source[c] == "capacity" for c in violated):
-            capacity_short = True
-            if over_since is None:
-                over_since = now
-            if now - over_since < site.cap_stop_s:
-                break
-        pool = {i for c in violated for i, _ in prob.members[c] if i in alive}
-        # Equal priority: a charger that started within the last `min_run_s` is paused last, so
-        # a returning charger never just swaps places with a running one every minute.
-        victim = min(
-            pool,
-            key=lambda i: (
-                chargers[i].config.priority,
-                memo_in[i].current > 0 and now - memo_in[i].running_since < site.min_run_s,
-                -chargers[i].session_kwh,
-                chargers[i].config.id,
-            ),
-        )
-        alive.discard(victim)
-        paused_now.add(victim)
-        bound[victim] = "shortage"
-        mn = chargers[victim].config.min_current
-        for c, k in prob.uses[victim]:
-            load[c] -= k * mn
-    active = [i for i in active if i in alive]
+    load = prob.used
+    cap_list = prob.capacity
+    uses = prob.uses
+    # Paused first: lowest priority; among equals a charger that started within `min_run_s` goes
+    # last (no swapping places every minute), then the one that charged most, then the id.
+    keep_order = sorted(
+        candidates,
+        key=lambda i: (
+            chargers[i].config.priority,
+            memo_in[i].current > 0 and now - memo_in[i].running_since < site.min_run_s,
+            -chargers[i].session_kwh,
+            chargers[i].config.id,
+        ),
+        reverse=True,
+    )
+    active: list[int] = []
+    for i in keep_order:
+        mn = chargers[i].config.min_current
+        violated = [c for c, k in uses[i] if load[c] + k * mn > cap_list[c] + _EPS]
+        if violated:
+            if site.cap_stop_s > 0 and all(prob.source[c] == "capacity" for c in violated):
+                capacity_short = True
+                if over_since is None:
+                    over_since = now
+            if not capacity_short or now - (over_since or now) >= site.cap_stop_s or any(
+                prob.source[c] != "capacity" for c in violated
+            ):
+                paused_now.add(i)
+                bound[i] = "shortage"
+                continue
+        active.append(i)
+        for c, k in uses[i]:
+            load[c] += k * mn
     extra_caps = list(caps)
     for idx in active:
         extra_caps[idx] = caps[idx] - chargers[idx].config.min_current
-    if uniform and not paused_now:
-        prob.used = load
-    else:
-        for idx in active:
-            mn = chargers[idx].config.min_current
-            for c, k in prob.uses[idx]:
-                prob.used[c] += k * mn
     extra = [0.0] * n
     by_prio: dict[int, list[int]] = {}
     for idx in active:
         by_prio.setdefault(chargers[idx].config.priority, []).append(idx)
     for prio in sorted(by_prio, reverse=True):
-        fill(prob, by_prio[prio], extra_caps, cap_src, extra, bound)
+        fill(prob, sorted(by_prio[prio]), extra_caps, cap_src, extra, bound)
     for idx in active:
         alloc[idx] = chargers[idx].config.min_current + extra[idx]
     if not capacity_short:
@@ -466,6 +557,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
 
     # ---- pacing, phase switching, memo --------------------------------------------------
     ps = site.phase_switch
+    cons_index = {key: c for c, key in enumerate(shape.keys)}
     for idx, ci in enumerate(chargers):
         m = memo_in[idx]
         target = alloc[idx]
@@ -486,25 +578,36 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         paused_until = m.paused_until
         if idx in paused_now:
             paused_until = now + site.shortage_pause_s
-        # single-phase car detection on a 3-phase charger
+        # What the car on a 3-phase charger draws on: detected while it charges at 3 phases.
         one_since = m.one_phase_since
         single_car = m.single_phase_car
+        car_phases = m.car_phases
+        switches = m.switches
         meas = ci.measured
-        if ci.config.phases == 3 and phases[idx] == 3 and ci.charging:
+        if not ci.plugged:
+            one_since, single_car, car_phases, switches = None, False, None, 0
+        elif ci.config.phases == 3 and phases[idx] == 3 and ci.charging and not stale_ev[idx]:
             if meas[0] > 2.0 and meas[1] < 0.5 and meas[2] < 0.5:
                 one_since = one_since if one_since is not None else now
                 if now - one_since >= ps.detect_single_phase_s:
-                    single_car = True
+                    single_car, car_phases = True, 1
             else:
                 one_since = None
                 single_car = False
-        elif ci.demand == 0 and not ci.charging:
-            one_since = None
-            single_car = False
+                if meas[1] > 2.0 or meas[2] > 2.0:
+                    car_phases = 3
         # automatic 1/3-phase switching
         ph = phases[idx]
         down_since, up_since, last_switch = m.phase_down_since, m.phase_up_since, m.last_switch
-        if ci.phase_mode == "auto" and ci.config.phases == 3 and ci.demand == 2 and not single_car:
+        budget_left = ps.max_per_session <= 0 or switches < ps.max_per_session
+        if (
+            ci.phase_mode == "auto"
+            and ci.config.phases == 3
+            and ci.demand == 2
+            and not single_car
+            and budget_left
+            and idx not in fb_cap
+        ):
             mn = ci.config.min_current
             if ph == 3:
                 up_since = None
@@ -517,7 +620,9 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
                     down_since = None
             else:
                 down_since = None
-                pot = _potential_3p(prob, idx, alloc[idx])
+                pot = _potential_3p(
+                    prob, snapshot, idx, ci, alloc[idx], cons_index, base, limits, circuit_base
+                )
                 if idx in solar_share or ci.mode in SOLAR_MODES:
                     pot = min(pot, (alloc[idx] + solar_left) / 3.0)
                 if pot >= mn + ps.margin:
@@ -528,6 +633,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
                     up_since = None
             if ph != phases[idx]:
                 value, src = 0.0, "phase_switch"
+                switches += 1
         else:
             down_since = up_since = None
         # Rounded down so a reported allocation never exceeds what the limits allow.
@@ -546,6 +652,8 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             and up_since == m.phase_up_since
             and last_switch == m.last_switch
             and running_since == m.running_since
+            and car_phases == m.car_phases
+            and switches == m.switches
         ):
             # Unchanged: keep the old (immutable) memo instead of building an equal one.
             new_memos[ci.config.id] = m
@@ -557,6 +665,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             paused_until=paused_until,
             solar_started=m.solar_started,
             solar_short_since=m.solar_short_since,
+            solar_phases=m.solar_phases,
             phase_down_since=down_since,
             phase_up_since=up_since,
             last_switch=last_switch,
@@ -564,29 +673,59 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             single_phase_car=single_car,
             ev_limited=ev_limited[idx],
             running_since=running_since,
+            car_phases=car_phases,
+            switches=switches,
         )
     return Allocation(
         chargers=out,
-        state=BalancerState(new_memos, over_since),
+        state=BalancerState(new_memos, over_since, trip_at),
         mains_fresh=fresh,
         fallback=fallback,
         base_load=base,
         available=available,
         solar_surplus=surplus,
+        rejected=tuple(rejected),
     )
 
 
-def _potential_3p(prob: Problem, idx: int, current: float) -> float:
-    """Per-phase current a 1-phase charger could get on the phases it does not use yet."""
-    best = float("inf")
-    mine = {c for c, _ in prob.uses[idx]}
-    for c, _ in prob.uses[idx]:
-        best = min(best, prob.residual(c) + current)
-    # Phases the charger does not draw on: the tightest constraint of the same kind.
-    for c in range(len(prob.capacity)):
-        if c in mine or not prob.source[c].startswith(("mains",)):
+def _potential_3p(
+    prob: Problem,
+    snapshot: Snapshot,
+    idx: int,
+    ci: ChargerInput,
+    current: float,
+    cons_index: dict[tuple[str, int], int],
+    base: Phases,
+    limits: dict[str, float],
+    circuit_base: dict[str, Phases],
+) -> float:
+    """Per-phase current a 1-phase-running charger could get on 3 phases, under every constraint."""
+    mine = dict(prob.uses[idx])
+    used3 = ci.config.phase_map.used(3)
+    keys: list[tuple[tuple[str, int], float]] = []
+    circuit = ci.config.circuit
+    paths = circuit_paths(snapshot.site.circuits)
+    names = limits
+    for node in ("", *(paths.get(circuit, ()) if circuit else ())):
+        if node and node not in names:
             continue
-        best = min(best, prob.residual(c))
+        for p in used3:
+            keys.append(((node, p), 1.0))
+    if any(k[0] == "#capacity" for k in cons_index):
+        keys.append((("#capacity", 0), 3.0))
+    if snapshot.grid_relay_open:
+        keys.append((("#relay", 0), 3.0))
+    for s in range(len(snapshot.site_limits)):
+        for p in used3:
+            keys.append(((f"#site{s}", p), 1.0))
+    best = math.inf
+    for key, coef3 in keys:
+        c = cons_index.get(key)
+        if c is None:
+            room = _node_capacity(key, snapshot, base, limits, circuit_base)
+        else:
+            room = prob.residual(c) + mine.get(c, 0.0) * current
+        best = min(best, room / coef3)
     return best
 
 

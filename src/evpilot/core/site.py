@@ -105,6 +105,8 @@ class ChargerMemo:
     paused_until: float = -1e18
     solar_started: float | None = None
     solar_short_since: float | None = None
+    # Phases of MIN a solar start was admitted on (1 while the car's phase count was unknown).
+    solar_phases: int | None = None
     phase_down_since: float | None = None
     phase_up_since: float | None = None
     last_switch: float = -1e18
@@ -112,6 +114,9 @@ class ChargerMemo:
     single_phase_car: bool = False
     ev_limited: bool = False
     running_since: float = -1e18
+    # The car's phase count once seen charging (1 or 3); None until then.
+    car_phases: int | None = None
+    switches: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +125,8 @@ class BalancerState:
 
     chargers: Mapping[str, ChargerMemo] = field(default_factory=dict)
     capacity_over_since: float | None = None
+    # `taken_at` of a mains reading above the trip factor, waiting for a second one to confirm it.
+    trip_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,4 +172,6 @@ class Allocation:
     base_load: Phases
     available: Phases
     solar_surplus: float | None = None
-    notes: tuple[str, ...] = ()
+    # Readings refused at the edge of the core this tick (`mains`, `circuit:<name>`, `charger:<id>`,
+    # `battery`).
+    rejected: tuple[str, ...] = ()
