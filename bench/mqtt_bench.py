@@ -85,8 +85,9 @@ def site(port: int | None, chargers: int) -> AppConfig:
     """`chargers` chargers behind a big grid connection, each with a car plugged in at start."""
     ids = [f"cp{i:03d}" for i in range(1, chargers + 1)]
     data: dict[str, Any] = {
-        "site": {"mains_limit": 200, "mode": "normal"},
-        "chargers": [{"id": cid, "max_current": 16} for cid in ids],
+        # 100 chargers at 6 A would overload the 200 A mains if the meter or the controller were lost.
+        "site": {"mains_limit": 200, "mode": "normal", "fallback_current": 0},
+        "chargers": [{"id": cid, "max_current": 16, "safe_current": 0} for cid in ids],
         "sim": {
             "cars": [{"charger": cid, "battery_kwh": 80, "soc": 20} for cid in ids],
             "first_spike_s": None,

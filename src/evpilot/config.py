@@ -53,6 +53,9 @@ class PhaseSwitchModel(_Model):
     up_hold_s: float = Field(default=60, ge=0, le=3600)
     min_interval_s: float = Field(default=300, ge=0, le=86400)
     margin: float = Field(default=1, ge=0, le=10)
+    max_per_session: int = Field(
+        default=4, ge=0, le=100, description="1/3-phase switches allowed per charging session"
+    )
 
 
 class SiteModel(_Model):
@@ -344,6 +347,62 @@ def parse_mqtt_url(url: str) -> tuple[bool, str, int, str | None, str | None]:
     return tls, parts.hostname, port or (8883 if tls else 1883), user, password
 
 
+class FallbackOverload(ValueError):
+    """All chargers at their safe or fallback current would overload a fuse; one message per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+_PHASE_NAMES = ("L1", "L2", "L3")
+_FALLBACK_KINDS = ("safe_current", "fallback_current")
+
+
+def fallback_overloads(config: AppConfig) -> list[str]:
+    """Where every charger at `safe_current`, or every one at `site.fallback_current`, exceeds a limit.
+
+    A charger counts on each mains phase it can draw on (its phase map at 3 phases; its `phase` if
+    1-phase), under the mains and every circuit it hangs from. It never draws more than its MAX, so a
+    value above MAX counts as MAX. One message per node and value: the phase with the largest excess.
+    """
+    site = config.site
+    parent = {c.name: c.parent for c in site.circuits}
+    # Node order: the mains, then the circuits as configured; None stands for the mains.
+    nodes: list[tuple[str | None, float]] = [(None, site.mains_limit)]
+    nodes += [(c.name, c.limit) for c in site.circuits]
+    sums = {(node, kind): [0.0, 0.0, 0.0] for node, _ in nodes for kind in _FALLBACK_KINDS}
+    for ch in config.chargers:
+        used = ch.core().phase_map.used(3)
+        values = {
+            "safe_current": min(ch.safe_current, ch.max_current),
+            "fallback_current": min(site.fallback_current, ch.max_current),
+        }
+        path: list[str | None] = [None]
+        node = ch.circuit
+        while node is not None:
+            path.append(node)
+            node = parent[node]
+        for at in path:
+            for kind, value in values.items():
+                acc = sums[(at, kind)]
+                for p in used:
+                    acc[p] += value
+    problems = []
+    for node, limit in nodes:
+        where = "mains" if node is None else f"circuit {node!r}"
+        for kind in _FALLBACK_KINDS:
+            acc = sums[(node, kind)]
+            worst = max(range(3), key=lambda p: acc[p])
+            total = acc[worst]
+            if total > limit + 1e-9:
+                problems.append(
+                    f"{where} {_PHASE_NAMES[worst]}: chargers' {kind} adds up to {total:g} A,"
+                    f" above its {limit:g} A limit"
+                )
+    return problems
+
+
 class AppConfig(_Model):
     """The whole evpilot configuration file."""
 
@@ -375,6 +434,9 @@ class AppConfig(_Model):
                 raise ValueError(f"mqtt: unknown charger {cid!r}")
         if self.mqtt.url is not None and "site" in ids:
             raise ValueError("mqtt: charger id 'site' is reserved for the site's topics")
+        problems = fallback_overloads(self)
+        if problems:
+            raise FallbackOverload(problems)
         return self
 
     def site_core(self) -> SiteConfig:
@@ -385,7 +447,9 @@ class AppConfig(_Model):
             capacity_limit=s.capacity_limit,
             cap_stop_s=s.cap_stop_min * 60,
             mode=s.mode,
-            circuits=tuple(CircuitConfig(c.name, c.limit, c.parent) for c in s.circuits),
+            circuits=tuple(
+                CircuitConfig(c.name, c.limit, c.parent, metered=c.meter == "api") for c in s.circuits
+            ),
             meter_timeout_s=s.meter_timeout_s,
             fallback_current=s.fallback_current,
             exclude_self_current=s.exclude_self_current,
@@ -397,6 +461,7 @@ class AppConfig(_Model):
                 s.phase_switch.up_hold_s,
                 s.phase_switch.min_interval_s,
                 s.phase_switch.margin,
+                max_per_session=s.phase_switch.max_per_session,
             ),
             ramp_step=s.ramp_step,
         )
@@ -417,8 +482,12 @@ def parse_config(data: object) -> AppConfig:
     try:
         return AppConfig.model_validate(data)
     except ValidationError as exc:
-        errors = []
+        errors: list[tuple[str, str]] = []
         for err in exc.errors():
+            cause = err.get("ctx", {}).get("error")
+            if isinstance(cause, FallbackOverload):
+                errors.extend(("site", problem) for problem in cause.problems)
+                continue
             key = ".".join(str(p) for p in err["loc"]) or "(root)"
             errors.append((key, err["msg"]))
         raise ConfigError(errors) from None

@@ -96,3 +96,70 @@ def test_bad_command_line_is_refused() -> None:
     assert r.returncode == 2 and "speed" in r.stderr
     r = evpilot("run", "--http", "localhost")
     assert r.returncode == 2 and "HOST:PORT" in r.stderr
+
+
+def test_config_check_refuses_a_site_whose_fallbacks_overload_a_fuse(tmp_path: Path) -> None:
+    path = tmp_path / "depot.yaml"
+    site = {"mains_limit": 25, "fallback_current": 80, "circuits": [{"name": "row", "limit": 10}]}
+    chargers = [{"id": f"cp{i}", "circuit": "row", "safe_current": 16} for i in range(8)]
+    path.write_text(yaml.safe_dump({"site": site, "chargers": chargers}), encoding="utf-8")
+    r = evpilot("config", "check", str(path))
+    assert r.returncode != 0 and "ok" not in r.stdout
+    assert r.stderr.strip().splitlines() == [
+        f"{path}: site: mains L1: chargers' safe_current adds up to 128 A, above its 25 A limit",
+        f"{path}: site: mains L1: chargers' fallback_current adds up to 256 A, above its 25 A limit",
+        f"{path}: site: circuit 'row' L1: chargers' safe_current adds up to 128 A, above its 10 A limit",
+        f"{path}: site: circuit 'row' L1: chargers' fallback_current adds up to 256 A, above its 10 A limit",
+    ]
+    # The same site with chargers that stop on a lost meter or controller is fine.
+    site["fallback_current"] = 0
+    for charger in chargers:
+        charger["safe_current"] = 0
+    path.write_text(yaml.safe_dump({"site": site, "chargers": chargers}), encoding="utf-8")
+    r = evpilot("config", "check", str(path))
+    assert r.returncode == 0, r.stderr
+
+
+def test_config_check_names_the_phase_of_one_phase_chargers(tmp_path: Path) -> None:
+    path = tmp_path / "garage.yaml"
+    config = {
+        "site": {"mains_limit": 35, "circuits": [{"name": "garage", "limit": 25}]},
+        "chargers": [
+            {"id": "left", "phases": 1, "phase": 2, "circuit": "garage", "safe_current": 16},
+            {"id": "right", "phases": 1, "phase": 2, "circuit": "garage", "safe_current": 16},
+            {"id": "wall", "phases": 1, "phase": 3, "circuit": "garage", "safe_current": 16},
+            {"id": "drive", "phase_rotation": "L2L3L1", "safe_current": 16},
+        ],
+    }
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    r = evpilot("config", "check", str(path))
+    assert r.returncode != 0
+    assert r.stderr.strip().splitlines() == [
+        f"{path}: site: mains L2: chargers' safe_current adds up to 48 A, above its 35 A limit",
+        f"{path}: site: circuit 'garage' L2: chargers' safe_current adds up to 32 A, above its 25 A limit",
+    ]
+
+
+def test_fallback_overload_stops_run(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    config = {"site": {"mains_limit": 25, "fallback_current": 80}, "chargers": [{"id": "cp1"}]}
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    r = evpilot(
+        "run", "--config", str(path), "--http", f"127.0.0.1:{free_port()}", "--data-dir", str(tmp_path)
+    )
+    assert r.returncode != 0
+    want = "config error: site: mains L1: chargers' fallback_current adds up to 32 A, above its 25 A limit"
+    assert want in r.stderr
+    assert not (tmp_path / "evpilot.sqlite3").exists()
+
+
+def test_config_schema_lists_the_wiring_and_phase_switch_keys() -> None:
+    r = evpilot("config", "schema")
+    assert r.returncode == 0
+    defs = json.loads(r.stdout)["$defs"]
+    rotation = defs["ChargerModel"]["properties"]["phase_rotation"]
+    assert {"L1L2L3", "L2L3L1", "L3L1L2"} <= set(json.dumps(rotation).replace('"', " ").split())
+    per_session = defs["PhaseSwitchModel"]["properties"]["max_per_session"]
+    assert per_session["type"] == "integer" and per_session["default"] == 4
+    assert per_session["minimum"] == 0 and per_session["maximum"] == 100
+    assert defs["CircuitModel"]["properties"]["meter"]["enum"] == ["none", "api"]
