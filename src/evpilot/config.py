@@ -254,6 +254,16 @@ class HttpModel(_Model):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="host names this server may be reached by besides IP addresses, localhost and `host`"
+        " (a Host allow-list against DNS rebinding); '*' allows any",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="web origins (scheme://host[:port]) allowed to change state or open WebSockets"
+        " besides the server's own; '*' allows any",
+    )
 
 
 _TOPIC_PREFIX = r"^[^+#/\x00][^+#\x00]{0,62}[^+#/\x00]$|^[^+#/\x00]$"

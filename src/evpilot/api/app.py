@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from evpilot import __version__
 from evpilot.api import esp32evse, native, secc, shelly, smartevse
 from evpilot.api.facade import BodyLimit
+from evpilot.api.guard import RequestGuard
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.errors import CommandError
 
@@ -114,6 +115,12 @@ def create_app(rt: Runtime, manage_runtime: bool = True) -> FastAPI:
     smartevse.mount(app, rt)
     secc.mount(app, rt)
     shelly.mount(app, rt)
+
+    # Outermost: no facade, fast path or body reader sees a request the guard refuses.
+    http = rt.config.http
+    app.add_middleware(
+        RequestGuard, hosts=[http.host, *http.allowed_hosts], origins=http.allowed_origins
+    )
 
     page = resources.files("evpilot.web").joinpath("index.html").read_text(encoding="utf-8")
 
