@@ -28,7 +28,7 @@ async def test_a_foreign_host_name_is_refused_and_changes_nothing() -> None:
 
 async def test_allowed_hosts_lets_a_configured_name_in() -> None:
     config = make_config({"http": {"allowed_hosts": ["charger.home.arpa"]}})
-    async with serve(config, speed=10) as (base, rt), httpx.AsyncClient(base_url=base) as c:
+    async with serve(config, speed=10) as (base, _rt), httpx.AsyncClient(base_url=base) as c:
         r = await c.get("/api/site", headers={"host": "charger.home.arpa:8080"})
         assert r.status_code == 200
         r = await c.get("/api/site", headers={"host": "other.home.arpa"})
@@ -43,7 +43,9 @@ async def test_allowed_hosts_lets_a_configured_name_in() -> None:
         ("PUT", "/api/chargers/cp1/current_limit", {"json": {"current": 10}}),
     ],
 )
-async def test_a_cross_origin_state_change_is_refused(method: str, path: str, kwargs: dict[str, object]) -> None:
+async def test_a_cross_origin_state_change_is_refused(
+    method: str, path: str, kwargs: dict[str, object]
+) -> None:
     async with serve(make_config(), speed=10) as (base, rt), httpx.AsyncClient(base_url=base) as c:
         headers = {**kwargs.pop("headers", {}), "origin": EVIL}  # type: ignore[dict-item]
         r = await c.request(method, path, headers=headers, **kwargs)  # type: ignore[arg-type]
@@ -104,7 +106,7 @@ async def test_shelly_set_by_get_from_another_site_is_refused() -> None:
 
 
 async def test_a_cross_origin_websocket_is_refused() -> None:
-    async with serve(make_config(), speed=10) as (base, rt):
+    async with serve(make_config(), speed=10) as (base, _rt):
         url = base.replace("http://", "ws://") + "/api/ws"
         with pytest.raises(websockets.exceptions.InvalidStatus) as info:
             async with websockets.connect(url, origin=EVIL):  # type: ignore[arg-type]
