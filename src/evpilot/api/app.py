@@ -10,6 +10,7 @@ from typing import Any, get_args
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -61,7 +62,8 @@ def create_app(rt: Runtime, manage_runtime: bool = True) -> FastAPI:
             if manage_runtime:
                 await rt.stop()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc assets come from the installed package, so /docs works offline.
+    app = FastAPIOffline(
         title="evpilot",
         version=__version__,
         description="Smart-charging controller: native REST API, WebSocket and simulator control.",

@@ -936,17 +936,31 @@ def build_router(facade: ShellyFacade) -> tuple[APIRouter, ShellyGet, RestGet]:
     async def shelly_charger(cid: str) -> Response:
         return await shelly(cid)
 
-    @r.api_route(
-        "/rpc/{method}", methods=["GET", "POST"], summary="Shelly RPC call, arguments as JSON values"
-    )
+    # One route per HTTP method: a route with two methods gets one operation id twice in OpenAPI.
     async def rpc_root(request: Request, method: str) -> Response:
         return await rest(request, None, method)
 
-    @r.api_route(
-        "/chargers/{cid}/rpc/{method}", methods=["GET", "POST"], summary="Shelly RPC call on a charger"
-    )
     async def rpc_charger(request: Request, cid: str, method: str) -> Response:
         return await rest(request, cid, method)
+
+    for verb in ("GET", "POST"):
+        low = verb.lower()
+        r.add_api_route(
+            "/rpc/{method}",
+            rpc_root,
+            methods=[verb],
+            name=f"rpc_{low}",
+            operation_id=f"shelly_rpc_{low}",
+            summary=f"Shelly RPC call ({verb}), arguments as JSON values",
+        )
+        r.add_api_route(
+            "/chargers/{cid}/rpc/{method}",
+            rpc_charger,
+            methods=[verb],
+            name=f"rpc_charger_{low}",
+            operation_id=f"shelly_rpc_charger_{low}",
+            summary=f"Shelly RPC call ({verb}) on a charger",
+        )
 
     @r.post("/rpc", summary="Shelly RPC frame {id, src, method, params}")
     async def frame_root(request: Request) -> Response:
