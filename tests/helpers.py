@@ -39,14 +39,14 @@ CHARGING_FIELDS = {
 
 
 async def poll(client: httpx.AsyncClient, path: str, ok: Any, tries: int = 300) -> dict[str, Any]:
-    """GET `path` until `ok(doc)`; returns the last document."""
+    """GET `path` until `ok(doc)` and return that document; fails the test if it never holds."""
     doc: dict[str, Any] = {}
     for _ in range(tries):
         doc = (await client.get(path)).json()
         if ok(doc):
             return doc
         await asyncio.sleep(0.05)
-    return doc
+    raise AssertionError(f"GET {path}: condition not met after {tries} tries; last document: {doc}")
 
 
 def free_port() -> int:
