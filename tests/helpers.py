@@ -19,6 +19,7 @@ import uvicorn
 import yaml
 
 from evpilot.api.app import create_app
+from evpilot.api.server import server_config
 from evpilot.config import AppConfig, parse_config
 from evpilot.control.clock import ScaledClock
 from evpilot.control.runtime import Runtime
@@ -119,9 +120,7 @@ async def serve(
     rt = Runtime(config, ScaledClock(speed), store)
     app = create_app(rt)
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=5)
-    )
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port))
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

@@ -116,6 +116,7 @@ def run(config: AppConfig, data_dir: Path | None, http: tuple[str, int] | None, 
                     signal.signal(sig, handler)
 
     from evpilot.api.app import create_app
+    from evpilot.api.server import server_config
     from evpilot.control.clock import ScaledClock
     from evpilot.control.runtime import Runtime
     from evpilot.store.sqlite import Store
@@ -128,11 +129,7 @@ def run(config: AppConfig, data_dir: Path | None, http: tuple[str, int] | None, 
     async def serve() -> None:
         rt = Runtime(config, ScaledClock(speed), store)
         app = create_app(rt)
-        server = _GracefulServer(
-            uvicorn.Config(
-                app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=5
-            )
-        )
+        server = _GracefulServer(server_config(app, host, port, lifespan="on"))
         log.info(
             "evpilot %s on http://%s:%d (speed %gx, data %s, %d charger(s), simulator %s)",
             __version__,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import yaml
@@ -365,6 +365,15 @@ class FallbackOverload(ValueError):
         self.problems = problems
 
 
+class KeyedError(ValueError):
+    """A whole-config check that fails because of one key; the error names that key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
 _PHASE_NAMES = ("L1", "L2", "L3")
 _FALLBACK_KINDS = ("safe_current", "fallback_current")
 
@@ -444,6 +453,15 @@ class AppConfig(_Model):
                 raise ValueError(f"mqtt: unknown charger {cid!r}")
         if self.mqtt.url is not None and "site" in ids:
             raise ValueError("mqtt: charger id 'site' is reserved for the site's topics")
+        if self.site.mains_meter == "none":
+            held = [c.id for c in self.chargers if (c.mode or self.site.mode) != "off"]
+            if held:
+                raise KeyedError(
+                    "site.mains_meter",
+                    f"none leaves charger(s) {', '.join(held)} at 0 A for good: without"
+                    " mains readings every mode but off only holds a charger at or below what it had"
+                    " (fallback_current never raises it from 0); use mains_meter: sim or api, or mode: off"
+                )
         problems = fallback_overloads(self)
         if problems:
             raise FallbackOverload(problems)
@@ -498,9 +516,37 @@ def parse_config(data: object) -> AppConfig:
             if isinstance(cause, FallbackOverload):
                 errors.extend(("site", problem) for problem in cause.problems)
                 continue
+            if isinstance(cause, KeyedError):
+                errors.append((cause.key, cause.message))
+                continue
             key = ".".join(str(p) for p in err["loc"]) or "(root)"
             errors.append((key, err["msg"]))
         raise ConfigError(errors) from None
+
+
+class DuplicateKey(Exception):
+    """A YAML mapping names the same key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping with a repeated key (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """The mapping, after checking that no key repeats (keys merged in with `<<` may be overridden)."""
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                line = first_line.get(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            here = key_node.start_mark.line + 1
+            if line is not None:
+                raise DuplicateKey(f"duplicate key {key!r} on line {here} (first on line {line})")
+            first_line[key] = here
+        return super().construct_mapping(node, deep)
 
 
 def load_config(path: str | Path | None) -> AppConfig:
@@ -511,8 +557,13 @@ def load_config(path: str | Path | None) -> AppConfig:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([("(file)", str(exc))]) from None
+    except UnicodeDecodeError as exc:
+        reason = f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+        raise ConfigError([("(file)", reason)]) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except DuplicateKey as exc:
+        raise ConfigError([("(yaml)", str(exc))]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([("(yaml)", str(exc))]) from None
     return parse_config(data)

@@ -101,6 +101,10 @@ def create_app(rt: Runtime, manage_runtime: bool = True) -> FastAPI:
         for err in exc.errors():
             loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
             problem: dict[str, Any] = {"field": ".".join(loc) or "body", "detail": err.get("msg", "invalid")}
+            if err.get("type") == "json_invalid":
+                # The reader's reason (too deep, out of range, where the syntax breaks) instead of a position.
+                reason = err.get("ctx", {}).get("error", "")
+                problem = {"field": "body", "detail": f"JSON decode error: {reason}"}
             allowed = _allowed_range(request, tuple(err.get("loc", ())))
             if allowed is not None:
                 problem["allowed"] = {"min": allowed[0], "max": allowed[1]}

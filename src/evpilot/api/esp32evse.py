@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import math
 import secrets
 from collections.abc import Callable
@@ -19,7 +18,9 @@ from fastapi import FastAPI, Request
 from starlette.responses import PlainTextResponse, Response
 
 from evpilot import __version__
+from evpilot.api import numbers
 from evpilot.api.facade import CHARGER_PREFIX, BodyLimit, Routes, json_response
+from evpilot.api.numbers import JsonError, NumberError, check_number
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.charger import Charger
 from evpilot.core.errors import CommandError, check_range
@@ -66,9 +67,10 @@ def _bad(detail: str) -> Refused:
 def _number(field: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _bad(f"{field} must be a number")
-    if not math.isfinite(value):
-        raise _bad(f"{field} must be finite")
-    return float(value)
+    try:
+        return check_number(value)
+    except NumberError:
+        raise _bad(f"{field} must be finite and in range") from None
 
 
 def _boolean(field: str, value: Any) -> bool:
@@ -238,9 +240,9 @@ def mount(app: FastAPI, rt: Runtime) -> None:
             if len(body) > MAX_BODY:
                 raise Refused(413, "JSON size must be less than 50KB!")
         try:
-            return json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise _bad("malformed JSON") from None
+            return numbers.read_json(body)
+        except JsonError as exc:
+            raise _bad(str(exc)) from None
 
     def guarded(fn: Callable[[Request, str], Any]) -> Callable[[Request, str], Any]:
         async def run(request: Request, cid: str) -> Response:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.routing import APIRoute
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from evpilot.api.numbers import JsonError, read_json
 from evpilot.control.runtime import Runtime
 
 Handler = Callable[[Request, str], Awaitable[Response]]
@@ -23,6 +25,37 @@ def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = 
     """A compact JSON response (no re-validation or re-encoding by FastAPI)."""
     body = json.dumps(doc, separators=(",", ":"), allow_nan=False)
     return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+class _JsonRequest(Request):
+    """A request whose JSON body is read by `numbers.read_json` (depth and range limits).
+
+    `NaN`/`Infinity` reach the body model, which refuses them naming the field and its range.
+    """
+
+    async def json(self) -> Any:
+        """The parsed body; a refused one is a validation error (422) with the reason."""
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            try:
+                self._json = read_json(body, constants=True)
+            except JsonError as exc:
+                # FastAPI turns this into its `json_invalid` validation error (422).
+                raise json.JSONDecodeError(str(exc), body.decode("utf-8", "replace"), 0) from None
+        return self._json
+
+
+class JsonRoute(APIRoute):
+    """A FastAPI route whose JSON body goes through evpilot's one JSON reader."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """FastAPI's handler, given a request that parses JSON with `read_json`."""
+        handler = super().get_route_handler()
+
+        async def with_reader(request: Request) -> Response:
+            return await handler(_JsonRequest(request.scope, request.receive))
+
+        return with_reader
 
 
 class Routes:
@@ -92,24 +125,36 @@ class BodyLimit:
                 await self.app(scope, receive, send)
                 return
         # No length given (chunked): read the body up to the limit first, then replay it.
-        messages: list[Message] = []
-        size = 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break
-            size += len(message.get("body", b""))
-            if size > self.limit:
-                await self.refuse()(scope, receive, send)
-                return
-            if not message.get("more_body", False):
-                break
+        messages = await read_limited(receive, self.limit)
+        if messages is None:
+            await self.refuse()(scope, receive, send)
+            return
+        await self.app(scope, replaying(messages, receive), send)
 
-        async def replay() -> Message:
-            return messages.pop(0) if messages else await receive()
 
-        await self.app(scope, replay, send)
+async def read_limited(receive: Receive, limit: int) -> list[Message] | None:
+    """The request's body messages, read up to `limit` bytes; None when the body is larger."""
+    messages: list[Message] = []
+    size = 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return messages
+        size += len(message.get("body", b""))
+        if size > limit:
+            return None
+        if not message.get("more_body", False):
+            return messages
+
+
+def replaying(messages: list[Message], receive: Receive) -> Receive:
+    """A receive channel that first hands out `messages`, then reads on from `receive`."""
+
+    async def replay() -> Message:
+        return messages.pop(0) if messages else await receive()
+
+    return replay
 
 
 class FastGet:

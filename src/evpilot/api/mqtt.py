@@ -12,9 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import random
-import re
 import socket
 import ssl
 from collections.abc import Callable, Sequence
@@ -23,7 +21,9 @@ from typing import Any
 
 import aiomqtt
 
+from evpilot.api import numbers
 from evpilot.api.ha_discovery import OFF, ON, discovery_configs, node_slug
+from evpilot.api.numbers import NumberError
 from evpilot.config import MqttModel, parse_mqtt_url
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.charger import MODES, Charger
@@ -88,8 +88,6 @@ SE_UNSUPPORTED = frozenset(
         "CableLock",
     }
 )
-_INT = re.compile(r"[+-]?\d{1,9}")
-_FLOAT = re.compile(r"[+-]?(\d{1,9}(\.\d{0,9})?|\.\d{1,9})([eE][+-]?\d{1,3})?")
 _BOOLS = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False}
 
 
@@ -133,24 +131,27 @@ def payload_text(payload: object) -> str:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise Rejected("payload is not UTF-8 text") from None
-    text = text.strip()
+    # ASCII whitespace only: a payload padded with other spaces is not a clean value.
+    text = text.strip(" \t\r\n")
     if any(ord(c) < 32 or ord(c) == 127 for c in text):
         raise Rejected("payload contains control characters")
     return text
 
 
 def parse_number(text: str, what: str) -> float:
-    """A finite decimal number."""
-    if not _FLOAT.fullmatch(text) or not math.isfinite(value := float(text)):
-        raise Rejected(f"{what}: {text[:40]!r} is not a number")
-    return value
+    """A finite ASCII decimal number (numbers.parse_float)."""
+    try:
+        return numbers.parse_float(text)
+    except NumberError as exc:
+        raise Rejected(f"{what}: {exc}") from None
 
 
 def parse_int(text: str, what: str) -> int:
-    """A decimal integer."""
-    if not _INT.fullmatch(text):
-        raise Rejected(f"{what}: {text!r} is not an integer")
-    return int(text)
+    """An ASCII decimal integer (numbers.parse_int)."""
+    try:
+        return numbers.parse_int(text)
+    except NumberError as exc:
+        raise Rejected(f"{what}: {exc}") from None
 
 
 def parse_bool(text: str, what: str) -> bool:
@@ -765,8 +766,8 @@ class MqttBridge:
             self.rt.engine.battery.push(battery, now)
             self.rt.recompute()
         elif what == "EnableC2":
-            if text.isdigit():
-                index = int(text)
+            if text[:1].isdigit():
+                index = parse_int(text, what)
                 if not 0 <= index < len(SE_ENABLE_C2):
                     raise Rejected(f"EnableC2: {index} is outside 0-{len(SE_ENABLE_C2) - 1}")
             elif text in SE_ENABLE_C2:
@@ -783,9 +784,12 @@ class MqttBridge:
     @staticmethod
     def _ints(text: str, count: int, what: str, form: str) -> Sequence[int]:
         parts = text.split(":")
-        if len(parts) != count or not all(_INT.fullmatch(p) for p in parts):
-            raise Rejected(f"{what}: {text[:60]!r} is not {form} (integers)")
-        return [int(p) for p in parts]
+        try:
+            if len(parts) != count:
+                raise NumberError(f"{count} values expected")
+            return [numbers.parse_int(p) for p in parts]
+        except NumberError as exc:
+            raise Rejected(f"{what}: {text[:60]!r} is not {form} (integers): {exc}") from None
 
     def _esp32(self, cid: str | None, what: str, text: str) -> None:
         if what == "enabled":

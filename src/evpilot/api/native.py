@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, WebSocket
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from evpilot.api import secc
+from evpilot.api.facade import JsonRoute
+from evpilot.api.numbers import NumberError, parse_int
 from evpilot.control.runtime import Runtime, session_dict
 from evpilot.core.charger import Charger
 from evpilot.core.errors import CommandError, check_range
@@ -19,8 +21,21 @@ from evpilot.sim.site import SimSite
 Three = Annotated[list[float], Field(min_length=3, max_length=3)]
 
 
+def _query_int(value: object) -> object:
+    # Query text goes through the one number parser (pydantic alone would take `1_0`).
+    if isinstance(value, str):
+        try:
+            return parse_int(value)
+        except NumberError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+QueryInt = Annotated[int, BeforeValidator(_query_int)]
+
+
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class EnabledBody(_Body):
@@ -143,7 +158,7 @@ class FaultBody(_Body):
 
 def build_router(rt: Runtime) -> APIRouter:
     """The native API bound to a runtime."""
-    r = APIRouter(prefix="/api")
+    r = APIRouter(prefix="/api", route_class=JsonRoute)
 
     def doc(cid: str) -> dict[str, Any]:
         return rt.charger_doc(cid)
@@ -230,7 +245,7 @@ def build_router(rt: Runtime) -> APIRouter:
     @r.get("/sessions", tags=["sessions"], summary="Ended sessions, newest first")
     async def sessions(
         charger: Annotated[str | None, Query(max_length=32)] = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        limit: Annotated[QueryInt, Query(ge=1, le=1000)] = 100,
     ) -> list[dict[str, Any]]:
         if charger is not None:
             rt.charger(charger)

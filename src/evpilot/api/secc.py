@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +20,7 @@ from starlette.responses import Response
 
 from evpilot import __version__
 from evpilot.api.facade import Routes, json_response
+from evpilot.api.numbers import JsonError, NumberError, parse_float, read_json
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.charger import Charger
 from evpilot.core.errors import CommandError
@@ -168,7 +168,7 @@ def set_limits(rt: Runtime, cid: str, body: LimitsBody) -> None:
 def ws_command(rt: Runtime, cid: str, text: str) -> str | None:
     """Run one text command (`setEnabled\\ntrue|false`, `setCurrentLimit\\n<A>`); returns an error or None."""
     name, sep, arg = text.strip().partition("\n")
-    arg = arg.strip()
+    arg = arg.strip(" \t\r\n")
     if not sep:
         return "expected '<command>\\n<argument>'"
     try:
@@ -178,10 +178,10 @@ def ws_command(rt: Runtime, cid: str, text: str) -> str | None:
             set_limits(rt, cid, LimitsBody(enabled=arg.lower() == "true"))
         elif name == "setCurrentLimit":
             try:
-                amps = float(arg)
-            except ValueError:
+                amps = parse_float(arg)
+            except NumberError:
                 return "setCurrentLimit takes a number of amperes"
-            if not math.isfinite(amps) or not 0 <= amps <= MAX_AMPS:
+            if not 0 <= amps <= MAX_AMPS:
                 return f"setCurrentLimit must be between 0 and {MAX_AMPS:g} A"
             set_limits(rt, cid, LimitsBody(amperageLimit=amps))
         else:
@@ -272,7 +272,9 @@ def mount(app: FastAPI, rt: Runtime) -> None:
             if len(body) > MAX_BODY:
                 raise Refused(413, "too_large", "body", f"request body over {MAX_BODY} bytes")
         try:
-            limits = LimitsBody.model_validate_json(bytes(body))
+            limits = LimitsBody.model_validate(read_json(body))
+        except JsonError as exc:
+            raise Refused(400, "invalid", "body", str(exc)) from None
         except ValidationError as exc:
             err = exc.errors()[0]
             field = ".".join(str(p) for p in err.get("loc", ())) or "body"

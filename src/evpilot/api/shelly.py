@@ -29,6 +29,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from evpilot import __version__
+from evpilot.api.facade import read_limited, replaying
+from evpilot.api.numbers import JsonError, read_json
 from evpilot.control.autobalance import AutoBalancer, AutoBalanceSettings
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.charger import Charger, WorkState
@@ -780,14 +782,18 @@ class _ShellyFront:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and _SHELLY_PATH.match(scope["path"]):
-            length = dict(scope["headers"]).get(b"content-length")
+            headers = dict(scope["headers"])
+            length = headers.get(b"content-length")
             if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-                resp = JSONResponse(
-                    {"code": INVALID_ARGUMENT, "message": f"request body over {MAX_BODY} bytes"},
-                    status_code=413,
-                )
-                await resp(scope, receive, send)
+                await _too_large()(scope, receive, send)
                 return
+            if length is None and b"transfer-encoding" in headers:
+                # A chunked body is read up to the limit here, so it is refused exactly as a sized one.
+                messages = await read_limited(receive, MAX_BODY)
+                if messages is None:
+                    await _too_large()(scope, receive, send)
+                    return
+                receive = replaying(messages, receive)
             m = _GET_PATH.match(scope["path"]) if scope["method"] == "GET" else None
             if m is not None:
                 cid, method = m.group(1), m.group(2)
@@ -800,6 +806,12 @@ class _ShellyFront:
         await self.app(scope, receive, send)
 
 
+def _too_large() -> JSONResponse:
+    return JSONResponse(
+        {"code": INVALID_ARGUMENT, "message": f"request body over {MAX_BODY} bytes"}, status_code=413
+    )
+
+
 def _query_params(query: bytes) -> dict[str, Any]:
     """Query arguments as a Shelly device reads them: each value is JSON (`role="x"`, `value=10`)."""
     params: dict[str, Any] = {}
@@ -809,9 +821,10 @@ def _query_params(query: bytes) -> dict[str, Any]:
         key, _, raw = part.partition("=")
         key, raw = unquote_plus(key), unquote_plus(raw)
         try:
-            params[key] = json.loads(raw)
-        except ValueError:
-            raise _invalid(f"Argument '{key}': {raw!r} is not a JSON value (quote strings)") from None
+            params[key] = read_json(raw)
+        except JsonError as exc:
+            shown = f"Argument '{key[:40]}': {raw[:60]!r}"
+            raise _invalid(f"{shown} is not a JSON value (quote strings): {exc}") from None
     return params
 
 
@@ -883,9 +896,9 @@ def build_router(facade: ShellyFacade) -> tuple[APIRouter, ShellyGet, RestGet]:
                 body = await _read_body(request)
                 if body.strip():
                     try:
-                        doc = json.loads(body)
-                    except ValueError:
-                        raise _invalid("malformed JSON body") from None
+                        doc = read_json(body)
+                    except JsonError as exc:
+                        raise _invalid(f"malformed JSON body: {exc}") from None
                     if not isinstance(doc, dict):
                         raise _invalid("the body must be a JSON object")
                     if isinstance(doc.get("method"), str) and "params" in doc:
@@ -908,9 +921,9 @@ def build_router(facade: ShellyFacade) -> tuple[APIRouter, ShellyGet, RestGet]:
         try:
             body = await _read_body(request)
             try:
-                doc = json.loads(body)
-            except ValueError:
-                raise _invalid("malformed JSON frame") from None
+                doc = read_json(body)
+            except JsonError as exc:
+                raise _invalid(f"malformed JSON frame: {exc}") from None
         except RpcError as exc:
             return JSONResponse({"id": None, "src": dev.device_id, "error": exc.body()}, status_code=400)
         if not isinstance(doc, dict) or not isinstance(doc.get("method"), str):
@@ -1070,9 +1083,10 @@ async def _ws_frame(facade: ShellyFacade, dev: Device, text: str) -> tuple[dict[
             "error": _invalid(f"frame over {MAX_BODY} bytes").body(),
         }, False
     try:
-        doc = json.loads(text)
-    except ValueError:
-        return {"id": None, "src": dev.device_id, "error": _invalid("malformed JSON frame").body()}, False
+        doc = read_json(text)
+    except JsonError as exc:
+        error = _invalid(f"malformed JSON frame: {exc}").body()
+        return {"id": None, "src": dev.device_id, "error": error}, False
     if not isinstance(doc, dict) or not isinstance(doc.get("method"), str):
         err = _invalid("a frame needs a string 'method'").body()
         return {"id": None, "src": dev.device_id, "error": err}, False

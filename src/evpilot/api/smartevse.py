@@ -9,7 +9,6 @@ the query string as the firmware takes them. A refused value is answered in the 
 from __future__ import annotations
 
 import copy
-import re
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +17,9 @@ from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 from evpilot import __version__
+from evpilot.api import numbers
 from evpilot.api.facade import CHARGER_PREFIX, BodyLimit, Routes, json_response
+from evpilot.api.numbers import NumberError
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.charger import Charger, ErrorFlag
 from evpilot.core.errors import CommandError
@@ -27,8 +28,6 @@ from evpilot.devices.evmeter import EvMeterReading
 
 NOT_ALLOWED = "Value not allowed!"
 MAX_BODY = 16 * 1024
-# The firmware's integer parameters are short; longer text is refused rather than parsed.
-_INT = re.compile(r"^[+-]?\d{1,9}$")
 # A measured current in dA may be at most ±1000 A, as in the native API.
 MAX_DECIAMPS = 10_000
 
@@ -81,9 +80,13 @@ class Refused(Exception):
 
 
 def _int(text: str | None) -> int | None:
-    if text is None or not _INT.match(text.strip()):
+    """The parameter as an ASCII decimal integer (numbers.parse_int), None when it is not one."""
+    if text is None:
         return None
-    return int(text.strip())
+    try:
+        return numbers.parse_int(text)
+    except NumberError:
+        return None
 
 
 def _dA(amps: float) -> int:

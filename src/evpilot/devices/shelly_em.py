@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 import httpx
 
+from evpilot.api.numbers import JsonError, read_json
+
 # A meter on the LAN answers in well under a second; a longer wait only delays the fallback.
 DEFAULT_TIMEOUT_S = 2.0
 Kind = Literal["em", "em1"]
@@ -113,8 +115,9 @@ class ShellyEmMeter:
         if resp.status_code != 200:
             raise ShellyEmProtocolError(f"{self.host}:{self.port}: {method} answered HTTP {resp.status_code}")
         try:
-            return resp.json()  # type: ignore[no-any-return]
-        except ValueError as exc:
+            doc: object = read_json(resp.content)
+            return doc
+        except JsonError as exc:
             raise ShellyEmProtocolError(f"{self.host}:{self.port}: {method} answered invalid JSON") from exc
 
     async def read(self) -> EmReading:
