@@ -48,22 +48,22 @@ def _shown(text: str) -> str:
 def parse_int(text: str) -> int:
     """An ASCII decimal integer within ±MAX_MAGNITUDE (`-0` refused)."""
     if len(text) > MAX_TEXT or not _INT.fullmatch(text):
-        raise NumberError(f"{_shown(text)} is not a decimal integer")
+        raise NumberError(f"{_shown(text)} is not an integer (ASCII decimal digits only)")
     value = int(text)
     if value == 0 and text.startswith("-"):
-        raise NumberError(f"{_shown(text)} is not a decimal integer (negative zero)")
+        raise NumberError(f"{_shown(text)} is not an integer (negative zero)")
     if abs(value) > MAX_MAGNITUDE:
-        raise NumberError(f"{_shown(text)} is out of range")
+        raise NumberError(f"{_shown(text)} is not an integer in range (±{MAX_MAGNITUDE})")
     return value
 
 
 def parse_float(text: str) -> float:
     """An ASCII decimal number (optional fraction and exponent), finite and within ±MAX_MAGNITUDE."""
     if len(text) > MAX_TEXT or not _DECIMAL.fullmatch(text):
-        raise NumberError(f"{_shown(text)} is not a decimal number")
+        raise NumberError(f"{_shown(text)} is not a number (ASCII decimal digits only)")
     value = float(text)
     if not math.isfinite(value) or abs(value) > MAX_MAGNITUDE:
-        raise NumberError(f"{_shown(text)} is out of range")
+        raise NumberError(f"{_shown(text)} is not a number in range (finite, ±{MAX_MAGNITUDE})")
     return value + 0.0  # -0.0 + 0.0 is 0.0
 
 
