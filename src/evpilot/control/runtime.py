@@ -266,7 +266,8 @@ class Runtime:
         """Advance the site to now, compute, apply, publish."""
         now = self.clock.now()
         self.engine.step(now)
-        if self._resumed:
+        if self._resumed and now > self.started_at:
+            # Not at start itself: a simulated car present at start plugs in at the first step.
             self._settle_resumed()
         self.tick_count += 1
         self.tick_times.append(now)
@@ -579,6 +580,13 @@ class Runtime:
             "fallback": alloc.fallback if alloc else False,
             "rejected_readings": dict(sorted(e.rejected.items())),
             "grid_relay_open": e.grid_relay_open,
+            "site_limits": {
+                name: {
+                    "amps": cap.amps,
+                    "expires_in_s": None if cap.expires_at is None else round(cap.expires_at - now, 1),
+                }
+                for name, cap in e.site_caps.items()
+            },
             "battery_current": e.battery.current,
             "chargers": sorted(e.chargers),
         }
