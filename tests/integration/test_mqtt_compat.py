@@ -112,9 +112,12 @@ async def test_smartevse_seed_commands_and_topics(broker: Broker) -> None:
         await rec.wait_topic(f"{se}/EVCurrentL3", "62")
         # Switching to the API meter must not count its whole counter as charged energy.
         assert ch.lifetime_kwh - lifetime < 0.5
-        await pub(broker.port, f"{se}/Set/EVMeter", "60:61:62:4140:124456")
-        await until(lambda: ch.lifetime_kwh - lifetime >= 0.99, what="1 kWh more from the EV meter")
-        assert ch.lifetime_kwh - lifetime < 1.5
+        after = ch.lifetime_kwh
+        # 20 Wh more after at least 4 s of clock time: plausible at MAX (a jump beyond is refused).
+        await asyncio.sleep(0.2)
+        await pub(broker.port, f"{se}/Set/EVMeter", "60:61:62:4140:123476")
+        await until(lambda: ch.lifetime_kwh - after >= 0.0199, what="20 Wh more from the EV meter")
+        assert ch.lifetime_kwh - after < 0.5
 
         assert await rec.wait_topic(f"{se}/NrOfPhases") in ("1", "3")
         assert rec.text(f"{se}/State") in (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, WebSocket
@@ -251,7 +252,8 @@ def build_router(rt: Runtime) -> APIRouter:
             rt.charger(charger)
         if rt.store is None:
             return []
-        return [session_dict(s) for s in rt.store.sessions(charger, limit)]
+        # Off the event loop: the read waits for the store's queued writes.
+        return [session_dict(s) for s in await asyncio.to_thread(rt.store.sessions, charger, limit)]
 
     @r.get("/settings", tags=["settings"], summary="Site settings")
     async def get_settings() -> dict[str, Any]:
@@ -274,6 +276,8 @@ def build_router(rt: Runtime) -> APIRouter:
     async def put_mains(body: MainsBody) -> dict[str, Any]:
         for i, a in enumerate(body.currents):
             check_range(f"currents[{i}]", a, -1000, 1000, " A")
+        currents = (body.currents[0], body.currents[1], body.currents[2])
+        rt.api_meter.check(currents)  # an implausible reading is refused whole, battery included
         now = rt.clock.now()
         if body.battery_current is not None:
             rt.engine.battery.push(body.battery_current, now)

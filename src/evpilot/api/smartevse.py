@@ -24,6 +24,7 @@ from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.charger import Charger, ErrorFlag
 from evpilot.core.errors import CommandError
 from evpilot.core.iec61851 import DRAW_THRESHOLD_A, duty_for_current
+from evpilot.devices.apifed import ImplausibleReading
 from evpilot.devices.evmeter import EvMeterReading
 
 NOT_ALLOWED = "Value not allowed!"
@@ -381,6 +382,11 @@ def mount(app: FastAPI, rt: Runtime) -> None:
             errors["TOTAL"] = "no L1, L2, L3 or battery_current"
         if errors:
             raise Refused(errors)
+        if phases:
+            try:
+                rt.api_meter.check((values["L1"] / 10.0, values["L2"] / 10.0, values["L3"] / 10.0))
+            except ImplausibleReading as exc:
+                raise Refused({f"L{exc.phase + 1}": exc.message}) from None
         now = rt.clock.now()
         doc: dict[str, Any] = {}
         if "battery_current" in values:
@@ -421,14 +427,17 @@ def mount(app: FastAPI, rt: Runtime) -> None:
             currents = (values["L1"] / 10.0, values["L2"] / 10.0, values["L3"] / 10.0)
         energy = values.get("import_active_energy")
         power = values.get("import_active_power")
-        rt.ev_meters[cid].push(
-            EvMeterReading(
-                currents=currents,
-                power_w=None if power is None else float(power),
-                energy_kwh=None if energy is None else energy / 1000.0,
-                taken_at=rt.clock.now(),
+        try:
+            rt.ev_meters[cid].push(
+                EvMeterReading(
+                    currents=currents,
+                    power_w=None if power is None else float(power),
+                    energy_kwh=None if energy is None else energy / 1000.0,
+                    taken_at=rt.clock.now(),
+                )
             )
-        )
+        except ImplausibleReading as exc:
+            raise Refused({"import_active_energy": exc.message}) from None
         return json_response({"ev_meter": values})
 
     routes = Routes(rt, "SmartEVSE")

@@ -21,6 +21,12 @@ class ScaledClock:
         """Seconds since the epoch in (possibly accelerated) clock time."""
         return self._t0 + (time.monotonic() - self._m0) * self.speed
 
+    def not_before(self, t: float) -> None:
+        """Move the clock forward to `t` if it is earlier (a sped-up run may have stored later times)."""
+        behind = t - self.now()
+        if behind > 0:
+            self._t0 += behind
+
     async def sleep(self, seconds: float) -> None:
         """Sleep `seconds` of clock time."""
         await asyncio.sleep(max(0.0, seconds) / self.speed)
@@ -46,6 +52,10 @@ class ManualClock:
     def now(self) -> float:
         """The current clock time."""
         return self.t
+
+    def not_before(self, t: float) -> None:
+        """Move the clock forward to `t` if it is earlier."""
+        self.t = max(self.t, t)
 
     def advance(self, seconds: float) -> None:
         """Move the clock forward."""

@@ -14,15 +14,24 @@ from evpilot.config import AppConfig
 from evpilot.control.build import assemble
 from evpilot.core.charger import MODES, Charger
 from evpilot.core.errors import CommandError, check_range
-from evpilot.core.session import SessionRecord, StopReason
+from evpilot.core.session import SessionCheckpoint, SessionRecord, StopReason
 from evpilot.core.site import SiteConfig
+from evpilot.devices.apifed import ApiFedMeter
 from evpilot.devices.evmeter import ApiFedEvMeter, MeteredPilot
 from evpilot.sim.ev import CarSpec
-from evpilot.store.sqlite import Store
+from evpilot.store.base import SessionStore
 
 log = logging.getLogger("evpilot")
-# Lifetime counters are written this often (clock seconds) besides at shutdown.
-COUNTER_SAVE_S = 60.0
+# Open sessions and lifetime counters are checkpointed this often (clock seconds) ...
+CHECKPOINT_S = 10.0
+# ... or before the energy not yet checkpointed could pass this (kWh): the most a crash loses.
+CHECKPOINT_KWH = 0.010
+# An API-fed mains or circuit reading beyond this many times the node's limit is refused.
+READING_BOUND = 3.0
+# An EV meter may count at most this much more than its charger's MAX at 230 V on all its phases.
+EV_POWER_MARGIN = 1.25
+NOMINAL_VOLTAGE = 230.0
+_LIMITS_KEY = "limits"
 _SETTING_KEYS = (
     "enabled",
     "auto_charge",
@@ -42,6 +51,9 @@ class Clock(Protocol):
     def now(self) -> float:
         """Current clock time (epoch seconds)."""
 
+    def not_before(self, t: float) -> None:
+        """Move the clock forward to `t` if it is earlier."""
+
     async def wait(self, event: asyncio.Event, seconds: float) -> bool:
         """Wait for `event` at most `seconds` of clock time."""
 
@@ -53,10 +65,13 @@ class UnknownCharger(KeyError):
 class Runtime:
     """Runs the control loop, owns the site, applies commands and broadcasts state."""
 
-    def __init__(self, config: AppConfig, clock: Clock, store: Store | None = None) -> None:
+    def __init__(self, config: AppConfig, clock: Clock, store: SessionStore | None = None) -> None:
         self.config = config
         self.clock = clock
         self.store = store
+        if store is not None:
+            # A sped-up run may have stored times ahead of the wall clock: never run backwards.
+            clock.not_before(store.high_water())
         self.started_at = clock.now()
         parts = assemble(
             config,
@@ -74,12 +89,18 @@ class Runtime:
         run_tag = "-" + secrets.token_hex(3)
         for cid in self.engine.chargers:
             self.engine.chargers[cid].run_tag = run_tag
-            meter = ApiFedEvMeter()
+            cfg = self.engine.chargers[cid].config
+            meter = ApiFedEvMeter(cfg.max_current * NOMINAL_VOLTAGE * cfg.phases * EV_POWER_MARGIN)
             meter.listeners.append(self.recompute)
             self.ev_meters[cid] = meter
             self.engine.pilots[cid] = MeteredPilot(
                 self.engine.pilots[cid], meter, config.site.meter_timeout_s
             )
+        self.api_meter.bound = lambda: READING_BOUND * self.engine.site.mains_limit
+        for circuit in self.engine.site.circuits:
+            circuit_meter = self.engine.circuit_meters.get(circuit.name)
+            if isinstance(circuit_meter, ApiFedMeter):
+                circuit_meter.bound = lambda limit=circuit.limit: READING_BOUND * limit
         self.default_id = config.chargers[0].id if config.chargers else ""
         self.subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
@@ -88,7 +109,12 @@ class Runtime:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._last_counter_save = self.started_at
+        self._cp_at = self.started_at
+        self._cp_total = self._last_total = sum(c.lifetime_kwh for c in self.engine.chargers.values())
+        self._cp_ids: frozenset[str] = frozenset()
+        # Sessions checkpointed by a run that crashed: settled at the first tick.
+        self._resumed: dict[str, SessionCheckpoint] = {}
+        self._limits_saved: dict[str, Any] | None = None
         self.tick_count = 0
         self.tick_times: list[float] = []
         if store is not None:
@@ -96,7 +122,7 @@ class Runtime:
 
     # ---- lifecycle --------------------------------------------------------------------------
 
-    def _restore(self, store: Store) -> None:
+    def _restore(self, store: SessionStore) -> None:
         site = store.get_setting("site")
         if isinstance(site, dict):
             # One setting at a time, as for chargers: a stale one is dropped alone.
@@ -112,6 +138,63 @@ class Runtime:
             saved = store.get_setting(f"charger:{cid}")
             if isinstance(saved, dict):
                 self._restore_charger(ch, saved)
+        self._restore_limits(store.get_setting(_LIMITS_KEY))
+        self._limits_saved = self._limits_state()
+        for cp in store.open_sessions():
+            found = self.engine.chargers.get(cp.charger_id)
+            if found is None:
+                store.add_session(_interrupted(cp))
+                log.warning("session %s of a charger no longer configured: closed as interrupted", cp.id)
+                continue
+            found.session = cp.session()
+            self._resumed[cp.charger_id] = cp
+
+    def _restore_limits(self, saved: Any) -> None:
+        """External limits as stored, those whose lease has not lapsed in clock time."""
+        if not isinstance(saved, dict):
+            return
+        now = self.started_at
+        bad = (CommandError, TypeError, ValueError, KeyError, AttributeError)
+        with contextlib.suppress(*bad):
+            self.engine.grid_relay_open = saved.get("grid_relay_open") is True
+        for name, (amps, expires) in dict(saved.get("site_caps") or {}).items():
+            with contextlib.suppress(*bad):
+                if expires is None or expires > now:
+                    self.engine.set_site_cap(name, amps, expires)
+        for cid, limits in dict(saved.get("chargers") or {}).items():
+            ch = self.engine.chargers.get(cid)
+            if ch is None or not isinstance(limits, dict):
+                continue
+            with contextlib.suppress(*bad):
+                ch.set_override(limits.get("override"))
+            for name, (amps, expires) in dict(limits.get("leases") or {}).items():
+                with contextlib.suppress(*bad):
+                    if expires is None or expires > now:
+                        ch.set_lease(name, amps, expires)
+
+    def _limits_state(self) -> dict[str, Any]:
+        e = self.engine
+        return {
+            "grid_relay_open": e.grid_relay_open,
+            "site_caps": {k: [c.amps, c.expires_at] for k, c in e.site_caps.items()},
+            "chargers": {
+                cid: {
+                    "override": ch.override,
+                    "leases": {k: [v.value, v.expires_at] for k, v in ch.leases.items()},
+                }
+                for cid, ch in e.chargers.items()
+                if ch.override is not None or ch.leases
+            },
+        }
+
+    def _save_limits(self) -> None:
+        """Store the external limits when they changed (set, cleared, re-armed or lapsed)."""
+        if self.store is None or self._limits_saved is None:  # None: not restored yet
+            return
+        state = self._limits_state()
+        if state != self._limits_saved:
+            self._limits_saved = state
+            self.store.set_setting(_LIMITS_KEY, state, self.clock.now())
 
     @staticmethod
     def _restore_charger(ch: Charger, saved: dict[str, Any]) -> None:
@@ -153,7 +236,9 @@ class Runtime:
             ch.close(now, StopReason.SHUTDOWN)
         self._drain_events()
         if self.store is not None:
-            self.store.save_lifetime({cid: c.lifetime_kwh for cid, c in self.engine.chargers.items()})
+            self._save_limits()
+            self._checkpoint(now)
+            await asyncio.to_thread(self.store.flush)
 
     async def _loop(self) -> None:
         tick_s = self.config.control.tick_s
@@ -173,6 +258,7 @@ class Runtime:
     def recompute(self) -> None:
         """Ask for an immediate tick (new meter data or a command)."""
         self._wake.set()
+        self._save_limits()
 
     # ---- one tick ---------------------------------------------------------------------------
 
@@ -180,6 +266,9 @@ class Runtime:
         """Advance the site to now, compute, apply, publish."""
         now = self.clock.now()
         self.engine.step(now)
+        if self._resumed and now > self.started_at:
+            # Not at start itself: a simulated car present at start plugs in at the first step.
+            self._settle_resumed()
         self.tick_count += 1
         self.tick_times.append(now)
         if len(self.tick_times) > 1000:
@@ -187,9 +276,46 @@ class Runtime:
         self._drain_events()
         self._log_changes()
         self._publish_changes()
-        if self.store is not None and now - self._last_counter_save >= COUNTER_SAVE_S:
-            self._last_counter_save = now
-            self.store.save_lifetime({cid: c.lifetime_kwh for cid, c in self.engine.chargers.items()})
+        if self.store is not None:
+            self._maybe_checkpoint(now)
+            self._save_limits()
+
+    def _settle_resumed(self) -> None:
+        """A session from before a crash continues if its car is still plugged in, else it ends."""
+        resumed, self._resumed = self._resumed, {}
+        for cid, cp in resumed.items():
+            ch = self.engine.chargers[cid]
+            if ch.session is None or ch.session.id != cp.id:
+                continue
+            if ch.plugged:
+                log.info("%s: session %s continues after a restart (%.3f kWh)", cid, cp.id, cp.energy_kwh)
+            else:
+                ch.close(cp.at, StopReason.INTERRUPTED)
+
+    def _maybe_checkpoint(self, now: float) -> None:
+        chargers = self.engine.chargers.values()
+        total = sum(c.lifetime_kwh for c in chargers)
+        step = max(0.0, total - self._last_total)
+        self._last_total = total
+        ids = frozenset(c.session.id for c in chargers if c.session is not None)
+        # Checkpoint before the next tick's energy (about this tick's) could pass the budget.
+        if (
+            ids != self._cp_ids
+            or total - self._cp_total + step >= CHECKPOINT_KWH
+            or total < self._cp_total
+            or now - self._cp_at >= CHECKPOINT_S
+        ):
+            self._checkpoint(now)
+
+    def _checkpoint(self, now: float) -> None:
+        """Queue the open sessions and the lifetime counters as one transaction."""
+        assert self.store is not None
+        chargers = self.engine.chargers
+        sessions = [SessionCheckpoint.of(c.session, now) for c in chargers.values() if c.session is not None]
+        self.store.checkpoint(sessions, {cid: c.lifetime_kwh for cid, c in chargers.items()}, now)
+        self._cp_at = now
+        self._cp_total = self._last_total = sum(c.lifetime_kwh for c in chargers.values())
+        self._cp_ids = frozenset(s.id for s in sessions)
 
     def _drain_events(self) -> None:
         for ch in self.engine.chargers.values():
@@ -454,6 +580,13 @@ class Runtime:
             "fallback": alloc.fallback if alloc else False,
             "rejected_readings": dict(sorted(e.rejected.items())),
             "grid_relay_open": e.grid_relay_open,
+            "site_limits": {
+                name: {
+                    "amps": cap.amps,
+                    "expires_in_s": None if cap.expires_at is None else round(cap.expires_at - now, 1),
+                }
+                for name, cap in e.site_caps.items()
+            },
             "battery_current": e.battery.current,
             "chargers": sorted(e.chargers),
         }
@@ -502,3 +635,16 @@ def _rec(r: SessionRecord) -> dict[str, Any]:
 
 
 session_dict = _rec
+
+
+def _interrupted(cp: SessionCheckpoint) -> SessionRecord:
+    return SessionRecord(
+        id=cp.id,
+        charger_id=cp.charger_id,
+        started_at=cp.started_at,
+        ended_at=cp.at,
+        energy_kwh=round(cp.energy_kwh, 6),
+        peak_power_w=round(cp.peak_power_w, 1),
+        stop_reason=StopReason.INTERRUPTED.value,
+        id_tag=cp.id_tag,
+    )

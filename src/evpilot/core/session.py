@@ -16,6 +16,7 @@ class StopReason(StrEnum):
     FAULT = "fault"
     SHUTDOWN = "shutdown"
     DISABLED = "disabled"
+    INTERRUPTED = "interrupted"
 
 
 class LimitReached(StrEnum):
@@ -71,6 +72,46 @@ class SessionRecord:
             peak_power_w=round(session.peak_power_w, 1),
             stop_reason=session.stop_reason or "",
             id_tag=session.id_tag,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCheckpoint:
+    """An open session as checkpointed to the store, `at` clock time."""
+
+    id: str
+    charger_id: str
+    started_at: float
+    energy_kwh: float
+    peak_power_w: float
+    charging_s: float
+    id_tag: str | None
+    at: float
+
+    @staticmethod
+    def of(session: Session, now: float) -> SessionCheckpoint:
+        """Freeze an open session."""
+        return SessionCheckpoint(
+            id=session.id,
+            charger_id=session.charger_id,
+            started_at=session.started_at,
+            energy_kwh=session.energy_kwh,
+            peak_power_w=session.peak_power_w,
+            charging_s=session.charging_s,
+            id_tag=session.id_tag,
+            at=now,
+        )
+
+    def session(self) -> Session:
+        """The open session this checkpoint holds, to continue."""
+        return Session(
+            id=self.id,
+            charger_id=self.charger_id,
+            started_at=self.started_at,
+            id_tag=self.id_tag,
+            energy_kwh=self.energy_kwh,
+            peak_power_w=self.peak_power_w,
+            charging_s=self.charging_s,
         )
 
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from evpilot.core.charger import Phases, PilotOutput, PilotReading
+from evpilot.devices.apifed import ImplausibleReading
 from evpilot.devices.base import PilotHardware
+
+log = logging.getLogger("evpilot")
+# A meter counts whole Wh: a jump this small is always allowed (kWh).
+ENERGY_SLACK_KWH = 0.002
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,12 +28,36 @@ class EvMeterReading:
 class ApiFedEvMeter:
     """The latest EV meter values pushed by an external sender."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_power_w: float | None = None) -> None:
         self.reading: EvMeterReading | None = None
         self.listeners: list[Callable[[], None]] = []
+        self.max_power_w = max_power_w
+        # The last accepted energy value and its time: the base of the plausibility check.
+        self._energy_at: tuple[float, float] | None = None
+        self.refused = 0
+
+    def check(self, reading: EvMeterReading) -> None:
+        """Raise ImplausibleReading if the energy rose more than MAX power allows since the last one."""
+        if self.max_power_w is None or reading.energy_kwh is None or self._energy_at is None:
+            return
+        last_kwh, last_at = self._energy_at
+        rise = reading.energy_kwh - last_kwh
+        seconds = max(0.0, reading.taken_at - last_at)
+        allowed = self.max_power_w * seconds / 3.6e6 + ENERGY_SLACK_KWH
+        if rise > allowed:
+            self.refused += 1
+            message = (
+                f"energy rose {rise:.3f} kWh in {seconds:.0f} s, more than the charger's "
+                f"{self.max_power_w / 1000:.1f} kW allow ({allowed:.3f} kWh)"
+            )
+            log.warning("refused an EV meter reading: %s", message)
+            raise ImplausibleReading("energy", message)
 
     def push(self, reading: EvMeterReading) -> None:
-        """Store a reading and tell listeners."""
+        """Store a plausible reading and tell listeners; raise ImplausibleReading otherwise."""
+        self.check(reading)
+        if reading.energy_kwh is not None:
+            self._energy_at = (reading.energy_kwh, reading.taken_at)
         self.reading = reading
         for listener in self.listeners:
             listener()

@@ -1,15 +1,21 @@
-"""SQLite storage with a versioned schema."""
+"""SQLite storage with a versioned schema; writes go through one writer thread, off the event loop."""
 
 from __future__ import annotations
 
 import json
+import logging
+import queue
 import sqlite3
+import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from evpilot.core.session import SessionRecord
+from evpilot.core.session import SessionCheckpoint, SessionRecord
 
-SCHEMA_VERSION = 1
+log = logging.getLogger("evpilot.store")
+
+SCHEMA_VERSION = 2
 _MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE sessions (
@@ -26,19 +32,53 @@ _MIGRATIONS: dict[int, str] = {
     CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE counters (charger_id TEXT PRIMARY KEY, lifetime_kwh REAL NOT NULL);
     """,
+    2: """
+    CREATE TABLE open_sessions (
+        charger_id TEXT PRIMARY KEY,
+        id TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        energy_kwh REAL NOT NULL,
+        peak_power_w REAL NOT NULL,
+        charging_s REAL NOT NULL,
+        id_tag TEXT,
+        checkpoint_at REAL NOT NULL
+    );
+    """,
 }
+# Writes waiting for the writer thread; beyond this the caller waits (nothing is dropped).
+QUEUE_SIZE = 10_000
+_HWM = "clock_high_water"
+
+Job = Callable[[sqlite3.Connection], None]
 
 
 class Store:
-    """Sessions, settings and lifetime counters in one SQLite file."""
+    """Sessions, settings, lifetime counters and open-session checkpoints in one SQLite file.
 
-    def __init__(self, path: str | Path) -> None:
+    Every write is queued to one writer thread and returns at once; every read first waits for
+    the queued writes, so a caller always reads what it wrote.
+    """
+
+    def __init__(self, path: str | Path, queue_size: int = QUEUE_SIZE) -> None:
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
+        # In WAL mode NORMAL survives a process crash; a power cut may lose the last commits only.
+        self.db.execute("PRAGMA synchronous=NORMAL")
         self._migrate()
+        self.write_errors = 0
+        self.writes = 0
+        self._lock = threading.Lock()  # the connection: held by the writer for a whole transaction
+        self._slot_lock = threading.Lock()  # the coalesced checkpoint only: never waits on disk
+        self._queue: queue.Queue[Job | None] = queue.Queue(queue_size)
+        self._full_logged = False
+        # Coalesced writes: only the newest checkpoint waits in the queue.
+        self._latest_checkpoint: tuple[list[SessionCheckpoint], dict[str, float], float] | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="evpilot-store", daemon=True)
+        self._thread.start()
 
     def _migrate(self) -> None:
         self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
@@ -55,16 +95,105 @@ class Store:
                     "INSERT OR REPLACE INTO meta(key, value) VALUES('schema_version', ?)", (str(v),)
                 )
 
+    # ---- the writer ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            try:
+                if job is None:
+                    return
+                with self._lock, self.db:
+                    job(self.db)
+                self.writes += 1
+            except Exception:  # one failed write must not stop the others
+                self.write_errors += 1
+                log.exception("store: a write failed")
+            finally:
+                self._queue.task_done()
+
+    def _submit(self, job: Job) -> None:
+        if self._closed:
+            raise RuntimeError("the store is closed")
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            if not self._full_logged:
+                self._full_logged = True
+                log.error("store: %d writes queued, the disk is not keeping up; waiting", QUEUE_SIZE)
+            self._queue.put(job)
+
+    def flush(self) -> None:
+        """Wait until every queued write is committed."""
+        self._queue.join()
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        self.flush()
+        with self._lock:
+            return self.db.execute(sql, args).fetchall()
+
+    @staticmethod
+    def _raise_hwm(db: sqlite3.Connection, now: float | None) -> None:
+        if now is None:
+            return
+        db.execute(
+            "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = "
+            "CAST(MAX(CAST(value AS REAL), CAST(excluded.value AS REAL)) AS TEXT)",
+            (_HWM, repr(float(now))),
+        )
+
+    # ---- reads --------------------------------------------------------------------------------
+
     @property
     def schema_version(self) -> int:
         """The schema version of the open database."""
-        row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        return int(row[0]) if row else 0
+        rows = self._read("SELECT value FROM meta WHERE key='schema_version'")
+        return int(rows[0][0]) if rows else 0
+
+    def sessions(self, charger_id: str | None = None, limit: int = 100) -> list[SessionRecord]:
+        """Ended sessions, newest first."""
+        sql = "SELECT * FROM sessions"
+        args: tuple[Any, ...] = ()
+        if charger_id is not None:
+            sql += " WHERE charger_id = ?"
+            args = (charger_id,)
+        sql += " ORDER BY started_at DESC LIMIT ?"
+        return [SessionRecord(*row) for row in self._read(sql, (*args, limit))]
+
+    def get_setting(self, key: str) -> Any:
+        """A stored setting (JSON value) or None."""
+        rows = self._read("SELECT value FROM settings WHERE key = ?", (key,))
+        return None if not rows else json.loads(rows[0][0])
+
+    def lifetime(self, charger_id: str) -> float:
+        """The stored lifetime energy counter (kWh)."""
+        rows = self._read("SELECT lifetime_kwh FROM counters WHERE charger_id = ?", (charger_id,))
+        return float(rows[0][0]) if rows else 0.0
+
+    def open_sessions(self) -> list[SessionCheckpoint]:
+        """The checkpointed open sessions (left behind by a crash)."""
+        rows = self._read(
+            "SELECT id, charger_id, started_at, energy_kwh, peak_power_w, charging_s, id_tag, "
+            "checkpoint_at FROM open_sessions ORDER BY charger_id"
+        )
+        return [SessionCheckpoint(*row) for row in rows]
+
+    def high_water(self) -> float:
+        """The latest clock time stored so far (0 if none): a restarted clock must not start earlier."""
+        rows = self._read("SELECT value FROM meta WHERE key = ?", (_HWM,))
+        ended = self._read("SELECT MAX(ended_at) FROM sessions")
+        values = [float(rows[0][0])] if rows else []
+        if ended and ended[0][0] is not None:
+            values.append(float(ended[0][0]))
+        return max(values, default=0.0)
+
+    # ---- writes (queued) ----------------------------------------------------------------------
 
     def add_session(self, rec: SessionRecord) -> None:
-        """Store an ended session."""
-        with self.db:
-            self.db.execute(
+        """Store an ended session and drop its checkpoint, in one transaction."""
+
+        def job(db: sqlite3.Connection) -> None:
+            db.execute(
                 "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?,?)",
                 (
                     rec.id,
@@ -77,48 +206,82 @@ class Store:
                     rec.id_tag,
                 ),
             )
+            db.execute("DELETE FROM open_sessions WHERE id = ?", (rec.id,))
+            self._raise_hwm(db, rec.ended_at)
 
-    def sessions(self, charger_id: str | None = None, limit: int = 100) -> list[SessionRecord]:
-        """Ended sessions, newest first."""
-        sql = "SELECT * FROM sessions"
-        args: tuple[Any, ...] = ()
-        if charger_id is not None:
-            sql += " WHERE charger_id = ?"
-            args = (charger_id,)
-        sql += " ORDER BY started_at DESC LIMIT ?"
-        rows = self.db.execute(sql, (*args, limit)).fetchall()
-        return [SessionRecord(*row) for row in rows]
+        self._submit(job)
 
-    def get_setting(self, key: str) -> Any:
-        """A stored setting (JSON value) or None."""
-        row = self.db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
-        return None if row is None else json.loads(row[0])
+    def set_setting(self, key: str, value: Any, now: float | None = None) -> None:
+        """Store a setting as JSON (serialized now, written by the writer thread)."""
+        text = json.dumps(value)
 
-    def set_setting(self, key: str, value: Any) -> None:
-        """Store a setting as JSON."""
-        with self.db:
-            self.db.execute(
-                "INSERT OR REPLACE INTO settings(key, value) VALUES(?, ?)", (key, json.dumps(value))
+        def job(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO settings(key, value) VALUES(?, ?)", (key, text))
+            self._raise_hwm(db, now)
+
+        self._submit(job)
+
+    def save_lifetime(self, counters: Mapping[str, float]) -> None:
+        """Store lifetime counters; a stored value never decreases."""
+        values = dict(counters)
+        self._submit(lambda db: self._write_counters(db, values))
+
+    @staticmethod
+    def _write_counters(db: sqlite3.Connection, counters: Mapping[str, float]) -> None:
+        for cid, kwh in counters.items():
+            db.execute(
+                "INSERT INTO counters(charger_id, lifetime_kwh) VALUES(?, ?) "
+                "ON CONFLICT(charger_id) DO UPDATE SET lifetime_kwh = "
+                "MAX(lifetime_kwh, excluded.lifetime_kwh)",
+                (cid, kwh),
             )
 
-    def lifetime(self, charger_id: str) -> float:
-        """The stored lifetime energy counter (kWh)."""
-        row = self.db.execute(
-            "SELECT lifetime_kwh FROM counters WHERE charger_id = ?", (charger_id,)
-        ).fetchone()
-        return float(row[0]) if row else 0.0
+    def checkpoint(
+        self, open_sessions: list[SessionCheckpoint], counters: Mapping[str, float], now: float
+    ) -> None:
+        """Replace the open sessions and save the counters and the clock, in one transaction.
 
-    def save_lifetime(self, counters: dict[str, float]) -> None:
-        """Store lifetime counters; a stored value never decreases."""
-        with self.db:
-            for cid, kwh in counters.items():
-                self.db.execute(
-                    "INSERT INTO counters(charger_id, lifetime_kwh) VALUES(?, ?) "
-                    "ON CONFLICT(charger_id) DO UPDATE SET lifetime_kwh = "
-                    "MAX(lifetime_kwh, excluded.lifetime_kwh)",
-                    (cid, kwh),
-                )
+        A checkpoint still waiting in the queue is replaced by this one (the newest wins).
+        """
+        with self._slot_lock:
+            pending = self._latest_checkpoint is not None
+            self._latest_checkpoint = (list(open_sessions), dict(counters), now)
+        if not pending:
+            self._submit(self._write_checkpoint)
+
+    def _write_checkpoint(self, db: sqlite3.Connection) -> None:
+        with self._slot_lock:
+            latest, self._latest_checkpoint = self._latest_checkpoint, None
+        if latest is None:
+            return
+        sessions, counters, now = latest
+        db.execute(
+            f"DELETE FROM open_sessions WHERE charger_id NOT IN ({','.join('?' * len(sessions))})",
+            tuple(s.charger_id for s in sessions),
+        )
+        for s in sessions:
+            db.execute(
+                "INSERT OR REPLACE INTO open_sessions(charger_id, id, started_at, energy_kwh, "
+                "peak_power_w, charging_s, id_tag, checkpoint_at) VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    s.charger_id,
+                    s.id,
+                    s.started_at,
+                    s.energy_kwh,
+                    s.peak_power_w,
+                    s.charging_s,
+                    s.id_tag,
+                    s.at,
+                ),
+            )
+        self._write_counters(db, counters)
+        self._raise_hwm(db, now)
 
     def close(self) -> None:
-        """Close the database."""
+        """Write everything queued, stop the writer and close the database."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join()
         self.db.close()
