@@ -233,9 +233,9 @@ def run(scenario: dict[str, Any], allocator: Callable[[Snapshot, float], Allocat
         now = START + t
         for ev in events.get(t, []):
             if "plug" in ev:
-                p = dict(ev["plug"])
-                cid = p.pop("charger")
-                simsite.pilots[cid].plug(CarSpec(**p))
+                spec = dict(ev["plug"])
+                cid = spec.pop("charger")
+                simsite.pilots[cid].plug(CarSpec(**spec))
             if "unplug" in ev:
                 simsite.pilots[ev["unplug"]].unplug()
             if "house" in ev:
