@@ -10,7 +10,7 @@ Events (each with `at`, seconds from the start):
   plug / unplug / house / pv_w / battery / ambient / grid_relay / site_cap / command
   meter: offline | online           the mains meter stops or resumes (sim or API-fed)
   mains_reading: [a, b, c] | null   an API-fed mains meter (`site.mains_meter: api`) sends these
-                                    values (e.g. nan, a spike) instead of the simulator's, until null
+                                    values (e.g. nan, a spike; null = the simulator's) until null
   circuit_load: {name, currents}    other loads wired on a circuit (a parent circuit sees them too);
                                     they are not part of `house` (which is what the mains sees)
   circuit_meter: {name, state}      offline: the circuit's API meter stops sending; online: resumes
@@ -183,7 +183,8 @@ def run(scenario: dict[str, Any], allocator: Callable[[Snapshot, float], Allocat
     circuit_offline: set[str] = set()
     circuit_override: dict[str, tuple[float, float, float]] = {}
     mains_online = True
-    mains_override: tuple[float, float, float] | None = None
+    # Per phase: the value the API-fed mains meter sends instead of the simulator's (None: the sim's).
+    mains_override: tuple[float | None, ...] | None = None
     caps: dict[str, tuple[float, float | None]] = {}
     relay_open = False
     freezable: dict[str, FreezablePilot] = {}
@@ -208,7 +209,9 @@ def run(scenario: dict[str, Any], allocator: Callable[[Snapshot, float], Allocat
     def before_step(now: float) -> None:
         simsite.advance_to(now)
         if site.mains_meter == "api" and mains_online:
-            m = simsite.mains_currents if mains_override is None else mains_override
+            m = simsite.mains_currents
+            if mains_override is not None:
+                m = tuple(m[p] if x is None else x for p, x in enumerate(mains_override))
             parts.api_meter.push((m[0], m[1], m[2]), now)
         circuit_now.clear()
         circuit_now.update(circuit_currents())
@@ -250,7 +253,7 @@ def run(scenario: dict[str, Any], allocator: Callable[[Snapshot, float], Allocat
             if "mains_reading" in ev:
                 assert site.mains_meter == "api", "mains_reading needs site.mains_meter: api"
                 r = ev["mains_reading"]
-                mains_override = None if r is None else _phases(r)
+                mains_override = None if r is None else tuple(None if x is None else float(x) for x in r)
             if "battery" in ev:
                 battery = ev["battery"]
             if "circuit_load" in ev:
