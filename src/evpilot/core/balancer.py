@@ -153,6 +153,37 @@ def _node_capacity(
     return limits[node] - (other[p] if other is not None else 0.0)
 
 
+def _car_phases(
+    ci: ChargerInput, m: ChargerMemo, phases: int, now: float, detect_s: float, stale: bool
+) -> tuple[float | None, bool, int | None, int]:
+    """What the car on a 3-phase charger draws on, updated before this tick's allocation.
+
+    Returns (L1-only since, 1-phase car, car phase count, phase switches this session). The
+    allocation of this tick is checked with the flag this returns, so it is never stale.
+    """
+    one_since, single_car, car_phases, switches = (
+        m.one_phase_since,
+        m.single_phase_car,
+        m.car_phases,
+        m.switches,
+    )
+    if not ci.plugged:
+        return None, False, None, 0
+    meas = ci.measured
+    at_three = ci.config.phases == 3 and phases == 3 and ci.active_phases == 3
+    if not (at_three and ci.charging) or stale:
+        # Only a continuous L1-only draw on three closed phases counts towards detection.
+        return None, single_car, car_phases, switches
+    if meas[1] >= 0.5 or meas[2] >= 0.5:
+        return None, False, 3 if (meas[1] > 2.0 or meas[2] > 2.0) else car_phases, switches
+    if meas[0] > 2.0:
+        one_since = one_since if one_since is not None else now
+        if now - one_since >= detect_s:
+            return one_since, True, 1, switches
+        return one_since, single_car, car_phases, switches
+    return None, single_car, car_phases, switches
+
+
 def compute(snapshot: Snapshot, now: float) -> Allocation:
     """Decide every charger's current, phase count and binding source for this tick."""
     site = snapshot.site
@@ -200,7 +231,6 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
 
     memo_in: list[ChargerMemo] = [memos.get(ci.config.id) or _NEW_MEMO for ci in chargers]
     phases = [_initial_phases(ci, memos.get(ci.config.id)) for ci in chargers]
-    single = [m.single_phase_car for m in memo_in]
     stale_ev = [False] * n
 
     ev_total = [0.0, 0.0, 0.0]
@@ -228,6 +258,12 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
                 acc[0] += d[0]
                 acc[1] += d[1]
                 acc[2] += d[2]
+
+    detect_s = site.phase_switch.detect_single_phase_s
+    car_seen = [
+        _car_phases(ci, memo_in[i], phases[i], now, detect_s, stale_ev[i]) for i, ci in enumerate(chargers)
+    ]
+    single = [seen[1] for seen in car_seen]
 
     if fresh and mains is not None:
         sub = ev_total if site.exclude_self_current else [0.0, 0.0, 0.0]
@@ -578,24 +614,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         paused_until = m.paused_until
         if idx in paused_now:
             paused_until = now + site.shortage_pause_s
-        # What the car on a 3-phase charger draws on: detected while it charges at 3 phases.
-        one_since = m.one_phase_since
-        single_car = m.single_phase_car
-        car_phases = m.car_phases
-        switches = m.switches
-        meas = ci.measured
-        if not ci.plugged:
-            one_since, single_car, car_phases, switches = None, False, None, 0
-        elif ci.config.phases == 3 and phases[idx] == 3 and ci.charging and not stale_ev[idx]:
-            if meas[0] > 2.0 and meas[1] < 0.5 and meas[2] < 0.5:
-                one_since = one_since if one_since is not None else now
-                if now - one_since >= ps.detect_single_phase_s:
-                    single_car, car_phases = True, 1
-            else:
-                one_since = None
-                single_car = False
-                if meas[1] > 2.0 or meas[2] > 2.0:
-                    car_phases = 3
+        one_since, single_car, car_phases, switches = car_seen[idx]
         # automatic 1/3-phase switching
         ph = phases[idx]
         down_since, up_since, last_switch = m.phase_down_since, m.phase_up_since, m.last_switch
