@@ -1,19 +1,39 @@
-"""Perfect-foresight optimum of a simulated day: a linear program solved with HiGHS.
+"""Perfect-foresight bounds of a simulated day: an LP and a MIN-aware MILP, solved with HiGHS.
 
 Variables are the chargers' per-phase currents averaged over each period (one per car session,
 phase configuration and period). Constraints, with the house load and PV known in advance:
 per-phase mains and circuit limits, the capacity limit (sum of phases), the solar budget of
 chargers in solar mode (surplus + IMPORT), each car's availability window, current limit,
-energy need and battery taper. Averaging within a period and leaving out MIN and pacing make it
-a relaxation: no controller that respects the limits every second can beat it, so the ratio
+energy need and battery taper. Averaging within a period and leaving out MIN and pacing make the
+LP a relaxation: no controller that respects the limits every second can beat it, so the ratio
 controller/LP is a lower bound on how close to the optimum the controller is.
+
+**MIN-aware bound** (`min_aware=True`, a MILP, `scipy.optimize.milp`): the pilot cannot signal
+less than MIN, so a charger delivers 0 or at least MIN. Per session, period and phase
+configuration a binary says whether the charger is on; on means MIN ≤ current ≤ cap (scaled by
+the share of the period the car is there), and a switching charger is in at most one
+configuration per period. A car near full accepts less than MIN (the battery's taper): the
+current it draws in that state is a separate variable free of the MIN rule, allowed only in the
+periods after the energy delivered has reached the point where the taper falls below MIN (a
+monotone binary per period) and in total at most the energy from that point to the target. The model
+assumes a controller holds a charger on or off for a whole period (evpilot's shortage pause is
+60 s, its solar start and STOP timers longer); with that, every schedule such a controller can
+run is feasible here and the MILP is an upper bound that is tighter than the LP. If HiGHS stops
+at its time limit, its dual bound (an upper bound on the MILP optimum) is reported with the gap.
+
+**Solar grid allowance** (both bounds): a charger in `solar` mode keeps MIN from the grid during
+its start grace (`site.solar.start_grace_s`) and while its STOP timer runs (`site.solar.stop_min`)
+although the surplus does not cover it. The bounds get the same: per charger, extra grid import
+of at most MIN on each phase it draws on, and in total at most MIN × phases × (start grace +
+STOP timer) ampere-seconds per start, with the number of starts taken from the measured run
+(`solar_starts`, at least one per session). `stop_min: 0` (never stop) leaves the total open.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,10 +64,20 @@ class CarSession:
         """Energy at the charger that brings the battery to its target."""
         return max(0.0, self.target_soc - self.soc) / 100.0 * self.battery_kwh / CHARGE_EFFICIENCY
 
+    def below_min_kwh(self, min_current: float) -> float:
+        """Energy at the charger delivered while the taper keeps the car below `min_current`."""
+        if self.target_soc <= TAPER_START_SOC:
+            return 0.0
+        # taper_limit = max(2, max_current * (target - soc) / (100 - TAPER_START_SOC)) above 80 %
+        span = 100.0 - TAPER_START_SOC
+        soc_min = max(TAPER_START_SOC, self.target_soc - span * min_current / self.max_current)
+        soc0 = max(self.soc, soc_min)
+        return max(0.0, self.target_soc - soc0) / 100.0 * self.battery_kwh / CHARGE_EFFICIENCY
+
 
 @dataclass(frozen=True, slots=True)
 class LpResult:
-    """The optimum of one objective."""
+    """The optimum of one objective (for a MILP stopped early: its best bound and the gap)."""
 
     value: float
     per_charger_kwh: dict[str, float]
@@ -55,21 +85,25 @@ class LpResult:
     solve_s: float
     variables: int
     rows: int
+    integers: int = 0
+    optimal: bool = True
+    incumbent: float = math.nan
+    gap: float = 0.0
 
 
 def _modes(config: AppConfig, cid: str, car_phases: int) -> tuple[tuple[int, ...], ...]:
     cfg = next(c for c in config.chargers if c.id == cid)
+    pmap = cfg.core().phase_map
     mode = cfg.mode or config.site.mode
-    if cfg.phases == 1:
-        return ((cfg.phase - 1,),)
-    if car_phases == 1:
-        return ((0,),)
+    one = pmap.used(1)
+    if cfg.phases == 1 or car_phases == 1:
+        return (one,)
     sw = cfg.contactor2
     if sw == "always_1p" or (sw == "solar_1p" and mode == "solar"):
-        return ((0,),)
+        return (one,)
     if sw == "auto":
-        return ((0,), (0, 1, 2))
-    return ((0, 1, 2),)
+        return (one, pmap.used(3))
+    return (pmap.used(3),)
 
 
 class _Builder:
@@ -78,6 +112,7 @@ class _Builder:
         self.lo: list[float] = []
         self.hi: list[float] = []
         self.cost: list[float] = []
+        self.integer: list[int] = []
         self.ub_r: list[int] = []
         self.ub_c: list[int] = []
         self.ub_v: list[float] = []
@@ -87,10 +122,11 @@ class _Builder:
         self.eq_v: list[float] = []
         self.eq_b: list[float] = []
 
-    def var(self, hi: float, cost: float = 0.0) -> int:
+    def var(self, hi: float, cost: float = 0.0, integer: bool = False) -> int:
         self.lo.append(0.0)
         self.hi.append(hi)
         self.cost.append(cost)
+        self.integer.append(1 if integer else 0)
         self.n += 1
         return self.n - 1
 
@@ -109,6 +145,10 @@ class _Builder:
             self.eq_c.append(col)
             self.eq_v.append(val)
         self.eq_b.append(rhs)
+
+    @property
+    def integers(self) -> int:
+        return sum(self.integer)
 
     def solve(self) -> tuple[Any, str, float]:
         # scipy is only in the `bench` extra: import it when an LP is actually solved.
@@ -135,6 +175,32 @@ class _Builder:
         wall = time.perf_counter() - t0
         return (res.x if res.status == 0 else None), str(res.message), wall
 
+    def solve_milp(self, time_limit: float) -> tuple[Any, str, float, float, bool]:
+        """Solution (or None), message, wall s, best bound of the minimum, proven optimal."""
+        import numpy as np
+        from scipy.optimize import Bounds, LinearConstraint, milp
+        from scipy.sparse import coo_matrix
+
+        t0 = time.perf_counter()
+        rows = []
+        a_ub = coo_matrix((self.ub_v, (self.ub_r, self.ub_c)), shape=(len(self.ub_b), self.n)).tocsr()
+        rows.append(LinearConstraint(a_ub, -np.inf, np.array(self.ub_b)))
+        if self.eq_b:
+            a_eq = coo_matrix((self.eq_v, (self.eq_r, self.eq_c)), shape=(len(self.eq_b), self.n)).tocsr()
+            rows.append(LinearConstraint(a_eq, np.array(self.eq_b), np.array(self.eq_b)))
+        res = milp(
+            np.array(self.cost),
+            integrality=np.array(self.integer),
+            bounds=Bounds(np.array(self.lo), np.array(self.hi)),
+            constraints=rows,
+            options={"time_limit": time_limit, "disp": False},
+        )
+        wall = time.perf_counter() - t0
+        bound = getattr(res, "mip_dual_bound", None)
+        if bound is None or not math.isfinite(bound):
+            bound = res.fun if res.status == 0 else -math.inf
+        return res.x, str(res.message), wall, float(bound), res.status == 0
+
 
 def optimum(
     config: AppConfig,
@@ -145,17 +211,30 @@ def optimum(
     period_s: float,
     seconds: int,
     objective: str,
+    min_aware: bool = False,
+    time_limit: float = 180.0,
+    solar_starts: Mapping[str, int] | None = None,
 ) -> LpResult:
-    """Best energy to the cars (`objective="energy"`, kWh) or PV self-consumption ("pv", share)."""
+    """Best energy to the cars (`objective="energy"`, kWh) or PV self-consumption ("pv", share).
+
+    `min_aware` solves the MILP (energy only) with HiGHS stopped after `time_limit` s;
+    `solar_starts` is the measured number of starts per solar-mode charger (grid allowance).
+    """
+    if min_aware and objective != "energy":
+        raise ValueError("the MIN-aware bound is for the energy objective")
     site = config.site
     periods = len(house)
     lengths = [min(period_s, seconds - k * period_s) for k in range(periods)]
     b = _Builder()
     pv_cost = objective == "pv"
-    # per period: list of (col, phases) for node/capacity rows; solar terms separately
+    # per period: (col, mains phases, leaf circuit) for node/capacity rows; solar terms separately
     by_period: list[list[tuple[int, tuple[int, ...], str]]] = [[] for _ in range(periods)]
     solar_terms: list[list[tuple[int, float]]] = [[] for _ in range(periods)]
     energy_cols: dict[str, list[tuple[int, float]]] = {}
+    # solar grid allowance: per charger its import columns (col, seconds) and sessions
+    allowance: dict[str, list[tuple[int, float]]] = {}
+    solar_sessions: dict[str, int] = {}
+    grace_s = site.solar.start_grace_s + site.solar.stop_min * 60.0
     chargers = {c.id: c for c in config.chargers}
     for s in sessions:
         cfg = chargers[s.charger]
@@ -164,7 +243,17 @@ def optimum(
             continue
         modes = _modes(config, s.charger, s.phases)
         cap = min(cfg.max_current, s.max_current)
+        mn = cfg.min_current
         taper = s.target_soc > TAPER_START_SOC
+        solar = mode == "solar"
+        if solar:
+            solar_sessions[s.charger] = solar_sessions.get(s.charger, 0) + 1
+        tail_kwh = s.below_min_kwh(mn) if min_aware else 0.0
+        tail: list[tuple[int, float]] = []
+        # energy already delivered when the taper falls below MIN, the most that could be by now
+        full_kwh = s.need_kwh - tail_kwh
+        reach_kwh = 0.0
+        prev_q: int | None = None
         k0 = max(0, int(s.at_s // period_s))
         k1 = min(periods, math.ceil(s.unplug_s / period_s))
         need: list[tuple[int, float]] = []
@@ -177,7 +266,17 @@ def optimum(
             if avail <= 0:
                 continue
             cols: list[int] = []
+            ons: list[int] = []
             this_e: list[tuple[int, float]] = []
+            draws: list[tuple[int, float]] = []
+            reach_kwh += cap * avail * max(sum(volts[k][p] for p in ph) for ph in modes) * lengths[k] / 3.6e6
+            q: int | None = None
+            if tail_kwh > 0 and reach_kwh >= full_kwh:
+                # the car may be past the point where it accepts less than MIN (once past, it stays)
+                q = b.var(1.0, integer=True)
+                if prev_q is not None:
+                    b.le([(prev_q, 1.0), (q, -1.0)], 0.0)
+                prev_q = q
             for ph in modes:
                 ekw = sum(volts[k][p] for p in ph) * lengths[k] / 3.6e6
                 col = b.var(cap * avail, 0.0 if pv_cost else -ekw)
@@ -185,10 +284,35 @@ def optimum(
                 this_e.append((col, ekw))
                 need.append((col, ekw))
                 by_period[k].append((col, ph, cfg.circuit or ""))
-                if mode == "solar":
+                draws.append((col, float(len(ph))))
+                if solar:
                     solar_terms[k].append((col, float(len(ph))))
+                if min_aware:
+                    # on: MIN <= x <= cap; off: x = 0; except the taper's sub-MIN tail (w)
+                    z = b.var(1.0, integer=True)
+                    ons.append(z)
+                    w: int | None = None
+                    if q is not None:
+                        w = b.var(min(cap, mn) * avail)
+                        b.le([(w, 1.0), (q, -min(cap, mn) * avail)], 0.0)
+                        tail.append((w, ekw))
+                    b.le([(col, -1.0), (z, mn * avail), *(((w, -1.0),) if w is not None else ())], 0.0)
+                    b.le([(col, 1.0), (z, -cap * avail), *(((w, -1.0),) if w is not None else ())], 0.0)
             if len(cols) > 1:
                 b.le([(c, 1.0) for c in cols], cap * avail)
+                if ons:
+                    b.le([(z, 1.0) for z in ons], 1.0)
+            if solar:
+                # grid import beyond the solar budget: only while drawing, at most MIN per phase
+                widest = max(len(ph) for ph in modes)
+                imp = b.var(widest * mn * avail)
+                b.le([(imp, 1.0), *((c, -n) for c, n in draws)], 0.0)
+                if ons:
+                    on_terms = [(z, -len(ph) * mn * avail) for z, ph in zip(ons, modes, strict=True)]
+                    b.le([(imp, 1.0), *on_terms], 0.0)
+                solar_terms[k].append((imp, -1.0))
+                # counted in seconds at MIN on every phase
+                allowance.setdefault(s.charger, []).append((imp, lengths[k] / (widest * mn)))
             if taper:
                 # energy delivered before this period, as a chain of cumulative variables
                 y = b.var(math.inf)
@@ -200,11 +324,22 @@ def optimum(
                 slope = s.max_current * 100.0 * CHARGE_EFFICIENCY / s.battery_kwh / (100.0 - TAPER_START_SOC)
                 rhs = TAPER_FLOOR_A + s.max_current * (100.0 - s.soc) / (100.0 - TAPER_START_SOC)
                 b.le([*((c, 1.0) for c in cols), (y, avail * slope)], avail * rhs)
+                if q is not None:
+                    # past that point by the end of this period
+                    b.le([(y, -1.0), *((c, -e) for c, e in this_e), (q, full_kwh)], 0.0)
                 prev_y = y
             prev_e = this_e
         if need:
             b.le(need, s.need_kwh)
             energy_cols.setdefault(s.charger, []).extend(need)
+        if tail:
+            b.le(tail, tail_kwh)
+    if site.solar.stop_min > 0:
+        starts = solar_starts or {}
+        for cid, terms in allowance.items():
+            # seconds at MIN × phases from the grid
+            count = max(starts.get(cid, 0), solar_sessions.get(cid, 1))
+            b.le(terms, count * grace_s)
     paths = circuit_paths(config.site_core())
     climits = {c.name: c.limit for c in site.circuits}
     export_cols: list[int] = []
@@ -235,8 +370,19 @@ def optimum(
             b.le([(ex, -1.0), *((c, -w * scale) for c, w in everything)], sum(base) * scale)
     if b.n == 0:
         return LpResult(0.0, {}, "empty", 0.0, 0, 0)
-    x, status, wall = b.solve()
     rows = len(b.ub_b) + len(b.eq_b)
+    if min_aware:
+        x, status, wall, bound, optimal = b.solve_milp(time_limit)
+        per: dict[str, float] = {}
+        if x is not None:
+            per = {cid: float(sum(x[c] * e for c, e in cols)) for cid, cols in energy_cols.items()}
+        incumbent = sum(per.values()) if x is not None else math.nan
+        value = -bound
+        gap = 0.0
+        if not optimal:
+            gap = math.inf if x is None or value <= 1e-9 else max(0.0, value - incumbent) / value
+        return LpResult(value, per, status, wall, b.n, rows, b.integers, optimal, incumbent, gap)
+    x, status, wall = b.solve()
     if x is None:
         return LpResult(math.nan, {}, status, wall, b.n, rows)
     per = {cid: float(sum(x[c] * e for c, e in cols)) for cid, cols in energy_cols.items()}
@@ -245,4 +391,4 @@ def optimum(
         exported = float(sum(x[c] for c in export_cols))
         value = math.nan if pv_kwh <= 1e-9 else 1.0 - exported / pv_kwh
         return LpResult(value, per, status, wall, b.n, rows)
-    return LpResult(sum(per.values()), per, status, wall, b.n, rows)
+    return LpResult(sum(per.values()), per, status, wall, b.n, rows, incumbent=sum(per.values()))

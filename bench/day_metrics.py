@@ -7,6 +7,7 @@ It also averages house load, PV and voltage per LP period for the perfect-foresi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from day_baselines import circuit_paths
@@ -16,8 +17,14 @@ from evpilot.sim.site import NOMINAL_V, SimSite
 
 # Below this many amps over a limit an excess is measurement noise, not an overload.
 OVER_TOL_A = 0.05
-# The issue's goal: one tick plus the EV's reaction time.
+# An overload run this long or longer is counted as an event (one tick plus the EV's reaction time).
 LONG_EVENT_S = 6
+# The issue's goal: no overload event this long or longer.
+EVENT_GOAL_S = 7
+# A 3-phase charger competes on each phase within this many amps of its tightest headroom...
+TIGHT_A = 1.0
+# ... for at least this share of a fairness window.
+TIGHT_SHARE = 0.8
 # A charger drawing within this of what its car accepts is saturated (not competing for more).
 SATURATED_A = 0.6
 # A PWM change in the opposite direction to the previous one within this time is a reversal.
@@ -79,8 +86,12 @@ class RunResult:
 
     @property
     def long_events(self) -> int:
-        """Overload events longer than the goal."""
-        return sum(1 for e in self.events if e.duration_s > LONG_EVENT_S)
+        """Overload events of at least `LONG_EVENT_S` seconds."""
+        return self.events_at_least(LONG_EVENT_S)
+
+    def events_at_least(self, seconds: int) -> int:
+        """Overload events lasting `seconds` or longer."""
+        return sum(1 for e in self.events if e.duration_s >= seconds)
 
 
 class Recorder:
@@ -116,6 +127,11 @@ class Recorder:
             ]
             if members:
                 self.circuits.append((c.name, c.limit, members))
+        # fairness: each charger's nodes (0 = mains, i + 1 = self.circuits[i]) for its headroom
+        self.nodes_of: list[tuple[int, ...]] = []
+        for i in range(len(self.chargers)):
+            self.nodes_of.append((0, *(j + 1 for j, (_, _, m) in enumerate(self.circuits) if i in m)))
+        self.maps = [ch.config.phase_map for ch in self.chargers]
         self.runs: dict[str, tuple[int, int, float]] = {}
         # period averages
         self.period = result.period_s
@@ -143,7 +159,9 @@ class Recorder:
         self.win_end = start + window_s
         self.win_as = [0.0] * n
         self.win_ok = [True] * n
-        self.win_key: list[tuple[object, ...] | None] = [None] * n
+        self.win_key: list[tuple[str, int, tuple[int, ...]] | None] = [None] * n
+        self.win_tight = [[0, 0, 0] for _ in range(n)]
+        self.win_n = 0
         self.energy0 = [p.energy_kwh for p in self.pilots]
         self.import0 = sim.import_kwh
 
@@ -187,6 +205,7 @@ class Recorder:
             ev[2] += d[2]
         over: list[tuple[str, float]] = []
         lim = self.mains_limit
+        head: list[Sequence[float]] = [(lim - mains[0], lim - mains[1], lim - mains[2])]
         house_over = False
         for p in range(3):
             excess = mains[p] - lim
@@ -197,10 +216,13 @@ class Recorder:
                 if blame > OVER_TOL_A:
                     over.append((f"mains L{p + 1}", blame))
         for name, climit, members in self.circuits:
+            room = [0.0, 0.0, 0.0]
+            head.append(room)
             for p in range(3):
                 load = 0.0
                 for i in members:
                     load += draws[i][p]
+                room[p] = climit - load
                 if load - climit > OVER_TOL_A:
                     over.append((f"circuit:{name} L{p + 1}", load - climit))
         if self.capacity is not None:
@@ -225,6 +247,7 @@ class Recorder:
         # ---- per charger: starts, stops, phase switches, PWM changes, fairness
         alloc = self.engine.last
         win_close = now >= self.win_end
+        self.win_n += 1
         for i, ch in enumerate(self.chargers):
             pilot = self.pilots[i]
             car = pilot.car
@@ -263,22 +286,52 @@ class Recorder:
                         self.win_ok[i] = False
                     else:
                         one = ch.config.phases == 1 or ch.active_phases == 1 or car.spec.phases == 1
-                        key = (self.leaf[i], self.prio[i], ch.config.phase if one else 0)
+                        used = self.maps[i].used(1 if one else 3)
+                        key = (self.leaf[i], self.prio[i], used)
                         if self.win_key[i] is None:
                             self.win_key[i] = key
                         elif self.win_key[i] != key:
                             self.win_ok[i] = False
+                        if not one:
+                            self._tight(i, head)
             self.win_as[i] += drawn
         if win_close:
             self._close_window()
 
+    def _tight(self, i: int, head: list[Sequence[float]]) -> None:
+        """Count the phases on which charger `i` is (nearly) as constrained as on its tightest."""
+        room = [1e9, 1e9, 1e9]
+        for node in self.nodes_of[i]:
+            h = head[node]
+            for p in range(3):
+                if h[p] < room[p]:
+                    room[p] = h[p]
+        low = min(room) + TIGHT_A
+        tight = self.win_tight[i]
+        for p in range(3):
+            if room[p] <= low:
+                tight[p] += 1
+
     def _close_window(self) -> None:
-        groups: dict[tuple[object, ...], list[int]] = {}
+        # Chargers compete on a mains phase they share: a 1-phase one on its phase, a 3-phase one
+        # on the phases where it is (nearly) as constrained as on its tightest, so a 3-phase
+        # charger taking more than a 1-phase one on a phase that binds both lowers the index,
+        # while a 1-phase charger on a phase with room to spare may get more than 3-phase ones.
+        groups: dict[tuple[str, int, int], list[int]] = {}
+        need = TIGHT_SHARE * self.win_n
         for i in range(len(self.ids)):
             key = self.win_key[i]
-            if self.win_ok[i] and key is not None:
-                groups.setdefault(key, []).append(i)
+            if not self.win_ok[i] or key is None:
+                continue
+            leaf, prio, used = key
+            for p in used:
+                if len(used) == 1 or self.win_tight[i][p] >= need:
+                    groups.setdefault((leaf, prio, p), []).append(i)
+        seen: set[tuple[int, ...]] = set()
         for members in groups.values():
+            if tuple(members) in seen:
+                continue
+            seen.add(tuple(members))
             xs = [self.win_as[i] for i in members]
             total = sum(xs)
             if len(xs) >= 2 and total > 1e-6:
@@ -295,6 +348,8 @@ class Recorder:
         self.win_as = [0.0] * n
         self.win_ok = [True] * n
         self.win_key = [None] * n
+        self.win_tight = [[0, 0, 0] for _ in range(n)]
+        self.win_n = 0
         self.win_end += self.window_s
 
     def _flush(self) -> None:
