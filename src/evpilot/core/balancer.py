@@ -842,23 +842,26 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             # Unchanged: keep the old (immutable) memo instead of building an equal one.
             new_memos[ci.config.id] = m
             continue
+        # Positional, in field order: current, phases, last_raise, paused_until, solar_started,
+        # solar_short_since, solar_phases, phase_down_since, phase_up_since, last_switch,
+        # one_phase_since, single_phase_car, ev_limited, running_since, car_phases, switches.
         new_memos[ci.config.id] = ChargerMemo(
-            current=value,
-            phases=ph,
-            last_raise=last_raise,
-            paused_until=paused_until,
-            solar_started=m.solar_started,
-            solar_short_since=m.solar_short_since,
-            solar_phases=m.solar_phases,
-            phase_down_since=down_since,
-            phase_up_since=up_since,
-            last_switch=last_switch,
-            one_phase_since=one_since,
-            single_phase_car=single_car,
-            ev_limited=ev_limited[idx],
-            running_since=running_since,
-            car_phases=car_phases,
-            switches=switches,
+            value,
+            ph,
+            last_raise,
+            paused_until,
+            m.solar_started,
+            m.solar_short_since,
+            m.solar_phases,
+            down_since,
+            up_since,
+            last_switch,
+            one_since,
+            single_car,
+            ev_limited[idx],
+            running_since,
+            car_phases,
+            switches,
         )
     return Allocation(
         chargers=out,
