@@ -74,24 +74,29 @@ class Engine:
 
     def snapshot(self, now: float) -> Snapshot:
         """Freeze everything `compute` needs."""
-        inputs = []
+        inputs: list[ChargerInput] = []
+        append = inputs.append
         site_mode = self.site.mode
         for ch in self.chargers.values():
             limit, source = ch.own_limit(now)
-            inputs.append(
+            currents = ch.currents
+            session = ch.session
+            # Positional, in field order (config, mode, demand, limit, limit_source, measured,
+            # session_kwh, phase_mode, active_phases, charging, measured_at, plugged).
+            append(
                 ChargerInput(
-                    config=ch.config,
-                    mode=ch.mode or site_mode,
-                    demand=ch.demand(),
-                    limit=limit,
-                    limit_source=source,
-                    measured=ch.currents,
-                    session_kwh=ch.session.energy_kwh if ch.session is not None else 0.0,
-                    phase_mode=ch.phase_mode,
-                    active_phases=ch.active_phases,
-                    charging=ch.contactor and max(ch.currents) > DRAW_THRESHOLD_A,
-                    measured_at=ch.reading_at,
-                    plugged=ch.plugged,
+                    ch.config,
+                    ch.mode or site_mode,
+                    ch.demand(),
+                    limit,
+                    source,
+                    currents,
+                    session.energy_kwh if session is not None else 0.0,
+                    ch.phase_mode,
+                    ch.active_phases,
+                    ch.contactor and max(currents) > DRAW_THRESHOLD_A,
+                    ch.reading_at,
+                    ch.plugged,
                 )
             )
         mains = self.mains.latest() if self.mains is not None else None

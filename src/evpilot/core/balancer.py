@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
-from evpilot.core.charger import Phases
+from evpilot.core.charger import ChargerConfig, Phases
 from evpilot.core.fill import Problem, fill
 from evpilot.core.site import (
     GRID_RELAY_W,
@@ -20,6 +20,7 @@ from evpilot.core.site import (
     SiteConfig,
     Snapshot,
 )
+from evpilot.core.units import PhaseMap
 
 SOLAR_MODES = ("solar", "min+solar")
 _EPS = 1e-6
@@ -30,6 +31,47 @@ TRIP_FACTOR = 2.0
 ABSURD_A = 1000.0
 ABSURD_FACTOR = 3.0
 _NEW_MEMO = ChargerMemo()
+_ORDER0 = (0, 1, 2)
+
+
+@dataclass(frozen=True, slots=True)
+class _ConfigInfo:
+    """What `compute` derives from a charger's static config, kept while the config object lives."""
+
+    config: ChargerConfig
+    pm: PhaseMap
+    order: tuple[int, int, int]
+    wired: int
+    identity: bool
+    top: float
+    used1: tuple[int, ...]
+    used3: tuple[int, ...]
+
+
+_INFO: dict[str, _ConfigInfo] = {}
+# Decisions are immutable values that repeat tick after tick: shared instead of built anew.
+_ALLOCS: dict[tuple[float, int, str], ChargerAllocation] = {}
+
+
+def _info(cfg: ChargerConfig) -> _ConfigInfo:
+    """The derived data of `cfg`, memoized per charger id (and object, since configs can change)."""
+    info = _INFO.get(cfg.id)
+    if info is None or info.config is not cfg:
+        if len(_INFO) > 100_000:
+            _INFO.clear()
+        pm = cfg.phase_map
+        info = _ConfigInfo(
+            config=cfg,
+            pm=pm,
+            order=pm.order,
+            wired=pm.wired,
+            identity=pm.wired == 3 and pm.order == _ORDER0,
+            top=min(ABSURD_A, ABSURD_FACTOR * cfg.max_current),
+            used1=pm.used(1),
+            used3=pm.used(3),
+        )
+        _INFO[cfg.id] = info
+    return info
 
 
 @lru_cache(maxsize=64)
@@ -45,6 +87,30 @@ def circuit_paths(circuits: tuple[CircuitConfig, ...]) -> dict[str, tuple[str, .
             node = parent.get(node)
         out[name] = tuple(chain)
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class _SiteInfo:
+    """What `compute` derives from a site's static config, kept while the config object lives."""
+
+    site: SiteConfig
+    paths: dict[str, tuple[str, ...]]
+    limits: dict[str, float]
+
+
+_SITES: dict[int, _SiteInfo] = {}
+
+
+def _site_info(site: SiteConfig) -> _SiteInfo:
+    """The derived data of `site`, memoized per object (the entry holds it, so its id is not reused)."""
+    info = _SITES.get(id(site))
+    if info is None or info.site is not site:
+        if len(_SITES) > 64:
+            _SITES.clear()
+            _SHAPES.clear()
+        info = _SiteInfo(site, circuit_paths(site.circuits), {c.name: c.limit for c in site.circuits})
+        _SITES[id(site)] = info
+    return info
 
 
 def phases_of(ci: ChargerInput, phases: int) -> tuple[int, ...]:
@@ -124,6 +190,68 @@ def _structure(
     return _Shape(tuple(keys), tuple(sources), members, uses, weights)
 
 
+class _ShapeEntry:
+    """A built `_Shape` with the candidates it was built for and figures derived from their configs."""
+
+    __slots__ = ("candidates", "configs", "eff", "min_load", "shape", "whole_min")
+
+    def __init__(self, candidates: list[int], eff: list[int], configs: list[ChargerConfig], shape: _Shape):
+        self.candidates = candidates
+        self.eff = eff
+        self.configs = configs
+        self.shape = shape
+        # MIN is a whole, non-negative number of amperes for every candidate: sums of MINs are exact
+        # in any order.
+        self.whole_min = all(c.min_current >= 0 and float(c.min_current).is_integer() for c in configs)
+        # Per constraint, what every candidate at MIN loads it with (summed in candidate order).
+        self.min_load: list[float] | None = None
+
+    def loads_at_min(self) -> list[float]:
+        """Σ coefficient × MIN over the candidates, per constraint (computed once per shape)."""
+        if self.min_load is None:
+            load = [0.0] * len(self.shape.keys)
+            uses = self.shape.uses
+            for i, cfg in zip(self.candidates, self.configs, strict=True):
+                mn = cfg.min_current
+                for c, k in uses[i]:
+                    load[c] += k * mn
+            self.min_load = load
+        return self.min_load
+
+
+# Per site object and flags: the last shape built (reused while candidates, phases and configs match).
+_SHAPES: dict[tuple[int, int, bool, bool, int], _ShapeEntry] = {}
+
+
+def _shape(
+    site: SiteConfig,
+    chargers: tuple[ChargerInput, ...],
+    candidates: list[int],
+    eff_phases: list[int],
+    cap_on: bool,
+    relay: bool,
+    site_limits: int,
+) -> _ShapeEntry:
+    """`_structure` for this tick, reused while the candidates, their phases and configs stay the same."""
+    eff = [eff_phases[i] for i in candidates]
+    cfgs = [chargers[i].config for i in candidates]
+    key = (id(site), len(chargers), cap_on, relay, site_limits)
+    hit = _SHAPES.get(key)
+    # Lists compare configs by identity first, so an unchanged site costs one pass of pointer checks.
+    if hit is not None and hit.candidates == candidates and hit.eff == eff and hit.configs == cfgs:
+        return hit
+    linked = tuple(
+        (idx, cfg.circuit, _info(cfg).used1 if e == 1 else _info(cfg).used3)
+        for idx, cfg, e in zip(candidates, cfgs, eff, strict=True)
+    )
+    shape = _structure(site.circuits, linked, len(chargers), cap_on, relay, site_limits)
+    entry = _ShapeEntry(list(candidates), eff, cfgs, shape)
+    if len(_SHAPES) > 64:
+        _SHAPES.clear()
+    _SHAPES[key] = entry
+    return entry
+
+
 def valid_reading(currents: Phases, limit: float) -> bool:
     """A plausible reading: finite, within ±1000 A and at most 3 × the node's limit on each phase."""
     top = min(ABSURD_A, ABSURD_FACTOR * limit)
@@ -191,8 +319,9 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     chargers = snapshot.chargers
     n = len(chargers)
     timeout = site.meter_timeout_s
-    paths = circuit_paths(site.circuits)
-    limits = {c.name: c.limit for c in site.circuits}
+    sinfo = _site_info(site)
+    paths = sinfo.paths
+    limits = sinfo.limits
     rejected: list[str] = []
 
     # ---- readings, checked at the edge ----------------------------------------------------
@@ -229,16 +358,29 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         elif circ.metered:
             stale_circuits.add(circ.name)
 
-    memo_in: list[ChargerMemo] = [memos.get(ci.config.id) or _NEW_MEMO for ci in chargers]
-    phases = [_initial_phases(ci, memos.get(ci.config.id)) for ci in chargers]
+    memo_in: list[ChargerMemo] = [_NEW_MEMO] * n
+    phases = [3] * n
     stale_ev = [False] * n
+    orders: list[tuple[int, int, int]] = [_ORDER0] * n
 
     ev_total = [0.0, 0.0, 0.0]
+    ev0 = ev1 = ev2 = 0.0
     circuit_ev: dict[str, list[float]] = {}
+    memos_get = memos.get
     for idx, ci in enumerate(chargers):
         cfg = ci.config
-        measured = ci.measured
-        if not valid_reading(measured, cfg.max_current):
+        memo = memos_get(cfg.id)
+        if memo is not None:
+            memo_in[idx] = memo
+        info = _info(cfg)
+        orders[idx] = info.order
+        if cfg.phases == 1:
+            phases[idx] = 1
+        elif ci.phase_mode != "not_present":
+            phases[idx] = _initial_phases(ci, memo)
+        a0, a1, a2 = ci.measured
+        top = info.top
+        if not (-ABSURD_A <= a0 <= top and -ABSURD_A <= a1 <= top and -ABSURD_A <= a2 <= top):
             rejected.append(f"charger:{cfg.id}")
             stale_ev[idx] = True
             continue
@@ -246,18 +388,34 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             stale_ev[idx] = True
             # Unknown draw: counted as 0, so the house load seen upstream includes it (conservative).
             continue
-        if measured[0] == 0.0 and measured[1] == 0.0 and measured[2] == 0.0:
+        if a0 == 0.0 and a1 == 0.0 and a2 == 0.0:
             continue
-        d = cfg.phase_map.to_mains(measured)
-        ev_total[0] += d[0]
-        ev_total[1] += d[1]
-        ev_total[2] += d[2]
+        # On the mains phases (`PhaseMap.to_mains`); adding the zeros of the unused phases changes no sum.
+        if info.identity:
+            d0, d1, d2 = a0, a1, a2
+        elif info.wired == 1:
+            d0 = d1 = d2 = 0.0
+            first = info.order[0]
+            if first == 0:
+                d0 = a0
+            elif first == 1:
+                d1 = a0
+            else:
+                d2 = a0
+        else:
+            d0, d1, d2 = info.pm.to_mains((a0, a1, a2))
+        ev0 += d0
+        ev1 += d1
+        ev2 += d2
         if cfg.circuit is not None:
             for name in paths.get(cfg.circuit, ()):
-                acc = circuit_ev.setdefault(name, [0.0, 0.0, 0.0])
-                acc[0] += d[0]
-                acc[1] += d[1]
-                acc[2] += d[2]
+                acc = circuit_ev.get(name)
+                if acc is None:
+                    acc = circuit_ev[name] = [0.0, 0.0, 0.0]
+                acc[0] += d0
+                acc[1] += d1
+                acc[2] += d2
+    ev_total = [ev0, ev1, ev2]
 
     detect_s = site.phase_switch.detect_single_phase_s
     car_seen = [
@@ -519,12 +677,11 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     candidates = [i for i in candidates if caps[i] >= chargers[i].config.min_current - _EPS]
 
     # ---- grid constraints -----------------------------------------------------------------
-    linked = tuple(
-        (idx, chargers[idx].config.circuit, chargers[idx].config.phase_map.used(eff_phases[idx]))
-        for idx in candidates
-    )
     cap_on = site.capacity_limit is not None and fresh
-    shape = _structure(site.circuits, linked, n, cap_on, snapshot.grid_relay_open, len(snapshot.site_limits))
+    entry = _shape(
+        site, chargers, candidates, eff_phases, cap_on, snapshot.grid_relay_open, len(snapshot.site_limits)
+    )
+    shape = entry.shape
     capacity = [_node_capacity(key, snapshot, base, limits, circuit_base) for key in shape.keys]
     sources = list(shape.sources)
     for pos2, key in enumerate(shape.keys):
@@ -547,23 +704,39 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     load = prob.used
     cap_list = prob.capacity
     uses = prob.uses
-    # Paused first: lowest priority; among equals a charger that started within `min_run_s` goes
-    # last (no swapping places every minute), then the one that charged most, then the id.
-    keep_order = sorted(
-        candidates,
-        key=lambda i: (
-            chargers[i].config.priority,
-            memo_in[i].current > 0 and now - memo_in[i].running_since < site.min_run_s,
-            -chargers[i].session_kwh,
-            chargers[i].config.id,
-        ),
-        reverse=True,
-    )
     active: list[int] = []
-    for i in keep_order:
-        mn = chargers[i].config.min_current
-        violated = [c for c, k in uses[i] if load[c] + k * mn > cap_list[c] + _EPS]
-        if violated:
+    # When MIN for every candidate fits every constraint, nobody is paused whatever the keep order:
+    # skip the sort. Exact only with whole-ampere MINs, whose sums do not depend on the order.
+    if entry.whole_min:
+        at_min = entry.loads_at_min()
+        if all(x <= cap + _EPS for x, cap in zip(at_min, cap_list, strict=True)):
+            active = candidates
+            load[:] = at_min
+    if active is not candidates:
+        # Paused first: lowest priority; among equals a charger that started within `min_run_s` goes
+        # last (no swapping places every minute), then the one that charged most, then the id.
+        keep_order = sorted(
+            candidates,
+            key=lambda i: (
+                chargers[i].config.priority,
+                memo_in[i].current > 0 and now - memo_in[i].running_since < site.min_run_s,
+                -chargers[i].session_kwh,
+                chargers[i].config.id,
+            ),
+            reverse=True,
+        )
+        for i in keep_order:
+            mn = chargers[i].config.min_current
+            ui = uses[i]
+            for c, k in ui:
+                if load[c] + k * mn > cap_list[c] + _EPS:
+                    break
+            else:
+                active.append(i)
+                for c, k in ui:
+                    load[c] += k * mn
+                continue
+            violated = [c for c, k in ui if load[c] + k * mn > cap_list[c] + _EPS]
             if site.cap_stop_s > 0 and all(prob.source[c] == "capacity" for c in violated):
                 capacity_short = True
                 if over_since is None:
@@ -574,9 +747,9 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
                 paused_now.add(i)
                 bound[i] = "shortage"
                 continue
-        active.append(i)
-        for c, k in uses[i]:
-            load[c] += k * mn
+            active.append(i)
+            for c, k in ui:
+                load[c] += k * mn
     extra_caps = list(caps)
     for idx in active:
         extra_caps[idx] = caps[idx] - chargers[idx].config.min_current
@@ -584,8 +757,12 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     by_prio: dict[int, list[int]] = {}
     for idx in active:
         by_prio.setdefault(chargers[idx].config.priority, []).append(idx)
-    for prio in sorted(by_prio, reverse=True):
-        fill(prob, sorted(by_prio[prio]), extra_caps, cap_src, extra, bound)
+    if active is candidates and len(by_prio) == 1:
+        # Everyone in one fill: each constraint's weight is the shape's (whole coefficients, exact sums).
+        fill(prob, active, extra_caps, cap_src, extra, bound, list(shape.weights))
+    else:
+        for prio in sorted(by_prio, reverse=True):
+            fill(prob, sorted(by_prio[prio]), extra_caps, cap_src, extra, bound)
     for idx in active:
         alloc[idx] = chargers[idx].config.min_current + extra[idx]
     if not capacity_short:
@@ -657,7 +834,13 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             down_since = up_since = None
         # Rounded down so a reported allocation never exceeds what the limits allow.
         shown = math.floor(value * 100.0 + 1e-6) / 100.0
-        out[ci.config.id] = ChargerAllocation(shown, ph if not single_car else 1, src)
+        akey = (shown, ph if not single_car else 1, src)
+        decided = _ALLOCS.get(akey)
+        if decided is None:
+            if len(_ALLOCS) > 10_000:
+                _ALLOCS.clear()
+            decided = _ALLOCS[akey] = ChargerAllocation(*akey)
+        out[ci.config.id] = decided
         running_since = m.running_since if m.current > 0 or value <= 0 else now
         if (
             value == m.current
@@ -677,23 +860,26 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             # Unchanged: keep the old (immutable) memo instead of building an equal one.
             new_memos[ci.config.id] = m
             continue
+        # Positional, in field order: current, phases, last_raise, paused_until, solar_started,
+        # solar_short_since, solar_phases, phase_down_since, phase_up_since, last_switch,
+        # one_phase_since, single_phase_car, ev_limited, running_since, car_phases, switches.
         new_memos[ci.config.id] = ChargerMemo(
-            current=value,
-            phases=ph,
-            last_raise=last_raise,
-            paused_until=paused_until,
-            solar_started=m.solar_started,
-            solar_short_since=m.solar_short_since,
-            solar_phases=m.solar_phases,
-            phase_down_since=down_since,
-            phase_up_since=up_since,
-            last_switch=last_switch,
-            one_phase_since=one_since,
-            single_phase_car=single_car,
-            ev_limited=ev_limited[idx],
-            running_since=running_since,
-            car_phases=car_phases,
-            switches=switches,
+            value,
+            ph,
+            last_raise,
+            paused_until,
+            m.solar_started,
+            m.solar_short_since,
+            m.solar_phases,
+            down_since,
+            up_since,
+            last_switch,
+            one_since,
+            single_car,
+            ev_limited[idx],
+            running_since,
+            car_phases,
+            switches,
         )
     return Allocation(
         chargers=out,
@@ -723,7 +909,7 @@ def _potential_3p(
     used3 = ci.config.phase_map.used(3)
     keys: list[tuple[tuple[str, int], float]] = []
     circuit = ci.config.circuit
-    paths = circuit_paths(snapshot.site.circuits)
+    paths = _site_info(snapshot.site).paths
     names = limits
     for node in ("", *(paths.get(circuit, ()) if circuit else ())):
         if node and node not in names:

@@ -81,11 +81,13 @@ def fill(
     cap_source: list[str],
     alloc: list[float],
     bound: list[str],
+    weights: list[float] | None = None,
 ) -> None:
     """Raise `members` together (equal per-phase level) until a cap or constraint binds.
 
     Results go into `alloc` and `bound`; the capacity they use is added to `problem.used`
-    so a later call (a lower priority) fills what is left.
+    so a later call (a lower priority) fills what is left. `weights`, if given, is each
+    constraint's summed coefficient over `members` (taken over, not copied).
     """
     if not members:
         return
@@ -96,13 +98,18 @@ def fill(
     used = problem.used
     uses = problem.uses
     ncons = len(capacity)
-    weight = [0.0] * ncons
     # Per charger: 0 = not a member of this fill, ACTIVE, FROZEN.
     status = bytearray(len(uses))
-    for i in members:
-        status[i] = ACTIVE
-        for c, k in uses[i]:
-            weight[c] += k
+    if weights is None:
+        weight = [0.0] * ncons
+        for i in members:
+            status[i] = ACTIVE
+            for c, k in uses[i]:
+                weight[c] += k
+    else:
+        weight = weights
+        for i in members:
+            status[i] = ACTIVE
     version = [0] * ncons
     heap: list[tuple[float, int, int]] = []
     for c in range(ncons):
@@ -116,20 +123,11 @@ def fill(
     ptr = 0
     level = 0.0
     active = len(members)
-
-    def freeze(i: int, value: float, why: str) -> None:
-        status[i] = FROZEN
-        alloc[i] = value
-        bound[i] = why
-        # Heap keys are refreshed lazily when they reach the top: freezing a member at the
-        # current level can only raise a saturation level that is still ahead, so a stale key
-        # is a lower bound; a refreshed key is never below the current level (a constraint
-        # already over capacity binds at once).
-        for c, k in uses[i]:
-            used[c] += k * value
-            weight[c] -= k
-            version[c] += 1
-
+    con_members = problem.members
+    # Freezing a charger: status FROZEN, its value and source set, what it uses added to each constraint.
+    # Heap keys are refreshed lazily when they reach the top: freezing a member at the current level
+    # can only raise a saturation level that is still ahead, so a stale key is a lower bound; a
+    # refreshed key is never below the current level (a constraint already over capacity binds at once).
     while active:
         while ptr < norder and status[order[ptr]] != ACTIVE:
             ptr += 1
@@ -150,12 +148,24 @@ def fill(
             c = heappop(heap)[1]
             level = max(level, next_con)
             why = problem.source[c]
-            for i, _k in problem.members[c]:
+            for i, _k in con_members[c]:
                 if status[i] == ACTIVE:
-                    freeze(i, level, why)
+                    status[i] = FROZEN
+                    alloc[i] = level
+                    bound[i] = why
+                    for c2, k in uses[i]:
+                        used[c2] += k * level
+                        weight[c2] -= k
+                        version[c2] += 1
                     active -= 1
         else:
             level = max(level, next_cap)
             i = order[ptr]
-            freeze(i, level, cap_source[i])
+            status[i] = FROZEN
+            alloc[i] = level
+            bound[i] = cap_source[i]
+            for c2, k in uses[i]:
+                used[c2] += k * level
+                weight[c2] -= k
+                version[c2] += 1
             active -= 1

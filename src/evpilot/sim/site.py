@@ -76,8 +76,10 @@ class SimPilot:
         "energy_kwh",
         "fallback_at",
         "phases",
+        "pm",
         "rcm_fault",
         "rng",
+        "rotated",
         "safe_current",
         "site",
         "temperature",
@@ -100,6 +102,9 @@ class SimPilot:
         self.diode_fault = False
         self.fallback_at = math.inf
         self.safe_current = config.safe_current
+        # The wiring never changes for a pilot: its phase map is looked up once.
+        self.pm = config.phase_map
+        self.rotated = self.pm.order[0] != 0
 
     def plug(self, spec: CarSpec) -> None:
         """Connect a car."""
@@ -112,17 +117,19 @@ class SimPilot:
 
     def read(self) -> PilotReading:
         """The pilot letter, EV meter and sensors as the controller sees them."""
-        letter = "A" if self.car is None else self.car.letter
+        car = self.car
+        # Positional: taken_at, letter, currents, voltages, energy_kwh, temperature, rcm_fault,
+        # diode_fault, cable_limit (this runs for every charger on every tick).
         return PilotReading(
-            taken_at=self.site.now,
-            letter=letter,
-            currents=self.currents,
-            voltages=self.voltages,
-            energy_kwh=self.energy_kwh,
-            temperature=self.temperature,
-            rcm_fault=self.rcm_fault,
-            diode_fault=self.diode_fault,
-            cable_limit=32.0 if self.car is not None else None,
+            self.site.now,
+            "A" if car is None else car.letter,
+            self.currents,
+            self.voltages,
+            self.energy_kwh,
+            self.temperature,
+            self.rcm_fault,
+            self.diode_fault,
+            None if car is None else 32.0,
         )
 
     def write(self, output: PilotOutput) -> None:
@@ -151,8 +158,8 @@ class SimPilot:
             if one_phase and currents is not ZERO3:
                 currents = (currents[0], 0.0, 0.0)
         self.currents = currents
-        pm = config.phase_map
-        rotated = pm.order[0] != 0
+        pm = self.pm
+        rotated = self.rotated
         if one_phase:
             v = phase_v[pm.order[0]]
             voltages: Phases = (v, 0.0, 0.0)
@@ -161,6 +168,9 @@ class SimPilot:
         else:
             voltages = phase_v
         self.voltages = voltages
+        if currents is ZERO3 and car is None and self.temperature == self.site.params.ambient_c:
+            # An empty socket at ambient temperature: no energy and no heat to account (each would add 0).
+            return ZERO3
         # Same order of operations as sum() over the three products.
         power = currents[0] * voltages[0] + currents[1] * voltages[1] + currents[2] * voltages[2]
         kwh = power * dt / 3.6e6
