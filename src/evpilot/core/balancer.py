@@ -31,6 +31,8 @@ TRIP_FACTOR = 2.0
 ABSURD_A = 1000.0
 ABSURD_FACTOR = 3.0
 _NEW_MEMO = ChargerMemo()
+# Exactly equivalent shortcuts (idle site); tests switch them off to compare with the full path.
+FAST_PATHS = True
 _ORDER0 = (0, 1, 2)
 
 
@@ -531,6 +533,11 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             fb_cap[idx] = fb
         candidates.append(idx)
 
+    if not candidates and FAST_PATHS and _idle_site(chargers, memo_in):
+        return _idle_allocation(
+            chargers, memo_in, phases, cap_src, car_seen, trip_at, fresh, base, available, battery, rejected
+        )
+
     # ---- solar budget (sum of phases) -------------------------------------------------------
     solar_ids = [i for i in candidates if chargers[i].mode in SOLAR_MODES]
     surplus: float | None = None
@@ -932,6 +939,93 @@ def _potential_3p(
             room = prob.residual(c) + mine.get(c, 0.0) * current
         best = min(best, room / coef3)
     return best
+
+
+def _idle_site(chargers: tuple[ChargerInput, ...], memo_in: list[ChargerMemo]) -> bool:
+    """No charger is a candidate and none needs the rest of `compute`: no solar timer to clear, no
+    automatic phase switch to consider."""
+    for idx, ci in enumerate(chargers):
+        if ci.mode == "solar" and memo_in[idx].solar_started is not None:
+            return False
+        if ci.phase_mode == "auto" and ci.demand == 2 and ci.config.phases == 3:
+            return False
+    return True
+
+
+def _idle_allocation(
+    chargers: tuple[ChargerInput, ...],
+    memo_in: list[ChargerMemo],
+    phases: list[int],
+    cap_src: list[str],
+    car_seen: list[tuple[float | None, bool, int | None, int]],
+    trip_at: float | None,
+    fresh: bool,
+    base: Phases,
+    available: Phases,
+    battery: float,
+    rejected: list[str],
+) -> Allocation:
+    """What `compute` decides when no charger is a candidate (`_idle_site`), without its grid pass.
+
+    Every charger gets 0 A (a fall needs no ramp, nothing is admitted, so nothing pauses), its
+    phase-switch timers are cleared, and with no candidate no capacity overrun is pending.
+    """
+    out: dict[str, ChargerAllocation] = {}
+    new_memos: dict[str, ChargerMemo] = {}
+    for idx, ci in enumerate(chargers):
+        m = memo_in[idx]
+        src = cap_src[idx]
+        one_since, single_car, car_phases, switches = car_seen[idx]
+        ph = phases[idx]
+        akey = (0.0, ph if not single_car else 1, src)
+        decided = _ALLOCS.get(akey)
+        if decided is None:
+            if len(_ALLOCS) > 10_000:
+                _ALLOCS.clear()
+            decided = _ALLOCS[akey] = ChargerAllocation(*akey)
+        cid = ci.config.id
+        out[cid] = decided
+        if (
+            m.current == 0.0
+            and ph == m.phases
+            and not m.ev_limited
+            and single_car == m.single_phase_car
+            and one_since == m.one_phase_since
+            and m.phase_down_since is None
+            and m.phase_up_since is None
+            and car_phases == m.car_phases
+            and switches == m.switches
+        ):
+            new_memos[cid] = m
+            continue
+        new_memos[cid] = ChargerMemo(
+            0.0,
+            ph,
+            m.last_raise,
+            m.paused_until,
+            m.solar_started,
+            m.solar_short_since,
+            m.solar_phases,
+            None,
+            None,
+            m.last_switch,
+            one_since,
+            single_car,
+            False,
+            m.running_since,
+            car_phases,
+            switches,
+        )
+    return Allocation(
+        chargers=out,
+        state=BalancerState(new_memos, None, trip_at),
+        mains_fresh=fresh,
+        fallback=False,
+        base_load=base,
+        available=available,
+        solar_surplus=-(base[0] + base[1] + base[2]) + battery if fresh else None,
+        rejected=tuple(rejected),
+    )
 
 
 def default_state() -> BalancerState:
