@@ -17,5 +17,7 @@ class SimMainsMeter:
     def latest(self) -> Reading | None:
         """The simulator's mains currents now; while switched off, the last one it sent."""
         if self.enabled:
-            self._last = self.site.mains_meter().as_reading()
+            # `site.mains_meter().as_reading()` without the powers and counters it would drop.
+            m = self.site.mains_currents
+            self._last = Reading((round(m[0], 3), round(m[1], 3), round(m[2], 3)), self.site.now)
         return self._last

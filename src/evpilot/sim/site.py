@@ -168,8 +168,13 @@ class SimPilot:
         else:
             voltages = phase_v
         self.voltages = voltages
-        if currents is ZERO3 and car is None and self.temperature == self.site.params.ambient_c:
-            # An empty socket at ambient temperature: no energy and no heat to account (each would add 0).
+        if currents is ZERO3 and (car is None or car.soc <= 100.0):
+            # Nothing drawn: no energy to account (each sum would add 0, the car's state of charge
+            # stays where it is) and the charger only cools towards ambient.
+            ambient = self.site.params.ambient_c
+            temperature = self.temperature
+            if temperature != ambient:
+                self.temperature = temperature + (ambient + 0.0 - temperature) * min(1.0, dt / HEAT_TAU_S)
             return ZERO3
         # Same order of operations as sum() over the three products.
         power = currents[0] * voltages[0] + currents[1] * voltages[1] + currents[2] * voltages[2]
