@@ -62,6 +62,8 @@ _BLOCKING_FLAGS = FAULT_FLAGS | {_TEMPERATURE_HIGH}
 _PLUGGED_LETTERS = ("B", "C", "D")
 _PILOT_E = PilotState.E
 _PILOT_F = PilotState.F
+# Duty cycle per signaled current: a pure conversion of a 0.1 A-quantized value (a few hundred at most).
+_DUTY: dict[float, float] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,12 +453,20 @@ class Charger:
 
         if plugged and self.session is None and self.permitted():
             self._start_session(now)
-        if self.session is not None and self.limit_reached is None:
+        # `cap_reached` finds nothing without a cap, and `_check_under_power` only clears without a limit.
+        if (
+            self.session is not None
+            and self.limit_reached is None
+            and (self.energy_cap_kwh or self.time_cap_min)
+        ):
             reached = cap_reached(self.session, now, self.energy_cap_kwh, self.time_cap_min)
             if reached is not None:
                 self.limit_reached = reached
                 self.events.append(("limit_reached", reached.value))
-        self._check_under_power(now)
+        if self.under_power_w is None:
+            self.under_power_since = None
+        else:
+            self._check_under_power(now)
 
     def _check_under_power(self, now: float) -> None:
         low = (
@@ -514,8 +524,15 @@ class Charger:
             self.signaled = commanded
             self.last_increase_at = now
 
-        state = self.pilot
-        if state is _PILOT_F or self.letter not in _PLUGGED_LETTERS:
+        # `self.pilot`, inline (this runs for every charger on every tick).
+        letter = self.letter
+        if letter == "E":
+            state = _PILOT_E
+        elif letter == "F" or not self.errors.isdisjoint(FAULT_FLAGS):
+            state = _PILOT_F
+        else:
+            state = pilot_state(letter, self.signaled > 0)
+        if state is _PILOT_F or letter not in _PLUGGED_LETTERS:
             if self.contactor or self.stop_requested_at is not None:
                 self._open(now)
         elif contactor_may_close(state):
@@ -531,14 +548,14 @@ class Charger:
             elif now - self.stop_requested_at >= STOP_DEADLINE_S:
                 self.errors.add(ErrorFlag.EV_NOT_STOPPING)
                 self._open(now)
-        return PilotOutput(
-            duty=duty_for_current(self.signaled),
-            signaled=self.signaled,
-            contactor=self.contactor,
-            phases=self.active_phases,
-            fallback_at=self.allocation_expires,
-            safe_current=self.config.safe_current,
-        )
+        signaled = self.signaled
+        duty = _DUTY.get(signaled)
+        if duty is None:
+            duty = _DUTY[signaled] = duty_for_current(signaled)
+        # Positional: duty, signaled, contactor, phases, fallback_at, safe_current.
+        contactor, phases = self.contactor, self.active_phases
+        expires, safe = self.allocation_expires, self.config.safe_current
+        return PilotOutput(duty, signaled, contactor, phases, expires, safe)
 
     def _open(self, now: float) -> None:
         if self.contactor:
