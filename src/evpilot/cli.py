@@ -130,7 +130,7 @@ def run(config: AppConfig, data_dir: Path | None, http: tuple[str, int] | None, 
     except CannotListen as exc:
         print(exc, file=sys.stderr)
         return 1
-    port = sock.getsockname()[1]  # port 0 asks for any free port: the banner shows the one given
+    port = sock.getsockname()[1]  # with port 0 the system picks one; the banner shows it
     directory = data_dir or Path(platformdirs.user_data_dir("evpilot"))
     store = Store(directory / "evpilot.sqlite3")
     log = logging.getLogger("evpilot")
