@@ -20,8 +20,10 @@ from evpilot.config import AppConfig, ConfigError, json_schema, load_config, par
 
 def _host_port(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not port.isascii() or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    if not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"port {int(port)} is out of range 0-65535")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
@@ -116,14 +118,21 @@ def run(config: AppConfig, data_dir: Path | None, http: tuple[str, int] | None, 
                     signal.signal(sig, handler)
 
     from evpilot.api.app import create_app
-    from evpilot.api.server import server_config
+    from evpilot.api.server import CannotListen, host_port, listen, server_config
     from evpilot.control.clock import ScaledClock
     from evpilot.control.runtime import Runtime
     from evpilot.store.sqlite import Store
 
+    host, port = http or (config.http.host, config.http.port)
+    # Bound before anything else happens: a port in use must not leave a session or a row behind.
+    try:
+        sock = listen(host, port)
+    except CannotListen as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    port = sock.getsockname()[1]  # with port 0 the system picks one; the banner shows it
     directory = data_dir or Path(platformdirs.user_data_dir("evpilot"))
     store = Store(directory / "evpilot.sqlite3")
-    host, port = http or (config.http.host, config.http.port)
     log = logging.getLogger("evpilot")
 
     async def serve() -> None:
@@ -131,20 +140,20 @@ def run(config: AppConfig, data_dir: Path | None, http: tuple[str, int] | None, 
         app = create_app(rt)
         server = _GracefulServer(server_config(app, host, port, lifespan="on"))
         log.info(
-            "evpilot %s on http://%s:%d (speed %gx, data %s, %d charger(s), simulator %s)",
+            "evpilot %s on http://%s (speed %gx, data %s, %d charger(s), simulator %s)",
             __version__,
-            host,
-            port,
+            host_port(host, port),
             speed,
             directory,
             len(config.chargers),
             "on" if config.sim.enabled else "off",
         )
-        await server.serve()
+        await server.serve(sockets=[sock])
 
     try:
         asyncio.run(serve())
     finally:
+        sock.close()
         store.close()
     log.info("evpilot stopped")
     return 0

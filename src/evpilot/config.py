@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
+import types
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import unquote, urlsplit
 
 import yaml
@@ -80,17 +82,17 @@ class SiteModel(_Model):
     def _tree(self) -> SiteModel:
         names = [c.name for c in self.circuits]
         if len(set(names)) != len(names):
-            raise ValueError("circuit names must be unique")
-        for c in self.circuits:
+            raise KeyedError("circuits", "circuit names must be unique")
+        for i, c in enumerate(self.circuits):
             if c.parent is not None and c.parent not in names:
-                raise ValueError(f"circuit {c.name!r}: unknown parent {c.parent!r}")
+                raise KeyedError(f"circuits.{i}.parent", _unknown("parent circuit", c.parent, names))
         parent = {c.name: c.parent for c in self.circuits}
         for name in names:
             seen: set[str] = set()
             node: str | None = name
             while node is not None:
                 if node in seen:
-                    raise ValueError(f"circuit {name!r}: the parent chain has a loop")
+                    raise KeyedError("circuits", f"circuit {name!r}: the parent chain has a loop")
                 seen.add(node)
                 node = parent[node]
         return self
@@ -122,11 +124,15 @@ class ChargerModel(_Model):
     @model_validator(mode="after")
     def _wiring(self) -> ChargerModel:
         if self.phases == 3 and "phase" in self.model_fields_set:
-            raise ValueError(
-                f"charger {self.id!r}: 'phase' is for 1-phase chargers; a 3-phase charger uses phase_rotation"
+            raise KeyedError(
+                "phase",
+                f"charger {self.id!r}: 'phase' is for 1-phase chargers;"
+                " a 3-phase charger uses phase_rotation",
             )
         if self.phases == 1 and self.phase_rotation is not None:
-            raise ValueError(f"charger {self.id!r}: a 1-phase charger names its mains phase with 'phase'")
+            raise KeyedError(
+                "phase_rotation", f"charger {self.id!r}: a 1-phase charger names its mains phase with 'phase'"
+            )
         return self
 
     def core(self) -> ChargerConfig:
@@ -366,12 +372,20 @@ class FallbackOverload(ValueError):
 
 
 class KeyedError(ValueError):
-    """A whole-config check that fails because of one key; the error names that key."""
+    """A check across fields that fails because of one key; `key` is relative to the model that raises it."""
 
     def __init__(self, key: str, message: str) -> None:
         super().__init__(message)
         self.key = key
         self.message = message
+
+
+def _unknown(what: str, name: str, known: list[str]) -> str:
+    """"unknown WHAT 'name'" with the closest known name, or the known names when none is close."""
+    close = difflib.get_close_matches(name, known, n=1)
+    if close:
+        return f"unknown {what} {name!r} (did you mean {close[0]!r}?)"
+    return f"unknown {what} {name!r} (known: {', '.join(map(repr, known)) or 'none'})"
 
 
 _PHASE_NAMES = ("L1", "L2", "L3")
@@ -438,21 +452,25 @@ class AppConfig(_Model):
     def _refs(self) -> AppConfig:
         ids = [c.id for c in self.chargers]
         if len(set(ids)) != len(ids):
-            raise ValueError("charger ids must be unique")
-        circuits = {c.name for c in self.site.circuits}
-        for c in self.chargers:
+            raise KeyedError("chargers", "charger ids must be unique")
+        circuits = [c.name for c in self.site.circuits]
+        for i, c in enumerate(self.chargers):
             if c.circuit is not None and c.circuit not in circuits:
-                raise ValueError(f"charger {c.id!r}: unknown circuit {c.circuit!r}")
+                raise KeyedError(f"chargers.{i}.circuit", _unknown("circuit", c.circuit, circuits))
             if c.min_current > c.max_current:
-                raise ValueError(f"charger {c.id!r}: min_current is above max_current")
-        for car in self.sim.cars or []:
+                raise KeyedError(
+                    f"chargers.{i}.min_current", f"charger {c.id!r}: min_current is above max_current"
+                )
+        for i, car in enumerate(self.sim.cars or []):
             if car.charger not in ids:
-                raise ValueError(f"sim car: unknown charger {car.charger!r}")
-        for cid in [*self.mqtt.esp32evse, *self.mqtt.smartevse.serials]:
-            if cid not in ids:
-                raise ValueError(f"mqtt: unknown charger {cid!r}")
+                raise KeyedError(f"sim.cars.{i}.charger", _unknown("charger", car.charger, ids))
+        mqtt = self.mqtt
+        for where, table in (("esp32evse", mqtt.esp32evse), ("smartevse.serials", mqtt.smartevse.serials)):
+            for cid in table:
+                if cid not in ids:
+                    raise KeyedError(f"mqtt.{where}", _unknown("charger", cid, ids))
         if self.mqtt.url is not None and "site" in ids:
-            raise ValueError("mqtt: charger id 'site' is reserved for the site's topics")
+            raise KeyedError("chargers", "mqtt: charger id 'site' is reserved for the site's topics")
         if self.site.mains_meter == "none":
             held = [c.id for c in self.chargers if (c.mode or self.site.mode) != "off"]
             if held:
@@ -516,12 +534,78 @@ def parse_config(data: object) -> AppConfig:
             if isinstance(cause, FallbackOverload):
                 errors.extend(("site", problem) for problem in cause.problems)
                 continue
+            loc = [str(p) for p in err["loc"]]
             if isinstance(cause, KeyedError):
-                errors.append((cause.key, cause.message))
+                errors.append((".".join([*loc, cause.key]), cause.message))
                 continue
-            key = ".".join(str(p) for p in err["loc"]) or "(root)"
-            errors.append((key, err["msg"]))
+            errors.append((".".join(loc) or "(root)", _readable(err)))
         raise ConfigError(errors) from None
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The config model a location points into (list indexes and dict keys step into their items)."""
+    annotation: Any = AppConfig
+    for part in loc:
+        annotation = _without_none(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(str(part))
+            if field is None:
+                return None
+            annotation = field.annotation
+            continue
+        # A list or a dict: step into its item type.
+        args = get_args(annotation)
+        if not args:
+            return None
+        annotation = args[-1]
+    annotation = _without_none(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def _without_none(annotation: Any) -> Any:
+    """`X | None` as X."""
+    while get_origin(annotation) in (Union, types.UnionType):
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+    return annotation
+
+
+def _kind(value: object) -> str:
+    """What a YAML value is, in the file's words."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the text {value!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return "nothing" if value is None else type(value).__name__
+
+
+def _readable(err: Any) -> str:
+    """A pydantic error as a sentence about the file: no internal names, unknown keys with a suggestion."""
+    kind, msg, value = err["type"], err["msg"], err.get("input")
+    if kind == "extra_forbidden":
+        key = str(err["loc"][-1])
+        model = _model_at(tuple(err["loc"][:-1]))
+        close = difflib.get_close_matches(key, list(model.model_fields) if model else [], n=1)
+        return f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+    if kind in ("model_type", "model_attributes_type", "dataclass_type", "dict_type"):
+        return f"expected a mapping of keys, got {_kind(value)}"
+    if kind == "list_type":
+        return f"expected a list, got {_kind(value)}"
+    if kind == "value_error":
+        cause = err.get("ctx", {}).get("error")
+        return str(cause) if cause is not None else msg.removeprefix("Value error, ")
+    # A backstop for messages not handled above: never show a class name from the code.
+    msg = re.sub(r" or instance of \w+", "", msg)
+    if isinstance(value, str | int | float | bool) and kind != "missing":
+        msg += f", got {value!r}"
+    return str(msg)
 
 
 class DuplicateKey(Exception):
@@ -563,10 +647,24 @@ def load_config(path: str | Path | None) -> AppConfig:
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)
     except DuplicateKey as exc:
-        raise ConfigError([("(yaml)", str(exc))]) from None
+        raise ConfigError([("(yaml)", f"{path}: {exc}")]) from None
     except yaml.YAMLError as exc:
-        raise ConfigError([("(yaml)", str(exc))]) from None
+        raise ConfigError([("(yaml)", f"{path}: {_yaml_reason(exc)}")]) from None
     return parse_config(data)
+
+
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    """A YAML syntax error on one line: where, what, and where the enclosing construct starts."""
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
+        return str(exc).replace('"<unicode string>", ', "")
+    mark = exc.problem_mark
+    reason = f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+    if exc.context and exc.context_mark is not None:
+        start = exc.context_mark
+        reason += f" ({exc.context} that starts on line {start.line + 1}, column {start.column + 1})"
+    if exc.problem and "block" in exc.problem:
+        reason += "; check the indentation"
+    return reason
 
 
 def json_schema() -> str:

@@ -307,12 +307,15 @@ def test_unknown_charger_is_404_json(api: Api, method: str, path: str, body: Any
 C = "/api/chargers/cp1"
 # (method, path, raw JSON body, status, field, words the message must contain)
 BAD = [
-    ("PUT", f"{C}/current_limit", '{"current": 5.9}', 422, "current", ["6", "80"]),
-    ("PUT", f"{C}/current_limit", '{"current": 32.1}', 400, "current", ["32.1", "6.0-32"]),
+    # The limit's range is this charger's: 6 A to its MAX (cp1 32 A, cp2 16 A).
+    ("PUT", f"{C}/current_limit", '{"current": 5.9}', 400, "current", ["5.9", "allowed 6 to 32"]),
+    ("PUT", f"{C}/current_limit", '{"current": 32.1}', 400, "current", ["32.1", "allowed 6 to 32"]),
+    ("PUT", f"{C}/current_limit", '{"current": 90}', 400, "current", ["allowed 6 to 32"]),
+    ("PUT", "/api/chargers/cp2/current_limit", '{"current": 20}', 400, "current", ["allowed 6 to 16"]),
     ("PUT", f"{C}/current_limit", '{"current": 16.05}', 400, "current", ["0.1 A"]),
     ("PUT", f"{C}/current_limit", '{"current": "16"}', 422, "current", ["number"]),
     ("PUT", f"{C}/current_limit", "{}", 422, "current", ["required"]),
-    ("PUT", f"{C}/current_limit", '{"current": NaN}', 422, "current", ["6", "80"]),
+    ("PUT", f"{C}/current_limit", '{"current": NaN}', 422, "current", ["finite"]),
     ("PUT", f"{C}/caps", '{"energy_kwh": 1001}', 422, "energy_kwh", ["0", "1000"]),
     ("PUT", f"{C}/caps", '{"energy_kwh": -0.5}', 422, "energy_kwh", ["0", "1000"]),
     ("PUT", f"{C}/caps", '{"time_min": 1441}', 422, "time_min", ["0", "1440"]),
@@ -365,17 +368,44 @@ def test_bad_input_is_refused_naming_the_field_and_changes_nothing(
     r = api.http.request(method, path, content=raw, headers=headers)
     assert r.status_code == status, r.text
     body = r.json()
-    assert body["error"] == "invalid"
-    if status == 400:
-        fields, text = [body["field"]], body["detail"]
-    else:
-        fields, text = [p["field"] for p in body["detail"]], " ".join(p["detail"] for p in body["detail"])
+    # One envelope for 400 and 422: a sentence, the problems, and a lone problem's field on top.
+    assert body["error"] == "invalid" and isinstance(body["detail"], str)
+    fields, text = [p["field"] for p in body["problems"]], body["detail"]
+    assert text == "; ".join(f"{p['field']}: {p['detail']}" for p in body["problems"])
+    assert body.get("field") == (fields[0] if len(fields) == 1 else None)
     if field:
         assert field in fields
     for word in words:
         assert word in text, text
     assert settings_of(api) == before
     assert api.http.get("/api/site").json()["sim"]["ambient_c"] == ambient
+
+
+def test_the_limit_refusal_gives_this_chargers_range(api: Api) -> None:
+    for cid, top in (("cp1", 32.0), ("cp2", 16.0)):
+        r = api.http.put(f"/api/chargers/{cid}/current_limit", json={"current": 40})
+        assert r.status_code == 400
+        detail = f"40 A is out of range (allowed 6 to {top:g} A)"
+        assert r.json()["problems"] == [
+            {"field": "current", "detail": detail, "allowed": {"min": 6.0, "max": top}}
+        ]
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_a_body_not_sent_as_json_says_so(api: Api, content_type: str | None) -> None:
+    before = settings_of(api)
+    headers = {"content-type": content_type} if content_type else {}
+    r = api.http.put(f"{C}/current_limit", content=b'{"current": 10}', headers=headers)
+    assert r.status_code == 415, r.text
+    body = r.json()
+    assert body["error"] == "invalid" and body["field"] == "content-type"
+    assert body["detail"].startswith("content-type: content-type must be application/json")
+    assert settings_of(api) == before
+    # With the header (parameters allowed) the same body is taken; a bodiless command needs none.
+    json_utf8 = {"content-type": "application/json; charset=utf-8"}
+    r = api.http.put(f"{C}/current_limit", content=b'{"current": null}', headers=json_utf8)
+    assert r.status_code == 200, r.text
+    assert api.http.post(f"{C}/reset").status_code == 200
 
 
 def test_oversized_body_is_refused(api: Api) -> None:

@@ -37,7 +37,7 @@ def test_config_check_prints_every_error_with_its_key(tmp_path: Path) -> None:
         "chargers.0.max_current": "less than or equal to 80",
         "chargers.0.max_temp": "less than or equal to 75",
         "chargers.1.id": "pattern",
-        "sim.unknown_key": "not permitted",
+        "sim.unknown_key": "unknown key 'unknown_key'",
         "sim.ambient_c": "less than or equal to 90",
         "sim.house_base.1": "greater than or equal to 0",
     }
@@ -163,3 +163,76 @@ def test_config_schema_lists_the_wiring_and_phase_switch_keys() -> None:
     assert per_session["type"] == "integer" and per_session["default"] == 4
     assert per_session["minimum"] == 0 and per_session["maximum"] == 100
     assert defs["CircuitModel"]["properties"]["meter"]["enum"] == ["none", "api"]
+
+
+TYPICAL_MISTAKES: list[tuple[str, list[str]]] = [
+    # A misspelt key, at the top level and nested, with the closest known key at that level.
+    (
+        "site:\n  mains_limt: 25\n",
+        ["site.mains_limt: unknown key 'mains_limt' (did you mean 'mains_limit'?)"],
+    ),
+    ("sitee:\n  mains_limit: 25\n", ["sitee: unknown key 'sitee' (did you mean 'site'?)"]),
+    (
+        "chargers:\n  - id: cp1\n    max_curent: 16\n",
+        ["chargers.0.max_curent: unknown key 'max_curent' (did you mean 'max_current'?)"],
+    ),
+    (
+        "sim:\n  cars: [{charger: cp1, socc: 20}]\n",
+        ["sim.cars.0.socc: unknown key 'socc' (did you mean 'soc'?)"],
+    ),
+    ("shelly:\n  zzz: 1\n", ["shelly.zzz: unknown key 'zzz'"]),
+    # Wrong types: what was found, in the file's words (no model names).
+    ("site: 5\n", ["site: expected a mapping of keys, got the number 5"]),
+    ("chargers: {id: cp1}\n", ["chargers: expected a list, got a mapping"]),
+    (
+        "site:\n  mains_limit: lots\n",
+        ["site.mains_limit: Input should be a valid number, unable to parse string as a number, got 'lots'"],
+    ),
+    # Out of range, with the value given.
+    (
+        "site:\n  mains_limit: 9999\n",
+        ["site.mains_limit: Input should be less than or equal to 200, got 9999"],
+    ),
+    # References checked across the file name the key that holds the reference.
+    (
+        "site:\n  circuits: [{name: garage, limit: 25}]\nchargers:\n  - {id: cp1, circuit: garge}\n",
+        ["chargers.0.circuit: unknown circuit 'garge' (did you mean 'garage'?)"],
+    ),
+    (
+        "chargers:\n  - {id: cp1, circuit: shed}\n",
+        ["chargers.0.circuit: unknown circuit 'shed' (known: none)"],
+    ),
+    ("sim:\n  cars: [{charger: cp9}]\n", ["sim.cars.0.charger: unknown charger 'cp9' (did you mean 'cp1'?)"]),
+    (
+        "site:\n  circuits: [{name: a, limit: 20, parent: b}]\n",
+        ["site.circuits.0.parent: unknown parent circuit 'b' (known: 'a')"],
+    ),
+]
+
+
+def test_typical_mistakes_name_the_key_and_say_what_to_fix(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    for text, expected in TYPICAL_MISTAKES:
+        path.write_text(text, encoding="utf-8")
+        r = evpilot("config", "check", str(path))
+        assert r.returncode == 1, text
+        assert r.stderr.strip().splitlines() == [f"{path}: {line}" for line in expected], text
+        assert "Model" not in r.stderr and "instance of" not in r.stderr and "Value error" not in r.stderr
+
+
+def test_yaml_syntax_errors_name_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text("site:\n  mains_limit: 25\n mode: smart\n", encoding="utf-8")
+    r = evpilot("config", "check", str(path))
+    assert r.returncode == 1
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"{path}: (yaml): {path}: line 3, column 2: ")
+    assert "check the indentation" in line and "<unicode string>" not in line
+    path.write_text("site: [unclosed\n", encoding="utf-8")
+    r = evpilot(
+        "run", "--config", str(path), "--http", f"127.0.0.1:{free_port()}", "--data-dir", str(tmp_path / "d")
+    )
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"config error: (yaml): {path}: line 2, column 1: ")
+    assert "flow sequence that starts on line 1, column 7" in line and "<unicode string>" not in line

@@ -75,15 +75,19 @@ def test_settings_survive_a_restart_and_a_stale_one_is_dropped_alone(tmp_path: P
 
 
 def test_refused_command_changes_nothing_and_unknown_charger_raises(tmp_path: Path) -> None:
-    rt = Runtime(make_config(QUIET), ManualClock(), Store(tmp_path / "evpilot.sqlite3"))
-    rt.command("cp1", lambda ch: ch.set_user_limit(10.0))
-    with pytest.raises(CommandError):
-        rt.command("cp1", lambda ch: ch.set_user_limit(5.9))
-    assert rt.charger("cp1").user_limit == 10.0
-    with pytest.raises(UnknownCharger):
-        rt.command("nope", lambda ch: ch.set_enabled(False))
-    with pytest.raises(CommandError):
-        rt.set_site_mode("turbo")
+    store = Store(tmp_path / "evpilot.sqlite3")
+    try:
+        rt = Runtime(make_config(QUIET), ManualClock(), store)
+        rt.command("cp1", lambda ch: ch.set_user_limit(10.0))
+        with pytest.raises(CommandError):
+            rt.command("cp1", lambda ch: ch.set_user_limit(5.9))
+        assert rt.charger("cp1").user_limit == 10.0
+        with pytest.raises(UnknownCharger):
+            rt.command("nope", lambda ch: ch.set_enabled(False))
+        with pytest.raises(CommandError):
+            rt.set_site_mode("turbo")
+    finally:
+        store.close()  # its writer thread would outlive the test
 
 
 async def test_shutdown_closes_sessions_and_keeps_the_lifetime_counter(tmp_path: Path) -> None:

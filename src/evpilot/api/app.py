@@ -9,14 +9,14 @@ from typing import Any, get_args
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from evpilot import __version__
 from evpilot.api import esp32evse, native, secc, shelly, smartevse
-from evpilot.api.facade import BodyLimit
+from evpilot.api.facade import BodyLimit, invalid_response
 from evpilot.api.guard import RequestGuard
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.errors import CommandError
@@ -92,11 +92,14 @@ def create_app(rt: Runtime, manage_runtime: bool = True) -> FastAPI:
         )
 
     @app.exception_handler(CommandError)
-    async def command_error(request: Request, exc: CommandError) -> JSONResponse:
-        return JSONResponse({"error": "invalid", "field": exc.field, "detail": exc.message}, status_code=400)
+    async def command_error(request: Request, exc: CommandError) -> Response:
+        problem: dict[str, Any] = {"field": exc.field, "detail": exc.message}
+        if exc.allowed is not None:
+            problem["allowed"] = {"min": exc.allowed[0], "max": exc.allowed[1]}
+        return invalid_response([problem], 400)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         problems = []
         for err in exc.errors():
             loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
@@ -110,7 +113,7 @@ def create_app(rt: Runtime, manage_runtime: bool = True) -> FastAPI:
                 problem["allowed"] = {"min": allowed[0], "max": allowed[1]}
                 problem["detail"] += f" (allowed {allowed[0]:g} to {allowed[1]:g})"
             problems.append(problem)
-        return JSONResponse({"error": "invalid", "detail": problems}, status_code=422)
+        return invalid_response(problems, 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -21,6 +21,21 @@ Handler = Callable[[Request, str], Awaitable[Response]]
 CHARGER_PREFIX = r"(?:/chargers/[^/]+)?"
 
 
+def invalid_response(problems: list[dict[str, Any]], status: int = 400) -> Response:
+    """The native API's one error body for a refused request: a sentence, the problems, and with a
+    single problem its field at the top level."""
+    sentence = "; ".join(f"{p['field']}: {p['detail']}" for p in problems)
+    doc: dict[str, Any] = {"error": "invalid", "detail": sentence, "problems": problems}
+    if len(problems) == 1:
+        doc["field"] = problems[0]["field"]
+    return json_response(doc, status)
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
 def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """A compact JSON response (no re-validation or re-encoding by FastAPI)."""
     body = json.dumps(doc, separators=(",", ":"), allow_nan=False)
@@ -49,10 +64,18 @@ class JsonRoute(APIRoute):
     """A FastAPI route whose JSON body goes through evpilot's one JSON reader."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        """FastAPI's handler, given a request that parses JSON with `read_json`."""
+        """FastAPI's handler, given a request that parses JSON with `read_json`; a body that is not
+        declared as JSON is refused with 415 (FastAPI would read it as JSON or report a wrong type)."""
         handler = super().get_route_handler()
+        takes_body = self.body_field is not None
 
         async def with_reader(request: Request) -> Response:
+            headers = request.headers
+            has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+            if takes_body and has_body and not _is_json(headers.get("content-type", "")):
+                given = headers.get("content-type")
+                detail = "content-type must be application/json" + (f", got {given!r}" if given else "")
+                return invalid_response([{"field": "content-type", "detail": detail}], 415)
             return await handler(_JsonRequest(request.scope, request.receive))
 
         return with_reader

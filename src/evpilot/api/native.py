@@ -48,7 +48,8 @@ class EnabledBody(_Body):
 class CurrentLimitBody(_Body):
     """User current limit in A (6 to the charger's MAX, 0.1 A steps); null removes it."""
 
-    current: float | None = Field(ge=6, le=80)
+    # Checked against this charger's MAX by the charger, so the refusal names its own range.
+    current: float | None = Field(json_schema_extra={"minimum": 6, "maximum": 80})
 
 
 class CapsBody(_Body):
@@ -205,7 +206,7 @@ def build_router(rt: Runtime) -> APIRouter:
         try:
             rt.command(cid, lambda ch: ch.set_user_limit(body.current))
         except CommandError as exc:
-            raise CommandError("current", exc.message) from None  # the body's name for the field
+            raise CommandError("current", exc.message, exc.allowed) from None  # the body's field name
         return doc(cid)
 
     @r.put("/chargers/{cid}/caps", tags=["commands"], summary="Session energy and time caps")

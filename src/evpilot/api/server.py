@@ -11,8 +11,10 @@ soon as they are accepted, so an accepted socket never waits for a file descript
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import resource
+import socket
 import time
 from typing import Any
 
@@ -201,6 +203,30 @@ def quiet_fd_exhaustion() -> None:
     logger = logging.getLogger("asyncio")
     if _FD_FILTER not in logger.filters:
         logger.addFilter(_FD_FILTER)
+
+
+class CannotListen(OSError):
+    """The HTTP address cannot be listened on; the message says why, naming HOST:PORT."""
+
+
+def host_port(host: str, port: int) -> str:
+    """HOST:PORT as a URL writes it (an IPv6 literal in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port), made before anything starts: a taken port changes nothing."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise CannotListen(f"{host_port(host, port)} is already in use") from None
+        raise CannotListen(f"cannot listen on {host_port(host, port)}: {exc.strerror or exc}") from None
+    return sock
 
 
 def server_config(app: Any, host: str, port: int, **extra: Any) -> uvicorn.Config:
