@@ -346,6 +346,9 @@ _SINGLE_CAR_CLEARED = Snapshot(
 @example(_SINGLE_CAR_CLEARED)
 def test_fresh_readings_keep_every_node_within_its_limit(snap: Snapshot) -> None:
     out = compute(snap, NOW)
+    # A reading the core refused (e.g. a circuit reading above 3 x its fuse because a charger below
+    # it measures far more than it was given) is not a valid one: properties (b) and (c) cover it.
+    assume(not out.rejected)
     check_nodes(snap, out)
 
 
