@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from evpilot.config import AppConfig
 from evpilot.control.build import assemble
+from evpilot.control.overload import OverloadMonitor
 from evpilot.core.charger import MODES, Charger
 from evpilot.core.errors import CommandError, check_range
 from evpilot.core.session import SessionCheckpoint, SessionRecord, StopReason
@@ -117,6 +118,7 @@ class Runtime:
         self._limits_saved: dict[str, Any] | None = None
         self.tick_count = 0
         self.tick_times: list[float] = []
+        self.overloads = OverloadMonitor()
         if store is not None:
             self._restore(store)
 
@@ -266,6 +268,7 @@ class Runtime:
         """Advance the site to now, compute, apply, publish."""
         now = self.clock.now()
         self.engine.step(now)
+        self._watch_overloads(now)
         if self._resumed and now > self.started_at:
             # Not at start itself: a simulated car present at start plugs in at the first step.
             self._settle_resumed()
@@ -279,6 +282,15 @@ class Runtime:
         if self.store is not None:
             self._maybe_checkpoint(now)
             self._save_limits()
+
+    def _watch_overloads(self, now: float) -> None:
+        e = self.engine
+        mains = None
+        if self.sim is not None and e.mains is self.sim_meter:
+            mains = self.sim.mains_currents  # the simulated truth, also while its meter is silent
+        elif e.last is not None and e.last.mains_fresh and e.last_mains is not None:
+            mains = e.last_mains.currents
+        self.overloads.observe(now, self.config.control.tick_s, e, mains, e.site.meter_timeout_s)
 
     def _settle_resumed(self) -> None:
         """A session from before a crash continues if its car is still plugged in, else it ends."""
@@ -588,6 +600,7 @@ class Runtime:
                 for name, cap in e.site_caps.items()
             },
             "battery_current": e.battery.current,
+            "overloads": self.overloads.doc(),
             "chargers": sorted(e.chargers),
         }
         if self.sim is not None:

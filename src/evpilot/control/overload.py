@@ -1,0 +1,106 @@
+"""Counts overload events per node (mains and circuits) as the running site sees them, tick by tick."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from evpilot.control.engine import Engine
+from evpilot.core.balancer import circuit_paths
+from evpilot.core.charger import Phases, mains_draw
+from evpilot.core.iec61851 import DRAW_THRESHOLD_A
+
+# An overload is an event once it lasts this long: one tick plus the EV's reaction time (the scenario
+# runner and the day bench count from the same 6 s).
+EVENT_S = 6.0
+# Excess below this is measurement noise, not an overload.
+TOLERANCE_A = 0.05
+
+
+@dataclass(slots=True)
+class NodeOverloads:
+    """Overload figures of one node (all its phases)."""
+
+    events: int = 0
+    longest_s: float = 0.0
+    over_now: bool = False
+
+    def doc(self) -> dict[str, Any]:
+        """The node's entry in `GET /api/site` `overloads`."""
+        return {"events": self.events, "longest_s": round(self.longest_s, 1), "over_now": self.over_now}
+
+
+class OverloadMonitor:
+    """Per node and phase: how long the load stays above the limit while a charger below draws there.
+
+    A run of ticks over the limit on one phase of one node is one overload; it counts as an event
+    once it lasts `event_s` (measured from the tick that first saw it, plus that tick's length).
+    """
+
+    def __init__(self, event_s: float = EVENT_S) -> None:
+        self.event_s = event_s
+        self.nodes: dict[str, NodeOverloads] = {}
+        # (node, phase) -> (clock time of the first tick over the limit, already counted as an event)
+        self._open: dict[tuple[str, int], tuple[float, bool]] = {}
+
+    def see(
+        self, now: float, node: str, phase: int, load: float, limit: float, drawing: bool, tick_s: float
+    ) -> None:
+        """One phase of one node at one tick."""
+        figures = self.nodes.setdefault(node, NodeOverloads())
+        key = (node, phase)
+        if not (drawing and load > limit + TOLERANCE_A):
+            self._open.pop(key, None)
+            return
+        since, counted = self._open.get(key, (now, False))
+        length = now - since + tick_s
+        figures.longest_s = max(figures.longest_s, length)
+        if not counted and length >= self.event_s:
+            figures.events += 1
+            counted = True
+        self._open[key] = (since, counted)
+
+    def observe(
+        self,
+        now: float,
+        tick_s: float,
+        engine: Engine,
+        mains: Phases | None,
+        meter_timeout_s: float,
+    ) -> None:
+        """Every phase of the mains and of every circuit after one engine step.
+
+        `mains` is the mains load per phase (None: unknown, the mains is skipped). A circuit's load is
+        its meter's reading while fresh, else what the chargers below it draw.
+        """
+        chargers = list(engine.chargers.values())
+        draws = {ch.config.id: mains_draw(ch.config, ch.currents) for ch in chargers}
+        if mains is not None:
+            self._node(now, tick_s, "mains", mains, engine.site.mains_limit, list(draws.values()))
+        paths = circuit_paths(engine.site.circuits)
+        for circuit in engine.site.circuits:
+            below = [
+                draws[ch.config.id]
+                for ch in chargers
+                if ch.config.circuit is not None and circuit.name in paths.get(ch.config.circuit, ())
+            ]
+            meter = engine.circuit_meters.get(circuit.name)
+            reading = meter.latest() if meter is not None else None
+            if reading is not None and now - reading.taken_at <= meter_timeout_s:
+                load = reading.currents
+            else:
+                load = (sum(d[0] for d in below), sum(d[1] for d in below), sum(d[2] for d in below))
+            self._node(now, tick_s, f"circuit:{circuit.name}", load, circuit.limit, below)
+        for name, figures in self.nodes.items():
+            figures.over_now = any(key[0] == name for key in self._open)
+
+    def _node(
+        self, now: float, tick_s: float, node: str, load: Phases, limit: float, below: list[Phases]
+    ) -> None:
+        for p in range(3):
+            drawing = any(d[p] > DRAW_THRESHOLD_A for d in below)
+            self.see(now, node, p, load[p], limit, drawing, tick_s)
+
+    def doc(self) -> dict[str, dict[str, Any]]:
+        """Figures per node, by name (`mains`, `circuit:<name>`)."""
+        return {name: self.nodes[name].doc() for name in sorted(self.nodes)}
