@@ -204,7 +204,13 @@ class Site:
                 ],
             },
             "chargers": CHARGERS,
-            "sim": {"seed": self.args.seed, "pv_kwp": 10, "start_tod_h": self.tod_h % 24, "cars": cars},
+            "sim": {
+                "seed": self.args.seed,
+                "pv_kwp": 10,
+                "start_tod_h": self.tod_h % 24,
+                "cars": cars,
+                "first_spike_s": None,  # not replayed at every restart; random spikes stay
+            },
             "mqtt": {"url": f"mqtt://127.0.0.1:{self.broker.port}", "reconnect_max_s": 2},
         }
 
@@ -420,7 +426,11 @@ def fuzz_requests(cids: list[str]) -> list[tuple[str, str, dict[str, Any]]]:
         ("PUT", f"/api/chargers/{cid}/current_limit", {"content": '{"current": Infinity}', "headers": js}),
         ("PUT", f"/api/chargers/{cid}/current_limit", {"content": '{"current": NaN}', "headers": js}),
         ("PUT", f"/api/chargers/{cid}/current_limit", {"json": {"current": 10}, "headers": {"origin": EVIL}}),
-        ("POST", f"/api/chargers/{cid}/stop", {"content": b"x", "headers": {"content-type": "text/plain"}}),
+        (
+            "PUT",
+            f"/api/chargers/{cid}/current_limit",
+            {"content": b'{"current": 10}', "headers": {"content-type": "text/plain"}},
+        ),
         ("POST", f"/api/chargers/{cid}/stop", {"headers": {"origin": EVIL}}),
         ("POST", f"/api/chargers/{cid}/stop", {"headers": {"host": "evil.example:8080"}}),
         ("PUT", f"/api/meters/circuits/{HALL}", {"content": '{"currents": ' + DEEP + "}", "headers": js}),
@@ -820,7 +830,7 @@ class Soak:
             + (", ".join(f"{k} {v}" for k, v in sorted(overloads.items())) or "none")
         )
         print(
-            "longest run over a limit (s): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(w.longest.items()))
+            "longest run over a limit (s): " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(w.longest.items()))
         )
         print(f"largest gap between two site polls: {w.max_gap_s:.1f} s of clock time")
         if self.losses:
