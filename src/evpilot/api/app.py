@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -22,6 +23,7 @@ from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.errors import CommandError
 
 MAX_BODY = 64 * 1024
+log = logging.getLogger("evpilot")
 
 
 def _allowed_range(request: Request, loc: tuple[Any, ...]) -> tuple[float, float] | None:
@@ -57,8 +59,12 @@ def create_app(rt: Runtime, manage_runtime: bool = True) -> FastAPI:
         try:
             yield
         finally:
+            # The runtime saves sessions and counters even if the bridge fails to stop.
             if bridge is not None:
-                await bridge.stop()
+                try:
+                    await bridge.stop()
+                except Exception:
+                    log.exception("stopping the MQTT bridge failed")
             if manage_runtime:
                 await rt.stop()
 

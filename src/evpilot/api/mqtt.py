@@ -15,6 +15,7 @@ import logging
 import random
 import socket
 import ssl
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,11 @@ STABLE_SESSION_S = 10.0
 # Publishes in flight at once: aiomqtt's bookkeeping is linear in the number pending, so a full
 # refresh of a large site sent in one go would stall the event loop (and the control tick).
 PUBLISH_BATCH = 64
+# Refusals of commands on one topic: at most one log line and one error publish per this many seconds;
+# the ones in between are counted and the next note carries the count (`suppressed`).
+REFUSAL_WINDOW_S = 10.0
+# Topics tracked for that; beyond it (a flood of distinct topics) refusals share their error topic's window.
+REFUSAL_TOPICS = 1000
 BUTTON_PAYLOADS = frozenset({"", "PRESS", "ON", "1", "TRUE", "START", "STOP"})
 NATIVE_COMMANDS = (
     "enabled",
@@ -220,8 +226,10 @@ class MqttBridge:
         self._sdoc: dict[str, Any] = {}
         self._wake = asyncio.Event()
         self._client: aiomqtt.Client | None = None
-        self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self.refusal_window_s = REFUSAL_WINDOW_S
+        self._refusals: dict[str, list[float]] = {}
+        self.suppressed = 0
         self.connected = asyncio.Event()
         self.connects = 0
         self.accepted = 0
@@ -235,23 +243,26 @@ class MqttBridge:
         """Install the API-fed EV meters, follow the runtime's changes and connect in the background."""
         self.ev_meters = self.rt.ev_meters
         self.rt.listeners.append(self._on_change)
-        self._task = asyncio.create_task(self._run(), name="evpilot-mqtt")
+        self.rt.supervisor.spawn("mqtt", self._run)
 
     async def stop(self) -> None:
         """Publish `offline`, disconnect cleanly and detach from the runtime."""
         self._stopping = True
-        client = self._client
-        if client is not None and self.connected.is_set():
-            topics = [self.status_topic, *(f"{sp}/connected" for sp in self.smartevse.values())]
-            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                async with asyncio.timeout(5):
-                    await self._send(client, [Out(t, OFFLINE, qos=1) for t in topics])
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        with contextlib.suppress(ValueError):
-            self.rt.listeners.remove(self._on_change)
+        try:
+            client = self._client
+            if client is not None and self.connected.is_set():
+                await self._offline(client)
+            await self.rt.supervisor.stop("mqtt")
+        finally:
+            with contextlib.suppress(ValueError):
+                self.rt.listeners.remove(self._on_change)
+
+    async def _offline(self, client: aiomqtt.Client) -> None:
+        """Publish `offline` on the availability topics (best effort, at most 5 s)."""
+        topics = [self.status_topic, *(f"{sp}/connected" for sp in self.smartevse.values())]
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            async with asyncio.timeout(5):
+                await self._send(client, [Out(t, OFFLINE, qos=1) for t in topics])
 
     def _make_client(self) -> aiomqtt.Client:
         context = None
@@ -285,7 +296,14 @@ class MqttBridge:
             began = loop.time()
             try:
                 async with self._make_client() as client:
-                    await self._session(client)
+                    try:
+                        await self._session(client)
+                    except Exception as exc:
+                        if not isinstance(exc, aiomqtt.MqttError):
+                            # A crash disconnects cleanly, so the last will would not say so.
+                            self.connected.clear()
+                            await self._offline(client)
+                        raise
             except aiomqtt.MqttError as exc:
                 if self._stopping:
                     break
@@ -625,10 +643,38 @@ class MqttBridge:
 
     def _reject(self, cid: str | None, topic: str, payload: object, reason: str) -> None:
         self.rejected += 1
-        log.warning("MQTT: refused %s %r: %s", topic, _shown(payload), reason)
         where = f"{self.prefix}/{cid}/error" if cid else f"{self.prefix}/error"
-        body = {"topic": topic[:200], "payload": _shown(payload), "error": reason, "at": self.rt.clock.now()}
+        suppressed = self._refusal_window(topic[:200], where)
+        if suppressed is None:
+            self.suppressed += 1
+            return
+        more = f" ({suppressed} more refused since the last note)" if suppressed else ""
+        log.warning("MQTT: refused %s %r: %s%s", topic[:200], _shown(payload), reason, more)
+        body: dict[str, Any] = {
+            "topic": topic[:200],
+            "payload": _shown(payload),
+            "error": reason,
+            "at": self.rt.clock.now(),
+        }
+        if suppressed:
+            body["suppressed"] = suppressed
         self._queue(Out(where, json.dumps(body, ensure_ascii=False), qos=1, dedupe=False))
+
+    def _refusal_window(self, topic: str, where: str) -> int | None:
+        """None if this refusal falls in its topic's quiet window, else how many that window swallowed."""
+        now = time.monotonic()
+        windows = self._refusals
+        if topic not in windows and len(windows) >= REFUSAL_TOPICS:
+            for key in [k for k, (opened, _n) in windows.items() if now - opened >= self.refusal_window_s]:
+                del windows[key]
+            if len(windows) >= REFUSAL_TOPICS:
+                topic = where
+        window = windows.get(topic)
+        if window is not None and now - window[0] < self.refusal_window_s:
+            window[1] += 1
+            return None
+        windows[topic] = [now, 0]
+        return 0 if window is None else int(window[1])
 
     def _route(self, topic: str) -> tuple[str, str | None, str]:
         head, _, what = topic.rpartition("/")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, WebSocket
+from fastapi import APIRouter, Query, Request, WebSocket
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from evpilot.api import secc
 from evpilot.api.facade import JsonRoute
 from evpilot.api.numbers import NumberError, parse_int
 from evpilot.control.runtime import Runtime, session_dict
+from evpilot.control.supervisor import OverallHealth
 from evpilot.core.charger import Charger
 from evpilot.core.errors import CommandError, check_range
 from evpilot.devices.apifed import ApiFedMeter
@@ -164,6 +165,24 @@ def build_router(rt: Runtime) -> APIRouter:
 
     def doc(cid: str) -> dict[str, Any]:
         return rt.charger_doc(cid)
+
+    @r.get("/health", tags=["site"], summary="Supervised tasks: state, restarts, last error; MQTT link")
+    async def get_health(request: Request) -> dict[str, Any]:
+        sup = rt.supervisor
+        bridge = getattr(request.app.state, "mqtt", None)
+        mqtt: dict[str, Any] | None = None
+        if bridge is not None:
+            mqtt = {
+                "connected": bridge.connected.is_set(),
+                "connects": bridge.connects,
+                "accepted": bridge.accepted,
+                "rejected": bridge.rejected,
+                "suppressed": bridge.suppressed,
+            }
+        status = sup.overall()
+        if mqtt is not None and not mqtt["connected"]:
+            status = OverallHealth.DEGRADED
+        return {"status": status.value, "tasks": sup.health(), "mqtt": mqtt}
 
     @r.get("/site", tags=["site"], summary="Site state: mains, base load, available current, PV")
     async def get_site() -> dict[str, Any]:

@@ -33,6 +33,8 @@ MAX_TIMEOUT_MS = 86_400_000
 MAX_AMPS = 80.0
 MAX_POWER_W = 55_200.0
 MAX_BODY = 16 * 1024
+# Seconds a WebSocket close may wait for a client that does not read.
+CLOSE_WAIT_S = 10.0
 
 # Shelly-like work states translated to OCPP connector status names.
 CONNECTOR_STATUS = {
@@ -197,7 +199,12 @@ Frame = dict[str, Any]
 async def run_socket(
     socket: WebSocket, rt: Runtime, cid: str, translate: Callable[[Frame], Frame | None] | None = None
 ) -> None:
-    """Push state frames (through `translate`) and take text commands until the client goes away."""
+    """Push state frames (through `translate`) and take text commands until the client goes away.
+
+    Frames wait in the client's bounded queue (error replies too); a client that falls so far behind
+    that a frame does not fit is dropped: closed with 1013 (try again later), so it reconnects and
+    starts again from a full state instead of silently missing frames.
+    """
     await socket.accept()
     q = rt.subscribe()
 
@@ -210,29 +217,45 @@ async def run_socket(
             error = "binary frames are not accepted" if text is None else ws_command(rt, cid, text)
             if error is not None:
                 frame = {"topic": "error", "message": {"command": (text or "")[:64], "detail": error}}
-                q.put_nowait({"raw": frame})
+                q.offer({"raw": frame})
 
-    reader = asyncio.create_task(read())
-    try:
+    async def write() -> None:
         while True:
-            getter = asyncio.ensure_future(q.get())
-            done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-            if getter not in done:
-                getter.cancel()
-                break
-            frame = getter.result()
+            frame = await q.get()
             out = frame["raw"] if "raw" in frame else (translate(frame) if translate else frame)
             if out is not None:
                 await socket.send_text(json.dumps(out, separators=(",", ":")))
-    except (WebSocketDisconnect, RuntimeError, asyncio.CancelledError):
+
+    tasks = {
+        asyncio.create_task(read(), name="ws-read"),
+        asyncio.create_task(write(), name="ws-write"),
+        asyncio.create_task(q.overflowed.wait(), name="ws-overflow"),
+    }
+    overflowed = False
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        overflowed = q.overflowed.is_set()
+        for task in done:
+            exc = None if task.cancelled() else task.exception()
+            if exc is not None and not isinstance(exc, WebSocketDisconnect | RuntimeError | OSError):
+                rt.supervisor.record("websocket", exc)
+    except asyncio.CancelledError:
         pass
     finally:
-        reader.cancel()
-        with contextlib.suppress(BaseException):
-            await reader
         rt.unsubscribe(q)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        # The close waits for the client to take what is already sent; one that never reads is left
+        # to the server's transport (bounded buffers) after CLOSE_WAIT_S.
         with contextlib.suppress(Exception):
-            await socket.close()
+            async with asyncio.timeout(CLOSE_WAIT_S):
+                if overflowed:
+                    await socket.close(code=1013, reason="client too slow: frames dropped")
+                else:
+                    await socket.close()
 
 
 def mount(app: FastAPI, rt: Runtime) -> None:

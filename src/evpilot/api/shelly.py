@@ -1027,6 +1027,13 @@ async def _serve_ws(facade: ShellyFacade, socket: WebSocket, cid: str | None) ->
                     await send(
                         {"src": dev.device_id, "dst": peer["src"], "method": "NotifyStatus", "params": params}
                     )
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass
+        except Exception as exc:  # counted and logged; the client is closed so it reconnects afresh
+            rt.supervisor.record("websocket", exc)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(10):
+                    await socket.close(code=1011)
         finally:
             rt.unsubscribe(q)
 

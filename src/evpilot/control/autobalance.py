@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from evpilot.control.runtime import Runtime
+from evpilot.control.supervisor import Supervised, TaskState
 from evpilot.core.autobalance import BalanceInput, BalanceResult, auto_balance_cap
 from evpilot.core.charger import Charger, Phases
 from evpilot.devices.shelly_em import EmReading, ShellyEmError, ShellyEmMeter
@@ -58,7 +59,7 @@ class AutoBalancer:
         self.timeout_s = timeout_s
         self.settings: dict[str, AutoBalanceSettings] = {}
         self.state: dict[str, BalanceState] = {}
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks: dict[str, Supervised] = {}
         self.running = False
 
     async def start(self) -> None:
@@ -71,7 +72,10 @@ class AutoBalancer:
         """Stop every poller and hand the chargers' caps back."""
         self.running = False
         for cid in list(self._tasks):
-            await self._cancel(cid)
+            try:
+                await self._cancel(cid)
+            except Exception:  # the other pollers still stop, and the app's shutdown goes on
+                log.exception("%s: stopping auto_balance failed", cid)
 
     def configure(self, cid: str, settings: AutoBalanceSettings) -> None:
         """New settings for a charger; restarts its poller (call from the event loop)."""
@@ -81,8 +85,8 @@ class AutoBalancer:
 
     def _restart(self, cid: str) -> None:
         old = self._tasks.pop(cid, None)
-        if old is not None:
-            old.cancel()
+        if old is not None and old.task is not None:
+            old.task.cancel()
         settings = self.settings[cid]
         previous = self.state.get(cid)
         # A new meter address starts afresh; other changes (max_current, …) keep the last reading,
@@ -90,16 +94,19 @@ class AutoBalancer:
         if previous is None or previous.em_ip != settings.em_ip:
             self.state[cid] = BalanceState(em_ip=settings.em_ip)
         if settings.enable and settings.em_ip is not None:
-            self._tasks[cid] = asyncio.create_task(self._poll(cid, settings), name=f"autobalance-{cid}")
+            self._tasks[cid] = self.rt.supervisor.spawn(
+                f"autobalance:{cid}", lambda: self._poll(cid, settings)
+            )
         else:
             self.rt.command(cid, lambda ch: ch.set_lease(LEASE, None, None), persist=False)
 
     async def _cancel(self, cid: str) -> None:
-        task = self._tasks.pop(cid, None)
-        if task is not None:
-            task.cancel()
+        entry = self._tasks.pop(cid, None)
+        if entry is not None and entry.task is not None:
+            entry.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await entry.task
+            entry.state = TaskState.STOPPED
         self.rt.command(cid, lambda ch: ch.set_lease(LEASE, None, None), persist=False)
 
     def _lease_s(self) -> float | None:
@@ -157,7 +164,8 @@ class AutoBalancer:
         if s is None or not settings.enable:
             return {"active": False}
         return {
-            "active": cid in self._tasks and not self._tasks[cid].done(),
+            "active": cid in self._tasks
+            and self._tasks[cid].state in (TaskState.RUNNING, TaskState.RESTARTING),
             "em_currents": None if s.reading is None else [round(a, 3) for a in s.reading.currents],
             "error": s.error,
             "cap": None if s.result is None else round(s.result.amps, 1),

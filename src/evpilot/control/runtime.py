@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from evpilot.config import AppConfig
 from evpilot.control.build import assemble
 from evpilot.control.overload import OverloadMonitor
+from evpilot.control.supervisor import Supervisor
 from evpilot.core.charger import MODES, Charger
 from evpilot.core.errors import CommandError, check_range
 from evpilot.core.session import SessionCheckpoint, SessionRecord, StopReason
@@ -63,6 +64,28 @@ class UnknownCharger(KeyError):
     """No charger with this id."""
 
 
+# Frames a WebSocket client may have waiting, besides one full state (a client that falls this far
+# behind is closed; see FrameQueue).
+QUEUE_FRAMES = 1000
+
+
+class FrameQueue(asyncio.Queue[dict[str, Any]]):
+    """A subscriber's bounded frame queue; `overflowed` is set once a frame did not fit."""
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__(maxsize)
+        self.overflowed = asyncio.Event()
+
+    def offer(self, frame: dict[str, Any]) -> bool:
+        """Queue `frame`; False (and `overflowed` set) when the queue is full."""
+        try:
+            self.put_nowait(frame)
+        except asyncio.QueueFull:
+            self.overflowed.set()
+            return False
+        return True
+
+
 class Runtime:
     """Runs the control loop, owns the site, applies commands and broadcasts state."""
 
@@ -103,12 +126,12 @@ class Runtime:
             if isinstance(circuit_meter, ApiFedMeter):
                 circuit_meter.bound = lambda limit=circuit.limit: READING_BOUND * limit
         self.default_id = config.chargers[0].id if config.chargers else ""
-        self.subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self.subscribers: set[FrameQueue] = set()
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._docs: dict[str, dict[str, Any]] = {}
         self._work: dict[str, tuple[str, str]] = {}
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self.supervisor = Supervisor(clock.now)
         self._stopping = False
         self._cp_at = self.started_at
         self._cp_total = self._last_total = sum(c.lifetime_kwh for c in self.engine.chargers.values())
@@ -223,24 +246,33 @@ class Runtime:
     async def start(self) -> None:
         """Run the first tick and start the control loop."""
         self.tick()
-        self._task = asyncio.create_task(self._loop(), name="evpilot-control")
+        self.supervisor.spawn("control", self._loop)
 
     async def stop(self) -> None:
         """Stop the loop, close open sessions and save counters."""
         self._stopping = True
-        if self._task is not None:
-            self._wake.set()
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self._wake.set()
+        # Whatever fails on the way, the sessions and counters are still saved (each step alone).
+        try:
+            await self.supervisor.stop_all()
+        except Exception:
+            log.exception("stopping the runtime's tasks failed")
         now = self.clock.now()
         for ch in self.engine.chargers.values():
-            ch.close(now, StopReason.SHUTDOWN)
-        self._drain_events()
-        if self.store is not None:
-            self._save_limits()
-            self._checkpoint(now)
-            await asyncio.to_thread(self.store.flush)
+            try:
+                ch.close(now, StopReason.SHUTDOWN)
+            except Exception:
+                log.exception("%s: closing the session failed", ch.config.id)
+        try:
+            self._drain_events()
+        finally:
+            if self.store is not None:
+                try:
+                    self._save_limits()
+                except Exception:
+                    log.exception("saving the external limits failed")
+                self._checkpoint(now)
+                await asyncio.to_thread(self.store.flush)
 
     async def _loop(self) -> None:
         tick_s = self.config.control.tick_s
@@ -250,8 +282,8 @@ class Runtime:
             self._wake.clear()
             try:
                 self.tick()
-            except Exception:  # the loop must survive a bug in one tick
-                log.exception("control tick failed")
+            except Exception as exc:  # the loop must survive a bug in one tick
+                self.supervisor.record("control", exc)
             if not woke:
                 next_tick += tick_s
                 if next_tick < self.clock.now():
@@ -381,15 +413,16 @@ class Runtime:
     def _broadcast(self, topic: str, message: dict[str, Any]) -> None:
         frame = {"topic": topic, "message": message}
         for q in list(self.subscribers):
-            if q.qsize() > 1000:
-                continue
-            q.put_nowait(frame)
-        for listener in self.listeners:
-            listener(topic, message)
+            q.offer(frame)
+        for listener in list(self.listeners):
+            try:
+                listener(topic, message)
+            except Exception as exc:  # one broken listener must not stop the tick or the others
+                self.supervisor.record("listeners", exc)
 
-    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
-        """A queue that receives every published frame; the current state comes first."""
-        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    def subscribe(self) -> FrameQueue:
+        """A bounded queue that receives every published frame; the current state comes first."""
+        q = FrameQueue(QUEUE_FRAMES + len(self.engine.chargers) + 2)
         q.put_nowait({"topic": "site", "message": self.site_doc()})
         for cid in self.engine.chargers:
             q.put_nowait({"topic": "charger", "message": self.charger_doc(cid)})
@@ -398,7 +431,7 @@ class Runtime:
         self.subscribers.add(q)
         return q
 
-    def unsubscribe(self, q: asyncio.Queue[dict[str, Any]]) -> None:
+    def unsubscribe(self, q: FrameQueue) -> None:
         """Stop sending frames to `q`."""
         self.subscribers.discard(q)
 
