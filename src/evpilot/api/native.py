@@ -159,6 +159,42 @@ class FaultBody(_Body):
     diode: bool = False
 
 
+class TaskErrorDoc(BaseModel):
+    """A task's last unexpected exception; `at` in clock seconds."""
+
+    type: str
+    message: str
+    at: float
+
+
+class TaskHealthDoc(BaseModel):
+    """One supervised task."""
+
+    name: str
+    state: Literal["running", "restarting", "stopped", "failed"]
+    restarts: int
+    crashes: int
+    last_error: TaskErrorDoc | None
+
+
+class MqttLinkDoc(BaseModel):
+    """The MQTT bridge's link."""
+
+    connected: bool
+    connects: int
+    accepted: int
+    rejected: int
+    suppressed: int = Field(description="refusals not published or logged (per-topic rate limit)")
+
+
+class HealthDoc(BaseModel):
+    """`ok` when every task runs and the MQTT link (if configured) is up, else `degraded`."""
+
+    status: Literal["ok", "degraded"]
+    tasks: list[TaskHealthDoc]
+    mqtt: MqttLinkDoc | None
+
+
 def build_router(rt: Runtime) -> APIRouter:
     """The native API bound to a runtime."""
     r = APIRouter(prefix="/api", route_class=JsonRoute)
@@ -166,7 +202,12 @@ def build_router(rt: Runtime) -> APIRouter:
     def doc(cid: str) -> dict[str, Any]:
         return rt.charger_doc(cid)
 
-    @r.get("/health", tags=["site"], summary="Supervised tasks: state, restarts, last error; MQTT link")
+    @r.get(
+        "/health",
+        tags=["site"],
+        summary="Supervised tasks: state, restarts, last error; MQTT link",
+        response_model=HealthDoc,
+    )
     async def get_health(request: Request) -> dict[str, Any]:
         sup = rt.supervisor
         bridge = getattr(request.app.state, "mqtt", None)
