@@ -228,6 +228,13 @@ def test_explicit_start_stop_and_session_history(api: Api) -> None:
     EXERCISED.add(("GET", "/api/sessions"))
 
 
+def test_health_lists_the_supervised_tasks(api: Api) -> None:
+    doc = api.ok("GET", "/api/health")
+    assert doc["status"] == "ok" and doc["mqtt"] is None
+    control = next(t for t in doc["tasks"] if t["name"] == "control")
+    assert control == {"name": "control", "state": "running", "restarts": 0, "crashes": 0, "last_error": None}
+
+
 def test_sim_fault_and_reset(api: Api) -> None:
     api.ok("POST", "/api/sim/chargers/{cid}/fault", {"rcm": True}, cid="cp1")
     doc = api.wait(lambda d: "rcm_triggered" in d["errors"])
