@@ -10,12 +10,14 @@ import httpx
 import pytest
 
 from evpilot.api.mqtt import MqttBridge
+from evpilot.control.autobalance import AutoBalancer
 from evpilot.control.runtime import Runtime
 from evpilot.control.supervisor import Supervisor, TaskState
 from evpilot.store.sqlite import Store
-from tests.helpers import make_config, poll, serve
+from tests.helpers import free_port, make_config, poll, serve
 from tests.integration.conftest import broker  # noqa: F401  (the fixture)
 from tests.integration.mqtt_helpers import Broker, mqtt_config, recorder, until
+from tests.integration.test_shelly_autobalance import _config, _rpc, rt_facade
 
 
 def bridge_of(rt: Runtime) -> MqttBridge:
@@ -240,3 +242,33 @@ async def test_clean_stop_saves_the_open_session_even_when_a_listener_raises(tmp
     saved = Store(tmp_path / "evpilot.db").sessions("cp1", 10)
     assert len(saved) == 1 and saved[0].stop_reason == "shutdown"
     assert rt.supervisor.tasks["listeners"].last_error is not None
+
+
+async def test_a_crashing_auto_balance_poller_restarts(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_apply = AutoBalancer._apply
+    calls = 0
+
+    def failing_once(self: AutoBalancer, *args: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise ArithmeticError("injected poller failure")
+        real_apply(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(AutoBalancer, "_apply", failing_once)
+    em_port = free_port()
+    async with serve(_config(em_port), speed=10) as (base, rt), httpx.AsyncClient(base_url=base) as http:
+        facade = rt_facade(rt)
+        config = {"auto_balance": {"enable": True, "em_ip": "127.0.0.1", "max_current": 16}}
+        reply = await _rpc(http, "Service.SetConfig", {"id": 0, "config": config})
+        assert reply["result"] == {"restart_required": False}
+        doc = await poll(
+            http,
+            "/api/health",
+            lambda d: any(t["name"] == "autobalance:cp1" and t["restarts"] == 1 for t in d["tasks"]),
+        )
+        poller = next(t for t in doc["tasks"] if t["name"] == "autobalance:cp1")
+        assert poller["crashes"] == 1 and poller["last_error"]["type"] == "ArithmeticError"
+        await until(lambda: calls > 4, what="polls after the restart")
+        assert facade.balancer.status("cp1")["active"] is True
+        assert rt.charger("cp1").leases.get("auto_balance") is not None
