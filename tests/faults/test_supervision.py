@@ -224,10 +224,14 @@ async def test_clean_stop_saves_the_open_session_even_when_the_bridge_stop_raise
         await until(lambda: rt.charger("cp1").session.energy_kwh > 0, what="energy")  # type: ignore[union-attr]
         session_id = rt.charger("cp1").session.id  # type: ignore[union-attr]
         monkeypatch.setattr(MqttBridge, "stop", broken_stop)
-    saved = Store(tmp_path / "evpilot.db").sessions("cp1", 10)
+    store.close()
+    again = Store(tmp_path / "evpilot.db")
+    saved = again.sessions("cp1", 10)
+    lifetime = again.lifetime("cp1")
+    again.close()
     assert [s.id for s in saved] == [session_id]
     assert saved[0].stop_reason == "shutdown" and saved[0].energy_kwh > 0
-    assert Store(tmp_path / "evpilot.db").lifetime("cp1") > 0
+    assert lifetime > 0
 
 
 async def test_clean_stop_saves_the_open_session_even_when_a_listener_raises(tmp_path: Path) -> None:
@@ -239,7 +243,10 @@ async def test_clean_stop_saves_the_open_session_even_when_a_listener_raises(tmp
             raise RuntimeError("injected listener failure")
 
         rt.listeners.insert(0, broken)
-    saved = Store(tmp_path / "evpilot.db").sessions("cp1", 10)
+    store.close()
+    again = Store(tmp_path / "evpilot.db")
+    saved = again.sessions("cp1", 10)
+    again.close()
     assert len(saved) == 1 and saved[0].stop_reason == "shutdown"
     assert rt.supervisor.tasks["listeners"].last_error is not None
 
