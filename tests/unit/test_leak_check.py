@@ -48,7 +48,10 @@ def test_leaked_tasks_and_threads_fail_the_test_by_name(tmp_path: Path) -> None:
     assert r.returncode == 1, out
     # Each test's own call passes; the two that leak fail at teardown, naming what they left behind.
     assert "5 passed, 2 errors" in out, out
-    errors = sorted(line.split("::")[1] for line in out.splitlines() if line.startswith("ERROR "))
+    # The summary line may carry " - <message>" after the test id, depending on the terminal width.
+    errors = sorted(
+        line.split("::")[1].split(" ")[0] for line in out.splitlines() if line.startswith("ERROR ")
+    )
     assert errors == ["test_leaves_a_task", "test_leaves_a_thread"], out
     assert "left running after the test: task forgotten-sleeper (sleep)" in out
     assert "left running after the test: thread forgotten-napper (sleep, daemon)" in out
