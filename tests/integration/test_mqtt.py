@@ -155,7 +155,7 @@ MALFORMED = [
     ("SmartEVSE/cp1/Set/EVMeter", b"1:2:3", "cp1", "is not L1:L2:L3:W:Wh"),
     ("SmartEVSE/cp1/Set/EVMeter", b"60:60:1000:0:0", "cp1", "0..999"),
     ("SmartEVSE/cp1/Set/HomeBatteryCurrent", b"ten", "cp1", "not an integer"),
-    ("SmartEVSE/cp1/Set/HomeBatteryCurrent", b"5000", "cp1", "out of range"),
+    ("SmartEVSE/cp1/Set/HomeBatteryCurrent", b"10001", "cp1", "out of range"),
     ("SmartEVSE/cp1/Set/EnableC2", b"7", "cp1", "outside 0-4"),
     ("SmartEVSE/cp1/Set/EnableC2", b"Sometimes", "cp1", "is not 0-4"),
     ("SmartEVSE/cp1/Set/ColorOff", b"1,2,3", "cp1", "not supported"),

@@ -97,9 +97,10 @@ async def test_smartevse_seed_commands_and_topics(broker: Broker) -> None:
         await rec.wait_topic(f"{se}/EnableC2", "Always On")
         assert ch.phase_mode == "always_3p"
 
-        await pub(broker.port, f"{se}/Set/HomeBatteryCurrent", "10")
+        # dA, as on the firmware (one dA variable behind this topic and REST `battery_current`).
+        await pub(broker.port, f"{se}/Set/HomeBatteryCurrent", "100")
         await until(lambda: rt.engine.battery.current == 10, what="home battery 10 A")
-        await rec.wait_topic(f"{se}/HomeBatteryCurrent", "10")
+        await rec.wait_topic(f"{se}/HomeBatteryCurrent", "100")
 
         await pub(broker.port, f"{se}/Set/CurrentMaxSumMains", "100")
         await until(lambda: rt.engine.site.capacity_limit == 100, what="capacity 100 A")
@@ -125,6 +126,8 @@ async def test_smartevse_seed_commands_and_topics(broker: Broker) -> None:
             "Connected to EV",
             "Charging",
             "Charging Stopped",
+            "Stop Charging",
+            "D",
         )
         assert bridge.rejected == 0
 

@@ -23,6 +23,7 @@ from typing import Any
 import aiomqtt
 
 from evpilot.api import numbers
+from evpilot.api import smartevse_vocab as vocab
 from evpilot.api.ha_discovery import OFF, ON, discovery_configs, node_slug
 from evpilot.api.numbers import NumberError
 from evpilot.config import MqttModel, parse_mqtt_url
@@ -65,22 +66,8 @@ NATIVE_COMMANDS = (
 )
 SITE_COMMANDS = ("mode", "capacity")
 
-SE_MODES = {"Off": None, "Normal": "normal", "Smart": "smart", "Solar": "solar"}
-SE_MODE_NAMES = {"off": "Off", "normal": "Normal", "smart": "Smart", "solar": "Solar"}
 SE_ENABLE_C2 = ("Not present", "Always Off", "Solar Off", "Always On", "Auto")
 SE_PHASE_MODES = ("not_present", "always_1p", "solar_1p", "always_3p", "auto")
-SE_STATES = {
-    "A": "Ready to Charge",
-    "B1": "Connected to EV",
-    "B2": "Connected to EV",
-    "C1": "Charging Stopped",
-    "C2": "Charging",
-    "D1": "Charging Stopped",
-    "D2": "D",
-    "E": "Ready to Charge",
-    "F": "Ready to Charge",
-}
-SE_ERRORS = {"rcm_triggered": "RCM Tripped", "temperature_high": "Temperature High"}
 SE_UNSUPPORTED = frozenset(
     {
         "CPPWMOverride",
@@ -528,37 +515,22 @@ class MqttBridge:
         outs += [Out(f"{base}/{k}", v) for k, v in values.items()]
         return outs
 
-    def _solar_stop_timer(self, cid: str) -> int:
-        memo = self.rt.engine.state.chargers.get(cid)
-        stop_s = self.rt.engine.site.solar.stop_min * 60.0
-        if memo is None or memo.solar_short_since is None or stop_s <= 0:
-            return 0
-        return max(0, round(stop_s - (self.rt.clock.now() - memo.solar_short_since)))
-
     def render_smartevse(self, cid: str, d: dict[str, Any], site: dict[str, Any]) -> list[Out]:
         """The SmartEVSE firmware's topics (units: dA for currents, W, Wh), its retain flags."""
         sp = self.smartevse[cid]
-        errors = d["errors"]
-        mode = "Off" if not d["enabled"] else SE_MODE_NAMES.get(d["mode"], "N/A")
-        if errors:
-            error = next((SE_ERRORS[e] for e in errors if e in SE_ERRORS), errors[0])
-        elif site.get("fallback"):
-            error = "Communication Error"
-        elif d["plugged"] and d["mode"] == "solar" and d["current"]["allocated"] == 0 and d["enabled"]:
-            error = "Waiting for Solar"
-        else:
-            error = "None"
+        ch = self.rt.charger(cid)
+        st = vocab.status(self.rt, ch)
         session = d.get("session") or {}
         limits = d["limits"]
 
         def da(amps: float | None) -> str:
-            return str(round((amps or 0.0) * 10))
+            return str(vocab.deciamps(amps))
 
         retained = {
-            "Mode": mode,
+            "Mode": vocab.mode_of(self.rt, ch).mqtt_name,
             "Access": "Allow" if d["enabled"] else "Deny",
-            "State": SE_STATES.get(d["state"], "NOSTATE"),
-            "Error": error,
+            "State": st.state,
+            "Error": st.error,
             "ChargeCurrent": da(d["current"]["signaled"]),
             "ChargeCurrentOverride": da(limits["override"]),
             "MaxCurrent": da(limits["max_current"]),
@@ -571,7 +543,8 @@ class MqttBridge:
             "EVChargePower": str(round(d["power_w"])),
             "EVTotalEnergyCharged": str(round(d["lifetime_kwh"] * 1000)),
             "ESPTemp": str(round(d["temperature"])),
-            "SolarStopTimer": str(self._solar_stop_timer(cid)),
+            "SolarStopTimer": str(vocab.solar_stop_timer(self.rt, cid)),
+            "LoadBl": str(vocab.loadbl(self.rt, cid)),
         }
         for i in range(3):
             live[f"EVCurrentL{i + 1}"] = da(d["amperage"][i])
@@ -580,7 +553,7 @@ class MqttBridge:
             for i in range(3):
                 live[f"MainsCurrentL{i + 1}"] = da(mains["currents"][i])
         if site.get("battery_current") is not None:
-            live["HomeBatteryCurrent"] = str(round(site["battery_current"]))
+            live["HomeBatteryCurrent"] = da(site["battery_current"])
         outs = [Out(f"{sp}/{k}", v) for k, v in retained.items()]
         outs += [Out(f"{sp}/{k}", v, retain=False) for k, v in live.items()]
         return outs
@@ -760,20 +733,10 @@ class MqttBridge:
         ch = self.rt.charger(cid)
         now = self.rt.clock.now()
         if what == "Mode":
-            if text not in SE_MODES:
-                raise Rejected(f"Mode: {text!r} is not one of {', '.join(SE_MODES)}")
-            mode = SE_MODES[text]
-
-            def set_mode(c: Charger) -> None:
-                if mode is None:
-                    c.set_enabled(False)
-                    return
-                c.set_mode(mode)
-                if mode != "normal":
-                    c.set_override(None)  # the firmware clears the override in Smart and Solar
-                c.set_enabled(True)
-
-            self._apply(cid, set_mode)
+            mode = vocab.MODE_BY_NAME.get(text)
+            if mode is None:
+                raise Rejected(f"Mode: {text!r} is not one of {', '.join(vocab.MODE_BY_NAME)}")
+            self._apply(cid, lambda c: vocab.apply_mode(c, mode))
         elif what == "CurrentOverride":
             da = parse_int(text, what)
             low, high = ch.config.min_current * 10, ch.config.max_current * 10
@@ -808,8 +771,9 @@ class MqttBridge:
             )
             self.ev_meters[cid].push(reading)
         elif what == "HomeBatteryCurrent":
-            battery = check_range("HomeBatteryCurrent", parse_int(text, what), -1000, 1000, " A")
-            self.rt.engine.battery.push(battery, now)
+            bound = vocab.MAX_BATTERY_DA
+            battery = round(check_range(what, parse_int(text, what), -bound, bound, " dA"))
+            self.rt.engine.battery.push(vocab.battery_amps(battery), now)
             self.rt.recompute()
         elif what == "EnableC2":
             if text[:1].isdigit():

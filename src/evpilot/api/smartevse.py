@@ -18,10 +18,11 @@ from starlette.responses import Response
 
 from evpilot import __version__
 from evpilot.api import numbers
+from evpilot.api import smartevse_vocab as vocab
 from evpilot.api.facade import CHARGER_PREFIX, BodyLimit, Routes, json_response
 from evpilot.api.numbers import NumberError
 from evpilot.control.runtime import Runtime, UnknownCharger
-from evpilot.core.charger import Charger, ErrorFlag
+from evpilot.core.charger import Charger
 from evpilot.core.errors import CommandError
 from evpilot.core.iec61851 import DRAW_THRESHOLD_A, duty_for_current
 from evpilot.devices.apifed import ImplausibleReading
@@ -32,9 +33,6 @@ MAX_BODY = 16 * 1024
 # A measured current in dA may be at most ±1000 A, as in the native API.
 MAX_DECIAMPS = 10_000
 
-# mode parameter / mode_id: 0 OFF, 1 NORMAL, 2 SOLAR, 3 SMART.
-MODE_BY_ID = {1: "normal", 2: "solar", 3: "smart"}
-MODE_NAME = {"normal": ("NORMAL", 1), "solar": ("SOLAR", 2), "min+solar": ("SOLAR", 2), "smart": ("SMART", 3)}
 # evse.mode is the firmware's internal Mode: 0 normal, 1 smart, 2 solar.
 EVSE_MODE = {"normal": 0, "smart": 1, "solar": 2, "min+solar": 2, "off": 0}
 # enable_C2: 0 Not present, 1 Always Off, 2 Solar Off, 3 Always On, 4 Auto.
@@ -46,28 +44,6 @@ C2_NAME = {
     "always_3p": "Always On",
     "auto": "Auto",
 }
-# evse.state_id / evse.state by pilot state (the firmware's State numbers and web names).
-STATE = {
-    "A": (0, "Ready to Charge"),
-    "B1": (9, "Charging Stopped"),
-    "B2": (1, "Connected to EV"),
-    "C1": (10, "Stop Charging"),
-    "C2": (2, "Charging"),
-    "D1": (10, "Stop Charging"),
-    "D2": (3, "Charging"),
-    "E": (0, "Ready to Charge"),
-    "F": (0, "Ready to Charge"),
-}
-# evse.error / error_id: the firmware's error names and bit numbers; evpilot-only faults after them.
-ERRORS = {
-    ErrorFlag.TEMPERATURE_HIGH: ("Temperature High", 3),
-    ErrorFlag.RCM_TRIGGERED: ("RCM Tripped", 5),
-    ErrorFlag.PILOT_FAULT: ("Pilot Fault", 10),
-    ErrorFlag.DIODE_SHORT: ("Diode Short", 11),
-    ErrorFlag.EV_NOT_STOPPING: ("EV Not Stopping", 12),
-}
-NO_POWER = ("No Power Available", 1)
-NO_SUN = ("Waiting for Solar", 7)
 METER_NAME = {"api": "API", "sim": "Sim", "none": "Disabled"}
 
 
@@ -90,8 +66,7 @@ def _int(text: str | None) -> int | None:
         return None
 
 
-def _dA(amps: float) -> int:
-    return round(amps * 10.0)
+_dA = vocab.deciamps
 
 
 def settings_doc(rt: Runtime, cid: str) -> dict[str, Any]:
@@ -100,21 +75,8 @@ def settings_doc(rt: Runtime, cid: str) -> dict[str, Any]:
     e = rt.engine
     site = e.site
     mode = e.mode_of(ch)
-    if not ch.enabled or mode == "off":
-        mode_name, mode_id = "OFF", 0
-    else:
-        mode_name, mode_id = MODE_NAME[mode]
-    state_id, state_name = STATE[ch.pilot.value]
-    error, error_id = "None", 0
-    flagged = [f for f in ERRORS if f in ch.errors]
-    if flagged:
-        error, error_id = ERRORS[flagged[0]]
-    elif ch.plugged and ch.permitted() and ch.commanded == 0:
-        if ch.allocation_source == "solar":
-            # Like the firmware, waiting for sun is shown in the state, not as an error.
-            state_name = f"{state_name} - {NO_SUN[0]}"
-        else:
-            error, error_id = NO_POWER
+    shown = vocab.mode_of(rt, ch)
+    st = vocab.status(rt, ch)
     circuit = next((c.limit for c in site.circuits if c.name == ch.config.circuit), site.mains_limit)
     mains = e.last_mains
     mains_dA = [_dA(a) for a in mains.currents] if mains is not None else [0, 0, 0]
@@ -128,8 +90,8 @@ def settings_doc(rt: Runtime, cid: str) -> dict[str, Any]:
     return {
         "version": __version__,
         "serialnr": zlib.crc32(cid.encode()) % 100_000,
-        "mode": mode_name,
-        "mode_id": mode_id,
+        "mode": shown.name,
+        "mode_id": shown.mode_id,
         "car_connected": ch.plugged,
         "evse": {
             "temp": round(ch.temperature),
@@ -137,14 +99,14 @@ def settings_doc(rt: Runtime, cid: str) -> dict[str, Any]:
             "connected": ch.plugged,
             "access": ch.enabled,
             "mode": EVSE_MODE[mode],
-            "loadbl": 0,
+            "loadbl": vocab.loadbl(rt, cid),
             # The firmware reports the PWM timer value, 1024 = 100 % (no PWM).
             "pwm": round(duty_for_current(ch.signaled) * 10.24),
-            "solar_stop_timer": 0,
-            "state": state_name,
-            "state_id": state_id,
-            "error": error,
-            "error_id": error_id,
+            "solar_stop_timer": vocab.solar_stop_timer(rt, cid),
+            "state": st.state,
+            "state_id": st.state_id,
+            "error": st.error,
+            "error_id": st.error_id,
             "rfid": "Not Installed",
         },
         "settings": {
@@ -287,21 +249,13 @@ def mount(app: FastAPI, rt: Runtime) -> None:
         mode = rt.engine.mode_of(ch)
         if "mode" in q:
             mode_id = _int(q["mode"])
-            if mode_id == 0:
-                probe("mode", lambda c: c.set_enabled(False))
-                done["mode"] = q["mode"]
-            elif mode_id in MODE_BY_ID:
-                new_mode = MODE_BY_ID[mode_id]
-                mode = new_mode
-
-                def set_mode(c: Charger) -> None:
-                    c.set_mode(new_mode)
-                    c.set_enabled(True)
-
-                probe("mode", set_mode)
-                done["mode"] = q["mode"]
-            else:
+            chosen = vocab.MODE_BY_ID.get(mode_id) if mode_id is not None else None
+            if chosen is None:
                 errors["mode"] = NOT_ALLOWED
+            else:
+                mode = chosen.core_mode or mode
+                probe("mode", lambda c: vocab.apply_mode(c, chosen))
+                done["mode"] = q["mode"]
         if "override_current" in q:
             value = number("override_current", 0, 10 * round(ch.config.max_current))
             if value is not None:
@@ -370,7 +324,8 @@ def mount(app: FastAPI, rt: Runtime) -> None:
         values: dict[str, int] = {}
         for name in (*phases, "battery_current") if "battery_current" in q else phases:
             value = _int(q[name])
-            if value is None or abs(value) > MAX_DECIAMPS:
+            bound = vocab.MAX_BATTERY_DA if name == "battery_current" else MAX_DECIAMPS
+            if value is None or abs(value) > bound:
                 errors[name] = NOT_ALLOWED
             else:
                 values[name] = value
@@ -390,7 +345,7 @@ def mount(app: FastAPI, rt: Runtime) -> None:
         now = rt.clock.now()
         doc: dict[str, Any] = {}
         if "battery_current" in values:
-            rt.engine.battery.push(values["battery_current"] / 10.0, now)
+            rt.engine.battery.push(vocab.battery_amps(values["battery_current"]), now)
             doc["battery_current"] = values["battery_current"]
             rt.recompute()
         if phases:

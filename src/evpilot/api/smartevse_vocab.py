@@ -1,0 +1,155 @@
+"""The SmartEVSE firmware's vocabulary, shared by its REST facade and its MQTT topics.
+
+One place for the firmware's state and error names, its units (currents in dA, the home battery
+current included, on both transports), the solar stop timer, the load-balancing role and what a
+mode change does to the override: REST (`api/smartevse.py`) and MQTT (`api/mqtt.py`) render and
+take the same values through these functions only.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from evpilot.control.runtime import Runtime
+from evpilot.core.charger import Charger, ErrorFlag
+
+# The firmware's web state names (`StrStateNameWeb`) and State numbers, by IEC 61851 pilot state.
+# B1 and C1 are the firmware's STATE_B1 / STATE_C1; D1 (ventilation, no PWM) is asked to stop like C1,
+# D2 is the firmware's state D, named "D".
+STATE: dict[str, tuple[int, str]] = {
+    "A": (0, "Ready to Charge"),
+    "B1": (9, "Charging Stopped"),
+    "B2": (1, "Connected to EV"),
+    "C1": (10, "Stop Charging"),
+    "C2": (2, "Charging"),
+    "D1": (10, "Stop Charging"),
+    "D2": (3, "D"),
+    "E": (0, "Ready to Charge"),
+    "F": (0, "Ready to Charge"),
+}
+# The firmware's error names and `getErrorId` numbers (highest bit set + 1); evpilot-only faults after them.
+ERRORS: dict[ErrorFlag, tuple[str, int]] = {
+    ErrorFlag.TEMPERATURE_HIGH: ("Temperature High", 3),
+    ErrorFlag.RCM_TRIGGERED: ("RCM Tripped", 5),
+    ErrorFlag.PILOT_FAULT: ("Pilot Fault", 10),
+    ErrorFlag.DIODE_SHORT: ("Diode Short", 11),
+    ErrorFlag.EV_NOT_STOPPING: ("EV Not Stopping", 12),
+}
+NO_ERROR = ("None", 0)
+NO_POWER = ("No Power Available", 1)
+# CT_NOCOMM: the mains data went stale and the site runs on its fallback currents.
+COMM_ERROR = ("Communication Error", 2)
+WAITING_FOR_SOLAR = "Waiting for Solar"
+# The firmware takes at most eight modules on one mains (one master, nodes 2 to 8).
+MAX_LOADBL = 8
+
+
+class Mode(enum.Enum):
+    """The firmware's mode, as `Set/Mode` names it and `/settings` numbers it."""
+
+    OFF = ("Off", 0)
+    NORMAL = ("Normal", 1)
+    SOLAR = ("Solar", 2)
+    SMART = ("Smart", 3)
+
+    @property
+    def mqtt_name(self) -> str:
+        """The MQTT `Mode` payload."""
+        return self.value[0]
+
+    @property
+    def mode_id(self) -> int:
+        """The `/settings` mode parameter and `mode_id`."""
+        return self.value[1]
+
+    @property
+    def core_mode(self) -> str | None:
+        """evpilot's charger mode (None: OFF disables charging and keeps the mode)."""
+        return None if self is Mode.OFF else self.name.lower()
+
+
+MODE_BY_ID = {m.mode_id: m for m in Mode}
+MODE_BY_NAME = {m.mqtt_name: m for m in Mode}
+
+
+def mode_of(rt: Runtime, ch: Charger) -> Mode:
+    """The firmware mode a charger shows: OFF while disabled or off; evpilot's min+solar is SOLAR."""
+    mode = rt.engine.mode_of(ch)
+    if not ch.enabled or mode == "off":
+        return Mode.OFF
+    return {"normal": Mode.NORMAL, "smart": Mode.SMART}.get(mode, Mode.SOLAR)
+
+
+def apply_mode(ch: Charger, mode: Mode) -> None:
+    """`Set/Mode` and `/settings?mode=`: OFF disables; SMART and SOLAR clear the override (firmware)."""
+    core = mode.core_mode
+    if core is None:
+        ch.set_enabled(False)
+        return
+    ch.set_mode(core)
+    if mode is not Mode.NORMAL:
+        ch.set_override(None)
+    ch.set_enabled(True)
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """The firmware's state and error of one charger: one truth for `/settings` and the MQTT topics."""
+
+    state_id: int
+    state: str
+    error: str
+    error_id: int
+
+
+def status(rt: Runtime, ch: Charger) -> Status:
+    """State and error as the firmware's `/settings` shows them (waiting for sun is in the state)."""
+    state_id, state = STATE[ch.pilot.value]
+    flagged = [f for f in ERRORS if f in ch.errors]
+    error = NO_ERROR
+    alloc = rt.engine.last
+    if flagged:
+        # Like the firmware's getErrorId: the highest error number wins.
+        error = max((ERRORS[f] for f in flagged), key=lambda e: e[1])
+    elif alloc is not None and alloc.fallback:
+        error = COMM_ERROR
+    elif ch.plugged and ch.permitted() and ch.commanded == 0:
+        if ch.allocation_source == "solar":
+            # The firmware's /settings moves NO_SUN from the error into the state text.
+            state = f"{state} - {WAITING_FOR_SOLAR}"
+        else:
+            error = NO_POWER
+    return Status(state_id, state, error[0], error[1])
+
+
+def solar_stop_timer(rt: Runtime, cid: str) -> int:
+    """Seconds until solar charging stops for lack of sun (0 = not counting)."""
+    memo = rt.engine.state.chargers.get(cid)
+    stop_s = rt.engine.site.solar.stop_min * 60.0
+    if memo is None or memo.solar_short_since is None or stop_s <= 0:
+        return 0
+    return max(0, round(stop_s - (rt.clock.now() - memo.solar_short_since)))
+
+
+def loadbl(rt: Runtime, cid: str) -> int:
+    """LoadBl: 0 alone on the site, else 1 for the first charger (master) and 2-8 for the others."""
+    ids = list(rt.engine.chargers)
+    if len(ids) < 2:
+        return 0
+    return min(ids.index(cid) + 1, MAX_LOADBL)
+
+
+def deciamps(amps: float | None) -> int:
+    """A current in A as the firmware's dA."""
+    return round((amps or 0.0) * 10.0)
+
+
+# Home battery current: dA on `/currents?battery_current=` and `Set/HomeBatteryCurrent` alike
+# (the firmware stores both in one dA variable); + charging, − discharging.
+MAX_BATTERY_DA = 10_000
+
+
+def battery_amps(da: int) -> float:
+    """The home battery current in A from the firmware's dA (range-checked by the caller)."""
+    return da / 10.0
