@@ -107,3 +107,18 @@ async def test_per_charger_websocket_sends_that_chargers_charging_frames() -> No
             lim = await poll(c, "/chargers/cp2/api/v1/limits", lambda d: d["amperageLimit"] == 7)
             assert lim["amperageLimit"] == 7
             assert "lease" not in rt.charger("cp1").leases
+
+
+async def test_power_limit_is_converted_with_the_phases_in_use() -> None:
+    async with serve(make_config(), speed=20) as (base, rt), httpx.AsyncClient(base_url=base) as c:
+        ch = rt.charger("cp1")
+        assert ch.config.phases == 3
+        r = await c.put("/api/v1/limits", json={"powerLimit": 4140})
+        assert r.status_code == 200 and r.json()["powerLimit"] == 4140
+        await poll(c, "/api/v1/transaction", lambda d: d["usedPhasesSession"] == 3)
+        assert ch.own_limit(rt.clock.now()) == (6.0, "lease_power")
+        # Switched to one phase, the same 4,140 W is 18 A on that phase, not 6 A.
+        rt.command("cp1", lambda x: x.set_phase_mode("always_1p"))
+        await poll(c, "/api/v1/transaction", lambda d: d["usedPhasesSession"] == 1)
+        assert ch.own_limit(rt.clock.now()) == (18.0, "lease_power")
+        assert (await c.get("/api/v1/limits")).json()["powerLimit"] == 4140

@@ -2,7 +2,7 @@
 
 Units at this edge: currents in A, power in W, energy in kWh, timeouts in ms (core seconds × 1000).
 An external limit is a core lease: `amperageLimit` is the lease `lease`, `powerLimit` the lease
-`lease_power` (W ÷ 230 V ÷ the charger's phases); both lapse after `timeout`. Errors are JSON
+`lease_power` (W ÷ 230 V ÷ the phases in use, at every tick); both lapse after `timeout`. Errors are JSON
 objects `{"error", "field", "detail"}` with HTTP 400/404/413.
 """
 
@@ -22,7 +22,7 @@ from evpilot import __version__
 from evpilot.api.facade import Routes, json_response
 from evpilot.api.numbers import JsonError, NumberError, parse_float, read_json
 from evpilot.control.runtime import Runtime, UnknownCharger
-from evpilot.core.charger import Charger
+from evpilot.core.charger import Charger, Lease
 from evpilot.core.errors import CommandError
 from evpilot.core.site import NOMINAL_VOLTAGE
 
@@ -83,7 +83,7 @@ def limits_doc(rt: Runtime, cid: str) -> dict[str, Any]:
     return {
         "enabled": ch.enabled,
         "amperageLimit": amps.value if amps is not None else None,
-        "powerLimit": round(power.value * NOMINAL_VOLTAGE * ch.config.phases) if power is not None else None,
+        "powerLimit": power_limit(power),
         "timeout": max(0, round((min(ends) - now) * 1000)) if ends else None,
     }
 
@@ -140,15 +140,19 @@ def configuration_doc(rt: Runtime, cid: str) -> dict[str, Any]:
     }
 
 
+def power_limit(lease: Lease | None) -> int | None:
+    """The power limit a lease holds, in W (an amps lease read as W at the phases it was set for)."""
+    if lease is None:
+        return None
+    return round(lease.watts) if lease.watts is not None else None
+
+
 def set_limits(rt: Runtime, cid: str, body: LimitsBody) -> None:
     """Apply a validated limits request: leases that lapse after `timeout` ms (clock time)."""
-    ch = rt.charger(cid)
+    rt.charger(cid)
     fields = body.model_fields_set
     timeout_ms = body.timeout if body.timeout is not None else DEFAULT_TIMEOUT_MS
     expires = rt.clock.now() + timeout_ms / 1000.0
-    power_amps = None
-    if body.powerLimit is not None:
-        power_amps = min(MAX_AMPS, body.powerLimit / (NOMINAL_VOLTAGE * ch.config.phases))
 
     def act(c: Charger) -> None:
         if "enabled" in fields and body.enabled is not None:
@@ -156,7 +160,7 @@ def set_limits(rt: Runtime, cid: str, body: LimitsBody) -> None:
         if "amperageLimit" in fields:
             c.set_lease(AMPS_LEASE, body.amperageLimit, expires)
         if "powerLimit" in fields:
-            c.set_lease(POWER_LEASE, power_amps, expires)
+            c.set_power_lease(POWER_LEASE, body.powerLimit, expires)
         if "timeout" in fields and not fields & {"amperageLimit", "powerLimit"}:
             # A timeout alone re-arms the limits already set (a keep-alive).
             for name in (AMPS_LEASE, POWER_LEASE):

@@ -16,8 +16,8 @@ from evpilot.core.iec61851 import (
     quantize_current,
 )
 from evpilot.core.session import LimitReached, Session, SessionRecord, StopReason, cap_reached
+from evpilot.core.units import NOMINAL_VOLTAGE, PhaseMap, PhaseRotation, phase_map
 from evpilot.core.units import ZERO3 as ZERO3
-from evpilot.core.units import PhaseMap, PhaseRotation, phase_map
 from evpilot.core.units import Phases as Phases
 
 # An increase of the signaled current is allowed at most this often (IEC 61851 pacing).
@@ -129,10 +129,11 @@ class PilotOutput:
 
 @dataclass(slots=True)
 class Lease:
-    """A limit that lapses at `expires_at` (None = never)."""
+    """A limit that lapses at `expires_at` (None = never); with `watts`, a power cap at the phases in use."""
 
     value: float
     expires_at: float | None
+    watts: float | None = None
 
 
 @dataclass(slots=True)
@@ -261,6 +262,17 @@ class Charger:
         value = check_range(source, amps, 0.0, 80.0, " A")
         self.leases[source] = Lease(value, expires_at)
 
+    def set_power_lease(self, source: str, watts: float | None, expires_at: float | None) -> None:
+        """A leased power cap in W, turned into A with the phases in use at every tick; None hands back."""
+        if watts is None:
+            self.leases.pop(source, None)
+            return
+        value = check_range(source, watts, 0.0, 80.0 * NOMINAL_VOLTAGE * 3, " W")
+        self.leases[source] = Lease(self._power_amps(value), expires_at, value)
+
+    def _power_amps(self, watts: float) -> float:
+        return min(80.0, watts / (NOMINAL_VOLTAGE * self.active_phases))
+
     def set_energy_cap(self, kwh: float | None) -> None:
         """Session energy cap, 0-1000 kWh (None or 0 = none)."""
         self.energy_cap_kwh = (
@@ -353,6 +365,10 @@ class Charger:
             for name, lease in self.leases.items():
                 if lease.expires_at is not None and now >= lease.expires_at:
                     continue
+                if lease.watts is not None:
+                    # The phases in use, not the configured ones: a 3-phase charger on 1 phase may
+                    # draw three times the current for the same power.
+                    lease.value = self._power_amps(lease.watts)
                 if lease.value < best:
                     best, source = lease.value, name
         if _TEMPERATURE_HIGH in self.errors:

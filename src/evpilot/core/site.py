@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from evpilot.core.charger import ChargerConfig, Phases
+from evpilot.core.units import NOMINAL_VOLTAGE as NOMINAL_VOLTAGE
 
-NOMINAL_VOLTAGE = 230.0
 # §14a EnWG: while the grid operator's relay is open, charging may draw at most 4.2 kW.
 GRID_RELAY_W = 4200.0
 

@@ -63,3 +63,6 @@ def phase_map(wired: int, first: int) -> PhaseMap:
     if wired not in (1, 3) or first not in (0, 1, 2):
         raise ValueError(f"no phase map for {wired} phases starting at index {first}")
     return PhaseMap((first, (first + 1) % 3, (first + 2) % 3), wired)
+
+# Nominal phase voltage (V) for turning power into current.
+NOMINAL_VOLTAGE = 230.0
