@@ -113,8 +113,9 @@ async def test_evcc_config_from_seed_works_verbatim() -> None:
         assert 5 < max(top) <= 10.5
 
         assert await run_plugin(client, charger["maxcurrentmillis"], base, maxcurrentmillis=7.56) == "OK"
-        assert rt.charger("cp1").user_limit == 7.5
-        assert (await client.get(base + "/api/v1/state")).json()["chargingCurrent"] == 7.5
+        # The seed's evcc config: "device rounds to 0.1 A".
+        assert rt.charger("cp1").user_limit == 7.6
+        assert (await client.get(base + "/api/v1/state")).json()["chargingCurrent"] == 7.6
 
         assert await run_plugin(client, charger["enable"], base, enable=False) == "OK"
         assert await read("enabled") is False

@@ -6,8 +6,10 @@ import asyncio
 import json
 import shlex
 
+import httpx
 import pytest
 
+from evpilot.api.app import create_app
 from evpilot.config import ConfigError, parse_config
 from tests.integration.mqtt_helpers import Broker, mosquitto_client, mqtt_config, recorder, running, until
 
@@ -204,3 +206,18 @@ def test_mqtt_config_errors_name_the_key() -> None:
         assert expected in str(err.value), (mqtt, str(err.value))
     ok = parse_config({"mqtt": {"url": "mqtts://user:p%40ss@broker.lan"}})
     assert ok.mqtt.url is not None
+
+
+@pytest.mark.parametrize(("sent", "kept"), [("7.56", 7.6), ("7.55", 7.6), ("7.54", 7.5), ("12.34", 12.3)])
+async def test_esp32evse_current_is_rounded_alike_over_rest_and_mqtt(
+    broker: Broker, sent: str, kept: float
+) -> None:
+    config = mqtt_config(broker, {"chargers": [{"id": "cp1"}, {"id": "cp2"}]}, esp32evse={"cp2": "evse2"})
+    async with running(config) as (rt, _bridge):
+        transport = httpx.ASGITransport(app=create_app(rt, manage_runtime=False))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+            r = await c.post("/chargers/cp1/api/v1/state/charging-current", json=float(sent))
+            assert r.status_code == 200, r.text
+        await pub(broker.port, "evse2/current/set", sent)
+        await until(lambda: rt.charger("cp2").user_limit is not None, what="the MQTT current")
+        assert rt.charger("cp1").user_limit == rt.charger("cp2").user_limit == kept

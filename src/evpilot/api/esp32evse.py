@@ -79,11 +79,11 @@ def _boolean(field: str, value: Any) -> bool:
     return value
 
 
-def _tenths(amps: float) -> float:
-    """The firmware keeps the charging current in 0.1 A and drops finer digits."""
+def tenths(amps: float) -> float:
+    """The charging current as the firmware keeps it: rounded to 0.1 A, halves up (REST and MQTT alike)."""
     if abs(amps) > 1e6:  # far out of range either way; floor() of a huge float would overflow
         return amps
-    return math.floor(amps * 10.0 + 1e-6) / 10.0
+    return math.floor(amps * 10.0 + 0.5 + 1e-9) / 10.0
 
 
 # Each converter validates one value in the firmware's units and returns the core command for it.
@@ -99,7 +99,7 @@ def _available(value: Any, ch: Charger) -> Action:
 
 def _charging_current(value: Any, ch: Charger) -> Action:
     amps = check_range(
-        "chargingCurrent", _tenths(_number("chargingCurrent", value)), 6.0, ch.config.max_current, " A"
+        "chargingCurrent", tenths(_number("chargingCurrent", value)), 6.0, ch.config.max_current, " A"
     )
     return lambda c: c.set_user_limit(amps)
 

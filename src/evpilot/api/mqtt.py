@@ -22,7 +22,7 @@ from typing import Any
 
 import aiomqtt
 
-from evpilot.api import numbers
+from evpilot.api import esp32evse, numbers
 from evpilot.api import smartevse_vocab as vocab
 from evpilot.api.ha_discovery import OFF, ON, discovery_configs, node_slug
 from evpilot.api.numbers import NumberError
@@ -806,6 +806,5 @@ class MqttBridge:
             on = parse_bool(text, what)
             self._apply(cid, lambda ch: ch.set_enabled(on))
         else:
-            # ESP32-EVSE keeps the charging current in 0.1 A steps and rounds what it is sent.
-            amps = round(parse_number(text, what) * 10) / 10
+            amps = esp32evse.tenths(parse_number(text, what))
             self._apply(cid, lambda ch: ch.set_user_limit(amps))
