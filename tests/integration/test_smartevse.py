@@ -112,3 +112,21 @@ async def test_ev_meter_feed_replaces_the_chargers_own_meter() -> None:
         assert doc["amperage"] == [5.5, 5.6, 5.7]
         # The energy counter continues from the feed's deltas (20 Wh), never backwards.
         assert rt.charger("cp1").lifetime_kwh >= before + 0.02 - 1e-6
+
+
+async def test_post_settings_refuses_every_parameter_it_does_not_apply_by_name() -> None:
+    async with serve(make_config(), speed=20) as (base, rt), httpx.AsyncClient(base_url=base) as c:
+        before = rt.engine.site
+        r = await c.post("/settings?solar_max_import=30")
+        assert (r.status_code, r.json()) == (400, {"solar_max_import": "Value not allowed!"})
+        assert (await c.post("/settings?solar_max_import=20")).status_code == 200
+        for name in ("phases", "cablelock", "backlight"):
+            r = await c.post(f"/settings?{name}=1&mode=3")
+            assert r.status_code == 400 and set(r.json()) == {name}
+            assert "hardware" in r.json()[name]
+        for name in ("current_main", "current_max", "current_max_circuit", "starttime", "stoptime", "repeat"):
+            r = await c.post(f"/settings?{name}=16")
+            assert r.status_code == 400 and name in r.json()
+        r = await c.post("/settings?bogus=1")
+        assert (r.status_code, r.json()) == (400, {"bogus": "unknown parameter"})
+        assert rt.engine.site.mains_limit == before.mains_limit

@@ -177,8 +177,24 @@ SETTINGS_PARAMS = [
     ("enable_C2", "0 Not present, 1 Always Off, 2 Solar Off, 3 Always On, 4 Auto"),
     ("stop_timer", "solar STOP timer, minutes 0-60 (0 = never stop)"),
     ("solar_start_current", "solar START, A summed over the phases, 0-48"),
-    ("solar_max_import", "solar IMPORT, A summed over the phases, 0-48"),
+    ("solar_max_import", "solar IMPORT, A summed over the phases, 0-20"),
 ]
+SETTINGS_NAMES = frozenset(n for n, _ in SETTINGS_PARAMS)
+HARDWARE = "hardware setting of the SmartEVSE: evpilot has none to change"
+CONFIG_ONLY = "not changed at run time by evpilot: set it in the config file"
+# Every parameter is applied or refused by name, never silently dropped.
+REFUSED = {
+    "phases": HARDWARE,
+    "cablelock": HARDWARE,
+    "backlight": HARDWARE,
+    "current_main": CONFIG_ONLY,
+    "current_max": CONFIG_ONLY,
+    "current_max_circuit": CONFIG_ONLY,
+    "starttime": CONFIG_ONLY,
+    "stoptime": CONFIG_ONLY,
+    "repeat": CONFIG_ONLY,
+}
+UNKNOWN = "unknown parameter"
 CURRENTS_PARAMS = [
     ("L1", "mains current L1 in dA (+ import); L1, L2 and L3 together"),
     ("L2", "mains current L2 in dA"),
@@ -294,11 +310,15 @@ def mount(app: FastAPI, rt: Runtime) -> None:
         elif value is not None:
             solar["stop_min"] = float(value)
             done["stop_timer"] = True
-        for name, key in (("solar_start_current", "start_current"), ("solar_max_import", "max_import")):
-            value = number(name, 0, 48)
+        solar_params = (("solar_start_current", "start_current", 48), ("solar_max_import", "max_import", 20))
+        for name, key, high in solar_params:
+            value = number(name, 0, high)
             if value is not None:
                 solar[key] = float(value)
                 done[name] = value
+        for name in q:
+            if name not in SETTINGS_NAMES:
+                errors[name] = REFUSED.get(name, UNKNOWN)
         if errors:
             raise Refused(errors)
 
