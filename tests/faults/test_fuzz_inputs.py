@@ -10,7 +10,7 @@ import httpx
 import pytest
 import websockets
 
-from evpilot.api import numbers
+from evpilot import inputs
 from evpilot.control.runtime import Runtime
 from tests.helpers import make_config, serve
 from tests.integration.conftest import broker  # noqa: F401 - the fixture
@@ -32,32 +32,32 @@ def settled(rt: Runtime) -> tuple[Any, ...]:
 )
 def test_the_number_parser_refuses_everything_but_ascii_decimals(text: str) -> None:
     for case in (text, "1" * 41, "1\u00a0", "\u20035", "1\u2028"):
-        with pytest.raises(numbers.NumberError):
-            numbers.parse_float(case)
-        with pytest.raises(numbers.NumberError):
-            numbers.parse_int(case)
+        with pytest.raises(inputs.NumberError):
+            inputs.parse_float(case)
+        with pytest.raises(inputs.NumberError):
+            inputs.parse_int(case)
 
 
 def test_negative_zero_is_refused_as_an_integer_and_read_as_zero_as_a_decimal() -> None:
-    with pytest.raises(numbers.NumberError):
-        numbers.parse_int("-0")
+    with pytest.raises(inputs.NumberError):
+        inputs.parse_int("-0")
     for text in ("-0", "-0.0", "-0e3"):
-        value = numbers.parse_float(text)
+        value = inputs.parse_float(text)
         assert value == 0.0 and str(value) == "0.0"
-    assert numbers.parse_int("+16") == 16 and numbers.parse_float("-.5e1") == -5.0
+    assert inputs.parse_int("+16") == 16 and inputs.parse_float("-.5e1") == -5.0
 
 
 @pytest.mark.parametrize(
     "doc", ["NaN", "[Infinity]", '{"a": -Infinity}', "1e400", "-1" + "0" * 400, DEEP, DEEP_OBJECT, b"\xff"]
 )
 def test_the_json_reader_refuses_non_finite_huge_and_deep_documents(doc: str | bytes) -> None:
-    with pytest.raises(numbers.JsonError):
-        numbers.read_json(doc)
+    with pytest.raises(inputs.JsonError):
+        inputs.read_json(doc)
 
 
 def test_the_json_reader_counts_depth_outside_strings_only() -> None:
     doc = {"s": "[" * 5000, "n": [[[1]]]}
-    assert numbers.read_json(json.dumps(doc)) == doc
+    assert inputs.read_json(json.dumps(doc)) == doc
 
 
 # ---- MQTT: a real broker ----------------------------------------------------------------------------

@@ -17,13 +17,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from starlette.responses import PlainTextResponse, Response
 
-from evpilot import __version__
-from evpilot.api import numbers
+from evpilot import __version__, inputs
 from evpilot.api.facade import CHARGER_PREFIX, BodyLimit, Routes, json_response
-from evpilot.api.numbers import JsonError, NumberError, check_number
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.charger import Charger
 from evpilot.core.errors import CommandError, check_range
+from evpilot.inputs import JsonError, NumberError, check_number
 
 WS_PER_KWH = 3_600_000.0
 # The firmware refuses request bodies over 50 KB.
@@ -240,7 +239,7 @@ def mount(app: FastAPI, rt: Runtime) -> None:
             if len(body) > MAX_BODY:
                 raise Refused(413, "JSON size must be less than 50KB!")
         try:
-            return numbers.read_json(body)
+            return inputs.read_json(body)
         except JsonError as exc:
             raise _bad(str(exc)) from None
 

@@ -13,8 +13,8 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from evpilot.api.numbers import JsonError, read_json
 from evpilot.control.runtime import Runtime
+from evpilot.inputs import JsonError, read_json
 
 Handler = Callable[[Request, str], Awaitable[Response]]
 # Matches the per-charger prefix of a facade path: /chargers/<id>/...
@@ -43,7 +43,7 @@ def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = 
 
 
 class _JsonRequest(Request):
-    """A request whose JSON body is read by `numbers.read_json` (depth and range limits).
+    """A request whose JSON body is read by `evpilot.inputs.read_json` (depth and range limits).
 
     `NaN`/`Infinity` reach the body model, which refuses them naming the field and its range.
     """

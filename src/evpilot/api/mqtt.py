@@ -22,15 +22,16 @@ from typing import Any
 
 import aiomqtt
 
-from evpilot.api import esp32evse, numbers
+from evpilot import inputs
+from evpilot.api import esp32evse
 from evpilot.api import smartevse_vocab as vocab
 from evpilot.api.ha_discovery import OFF, ON, discovery_configs, node_slug
-from evpilot.api.numbers import NumberError
 from evpilot.config import MqttModel, parse_mqtt_url
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.charger import MODES, Charger
 from evpilot.core.errors import CommandError, check_range
 from evpilot.devices.evmeter import ApiFedEvMeter, EvMeterReading
+from evpilot.inputs import NumberError
 
 log = logging.getLogger("evpilot.mqtt")
 
@@ -132,17 +133,17 @@ def payload_text(payload: object) -> str:
 
 
 def parse_number(text: str, what: str) -> float:
-    """A finite ASCII decimal number (numbers.parse_float)."""
+    """A finite ASCII decimal number (inputs.parse_float)."""
     try:
-        return numbers.parse_float(text)
+        return inputs.parse_float(text)
     except NumberError as exc:
         raise Rejected(f"{what}: {exc}") from None
 
 
 def parse_int(text: str, what: str) -> int:
-    """An ASCII decimal integer (numbers.parse_int)."""
+    """An ASCII decimal integer (inputs.parse_int)."""
     try:
-        return numbers.parse_int(text)
+        return inputs.parse_int(text)
     except NumberError as exc:
         raise Rejected(f"{what}: {exc}") from None
 
@@ -797,7 +798,7 @@ class MqttBridge:
         try:
             if len(parts) != count:
                 raise NumberError(f"{count} values expected")
-            return [numbers.parse_int(p) for p in parts]
+            return [inputs.parse_int(p) for p in parts]
         except NumberError as exc:
             raise Rejected(f"{what}: {text[:60]!r} is not {form} (integers): {exc}") from None
 

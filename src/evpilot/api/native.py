@@ -10,12 +10,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from evpilot.api import secc
 from evpilot.api.facade import JsonRoute
-from evpilot.api.numbers import NumberError, parse_int
 from evpilot.control.runtime import Runtime, session_dict
 from evpilot.control.supervisor import OverallHealth
 from evpilot.core.charger import Charger
 from evpilot.core.errors import CommandError, check_range
 from evpilot.devices.apifed import ApiFedMeter
+from evpilot.inputs import NumberError, parse_int
 from evpilot.sim.ev import CarSpec
 from evpilot.sim.site import SimSite
 

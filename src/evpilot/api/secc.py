@@ -20,11 +20,11 @@ from starlette.responses import Response
 
 from evpilot import __version__
 from evpilot.api.facade import Routes, json_response
-from evpilot.api.numbers import JsonError, NumberError, parse_float, read_json
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.charger import Charger, Lease
 from evpilot.core.errors import CommandError
 from evpilot.core.site import NOMINAL_VOLTAGE
+from evpilot.inputs import JsonError, NumberError, parse_float, read_json
 
 AMPS_LEASE = "lease"
 POWER_LEASE = "lease_power"

@@ -30,12 +30,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from evpilot import __version__
 from evpilot.api.facade import read_limited, replaying
-from evpilot.api.numbers import JsonError, read_json
 from evpilot.control.autobalance import AutoBalancer, AutoBalanceSettings
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.charger import Charger, WorkState
 from evpilot.core.errors import CommandError
 from evpilot.core.iec61851 import MIN_CURRENT
+from evpilot.inputs import JsonError, read_json
 from evpilot.sim.shelly_em import SimShellyEm
 
 log = logging.getLogger("evpilot.shelly")

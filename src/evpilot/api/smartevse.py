@@ -16,17 +16,16 @@ from typing import Any
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
-from evpilot import __version__
-from evpilot.api import numbers
+from evpilot import __version__, inputs
 from evpilot.api import smartevse_vocab as vocab
 from evpilot.api.facade import CHARGER_PREFIX, BodyLimit, Routes, json_response
-from evpilot.api.numbers import NumberError
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.charger import Charger
 from evpilot.core.errors import CommandError
 from evpilot.core.iec61851 import DRAW_THRESHOLD_A, duty_for_current
 from evpilot.devices.apifed import ImplausibleReading
 from evpilot.devices.evmeter import EvMeterReading
+from evpilot.inputs import NumberError
 
 NOT_ALLOWED = "Value not allowed!"
 MAX_BODY = 16 * 1024
@@ -57,11 +56,11 @@ class Refused(Exception):
 
 
 def _int(text: str | None) -> int | None:
-    """The parameter as an ASCII decimal integer (numbers.parse_int), None when it is not one."""
+    """The parameter as an ASCII decimal integer (inputs.parse_int), None when it is not one."""
     if text is None:
         return None
     try:
-        return numbers.parse_int(text)
+        return inputs.parse_int(text)
     except NumberError:
         return None
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import httpx
 
-from evpilot.api.numbers import JsonError, read_json
+from evpilot.inputs import JsonError, read_json
 
 # A meter on the LAN answers in well under a second; a longer wait only delays the fallback.
 DEFAULT_TIMEOUT_S = 2.0
