@@ -13,6 +13,10 @@ Events (each with `at`, seconds from the start):
                                     values (e.g. nan, a spike; null = the simulator's) until null
   circuit_load: {name, currents}    other loads wired on a circuit (a parent circuit sees them too);
                                     they are not part of `house` (which is what the mains sees)
+      optional lag_s, stamp         the circuit's API meter lags: it sends the other loads of now plus
+                                    the chargers' draw of `lag_s` seconds ago (an integrating or slowly
+                                    polled meter), stamped `taken_at` now (`stamp: now`, the default, as
+                                    `PUT /api/meters/circuits` does) or `lag_s` ago (`stamp: taken`)
   circuit_meter: {name, state}      offline: the circuit's API meter stops sending; online: resumes
   circuit_reading: {name, currents} the circuit meter sends these values instead, until currents null
   charger_meter: {charger, state}   frozen: the charger's pilot/meter reading stops updating
@@ -27,6 +31,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +62,21 @@ OVER_MARGIN_A = 0.05
 # A charger "draws" on a phase above this current.
 DRAWING_A = 0.05
 PHASE_NAMES = ("L1", "L2", "L3")
+
+
+class Stamp(StrEnum):
+    """The `taken_at` a lagging circuit meter puts on its reading."""
+
+    NOW = "now"  # when it is sent (what `PUT /api/meters/circuits` records)
+    TAKEN = "taken"  # when the chargers' draw in it was measured (`lag_s` ago)
+
+
+@dataclass(frozen=True, slots=True)
+class MeterLag:
+    """A circuit meter that sees its chargers' draw `seconds` late."""
+
+    seconds: int
+    stamp: Stamp
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +209,20 @@ def run(scenario: dict[str, Any], allocator: Callable[[Snapshot, float], Allocat
     relay_open = False
     freezable: dict[str, FreezablePilot] = {}
     circuit_now: dict[str, list[float]] = {}
+    lags: dict[str, MeterLag] = {}
+    # Per whole second: what the chargers below each circuit drew (for lagging meters).
+    charger_history: dict[int, dict[str, list[float]]] = {}
+
+    def charger_currents() -> dict[str, list[float]]:
+        """What the chargers below each circuit draw now."""
+        out = {c.name: [0.0, 0.0, 0.0] for c in circuits}
+        for cid, pilot in simsite.pilots.items():
+            d = pilot.mains_draw()
+            for node in under[cid]:
+                acc = out[node]
+                for p in range(3):
+                    acc[p] += d[p]
+        return out
 
     def circuit_currents() -> dict[str, list[float]]:
         """What flows through each circuit now: its (and its sub-circuits') other loads plus chargers."""
@@ -215,15 +249,26 @@ def run(scenario: dict[str, Any], allocator: Callable[[Snapshot, float], Allocat
             parts.api_meter.push((m[0], m[1], m[2]), now)
         circuit_now.clear()
         circuit_now.update(circuit_currents())
+        t_now = round(now - START)
+        charger_history[t_now] = charger_currents()
         for name, meter in engine.circuit_meters.items():
             if name in circuit_offline:
                 continue
             assert isinstance(meter, ApiFedMeter)
             seen = circuit_override.get(name)
+            taken = now
+            lag = lags.get(name)
+            if seen is None and lag is not None:
+                # The other loads as they are now, the chargers as they were `lag.seconds` ago.
+                then = charger_history.get(max(0, t_now - lag.seconds), charger_history[t_now])
+                c = [circuit_now[name][p] - charger_history[t_now][name][p] + then[name][p] for p in range(3)]
+                seen = (c[0], c[1], c[2])
+                if lag.stamp is Stamp.TAKEN:
+                    taken = now - lag.seconds
             if seen is None:
                 c = circuit_now[name]
                 seen = (c[0], c[1], c[2])
-            meter.push(seen, now)
+            meter.push(seen, taken)
 
     engine.before_step = before_step
     res = Result()
@@ -259,6 +304,8 @@ def run(scenario: dict[str, Any], allocator: Callable[[Snapshot, float], Allocat
             if "circuit_load" in ev:
                 c = ev["circuit_load"]
                 circuit_loads[c["name"]] = _phases(c["currents"])
+                if "lag_s" in c:
+                    lags[c["name"]] = MeterLag(int(c["lag_s"]), Stamp(c.get("stamp", Stamp.NOW)))
             if "circuit_meter" in ev:
                 c = ev["circuit_meter"]
                 assert c["name"] in engine.circuit_meters, f"circuit {c['name']} has no meter"
