@@ -17,6 +17,7 @@ from evpilot.core.site import (
     ChargerInput,
     ChargerMemo,
     CircuitConfig,
+    DrawFloor,
     SiteConfig,
     Snapshot,
 )
@@ -438,6 +439,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     for name, cur in circuit_readings.items():
         ev = circuit_ev.get(name, (0.0, 0.0, 0.0))
         circuit_base[name] = (cur[0] - ev[0], cur[1] - ev[1], cur[2] - ev[2])
+    floors, lag_err = _lagging_meters(snapshot, stale_ev, paths, circuit_readings, now)
     battery = 0.0
     bat = snapshot.battery_current
     if bat is not None and not -ABSURD_A <= bat <= ABSURD_A:
@@ -464,7 +466,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             new_memos[ci.config.id] = replace(m, current=0.0, phases=phases[idx])
         return Allocation(
             out,
-            BalancerState(new_memos, None, trip_at),
+            BalancerState(new_memos, None, trip_at, floors),
             fresh,
             False,
             base,
@@ -535,7 +537,8 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
 
     if not candidates and FAST_PATHS and _idle_site(chargers, memo_in):
         return _idle_allocation(
-            chargers, memo_in, phases, cap_src, car_seen, trip_at, fresh, base, available, battery, rejected
+            chargers, memo_in, phases, cap_src, car_seen, trip_at, fresh, base, available, battery, rejected,
+            floors,
         )
 
     # ---- solar budget (sum of phases) -------------------------------------------------------
@@ -772,6 +775,10 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             fill(prob, sorted(by_prio[prio]), extra_caps, cap_src, extra, bound)
     for idx in active:
         alloc[idx] = chargers[idx].config.min_current + extra[idx]
+    if lag_err:
+        _hold_raises_for_lag(
+            snapshot, active, alloc, memo_in, eff_phases, bound, paths, circuit_base, lag_err
+        )
     if not capacity_short:
         over_since = None
 
@@ -890,7 +897,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         )
     return Allocation(
         chargers=out,
-        state=BalancerState(new_memos, over_since, trip_at),
+        state=BalancerState(new_memos, over_since, trip_at, floors),
         mains_fresh=fresh,
         fallback=fallback,
         base_load=base,
@@ -941,6 +948,110 @@ def _potential_3p(
     return best
 
 
+def _lagging_meters(
+    snapshot: Snapshot,
+    stale_ev: list[bool],
+    paths: dict[str, tuple[str, ...]],
+    circuit_readings: dict[str, Phases],
+    now: float,
+) -> tuple[dict[str, DrawFloor], dict[str, list[float]]]:
+    """Draw floors of the chargers below metered circuits, and per circuit how far its reading may lag.
+
+    A circuit's other load is its reading minus what its chargers draw now. A meter that integrates or
+    is polled slowly shows the chargers' draw of a few seconds ago: while they ramp up, that estimate
+    is too low by the rise the reading does not show yet. Per phase, Σ (draw now − draw floor) bounds
+    that error for a reading that lags by up to `meter_timeout_s` (a longer one is stale anyway).
+    """
+    floors: dict[str, DrawFloor] = {}
+    err: dict[str, list[float]] = {}
+    if not circuit_readings:
+        return floors, err
+    metered = {c.name for c in snapshot.site.circuits if c.metered and c.name in circuit_readings}
+    if not metered:
+        return floors, err
+    window = snapshot.site.meter_timeout_s
+    old = snapshot.state.draw_floors
+    for idx, ci in enumerate(snapshot.chargers):
+        cfg = ci.config
+        if cfg.circuit is None or stale_ev[idx]:
+            continue
+        above = [name for name in paths.get(cfg.circuit, ()) if name in metered]
+        if not above:
+            continue
+        d = _info(cfg).pm.to_mains(ci.measured)
+        f = old.get(cfg.id)
+        if f is None:
+            f = DrawFloor(d, d, now)
+        elif now - f.since >= window:
+            f = DrawFloor(d, _min3(f.low, d), now)
+        else:
+            f = DrawFloor(_min3(f.low, d), f.low_prev, f.since)
+        floors[cfg.id] = f
+        low = _min3(f.low, f.low_prev)
+        rise = (max(0.0, d[0] - low[0]), max(0.0, d[1] - low[1]), max(0.0, d[2] - low[2]))
+        if rise[0] > 0.0 or rise[1] > 0.0 or rise[2] > 0.0:
+            for name in above:
+                acc = err.setdefault(name, [0.0, 0.0, 0.0])
+                for p in range(3):
+                    acc[p] += rise[p]
+    return floors, err
+
+
+def _min3(a: Phases, b: Phases) -> Phases:
+    return (min(a[0], b[0]), min(a[1], b[1]), min(a[2], b[2]))
+
+
+def _hold_raises_for_lag(
+    snapshot: Snapshot,
+    active: list[int],
+    alloc: list[float],
+    memo_in: list[ChargerMemo],
+    eff_phases: list[int],
+    bound: list[str],
+    paths: dict[str, tuple[str, ...]],
+    circuit_base: dict[str, Phases],
+    lag_err: dict[str, list[float]],
+) -> None:
+    """Scale down raises below a metered circuit to what it allows if its reading lags the chargers' rise.
+
+    The allocation already fits every node as its reading is read now; this only takes back part of
+    the increases (never below a charger's current setpoint), so that they also fit if the reading
+    predates the chargers' recent rise (other load = reading − draw floors, see `_lagging_meters`).
+    """
+    chargers = snapshot.chargers
+    limits = {c.name: c.limit for c in snapshot.site.circuits}
+    factor: dict[int, tuple[float, str]] = {}
+    for name, err in lag_err.items():
+        base = circuit_base[name]
+        room = [limits[name] - base[p] - err[p] for p in range(3)]
+        rises = [0.0, 0.0, 0.0]
+        below: list[int] = []
+        for idx in active:
+            circuit = chargers[idx].config.circuit
+            if circuit is None or name not in paths.get(circuit, ()):
+                continue
+            below.append(idx)
+            info = _info(chargers[idx].config)
+            held = min(alloc[idx], memo_in[idx].current)
+            rise = alloc[idx] - held
+            for p in info.used1 if eff_phases[idx] == 1 else info.used3:
+                room[p] -= held
+                rises[p] += rise
+        f = 1.0
+        for p in range(3):
+            if rises[p] > _EPS and rises[p] > room[p] + _EPS:
+                f = min(f, max(0.0, room[p]) / rises[p])
+        if f < 1.0:
+            for idx in below:
+                if f < factor.get(idx, (1.0, ""))[0]:
+                    factor[idx] = (f, f"circuit:{name}")
+    for idx, (f, src) in factor.items():
+        held = min(alloc[idx], memo_in[idx].current)
+        if alloc[idx] > held + _EPS:
+            alloc[idx] = held + f * (alloc[idx] - held)
+            bound[idx] = src
+
+
 def _idle_site(chargers: tuple[ChargerInput, ...], memo_in: list[ChargerMemo]) -> bool:
     """No charger is a candidate and none needs the rest of `compute`: no solar timer to clear, no
     automatic phase switch to consider."""
@@ -964,6 +1075,7 @@ def _idle_allocation(
     available: Phases,
     battery: float,
     rejected: list[str],
+    floors: dict[str, DrawFloor],
 ) -> Allocation:
     """What `compute` decides when no charger is a candidate (`_idle_site`), without its grid pass.
 
@@ -1018,7 +1130,7 @@ def _idle_allocation(
         )
     return Allocation(
         chargers=out,
-        state=BalancerState(new_memos, None, trip_at),
+        state=BalancerState(new_memos, None, trip_at, floors),
         mains_fresh=fresh,
         fallback=False,
         base_load=base,

@@ -120,6 +120,19 @@ class ChargerMemo:
 
 
 @dataclass(frozen=True, slots=True)
+class DrawFloor:
+    """The least a charger drew on each mains phase in its current window (from `since`) and the one before.
+
+    A circuit meter may lag its chargers; the smaller of the two is a floor for what the charger drew
+    at any time during at least the last window.
+    """
+
+    low: Phases
+    low_prev: Phases
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
 class BalancerState:
     """Controller memory of the whole site."""
 
@@ -127,6 +140,8 @@ class BalancerState:
     capacity_over_since: float | None = None
     # `taken_at` of a mains reading above the trip factor, waiting for a second one to confirm it.
     trip_at: float | None = None
+    # Per charger below a metered circuit: the least it drew lately (see `DrawFloor`).
+    draw_floors: Mapping[str, DrawFloor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
