@@ -96,3 +96,26 @@ def test_a_frozen_charger_meter_keeps_its_old_reading() -> None:
     # The car starts drawing a few seconds after the plug; the frozen meter still says 0 A.
     assert seen[3:15] == [0.0] * 12
     assert min(seen[15:]) > 6.0
+
+
+@pytest.mark.parametrize("stamp", ["now", "taken"])
+def test_a_lagging_circuit_meter_sends_the_chargers_draw_of_lag_s_ago(stamp: str) -> None:
+    scenario = load(SCENARIO_DIR / "47_lagging_circuit_meter.yaml")
+    scenario["events"][2]["circuit_load"]["stamp"] = stamp
+    seen: list[tuple[float, tuple[float, float, float], float, float]] = []
+
+    def watching(snapshot: Snapshot, now: float) -> Allocation:
+        reading = snapshot.circuit_meters["hall"]
+        assert reading is not None
+        draw = sum(ci.measured[0] for ci in snapshot.chargers)
+        seen.append((now, reading.currents, reading.taken_at, draw))
+        return compute(snapshot, now)
+
+    run({**scenario, "duration": 40}, watching)
+    by_t = {round(now): (currents, taken, draw) for now, currents, taken, draw in seen}
+    rising = [t for t in sorted(by_t)[3:] if by_t[t][2] != by_t[t - 3][2]]
+    assert rising, "the cars' draw never changed"
+    for t in rising:
+        currents, taken, _ = by_t[t]
+        assert currents[0] == pytest.approx(5.0 + by_t[t - 3][2])
+        assert taken == (t if stamp == "now" else t - 3)
