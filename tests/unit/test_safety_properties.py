@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
@@ -46,7 +47,7 @@ RELAY_A = GRID_RELAY_W / NOMINAL_VOLTAGE
 INVALID = ("nan", "inf", "-inf", "huge", "-huge", "over3x")
 STALE_AGE = 60.0
 
-bounded = settings(max_examples=150, deadline=None)
+bounded = settings(max_examples=int(os.environ.get("EVPILOT_PROP_EXAMPLES", "150")), deadline=None)
 
 
 def _bad_value(kind: str, limit: float) -> float:
