@@ -65,7 +65,7 @@ class SiteConfig:
     shortage_pause_s: float = 60.0
     ev_headroom: float = 2.0
     increase_deadband: float = 0.5
-    min_run_s: float = 900.0
+    min_run_s: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
