@@ -575,11 +575,11 @@ def test_a_lower_priority_charger_never_keeps_a_higher_one_paused(snap: Snapshot
             )
 
 
-def _keep_key(snap: Snapshot, ci: ChargerInput) -> tuple[int, bool, float]:
-    """Kept first: higher priority, then started within `min_run_s`, then less energy charged."""
+def _keep_key(snap: Snapshot, ci: ChargerInput, phases: int) -> tuple[int, bool, float]:
+    """Kept first: higher priority, then started within `min_run_s`, then less energy per phase."""
     m = snap.state.chargers[ci.config.id]
     recent = m.current > 0 and NOW - m.running_since < snap.site.min_run_s
-    return (ci.config.priority, recent, -ci.session_kwh)
+    return (ci.config.priority, recent, -ci.session_kwh / phases)
 
 
 @bounded
@@ -598,7 +598,10 @@ def test_a_charger_is_paused_only_if_its_min_does_not_fit_after_those_kept_befor
         if a.source != "shortage" or snap.state.chargers[h.config.id].paused_until > NOW:
             continue
         # Those kept before it; a tie (the id decides) counts as before, so this never over-blames.
-        before = [ci for ci in admitted if _keep_key(snap, ci) >= _keep_key(snap, h)]
+        key = _keep_key(snap, h, a.phases)
+        before = [
+            ci for ci in admitted if _keep_key(snap, ci, out.chargers[ci.config.id].phases) >= key
+        ]
         fits = True
         for n in all_nodes:
             k = n.coef(h, a.phases)

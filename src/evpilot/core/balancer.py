@@ -724,13 +724,15 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             load[:] = at_min
     if active is not candidates:
         # Paused first: lowest priority; among equals a charger that started within `min_run_s` goes
-        # last (no swapping places every minute), then the one that charged most, then the id.
+        # last (no swapping places every minute), then the one that charged most per phase it draws
+        # on (kWh / phases: a 1-phase and a 3-phase charger compared by what they drew on a phase,
+        # the amperes they compete for), then the id.
         keep_order = sorted(
             candidates,
             key=lambda i: (
                 chargers[i].config.priority,
                 memo_in[i].current > 0 and now - memo_in[i].running_since < site.min_run_s,
-                -chargers[i].session_kwh,
+                -chargers[i].session_kwh / eff_phases[i],
                 chargers[i].config.id,
             ),
             reverse=True,
