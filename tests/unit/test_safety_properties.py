@@ -576,10 +576,11 @@ def test_a_lower_priority_charger_never_keeps_a_higher_one_paused(snap: Snapshot
 
 
 def _keep_key(snap: Snapshot, ci: ChargerInput, phases: int) -> tuple[int, bool, float]:
-    """Kept first: higher priority, then started within `min_run_s`, then less energy per phase."""
+    """Kept first: higher priority, then started within (or stopped for) `min_run_s`, then less kWh/phase."""
     m = snap.state.chargers[ci.config.id]
     recent = m.current > 0 and NOW - m.running_since < snap.site.min_run_s
-    return (ci.config.priority, recent, -ci.session_kwh / phases)
+    waited = m.current <= 0 and NOW - m.stopped_at >= snap.site.min_run_s
+    return (ci.config.priority, recent or waited, -ci.session_kwh / phases)
 
 
 @bounded

@@ -463,7 +463,8 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         for idx, ci in enumerate(chargers):
             m = memo_in[idx]
             out[ci.config.id] = ChargerAllocation(0.0, phases[idx], "trip")
-            new_memos[ci.config.id] = replace(m, current=0.0, phases=phases[idx])
+            stopped_at = now if m.current > 0 else m.stopped_at
+            new_memos[ci.config.id] = replace(m, current=0.0, phases=phases[idx], stopped_at=stopped_at)
         return Allocation(
             out,
             BalancerState(new_memos, None, trip_at, floors),
@@ -539,6 +540,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         return _idle_allocation(
             chargers, memo_in, phases, cap_src, car_seen, trip_at, fresh, base, available, battery, rejected,
             floors,
+            now,
         )
 
     # ---- solar budget (sum of phases) -------------------------------------------------------
@@ -731,7 +733,8 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             candidates,
             key=lambda i: (
                 chargers[i].config.priority,
-                memo_in[i].current > 0 and now - memo_in[i].running_since < site.min_run_s,
+                (memo_in[i].current > 0 and now - memo_in[i].running_since < site.min_run_s)
+                or (memo_in[i].current <= 0 and now - memo_in[i].stopped_at >= site.min_run_s),
                 -chargers[i].session_kwh / eff_phases[i],
                 chargers[i].config.id,
             ),
@@ -858,6 +861,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             decided = _ALLOCS[akey] = ChargerAllocation(*akey)
         out[ci.config.id] = decided
         running_since = m.running_since if m.current > 0 or value <= 0 else now
+        stopped_at = now if m.current > 0 and value <= 0 else m.stopped_at
         if (
             value == m.current
             and last_raise == m.last_raise
@@ -870,6 +874,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             and up_since == m.phase_up_since
             and last_switch == m.last_switch
             and running_since == m.running_since
+            and stopped_at == m.stopped_at
             and car_phases == m.car_phases
             and switches == m.switches
         ):
@@ -878,7 +883,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             continue
         # Positional, in field order: current, phases, last_raise, paused_until, solar_started,
         # solar_short_since, solar_phases, phase_down_since, phase_up_since, last_switch,
-        # one_phase_since, single_phase_car, ev_limited, running_since, car_phases, switches.
+        # one_phase_since, single_phase_car, ev_limited, running_since, car_phases, switches, stopped_at.
         new_memos[ci.config.id] = ChargerMemo(
             value,
             ph,
@@ -896,6 +901,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             running_since,
             car_phases,
             switches,
+            stopped_at,
         )
     return Allocation(
         chargers=out,
@@ -1078,6 +1084,7 @@ def _idle_allocation(
     battery: float,
     rejected: list[str],
     floors: dict[str, DrawFloor],
+    now: float,
 ) -> Allocation:
     """What `compute` decides when no charger is a candidate (`_idle_site`), without its grid pass.
 
@@ -1129,6 +1136,7 @@ def _idle_allocation(
             m.running_since,
             car_phases,
             switches,
+            now if m.current > 0 else m.stopped_at,
         )
     return Allocation(
         chargers=out,

@@ -117,6 +117,8 @@ class ChargerMemo:
     # The car's phase count once seen charging (1 or 3); None until then.
     car_phases: int | None = None
     switches: int = 0
+    # When the charger last went from drawing to 0 A (a shortage turn counts from here).
+    stopped_at: float = -1e18
 
 
 @dataclass(frozen=True, slots=True)
