@@ -670,3 +670,41 @@ def _yaml_reason(exc: yaml.YAMLError) -> str:
 def json_schema() -> str:
     """The JSON schema of the config file."""
     return json.dumps(AppConfig.model_json_schema(), indent=2)
+
+
+def field_bounds(model: type[BaseModel], name: str) -> tuple[float, float]:
+    """The (ge, le) range a config model allows for a numeric field: the one source of its limits."""
+    low = high = None
+    for rule in model.model_fields[name].metadata:
+        low = getattr(rule, "ge", low)
+        high = getattr(rule, "le", high)
+    if low is None or high is None:
+        raise LookupError(f"{model.__name__}.{name} has no ge/le range")
+    return float(low), float(high)
+
+
+def with_fuses(
+    config: AppConfig,
+    mains_limit: float,
+    circuit_limits: dict[str, float],
+    charger_currents: dict[str, tuple[float, float]],
+) -> AppConfig:
+    """`config` with these MAINS, circuit limits and (MIN, MAX) per charger, validated as a config file is.
+
+    Raises ConfigError: the same ranges and cross checks (MIN not above MAX, the fallback rule) as
+    at start, so a value changed at run time can never be one the config file would refuse.
+    """
+    cfg = config.model_copy(deep=True)
+    site = cfg.site
+    site.mains_limit = mains_limit
+    for circuit in site.circuits:
+        circuit.limit = circuit_limits.get(circuit.name, circuit.limit)
+    site.circuits = site.circuits
+    for ch in cfg.chargers:
+        if ch.id in charger_currents:
+            ch.min_current, ch.max_current = charger_currents[ch.id]
+    # Assigning marks a field as set, so the dump below keeps it (it leaves out defaults never
+    # written, which keeps checks that look at what the file set, such as 'phase', as they were).
+    cfg.site = site
+    cfg.chargers = cfg.chargers
+    return parse_config(cfg.model_dump(exclude_unset=True))

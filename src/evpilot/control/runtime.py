@@ -6,16 +6,26 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol
 
-from evpilot.config import AppConfig
+from evpilot.config import (
+    AppConfig,
+    ChargerModel,
+    CircuitModel,
+    ConfigError,
+    SiteModel,
+    field_bounds,
+    with_fuses,
+)
 from evpilot.control.build import assemble
 from evpilot.control.overload import OverloadMonitor
 from evpilot.control.supervisor import Supervisor
 from evpilot.core.charger import MODES, Charger
 from evpilot.core.errors import CommandError, check_range
+from evpilot.core.schedule import DAY_S, Schedule, ScheduleAction, due
 from evpilot.core.session import SessionCheckpoint, SessionRecord, StopReason
 from evpilot.core.site import SiteConfig
 from evpilot.devices.apifed import ApiFedMeter
@@ -43,6 +53,8 @@ _SETTING_KEYS = (
     "mode",
     "phase_mode",
 )
+# Site settings that hold fuses changed at run time: restored through their validating setters.
+_FUSE_KEYS = ("mains_limit", "max_current", "circuit_limits")
 
 
 class Clock(Protocol):
@@ -124,7 +136,8 @@ class Runtime:
         for circuit in self.engine.site.circuits:
             circuit_meter = self.engine.circuit_meters.get(circuit.name)
             if isinstance(circuit_meter, ApiFedMeter):
-                circuit_meter.bound = lambda limit=circuit.limit: READING_BOUND * limit
+                # The live limit: CIRCUIT may change at run time.
+                circuit_meter.bound = lambda name=circuit.name: READING_BOUND * self.circuit_limit(name)
         self.default_id = config.chargers[0].id if config.chargers else ""
         self.subscribers: set[FrameQueue] = set()
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
@@ -142,6 +155,7 @@ class Runtime:
         self.tick_count = 0
         self.tick_times: list[float] = []
         self.overloads = OverloadMonitor()
+        self.schedules: dict[str, Schedule] = {}
         if store is not None:
             self._restore(store)
 
@@ -157,12 +171,16 @@ class Runtime:
                         self.set_site_mode(value)
                     elif key == "min_current":
                         self.set_min_current(value)
+                    elif key in _FUSE_KEYS:
+                        self._restore_fuses(key, value)
                     else:
                         self.update_site(**{key: value})
         for cid, ch in self.engine.chargers.items():
             saved = store.get_setting(f"charger:{cid}")
             if isinstance(saved, dict):
                 self._restore_charger(ch, saved)
+            with contextlib.suppress(CommandError, TypeError, ValueError, KeyError):
+                self._restore_schedule(cid, store.get_setting(f"schedule:{cid}"))
         self._restore_limits(store.get_setting(_LIMITS_KEY))
         self._limits_saved = self._limits_state()
         for cp in store.open_sessions():
@@ -299,6 +317,8 @@ class Runtime:
     def tick(self) -> None:
         """Advance the site to now, compute, apply, publish."""
         now = self.clock.now()
+        if self.schedules:
+            self._run_schedules(now)
         self.engine.step(now)
         self._watch_overloads(now)
         if self._resumed and now > self.started_at:
@@ -506,6 +526,146 @@ class Runtime:
         self._save_site(capacity_limit=value)
         self.recompute()
 
+    # ---- fuses: MAINS, MAX and CIRCUIT at run time ----------------------------------------------
+
+    def circuit_limit(self, name: str) -> float:
+        """The live per-phase limit of circuit `name` (CommandError if there is no such circuit)."""
+        for circuit in self.engine.site.circuits:
+            if circuit.name == name:
+                return circuit.limit
+        raise CommandError("circuit", f"no circuit {name!r}")
+
+    def _check_fuses(
+        self,
+        field: str,
+        mains: float | None = None,
+        circuit: tuple[str, float] | None = None,
+        charger: tuple[str, float] | None = None,
+    ) -> AppConfig:
+        """The config with the live fuses and this one change, checked as the config file is checked."""
+        site = self.engine.site
+        limits = {c.name: c.limit for c in site.circuits}
+        chargers = self.engine.chargers
+        currents = {cid: (c.config.min_current, c.config.max_current) for cid, c in chargers.items()}
+        if circuit is not None:
+            limits[circuit[0]] = circuit[1]
+        if charger is not None:
+            currents[charger[0]] = (currents[charger[0]][0], charger[1])
+        try:
+            return with_fuses(self.config, site.mains_limit if mains is None else mains, limits, currents)
+        except ConfigError as exc:
+            raise CommandError(field, "; ".join(message for _, message in exc.errors)) from None
+
+    def set_mains_limit(self, amps: float) -> None:
+        """Set MAINS (A per phase) in the config's range; refused if the fallback rule would break."""
+        value = check_range("mains_limit", amps, *field_bounds(SiteModel, "mains_limit"), " A")
+        self.config = self._check_fuses("mains_limit", mains=value)
+        self.engine.site = replace(self.engine.site, mains_limit=value)
+        self._save_site(mains_limit=value)
+        self.recompute()
+
+    def set_max_current(self, cid: str, amps: float) -> None:
+        """Set a charger's MAX (A per phase); refused below its MIN, user limit or override (as MIN is
+        refused above MAX) or if the fallback rule would break."""
+        ch = self.charger(cid)
+        value = check_range("max_current", amps, *field_bounds(ChargerModel, "max_current"), " A")
+        below = (("MIN", ch.config.min_current), ("user limit", ch.user_limit), ("override", ch.override))
+        for what, limit in below:
+            if limit is not None and value < limit:
+                raise CommandError("max_current", f"{value:g} A is below {cid}'s {what} ({limit:g} A)")
+        self.config = self._check_fuses("max_current", charger=(cid, value))
+        ch.config = replace(ch.config, max_current=value)
+        self.ev_meters[cid].max_power_w = value * NOMINAL_VOLTAGE * ch.config.phases * EV_POWER_MARGIN
+        self._save_site(max_current={cid: value})
+        self.recompute()
+
+    def set_circuit_limit(self, name: str, amps: float) -> None:
+        """Set circuit `name`'s limit (A per phase) in the config's range; refused if the fallback rule
+        would break."""
+        self.circuit_limit(name)
+        value = check_range("circuit_limit", amps, *field_bounds(CircuitModel, "limit"), " A")
+        self.config = self._check_fuses("circuit_limit", circuit=(name, value))
+        site = self.engine.site
+        circuits = tuple(replace(c, limit=value) if c.name == name else c for c in site.circuits)
+        self.engine.site = replace(site, circuits=circuits)
+        self._save_site(circuit_limits={name: value})
+        self.recompute()
+
+    def _restore_fuses(self, key: str, value: Any) -> None:
+        if key == "mains_limit":
+            self.set_mains_limit(value)
+            return
+        for name, amps in dict(value).items():
+            # One at a time: a circuit or charger no longer configured, or a value the config now
+            # refuses, is dropped alone.
+            with contextlib.suppress(CommandError, TypeError, ValueError):
+                if key == "max_current":
+                    self.set_max_current(name, amps)
+                else:
+                    self.set_circuit_limit(name, amps)
+
+    # ---- start/stop schedules (SmartEVSE delayed charging) ------------------------------------
+
+    def utc_offset(self, now: float) -> float:
+        """Seconds local time is ahead of UTC: the simulator's day while it runs, else the host's zone."""
+        if self.sim is not None:
+            shift = (self.sim.tod(now) - now) % DAY_S
+            return shift - DAY_S if shift >= DAY_S / 2 else shift
+        return float(time.localtime(now).tm_gmtoff)
+
+    def set_schedule(self, cid: str, start_at: float, stop_at: float | None, repeat: bool) -> Schedule:
+        """Start charging at `start_at`, stop at `stop_at` (clock epoch s), once or daily.
+
+        Until the start the charger is disabled, as the firmware turns access off while it waits.
+        """
+        ch = self.charger(cid)
+        if start_at <= self.clock.now():
+            raise CommandError("starttime", "is not in the future")
+        if stop_at is not None and stop_at <= start_at:
+            raise CommandError("stoptime", "is not after the start time")
+        if repeat and stop_at is None:
+            raise CommandError("repeat", "needs a stop time")
+        schedule = Schedule(start_at, stop_at, repeat)
+        ch.set_enabled(False)
+        self._persist(ch)
+        self._store_schedule(cid, schedule)
+        self.recompute()
+        return schedule
+
+    def clear_start(self, cid: str) -> None:
+        """Drop a pending start (a mode change does, on the firmware); a stop time stays."""
+        schedule = self.schedules.get(cid)
+        if schedule is not None and schedule.start_at is not None:
+            rest = replace(schedule, start_at=None)
+            self._store_schedule(cid, Schedule() if rest.empty else rest)
+
+    def _store_schedule(self, cid: str, schedule: Schedule) -> None:
+        if schedule.empty:
+            self.schedules.pop(cid, None)
+        else:
+            self.schedules[cid] = schedule
+        if self.store is not None:
+            saved = {"start_at": schedule.start_at, "stop_at": schedule.stop_at, "repeat": schedule.repeat}
+            self.store.set_setting(f"schedule:{cid}", None if schedule.empty else saved)
+
+    def _restore_schedule(self, cid: str, saved: Any) -> None:
+        if not isinstance(saved, dict):
+            return
+        schedule = Schedule(_epoch(saved["start_at"]), _epoch(saved["stop_at"]), saved["repeat"] is True)
+        if not schedule.empty:
+            self.schedules[cid] = schedule
+
+    def _run_schedules(self, now: float) -> None:
+        for cid, schedule in list(self.schedules.items()):
+            action, rest = due(schedule, now)
+            if action is None:
+                continue
+            ch = self.engine.chargers[cid]
+            ch.set_enabled(action is ScheduleAction.START)
+            log.info("%s: schedule: charging %s", cid, "allowed" if ch.enabled else "stopped")
+            self._persist(ch)
+            self._store_schedule(cid, rest)
+
     # ---- documents ----------------------------------------------------------------------------
 
     def charging_doc(self, cid: str) -> dict[str, Any]:
@@ -681,6 +841,15 @@ def _rec(r: SessionRecord) -> dict[str, Any]:
 
 
 session_dict = _rec
+
+
+def _epoch(value: Any) -> float | None:
+    """A stored time: None or a number (anything else raises TypeError)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"not a time: {value!r}")
+    return float(value)
 
 
 def _interrupted(cp: SessionCheckpoint) -> SessionRecord:
