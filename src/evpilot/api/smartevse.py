@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import zlib
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -23,6 +24,7 @@ from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.charger import Charger
 from evpilot.core.errors import CommandError
 from evpilot.core.iec61851 import DRAW_THRESHOLD_A, duty_for_current
+from evpilot.core.schedule import Schedule
 from evpilot.devices.apifed import ImplausibleReading
 from evpilot.devices.evmeter import EvMeterReading
 from evpilot.inputs import NumberError
@@ -77,6 +79,7 @@ def settings_doc(rt: Runtime, cid: str) -> dict[str, Any]:
     shown = vocab.mode_of(rt, ch)
     st = vocab.status(rt, ch)
     circuit = next((c.limit for c in site.circuits if c.name == ch.config.circuit), site.mains_limit)
+    schedule = rt.schedules.get(cid, Schedule())
     mains = e.last_mains
     mains_dA = [_dA(a) for a in mains.currents] if mains is not None else [0, 0, 0]
     ev_dA = [_dA(a) for a in ch.currents]
@@ -122,9 +125,10 @@ def settings_doc(rt: Runtime, cid: str) -> dict[str, Any]:
             "solar_stop_time": site.solar.stop_min,
             "enable_C2": C2_NAME[ch.phase_mode],
             "mains_meter": METER_NAME.get(rt.config.site.mains_meter, "Disabled"),
-            "starttime": 0,
-            "stoptime": 0,
-            "repeat": 0,
+            # Unix time, 0 = none, as the firmware shows its delayed charging times.
+            "starttime": round(schedule.start_at or 0),
+            "stoptime": round(schedule.stop_at or 0),
+            "repeat": int(schedule.repeat),
         },
         "home_battery": {
             "current": _dA(e.battery.current) if e.battery.current is not None else 0,
@@ -157,6 +161,42 @@ def settings_doc(rt: Runtime, cid: str) -> dict[str, Any]:
     }
 
 
+def _local_time(rt: Runtime, text: str) -> float | None:
+    """A firmware date-time (YYYY-MM-DDTHH:MM, local time) as clock epoch seconds; None if malformed."""
+    try:
+        naive = datetime.strptime(text, SCHEDULE_FORMAT)
+    except ValueError:
+        return None
+    local = naive.replace(tzinfo=UTC).timestamp()
+    return local - rt.utc_offset(rt.clock.now())
+
+
+def _schedule(rt: Runtime, q: Any, errors: dict[str, Any]) -> Schedule | None:
+    """The start/stop schedule `starttime`, `stoptime` and `repeat` ask for (errors by name), or None."""
+    if "starttime" not in q:
+        for name in ("stoptime", "repeat"):
+            if name in q:
+                errors[name] = "only with a starttime"
+        return None
+    times: dict[str, float | None] = {"starttime": None, "stoptime": None}
+    for name in times:
+        if name in q:
+            times[name] = _local_time(rt, q[name])
+            if times[name] is None:
+                errors[name] = "expected YYYY-MM-DDTHH:MM (local time)"
+    repeat = _int(q["repeat"]) if "repeat" in q else 0
+    if repeat not in (0, 1):
+        errors["repeat"] = NOT_ALLOWED
+    start = times["starttime"]
+    if start is None or any(n in errors for n in ("starttime", "stoptime", "repeat")):
+        return None
+    try:
+        return rt.check_schedule(start, times["stoptime"], repeat == 1)
+    except CommandError as exc:
+        errors[exc.field] = exc.message
+        return None
+
+
 def _query(names: list[tuple[str, str]]) -> dict[str, Any]:
     return {
         "parameters": [
@@ -177,22 +217,28 @@ SETTINGS_PARAMS = [
     ("stop_timer", "solar STOP timer, minutes 0-60 (0 = never stop)"),
     ("solar_start_current", "solar START, A summed over the phases, 0-48"),
     ("solar_max_import", "solar IMPORT, A summed over the phases, 0-20"),
+    ("current_main", "MAINS, A per phase, 10-200 (the fallback rule must still hold)"),
+    ("current_max", "MAX of this charger, A per phase, 10-80 (not below MIN, its user limit or override)"),
+    ("current_max_circuit", "CIRCUIT: the limit of this charger's circuit, A per phase, 10-200"),
+    ("starttime", "delayed charging: start at YYYY-MM-DDTHH:MM, local time (charging is off until then)"),
+    ("stoptime", "stop at YYYY-MM-DDTHH:MM, local time, after starttime (only with starttime)"),
+    ("repeat", "0 once, 1 daily (only with stoptime)"),
 ]
 SETTINGS_NAMES = frozenset(n for n, _ in SETTINGS_PARAMS)
 HARDWARE = "hardware setting of the SmartEVSE: evpilot has none to change"
-CONFIG_ONLY = "not changed at run time by evpilot: set it in the config file"
 # Every parameter is applied or refused by name, never silently dropped.
 REFUSED = {
     "phases": HARDWARE,
     "cablelock": HARDWARE,
     "backlight": HARDWARE,
-    "current_main": CONFIG_ONLY,
-    "current_max": CONFIG_ONLY,
-    "current_max_circuit": CONFIG_ONLY,
-    "starttime": CONFIG_ONLY,
-    "stoptime": CONFIG_ONLY,
-    "repeat": CONFIG_ONLY,
 }
+# Runtime.set_fuses names its settings; the firmware's parameter names for them.
+FUSE_PARAMS = {
+    "mains_limit": "current_main",
+    "max_current": "current_max",
+    "circuit_limit": "current_max_circuit",
+}
+SCHEDULE_FORMAT = "%Y-%m-%dT%H:%M"
 UNKNOWN = "unknown parameter"
 CURRENTS_PARAMS = [
     ("L1", "mains current L1 in dA (+ import); L1, L2 and L3 together"),
@@ -315,11 +361,43 @@ def mount(app: FastAPI, rt: Runtime) -> None:
             if value is not None:
                 solar[key] = float(value)
                 done[name] = value
+        # MAINS, MAX and CIRCUIT: ranges and the fallback rule are the runtime's (the config's) checks,
+        # tried together first so that a refusal names the reason and changes nothing.
+        fuses: dict[str, Any] = {}
+        wanted = {n: _int(q[n]) for n in FUSE_PARAMS.values() if n in q}
+        for name, value in wanted.items():
+            if value is None:
+                errors[name] = NOT_ALLOWED
+        value = wanted.get("current_main")
+        if value is not None:
+            fuses["mains"] = done["current_main"] = value
+        value = wanted.get("current_max")
+        if value is not None:
+            fuses["charger"] = (cid, value)
+            done["current_max"] = value
+        value = wanted.get("current_max_circuit")
+        if value is not None:
+            if ch.config.circuit is None:
+                errors["current_max_circuit"] = (
+                    f"charger {cid!r} is on no circuit: its CIRCUIT is MAINS (set current_main)"
+                )
+            else:
+                fuses["circuit"] = (ch.config.circuit, value)
+                done["current_max_circuit"] = value
+        if fuses and not any(n in errors for n in FUSE_PARAMS.values()):
+            try:
+                rt.set_fuses(**fuses, dry_run=True)
+            except CommandError as exc:
+                for field in exc.field.split(","):
+                    errors[FUSE_PARAMS.get(field, field)] = exc.message
+        schedule = _schedule(rt, q, errors)
         for name in q:
             if name not in SETTINGS_NAMES:
                 errors[name] = REFUSED.get(name, UNKNOWN)
         if errors:
             raise Refused(errors)
+        if fuses:
+            rt.set_fuses(**fuses)
 
         def apply_all(c: Charger) -> None:
             for action in charger_actions:
@@ -333,6 +411,16 @@ def mount(app: FastAPI, rt: Runtime) -> None:
             site["solar"] = solar
         if site:
             rt.update_site(**site)
+        if schedule is not None:
+            rt.set_schedule(cid, schedule.start_at or 0.0, schedule.stop_at, schedule.repeat)
+            done["starttime"] = round(schedule.start_at or 0)
+            if "stoptime" in q:
+                done["stoptime"] = round(schedule.stop_at or 0)
+            if "repeat" in q:
+                done["repeat"] = int(schedule.repeat)
+        elif "mode" in q:
+            # The firmware: a mode set without a starttime ends the wait for a delayed start.
+            rt.clear_start(cid)
         return json_response(done)
 
     async def post_currents(request: Request, cid: str) -> Response:

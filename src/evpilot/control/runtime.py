@@ -535,61 +535,80 @@ class Runtime:
                 return circuit.limit
         raise CommandError("circuit", f"no circuit {name!r}")
 
-    def _check_fuses(
+    def set_fuses(
         self,
-        field: str,
         mains: float | None = None,
         circuit: tuple[str, float] | None = None,
         charger: tuple[str, float] | None = None,
-    ) -> AppConfig:
-        """The config with the live fuses and this one change, checked as the config file is checked."""
+        dry_run: bool = False,
+    ) -> None:
+        """Set MAINS, a circuit's limit and a charger's MAX (A per phase) together, or none of them.
+
+        Each must be in the config file's range; MAX not below the charger's MIN, user limit or
+        override (as MIN is refused above MAX); and the result must pass the config's own checks,
+        the fallback rule included. A refusal names the setting(s) (`mains_limit`, `circuit_limit`,
+        `max_current`; comma-separated when only the combination fails) and changes nothing.
+        """
         site = self.engine.site
         limits = {c.name: c.limit for c in site.circuits}
         chargers = self.engine.chargers
         currents = {cid: (c.config.min_current, c.config.max_current) for cid, c in chargers.items()}
+        fields: list[str] = []
+        if mains is not None:
+            mains = check_range("mains_limit", mains, *field_bounds(SiteModel, "mains_limit"), " A")
+            fields.append("mains_limit")
         if circuit is not None:
-            limits[circuit[0]] = circuit[1]
+            name, amps = circuit
+            self.circuit_limit(name)
+            limits[name] = check_range("circuit_limit", amps, *field_bounds(CircuitModel, "limit"), " A")
+            fields.append("circuit_limit")
         if charger is not None:
-            currents[charger[0]] = (currents[charger[0]][0], charger[1])
+            cid, amps = charger
+            ch = self.charger(cid)
+            value = check_range("max_current", amps, *field_bounds(ChargerModel, "max_current"), " A")
+            below = (("MIN", ch.config.min_current), ("user limit", ch.user_limit), ("override", ch.override))
+            for what, limit in below:
+                if limit is not None and value < limit:
+                    raise CommandError("max_current", f"{value:g} A is below {cid}'s {what} ({limit:g} A)")
+            currents[cid] = (ch.config.min_current, value)
+            fields.append("max_current")
         try:
-            return with_fuses(self.config, site.mains_limit if mains is None else mains, limits, currents)
+            checked = with_fuses(self.config, site.mains_limit if mains is None else mains, limits, currents)
         except ConfigError as exc:
-            raise CommandError(field, "; ".join(message for _, message in exc.errors)) from None
+            raise CommandError(",".join(fields), "; ".join(m for _, m in exc.errors)) from None
+        if dry_run:
+            return
+        self.config = checked
+        if mains is not None:
+            site = replace(site, mains_limit=mains)
+            self._save_site(mains_limit=mains)
+        if circuit is not None:
+            name = circuit[0]
+            circuits = tuple(replace(c, limit=limits[name]) if c.name == name else c for c in site.circuits)
+            site = replace(site, circuits=circuits)
+            self._save_site(circuit_limits={name: limits[name]})
+        self.engine.site = site
+        if charger is not None:
+            cid = charger[0]
+            ch = chargers[cid]
+            max_current = currents[cid][1]
+            ch.config = replace(ch.config, max_current=max_current)
+            max_power = max_current * NOMINAL_VOLTAGE * ch.config.phases
+            self.ev_meters[cid].max_power_w = max_power * EV_POWER_MARGIN
+            self._save_site(max_current={cid: max_current})
+        self.recompute()
 
     def set_mains_limit(self, amps: float) -> None:
-        """Set MAINS (A per phase) in the config's range; refused if the fallback rule would break."""
-        value = check_range("mains_limit", amps, *field_bounds(SiteModel, "mains_limit"), " A")
-        self.config = self._check_fuses("mains_limit", mains=value)
-        self.engine.site = replace(self.engine.site, mains_limit=value)
-        self._save_site(mains_limit=value)
-        self.recompute()
+        """Set MAINS (A per phase); see set_fuses."""
+        self.set_fuses(mains=amps)
 
     def set_max_current(self, cid: str, amps: float) -> None:
-        """Set a charger's MAX (A per phase); refused below its MIN, user limit or override (as MIN is
-        refused above MAX) or if the fallback rule would break."""
-        ch = self.charger(cid)
-        value = check_range("max_current", amps, *field_bounds(ChargerModel, "max_current"), " A")
-        below = (("MIN", ch.config.min_current), ("user limit", ch.user_limit), ("override", ch.override))
-        for what, limit in below:
-            if limit is not None and value < limit:
-                raise CommandError("max_current", f"{value:g} A is below {cid}'s {what} ({limit:g} A)")
-        self.config = self._check_fuses("max_current", charger=(cid, value))
-        ch.config = replace(ch.config, max_current=value)
-        self.ev_meters[cid].max_power_w = value * NOMINAL_VOLTAGE * ch.config.phases * EV_POWER_MARGIN
-        self._save_site(max_current={cid: value})
-        self.recompute()
+        """Set charger `cid`'s MAX (A per phase); see set_fuses."""
+        self.set_fuses(charger=(cid, amps))
 
     def set_circuit_limit(self, name: str, amps: float) -> None:
-        """Set circuit `name`'s limit (A per phase) in the config's range; refused if the fallback rule
-        would break."""
-        self.circuit_limit(name)
-        value = check_range("circuit_limit", amps, *field_bounds(CircuitModel, "limit"), " A")
-        self.config = self._check_fuses("circuit_limit", circuit=(name, value))
-        site = self.engine.site
-        circuits = tuple(replace(c, limit=value) if c.name == name else c for c in site.circuits)
-        self.engine.site = replace(site, circuits=circuits)
-        self._save_site(circuit_limits={name: value})
-        self.recompute()
+        """Set circuit `name`'s limit (A per phase); see set_fuses."""
+        self.set_fuses(circuit=(name, amps))
 
     def _restore_fuses(self, key: str, value: Any) -> None:
         if key == "mains_limit":
@@ -619,18 +638,22 @@ class Runtime:
         Until the start the charger is disabled, as the firmware turns access off while it waits.
         """
         ch = self.charger(cid)
+        schedule = self.check_schedule(start_at, stop_at, repeat)
+        ch.set_enabled(False)
+        self._persist(ch)
+        self._store_schedule(cid, schedule)
+        self.recompute()
+        return schedule
+
+    def check_schedule(self, start_at: float, stop_at: float | None, repeat: bool) -> Schedule:
+        """The schedule, if it can be set now (CommandError naming `starttime`, `stoptime` or `repeat`)."""
         if start_at <= self.clock.now():
             raise CommandError("starttime", "is not in the future")
         if stop_at is not None and stop_at <= start_at:
             raise CommandError("stoptime", "is not after the start time")
         if repeat and stop_at is None:
             raise CommandError("repeat", "needs a stop time")
-        schedule = Schedule(start_at, stop_at, repeat)
-        ch.set_enabled(False)
-        self._persist(ch)
-        self._store_schedule(cid, schedule)
-        self.recompute()
-        return schedule
+        return Schedule(start_at, stop_at, repeat)
 
     def clear_start(self, cid: str) -> None:
         """Drop a pending start (a mode change does, on the firmware); a stop time stays."""
