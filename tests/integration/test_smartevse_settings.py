@@ -178,3 +178,33 @@ async def test_schedule_refusals() -> None:
         assert rt.schedules["cp1"].start_at is not None and not rt.charger("cp1").enabled
         assert (await c.post("/settings?mode=3")).status_code == 200
         assert "cp1" not in rt.schedules and rt.charger("cp1").enabled
+
+
+async def test_a_stored_fuse_the_config_now_refuses_is_dropped_alone(tmp_path: Path) -> None:
+    path = tmp_path / "evpilot.sqlite3"
+    store = Store(path)
+    try:
+        async with serve(make_config(GARAGE), speed=1, store=store) as (base, rt):
+            async with httpx.AsyncClient(base_url=base) as c:
+                r = await c.post("/settings?current_main=40&current_max_circuit=30&current_max=25")
+                assert r.status_code == 200, r.text
+            await rt.stop()
+    finally:
+        store.close()
+    # The garage circuit is gone, and cp1 now hangs on a 12 A circuit with a 20 A safe current that
+    # only fits because its MAX is 10 A: the stored garage limit and cp1's stored MAX (the fallback
+    # rule would break) are dropped; MAINS still applies.
+    cp1 = {"id": "cp1", "circuit": "shed", "max_current": 10, "safe_current": 20}
+    changed = {
+        "site": {"mains_limit": 25, "circuits": [{"name": "shed", "limit": 12}]},
+        "chargers": [cp1, {"id": "cp2"}, {"id": "cp3"}],
+    }
+    store = Store(path)
+    try:
+        async with serve(make_config(changed), speed=1, store=store) as (_base, rt):
+            assert rt.engine.site.mains_limit == 40
+            assert rt.circuit_limit("shed") == 12
+            assert rt.charger("cp1").config.max_current == 10
+            await rt.stop()
+    finally:
+        store.close()
