@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -269,3 +270,26 @@ def test_session_ended_message_carries_the_record() -> None:
             "id_tag": None,
         },
     }
+
+
+def test_state_events_track_pilot_and_work_state_through_a_random_walk() -> None:
+    """After every cycle the last state event names the charger's pilot and work state."""
+    rnd = random.Random(7)
+    rig = Rig()
+    pilot, work = PilotState.A, WorkState.FREE
+    for _ in range(3000):
+        rig.letter = rnd.choice("AAABBCCCCCDEF")
+        rig.rcm = rnd.random() < 0.03
+        rig.temp = rnd.choice((25.0, 25.0, 25.0, 60.0, 70.0))
+        rig.allocated = rnd.choice((0.0, 6.0, 16.0, 32.0))
+        if rnd.random() < 0.05:
+            rig.ch.reset_faults()
+        if rnd.random() < 0.05:
+            rig.ch.request_stop(rig.now) if rnd.random() < 0.5 else rig.ch.request_start(rig.now)
+        rig.tick(follow=True)
+        for e in take(rig):
+            if isinstance(e, ev.StateChanged):
+                assert (e.previous_pilot, e.previous_work_state) == (pilot, work)
+                assert (e.pilot, e.work_state) != (pilot, work)
+                pilot, work = e.pilot, e.work_state
+        assert (pilot, work) == (rig.ch.pilot, rig.ch.work_state())

@@ -53,6 +53,10 @@ class ErrorFlag(StrEnum):
     EV_NOT_STOPPING = "ev_not_stopping"
 
 
+_WORK_FAULT = WorkState.FAULT
+_WORK_FREE = WorkState.FREE
+_WORK_CHARGING = WorkState.CHARGING
+
 # Flags that stop charging until cleared (temperature recovers by itself at RESUME).
 FAULT_FLAGS = frozenset(
     {ErrorFlag.PILOT_FAULT, ErrorFlag.DIODE_SHORT, ErrorFlag.RCM_TRIGGERED, ErrorFlag.EV_NOT_STOPPING}
@@ -593,12 +597,17 @@ class Charger:
         expires, safe = self.allocation_expires, self.config.safe_current
         if self.errors != self.reported_errors:
             self._report_faults(now)
-        if state is not self.reported_pilot:
-            self._report_state(now, state, self.work_state())
+        # `self.work_state()`, its common cases inline (from the pilot state just found).
+        if state is _PILOT_F or state is _PILOT_E:
+            work = _WORK_FAULT
+        elif letter not in _PLUGGED_LETTERS:
+            work = _WORK_FREE
+        elif contactor and max(self.currents) > DRAW_THRESHOLD_A:
+            work = _WORK_CHARGING
         else:
             work = self.work_state()
-            if work is not self.reported_work:
-                self._report_state(now, state, work)
+        if state is not self.reported_pilot or work is not self.reported_work:
+            self._report_state(now, state, work)
         return PilotOutput(duty, signaled, contactor, phases, expires, safe)
 
     def _report_state(self, now: float, pilot: PilotState, work: WorkState) -> None:
