@@ -143,6 +143,22 @@ def test_rcm_fault_is_raised_once_and_cleared_by_a_reset() -> None:
     assert not any(isinstance(e, ev.FaultRaised) for e in events)
 
 
+def test_ev_not_stopping_is_raised_by_the_cycle_that_opens_the_contactor() -> None:
+    rig = charging_rig()
+    rig.ch.set_enabled(False)
+    for _ in range(20):
+        rig.tick()  # the EV ignores the pilot and keeps drawing
+        events = take(rig)
+        if any(isinstance(e, ev.ContactorChanged) for e in events):
+            break
+        assert not any(isinstance(e, ev.FaultRaised) for e in events)
+    assert events == [
+        ev.FaultRaised("cp", rig.now, ErrorFlag.EV_NOT_STOPPING),
+        ev.ContactorChanged("cp", rig.now, False),
+        state(rig, PilotState.F, WorkState.FAULT, PilotState.C1, WorkState.CHARGING),
+    ]
+
+
 def test_temperature_warning_is_raised_and_cleared_with_the_hysteresis() -> None:
     rig = charging_rig()
     rig.temp = 70.0
@@ -277,19 +293,35 @@ def test_state_events_track_pilot_and_work_state_through_a_random_walk() -> None
     rnd = random.Random(7)
     rig = Rig()
     pilot, work = PilotState.A, WorkState.FREE
+    flags: set[ErrorFlag] = set()
+    ignoring = False
     for _ in range(3000):
-        rig.letter = rnd.choice("AAABBCCCCCDEF")
-        rig.rcm = rnd.random() < 0.03
-        rig.temp = rnd.choice((25.0, 25.0, 25.0, 60.0, 70.0))
-        rig.allocated = rnd.choice((0.0, 6.0, 16.0, 32.0))
+        if rnd.random() < 0.15:
+            rig.letter = rnd.choice("AAABBCCCCCDEF")
+        if rnd.random() < 0.05:
+            # Now and then the car ignores the pilot for a while and draws 16 A (ev_not_stopping).
+            ignoring = not ignoring
+            rig.amps = 16.0 if ignoring else rig.amps
+        # Each input holds for a while, as on a real site.
+        if rnd.random() < 0.05:
+            rig.rcm = rnd.random() < 0.3
+        if rnd.random() < 0.05:
+            rig.diode = rnd.random() < 0.2
+        if rnd.random() < 0.05:
+            rig.temp = rnd.choice((25.0, 25.0, 25.0, 60.0, 70.0))
+        if rnd.random() < 0.1:
+            rig.allocated = rnd.choice((0.0, 6.0, 16.0, 32.0))
         if rnd.random() < 0.05:
             rig.ch.reset_faults()
         if rnd.random() < 0.05:
             rig.ch.request_stop(rig.now) if rnd.random() < 0.5 else rig.ch.request_start(rig.now)
-        rig.tick(follow=True)
+        rig.tick(follow=not ignoring)
         for e in take(rig):
+            if isinstance(e, ev.FaultRaised):
+                flags.add(e.flag)
             if isinstance(e, ev.StateChanged):
                 assert (e.previous_pilot, e.previous_work_state) == (pilot, work)
                 assert (e.pilot, e.work_state) != (pilot, work)
                 pilot, work = e.pilot, e.work_state
         assert (pilot, work) == (rig.ch.pilot, rig.ch.work_state())
+    assert flags == set(ErrorFlag)  # the walk went through every fault

@@ -587,6 +587,8 @@ class Charger:
                 self._open(now)
             elif now - self.stop_requested_at >= STOP_DEADLINE_S:
                 self.errors.add(ErrorFlag.EV_NOT_STOPPING)
+                state = _PILOT_F
+                self._report_faults(now)  # the cause before its effect
                 self._open(now)
         signaled = self.signaled
         duty = _DUTY.get(signaled)
