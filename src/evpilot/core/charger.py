@@ -53,10 +53,6 @@ class ErrorFlag(StrEnum):
     EV_NOT_STOPPING = "ev_not_stopping"
 
 
-_WORK_FAULT = WorkState.FAULT
-_WORK_FREE = WorkState.FREE
-_WORK_CHARGING = WorkState.CHARGING
-
 # Flags that stop charging until cleared (temperature recovers by itself at RESUME).
 FAULT_FLAGS = frozenset(
     {ErrorFlag.PILOT_FAULT, ErrorFlag.DIODE_SHORT, ErrorFlag.RCM_TRIGGERED, ErrorFlag.EV_NOT_STOPPING}
@@ -67,6 +63,9 @@ _BLOCKING_FLAGS = FAULT_FLAGS | {_TEMPERATURE_HIGH}
 _PLUGGED_LETTERS = ("B", "C", "D")
 _PILOT_E = PilotState.E
 _PILOT_F = PilotState.F
+_WORK_FAULT = WorkState.FAULT
+_WORK_FREE = WorkState.FREE
+_WORK_CHARGING = WorkState.CHARGING
 # Duty cycle per signaled current: a pure conversion of a 0.1 A-quantized value (a few hundred at most).
 _DUTY: dict[float, float] = {}
 
