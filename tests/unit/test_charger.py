@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import pytest
 
+from evpilot.core import events as ev
 from evpilot.core.charger import (
     INCREASE_INTERVAL_S,
     Charger,
@@ -19,6 +22,7 @@ from evpilot.core.session import LimitReached, SessionRecord
 
 T0 = 1_000_000.0
 LEASE_S = 5.0
+E = TypeVar("E", bound=ev.ChargerEvent)
 
 
 class Rig:
@@ -64,9 +68,9 @@ class Rig:
         for _ in range(seconds):
             self.tick(follow=True)
 
-    def events(self, kind: str) -> list[object]:
-        """Payloads of the charger's events of one kind (and clear them all)."""
-        found = [p for k, p in self.ch.events if k == kind]
+    def events(self, kind: type[E]) -> list[E]:
+        """The charger's events of one kind (and clear them all)."""
+        found = [e for e in self.ch.events if isinstance(e, kind)]
         self.ch.events.clear()
         return found
 
@@ -88,7 +92,7 @@ def test_plug_in_starts_a_session_and_charging_follows() -> None:
     rig.tick()
     rig.letter = "B"
     out = rig.tick()
-    assert rig.events("plugged") == ["cp"]
+    assert rig.events(ev.Plugged) == [ev.Plugged("cp", rig.now)]
     assert rig.ch.session is not None
     # Connected, not requesting: PWM on at the allocation, contactor open (B2).
     assert out.signaled == 32.0 and out.duty == duty_for_current(32.0)
@@ -108,7 +112,8 @@ def test_unplug_ends_the_session_with_a_record() -> None:
     rig.letter, rig.amps = "A", 0.0
     out = rig.tick()
     assert not out.contactor and out.signaled == 0.0
-    (rec,) = rig.events("session_ended")
+    (ended,) = rig.events(ev.SessionEnded)
+    rec = ended.record
     assert isinstance(rec, SessionRecord)
     assert rec.id == session_id and rec.stop_reason == "ev_disconnected"
     assert rec.energy_kwh > 0.2 and rec.peak_power_w == pytest.approx(3 * 230 * 32)
@@ -372,13 +377,14 @@ def test_energy_cap_stops_charging_and_says_so() -> None:
     assert rig.ch.limit_reached is None
     rig.charge(60)
     assert rig.ch.limit_reached is LimitReached.ENERGY
-    assert rig.events("limit_reached") == ["energy"]
+    assert [e.limit for e in rig.events(ev.LimitReached)] == [LimitReached.ENERGY]
     assert rig.ch.signaled == 0.0 and not rig.ch.contactor
     assert rig.ch.work_state() is WorkState.END
     assert rig.ch.session is not None and rig.ch.session.energy_kwh == pytest.approx(0.5, abs=0.01)
     rig.letter = "A"
     rig.tick()
-    (rec,) = rig.events("session_ended")
+    (ended,) = rig.events(ev.SessionEnded)
+    rec = ended.record
     assert isinstance(rec, SessionRecord) and rec.stop_reason == "energy_limit"
     assert rig.ch.limit_reached is None
 
@@ -494,7 +500,8 @@ def test_pilot_short_e_is_a_fault_that_ends_the_session() -> None:
     assert rig.ch.pilot is PilotState.E
     assert ErrorFlag.PILOT_FAULT in rig.ch.errors
     assert rig.ch.work_state() is WorkState.FAULT
-    (rec,) = rig.events("session_ended")
+    (ended,) = rig.events(ev.SessionEnded)
+    rec = ended.record
     assert isinstance(rec, SessionRecord) and rec.stop_reason == "fault"
     rig.letter = "A"
     rig.tick()

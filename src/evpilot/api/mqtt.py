@@ -371,7 +371,8 @@ class MqttBridge:
         elif topic == "site":
             self._sdoc = message
             self._site_dirty = True
-        elif topic == "session":
+        elif topic in ("session", "event"):
+            # Both go to `<prefix>/<charger>/event`: session messages carry `event`, typed ones `type`.
             cid = str(message.get("charger", ""))
             if cid in self.rt.engine.chargers:
                 body = json.dumps(message, separators=(",", ":"))

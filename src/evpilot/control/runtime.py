@@ -23,6 +23,7 @@ from evpilot.config import (
 from evpilot.control.build import assemble
 from evpilot.control.overload import OverloadMonitor
 from evpilot.control.supervisor import Supervisor
+from evpilot.core import events as ev
 from evpilot.core.charger import MODES, Charger
 from evpilot.core.errors import CommandError, check_range
 from evpilot.core.schedule import DAY_S, Schedule, ScheduleAction, due
@@ -142,7 +143,6 @@ class Runtime:
         self.subscribers: set[FrameQueue] = set()
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._docs: dict[str, dict[str, Any]] = {}
-        self._work: dict[str, tuple[str, str]] = {}
         self._wake = asyncio.Event()
         self.supervisor = Supervisor(clock.now)
         self._stopping = False
@@ -329,7 +329,6 @@ class Runtime:
         if len(self.tick_times) > 1000:
             del self.tick_times[:500]
         self._drain_events()
-        self._log_changes()
         self._publish_changes()
         if self.store is not None:
             self._maybe_checkpoint(now)
@@ -382,40 +381,53 @@ class Runtime:
         self._cp_ids = frozenset(s.id for s in sessions)
 
     def _drain_events(self) -> None:
+        """Log, store and broadcast every charger event (none is dropped), oldest first."""
         for ch in self.engine.chargers.values():
+            if not ch.events:
+                continue
             events, ch.events = ch.events, []
-            for kind, payload in events:
-                if kind == "session_ended" and isinstance(payload, SessionRecord):
+            for event in events:
+                self._log_event(ch, event)
+                if isinstance(event, ev.SessionEnded):
                     if self.store is not None:
-                        self.store.add_session(payload)
-                    log.info(
-                        "%s: session %s ended (%s), %.3f kWh",
-                        ch.config.id,
-                        payload.id,
-                        payload.stop_reason,
-                        payload.energy_kwh,
-                    )
-                    self._broadcast("session", {"charger": ch.config.id, "event": "ended", **_rec(payload)})
-                elif kind == "session_started":
-                    log.info("%s: session %s started", ch.config.id, payload)
-                    self._broadcast("session", {"charger": ch.config.id, "event": "started", "id": payload})
-                elif kind == "limit_reached":
-                    log.info("%s: session %s limit reached, charging stopped", ch.config.id, payload)
+                        self.store.add_session(event.record)
+                    ended = {"charger": event.charger, "event": "ended", **_rec(event.record)}
+                    self._broadcast("session", ended)
+                elif isinstance(event, ev.SessionStarted):
+                    started = {"charger": event.charger, "event": "started", "id": event.session_id}
+                    self._broadcast("session", started)
+                self._broadcast("event", ev.event_message(event))
 
-    def _log_changes(self) -> None:
-        for cid, ch in self.engine.chargers.items():
-            ws = (ch.work_state().value, ch.pilot.value)
-            if self._work.get(cid) != ws:
-                self._work[cid] = ws
+    @staticmethod
+    def _log_event(ch: Charger, event: ev.ChargerEvent) -> None:
+        cid = event.charger
+        match event:
+            case ev.Plugged():
+                log.info("%s: vehicle plugged in", cid)
+            case ev.Unplugged():
+                log.info("%s: vehicle unplugged", cid)
+            case ev.ContactorChanged(closed=closed):
+                log.debug("%s: contactor %s", cid, "closed" if closed else "open")
+            case ev.StateChanged(pilot=pilot, work_state=work):
                 log.info(
                     "%s: %s (%s), signaled %.1f A, allocated %.1f A by %s",
                     cid,
-                    ws[0],
-                    ws[1],
+                    work.value,
+                    pilot.value,
                     ch.signaled,
                     ch.allocated,
                     ch.allocation_source,
                 )
+            case ev.SessionStarted(session_id=sid):
+                log.info("%s: session %s started", cid, sid)
+            case ev.SessionEnded(record=r):
+                log.info("%s: session %s ended (%s), %.3f kWh", cid, r.id, r.stop_reason, r.energy_kwh)
+            case ev.LimitReached(limit=limit):
+                log.info("%s: %s limit reached, charging stopped", cid, limit.value)
+            case ev.FaultRaised(flag=flag):
+                log.warning("%s: fault raised: %s", cid, flag.value)
+            case ev.FaultCleared(flag=flag):
+                log.info("%s: fault cleared: %s", cid, flag.value)
 
     def _publish_changes(self) -> None:
         if not self.subscribers and not self.listeners:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from evpilot.core import events as ev
 from evpilot.core.errors import CommandError, check_range
 from evpilot.core.iec61851 import (
     DRAW_THRESHOLD_A,
@@ -62,6 +63,9 @@ _BLOCKING_FLAGS = FAULT_FLAGS | {_TEMPERATURE_HIGH}
 _PLUGGED_LETTERS = ("B", "C", "D")
 _PILOT_E = PilotState.E
 _PILOT_F = PilotState.F
+_WORK_FAULT = WorkState.FAULT
+_WORK_FREE = WorkState.FREE
+_WORK_CHARGING = WorkState.CHARGING
 # Duty cycle per signaled current: a pure conversion of a 0.1 A-quantized value (a few hundred at most).
 _DUTY: dict[float, float] = {}
 
@@ -190,7 +194,12 @@ class Charger:
     pending_tag: str | None = None
     # Set by the runtime per run: keeps session ids unique when a sped-up clock repeats times.
     run_tag: str = ""
-    events: list[tuple[str, object]] = field(default_factory=list)
+    # Emitted events, oldest first; whoever runs the charger drains them.
+    events: list[ev.ChargerEvent] = field(default_factory=list)
+    # What the last events said, to emit a change once: the error flags, the pilot and work state.
+    reported_errors: frozenset[ErrorFlag] = frozenset()
+    reported_pilot: PilotState = PilotState.A
+    reported_work: WorkState = WorkState.FREE
 
     @classmethod
     def create(cls, config: ChargerConfig, lifetime_kwh: float = 0.0) -> Charger:
@@ -442,6 +451,8 @@ class Charger:
             self.errors.add(_TEMPERATURE_HIGH)
         elif reading.temperature <= self.config.resume_temp:
             self.errors.discard(_TEMPERATURE_HIGH)
+        if self.errors != self.reported_errors:
+            self._report_faults(now)
 
         was_plugged = prev in _PLUGGED_LETTERS
         plugged = reading.letter in _PLUGGED_LETTERS
@@ -454,9 +465,9 @@ class Charger:
             self.ev_done = False
             self.has_charged = False
             self.authorized = not self.config.require_auth
-            self.events.append(("unplugged", self.config.id))
+            self.events.append(ev.Unplugged(self.config.id, now))
         elif not was_plugged and plugged:
-            self.events.append(("plugged", self.config.id))
+            self.events.append(ev.Plugged(self.config.id, now))
         # A healthy empty socket (after unplug, or after a pilot fault went away) clears faults.
         if reading.letter == "A" and prev != "A" and not reading.rcm_fault and not reading.diode_fault:
             self.errors -= FAULT_FLAGS
@@ -478,11 +489,23 @@ class Charger:
             reached = cap_reached(self.session, now, self.energy_cap_kwh, self.time_cap_min)
             if reached is not None:
                 self.limit_reached = reached
-                self.events.append(("limit_reached", reached.value))
+                self.events.append(ev.LimitReached(self.config.id, now, reached))
         if self.under_power_w is None:
             self.under_power_since = None
         else:
             self._check_under_power(now)
+        if self.errors != self.reported_errors:
+            self._report_faults(now)
+
+    def _report_faults(self, now: float) -> None:
+        before, after = self.reported_errors, frozenset(self.errors)
+        cid = self.config.id
+        # Sorted: one order for the flags that change together.
+        for flag in sorted(after - before):
+            self.events.append(ev.FaultRaised(cid, now, flag))
+        for flag in sorted(before - after):
+            self.events.append(ev.FaultCleared(cid, now, flag))
+        self.reported_errors = after
 
     def _check_under_power(self, now: float) -> None:
         low = (
@@ -499,7 +522,7 @@ class Charger:
             self.under_power_since = now
         elif now - self.under_power_since >= UNDER_POWER_S and self.limit_reached is None:
             self.limit_reached = LimitReached.UNDER_POWER
-            self.events.append(("limit_reached", LimitReached.UNDER_POWER.value))
+            self.events.append(ev.LimitReached(self.config.id, now, LimitReached.UNDER_POWER))
 
     def apply(self, now: float, allocated: float, source: str, phases: int, lease_s: float) -> PilotOutput:
         """Run the current chain for a new allocation and decide PWM and contactor."""
@@ -553,7 +576,7 @@ class Charger:
                 self._open(now)
         elif contactor_may_close(state):
             if not self.contactor:
-                self.events.append(("contactor", True))
+                self.events.append(ev.ContactorChanged(self.config.id, now, True))
             self.contactor = True
             self.stop_requested_at = None
         elif self.contactor:
@@ -563,6 +586,8 @@ class Charger:
                 self._open(now)
             elif now - self.stop_requested_at >= STOP_DEADLINE_S:
                 self.errors.add(ErrorFlag.EV_NOT_STOPPING)
+                state = _PILOT_F
+                self._report_faults(now)  # the cause before its effect
                 self._open(now)
         signaled = self.signaled
         duty = _DUTY.get(signaled)
@@ -571,11 +596,30 @@ class Charger:
         # Positional: duty, signaled, contactor, phases, fallback_at, safe_current.
         contactor, phases = self.contactor, self.active_phases
         expires, safe = self.allocation_expires, self.config.safe_current
+        if self.errors != self.reported_errors:
+            self._report_faults(now)
+        # `self.work_state()`, its common cases inline (from the pilot state just found).
+        if state is _PILOT_F or state is _PILOT_E:
+            work = _WORK_FAULT
+        elif letter not in _PLUGGED_LETTERS:
+            work = _WORK_FREE
+        elif contactor and max(self.currents) > DRAW_THRESHOLD_A:
+            work = _WORK_CHARGING
+        else:
+            work = self.work_state()
+        if state is not self.reported_pilot or work is not self.reported_work:
+            self._report_state(now, state, work)
         return PilotOutput(duty, signaled, contactor, phases, expires, safe)
+
+    def _report_state(self, now: float, pilot: PilotState, work: WorkState) -> None:
+        self.events.append(
+            ev.StateChanged(self.config.id, now, pilot, work, self.reported_pilot, self.reported_work)
+        )
+        self.reported_pilot, self.reported_work = pilot, work
 
     def _open(self, now: float) -> None:
         if self.contactor:
-            self.events.append(("contactor", False))
+            self.events.append(ev.ContactorChanged(self.config.id, now, False))
         self.contactor = False
         self.stop_requested_at = None
 
@@ -598,7 +642,7 @@ class Charger:
             started_at=now,
             id_tag=tag,
         )
-        self.events.append(("session_started", self.session.id))
+        self.events.append(ev.SessionStarted(self.config.id, now, self.session.id, tag))
 
     def _end_session(self, now: float, reason: StopReason) -> None:
         if self.session is None:
@@ -608,7 +652,7 @@ class Charger:
         if reason == StopReason.EV_DISCONNECTED and self.limit_reached is not None:
             reason_text = f"{self.limit_reached.value}_limit"
         self.session.stop_reason = reason_text
-        self.events.append(("session_ended", SessionRecord.of(self.session)))
+        self.events.append(ev.SessionEnded(self.config.id, now, SessionRecord.of(self.session)))
         self.session = None
 
     def close(self, now: float, reason: StopReason = StopReason.SHUTDOWN) -> None:
