@@ -279,6 +279,8 @@ class Watcher(threading.Thread):
         self.rss: list[tuple[int, float, int]] = []  # (run, clock time, kB)
         self.events: dict[str, int] = {}  # per node, this run
         self.events_total: Counter[str] = Counter()  # earlier runs
+        self.stalled_total: Counter[str] = Counter()  # earlier runs: runs across a starved controller
+        self.stalled: dict[str, int] = {}
         self.longest: dict[str, float] = {}
         self.restarts: Counter[str] = Counter()
         self.has_health: bool | None = None
@@ -293,7 +295,9 @@ class Watcher(threading.Thread):
         with self.lock:
             self.gen += 1
             self.events_total.update(self.events)
+            self.stalled_total.update(self.stalled)
             self.events = {}
+            self.stalled = {}
 
     def run(self) -> None:
         n = 0
@@ -334,6 +338,7 @@ class Watcher(threading.Thread):
         self.site.tod_h = doc["sim"]["time_of_day_h"]
         before = sum(self.events.values())
         self.events = {k: v["events"] for k, v in doc.get("overloads", {}).items()}
+        self.stalled = {k: v.get("stalled", 0) for k, v in doc.get("overloads", {}).items()}
         for k, v in doc.get("overloads", {}).items():
             self.longest[k] = max(self.longest.get(k, 0.0), v["longest_s"])
         new = sum(self.events.values()) - before
@@ -370,6 +375,12 @@ class Watcher(threading.Thread):
         """Overload events per node over all runs."""
         out = Counter(self.events_total)
         out.update(self.events)
+        return out
+
+    def stalled_total_now(self) -> Counter[str]:
+        """Overload runs across a starved controller, per node over all runs (not an invariant breach)."""
+        out = Counter(self.stalled_total)
+        out.update(self.stalled)
         return out
 
 
@@ -828,6 +839,11 @@ class Soak:
         print(
             "overload events per node: "
             + (", ".join(f"{k} {v}" for k, v in sorted(overloads.items())) or "none")
+        )
+        stalled = w.stalled_total_now()
+        print(
+            "overload runs while evpilot itself was stalled (counted apart): "
+            + (", ".join(f"{k} {v}" for k, v in sorted(stalled.items())) or "none")
         )
         print(
             "longest run over a limit (s): " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(w.longest.items()))

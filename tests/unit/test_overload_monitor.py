@@ -42,6 +42,25 @@ def test_a_stalled_tick_counts_its_whole_gap() -> None:
     assert m.nodes["mains"].events == 1 and m.nodes["mains"].longest_s == 8.0
 
 
+def test_a_run_across_a_stalled_controller_is_counted_apart() -> None:
+    m = OverloadMonitor()
+    # Ticks every second, then the process is starved for 7 s while the phase is over.
+    for t in (0.0, 1.0):
+        m.begin(t, 1.0)
+        m.see(t, "mains", 1, 30.0, 25.0, True, 1.0)
+    m.begin(8.0, 1.0)
+    m.see(8.0, "mains", 1, 30.0, 25.0, True, 1.0)
+    assert m.nodes["mains"].events == 0 and m.nodes["mains"].stalled == 1
+    assert m.nodes["mains"].longest_s == 9.0
+    m.begin(9.0, 1.0)
+    m.see(9.0, "mains", 1, 20.0, 25.0, True, 1.0)
+    # A run on time afterwards is an event again.
+    for t in range(10, 17):
+        m.begin(float(t), 1.0)
+        m.see(float(t), "mains", 1, 30.0 if t < 16 else 20.0, 25.0, True, 1.0)
+    assert m.nodes["mains"].events == 1 and m.nodes["mains"].stalled == 1
+
+
 QUIET = {"sim": {"first_spike_s": None, "spike_rate_h": 0}}
 CIRCUIT = {
     **QUIET,

@@ -15,6 +15,10 @@ from evpilot.core.iec61851 import DRAW_THRESHOLD_A
 EVENT_S = 6.0
 # Excess below this is measurement noise, not an overload.
 TOLERANCE_A = 0.05
+# A gap between ticks longer than this many tick lengths means the controller itself was not
+# running (a starved process, or a sped-up clock outrunning it): a run over a limit across such a
+# gap is counted apart, as `stalled`, since no control decision could have ended it.
+STALL_TICKS = 3.0
 
 
 @dataclass(slots=True)
@@ -24,10 +28,16 @@ class NodeOverloads:
     events: int = 0
     longest_s: float = 0.0
     over_now: bool = False
+    stalled: int = 0
 
     def doc(self) -> dict[str, Any]:
         """The node's entry in `GET /api/site` `overloads`."""
-        return {"events": self.events, "longest_s": round(self.longest_s, 1), "over_now": self.over_now}
+        return {
+            "events": self.events,
+            "longest_s": round(self.longest_s, 1),
+            "over_now": self.over_now,
+            "stalled": self.stalled,
+        }
 
 
 class OverloadMonitor:
@@ -40,8 +50,15 @@ class OverloadMonitor:
     def __init__(self, event_s: float = EVENT_S) -> None:
         self.event_s = event_s
         self.nodes: dict[str, NodeOverloads] = {}
-        # (node, phase) -> (clock time of the first tick over the limit, already counted as an event)
-        self._open: dict[tuple[str, int], tuple[float, bool]] = {}
+        # (node, phase) -> (clock time of the first tick over the limit, already counted, stalled)
+        self._open: dict[tuple[str, int], tuple[float, bool, bool]] = {}
+        self._last_tick: float | None = None
+        self._stall = False
+
+    def begin(self, now: float, tick_s: float) -> None:
+        """A new tick at `now`: notes whether the controller was stalled since the last one."""
+        self._stall = self._last_tick is not None and now - self._last_tick > STALL_TICKS * tick_s
+        self._last_tick = now
 
     def see(
         self, now: float, node: str, phase: int, load: float, limit: float, drawing: bool, tick_s: float
@@ -52,13 +69,17 @@ class OverloadMonitor:
         if not (drawing and load > limit + TOLERANCE_A):
             self._open.pop(key, None)
             return
-        since, counted = self._open.get(key, (now, False))
+        since, counted, stalled = self._open.get(key, (now, False, False))
+        stalled = stalled or (self._stall and key in self._open)
         length = now - since + tick_s
         figures.longest_s = max(figures.longest_s, length)
         if not counted and length >= self.event_s:
-            figures.events += 1
+            if stalled:
+                figures.stalled += 1
+            else:
+                figures.events += 1
             counted = True
-        self._open[key] = (since, counted)
+        self._open[key] = (since, counted, stalled)
 
     def observe(
         self,
@@ -73,6 +94,7 @@ class OverloadMonitor:
         `mains` is the mains load per phase (None: unknown, the mains is skipped). A circuit's load is
         its meter's reading while fresh, else what the chargers below it draw.
         """
+        self.begin(now, tick_s)
         chargers = list(engine.chargers.values())
         draws = {ch.config.id: mains_draw(ch.config, ch.currents) for ch in chargers}
         if mains is not None:
