@@ -16,7 +16,6 @@ import yaml
 from tests.helpers import make_config, serve
 
 DATA = Path(__file__).parent.parent / "data" / "evcc-esp32evse.yaml"
-SEED = Path(__file__).parents[3] / "shared" / "seeds" / "004_1a96f71209ec8cc4.txt"
 JSON = {"content-type": "application/json"}
 
 
@@ -65,17 +64,6 @@ async def until(probe: Callable[[], Awaitable[Any]], ok: Callable[[Any], bool], 
             return value
         await asyncio.sleep(0.05)
     return value
-
-
-def test_data_file_is_the_seed_config() -> None:
-    if not SEED.exists():
-        pytest.skip("seed 004 is not beside the repository")
-    seed = SEED.read_text(encoding="utf-8").splitlines()
-    start = seed.index("chargers:")
-    end = next(i for i in range(start, len(seed)) if seed[i].startswith("phases: 1"))
-    ours = [ln.strip() for ln in DATA.read_text(encoding="utf-8").splitlines() if not ln.startswith("# ")]
-    unquoted = [re.sub(r'jq: "(\.\w+\[\d\])"', r"jq: \1", ln) for ln in ours]
-    assert unquoted == [ln.strip() for ln in seed[start : end + 1]]
 
 
 async def test_evcc_config_from_seed_works_verbatim() -> None:
