@@ -226,18 +226,12 @@ def run(scenario: dict[str, Any], allocator: Callable[[Snapshot, float], Allocat
 
     def circuit_currents() -> dict[str, list[float]]:
         """What flows through each circuit now: its (and its sub-circuits') other loads plus chargers."""
-        out = {c.name: [0.0, 0.0, 0.0] for c in circuits}
+        out = charger_currents()
         for name, other in circuit_loads.items():
             for node in paths.get(name, ()):
                 acc = out[node]
                 for p in range(3):
                     acc[p] += other[p]
-        for cid, pilot in simsite.pilots.items():
-            d = pilot.mains_draw()
-            for node in under[cid]:
-                acc = out[node]
-                for p in range(3):
-                    acc[p] += d[p]
         return out
 
     def before_step(now: float) -> None:
