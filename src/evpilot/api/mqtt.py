@@ -23,9 +23,9 @@ from typing import Any
 import aiomqtt
 
 from evpilot import inputs
-from evpilot.api import esp32evse
-from evpilot.api import smartevse_vocab as vocab
+from evpilot.api.esp32evse import rest as esp32evse
 from evpilot.api.ha_discovery import OFF, ON, discovery_configs, node_slug
+from evpilot.api.smartevse import vocab
 from evpilot.config import MqttModel, parse_mqtt_url
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.charger import MODES, Charger

@@ -18,8 +18,8 @@ from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 from evpilot import __version__, inputs
-from evpilot.api import smartevse_vocab as vocab
 from evpilot.api.facade import CHARGER_PREFIX, BodyLimit, Routes, json_response
+from evpilot.api.smartevse import vocab
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.charger import Charger
 from evpilot.core.errors import CommandError

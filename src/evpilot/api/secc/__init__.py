@@ -1,0 +1,5 @@
+"""SECC local API facade: its documents and leases, REST (`/api/v1/...`) and the WebSocket `/api/ws`."""
+
+from evpilot.api.secc.rest import mount, run_socket
+
+__all__ = ["mount", "run_socket"]

@@ -1,0 +1,5 @@
+"""Shelly Gen2 RPC facade of the Shelly Top AC charger: components, RPC, digest auth and transports."""
+
+from evpilot.api.shelly.facade import ShellyFacade, mount
+
+__all__ = ["ShellyFacade", "mount"]
