@@ -36,7 +36,7 @@ async def both(
 def mqtt_view(bridge: MqttBridge, cid: str) -> dict[str, str]:
     """What the SmartEVSE topics of `cid` would carry now, by topic leaf."""
     rt = bridge.rt
-    outs = bridge.render_smartevse(cid, rt.charger_doc(cid), rt.site_doc())
+    outs = bridge.smartevse.render(cid, rt.charger_doc(cid), rt.site_doc())
     return {o.topic.rsplit("/", 1)[1]: o.payload for o in outs}
 
 

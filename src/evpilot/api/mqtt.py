@@ -16,27 +16,33 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import aiomqtt
 
-from evpilot import inputs
-from evpilot.api.esp32evse import rest as esp32evse
-from evpilot.api.ha_discovery import OFF, ON, discovery_configs, node_slug
-from evpilot.api.smartevse import vocab
+from evpilot.api.esp32evse.mqtt import Esp32Topics
+from evpilot.api.ha_discovery import discovery_configs, node_slug
+from evpilot.api.mqtt_payload import (
+    Misrouted,
+    Out,
+    Rejected,
+    fmt,
+    onoff,
+    parse_bool,
+    parse_number,
+    payload_text,
+    shown,
+)
+from evpilot.api.smartevse.mqtt import SmartEvseTopics
 from evpilot.config import MqttModel, parse_mqtt_url
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.charger import MODES, Charger
 from evpilot.core.errors import CommandError, check_range
-from evpilot.devices.evmeter import ApiFedEvMeter, EvMeterReading
-from evpilot.inputs import NumberError
+from evpilot.devices.evmeter import ApiFedEvMeter
 
 log = logging.getLogger("evpilot.mqtt")
 
-# Longer payloads are refused before decoding: no command needs more than a few dozen bytes.
-MAX_PAYLOAD = 256
 ONLINE, OFFLINE = "online", "offline"
 DISCOVERY_KEY = "mqtt:discovery"
 # Errors and events waiting for a connection beyond this are dropped (oldest first).
@@ -67,118 +73,6 @@ NATIVE_COMMANDS = (
 )
 SITE_COMMANDS = ("mode", "capacity")
 
-SE_ENABLE_C2 = ("Not present", "Always Off", "Solar Off", "Always On", "Auto")
-SE_PHASE_MODES = ("not_present", "always_1p", "solar_1p", "always_3p", "auto")
-SE_UNSUPPORTED = frozenset(
-    {
-        "CPPWMOverride",
-        "CustomButton",
-        "RequiredEVCCID",
-        "ColorOff",
-        "ColorNormal",
-        "ColorSmart",
-        "ColorSolar",
-        "ColorCustom",
-        "CableLock",
-    }
-)
-_BOOLS = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False}
-
-
-class Rejected(Exception):
-    """An incoming topic or payload was refused; the message says why."""
-
-
-class _Misrouted(Rejected):
-    """A refused topic that still belongs to a known charger (its error goes there)."""
-
-    def __init__(self, cid: str, message: str) -> None:
-        super().__init__(message)
-        self.cid = cid
-
-
-@dataclass(frozen=True, slots=True)
-class Out:
-    """One message to publish; `dedupe` skips it when the topic already carries this payload."""
-
-    topic: str
-    payload: str
-    retain: bool = True
-    qos: int = 0
-    dedupe: bool = True
-
-
-# ---- payload parsing ---------------------------------------------------------------------------
-
-
-def payload_text(payload: object) -> str:
-    """The payload as stripped UTF-8 text (refuses long, binary and control-character payloads)."""
-    if payload is None:
-        data = b""
-    elif isinstance(payload, bytes | bytearray):
-        data = bytes(payload)
-    else:
-        data = str(payload).encode()
-    if len(data) > MAX_PAYLOAD:
-        raise Rejected(f"payload too long ({len(data)} bytes, at most {MAX_PAYLOAD})")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise Rejected("payload is not UTF-8 text") from None
-    # ASCII whitespace only: a payload padded with other spaces is not a clean value.
-    text = text.strip(" \t\r\n")
-    if any(ord(c) < 32 or ord(c) == 127 for c in text):
-        raise Rejected("payload contains control characters")
-    return text
-
-
-def parse_number(text: str, what: str) -> float:
-    """A finite ASCII decimal number (inputs.parse_float)."""
-    try:
-        return inputs.parse_float(text)
-    except NumberError as exc:
-        raise Rejected(f"{what}: {exc}") from None
-
-
-def parse_int(text: str, what: str) -> int:
-    """An ASCII decimal integer (inputs.parse_int)."""
-    try:
-        return inputs.parse_int(text)
-    except NumberError as exc:
-        raise Rejected(f"{what}: {exc}") from None
-
-
-def parse_bool(text: str, what: str) -> bool:
-    """ON/OFF, true/false or 1/0 (any case)."""
-    value = _BOOLS.get(text.lower())
-    if value is None:
-        raise Rejected(f"{what}: {text!r} is not one of ON, OFF, true, false, 1, 0")
-    return value
-
-
-def _shown(payload: object) -> str:
-    if isinstance(payload, bytes | bytearray):
-        text = bytes(payload[:80]).decode("utf-8", "replace")
-    else:
-        text = str(payload)[:80]
-    return text
-
-
-def fmt(value: float | None, digits: int = 3) -> str:
-    """A number as MQTT text: no trailing `.0`, `None` when unknown."""
-    if value is None:
-        return "None"
-    r = round(float(value), digits)
-    if r == int(r):
-        return str(int(r))
-    return repr(r)
-
-
-def onoff(value: object) -> str:
-    """ON or OFF."""
-    return ON if value else OFF
-
-
 # ---- the bridge ----------------------------------------------------------------------------------
 
 
@@ -198,12 +92,10 @@ class MqttBridge:
         self.client_id = cfg.client_id or f"evpilot-{node_slug(self.prefix)}"
         self.status_topic = f"{self.prefix}/status"
         ids = list(rt.engine.chargers)
-        self.smartevse: dict[str, str] = (
-            {cid: cfg.smartevse.topic(cid) for cid in ids} if cfg.smartevse.enabled else {}
+        self.smartevse = SmartEvseTopics(
+            rt, {cid: cfg.smartevse.topic(cid) for cid in ids} if cfg.smartevse.enabled else {}
         )
-        self._se_by_prefix = {sp: cid for cid, sp in self.smartevse.items()}
-        self.esp32: dict[str, str] = dict(cfg.esp32evse)
-        self._esp_by_id = {ident: cid for cid, ident in self.esp32.items()}
+        self.esp32 = Esp32Topics(rt, cfg.esp32evse)
         self.ev_meters: dict[str, ApiFedEvMeter] = {}
         self._announced: list[str] | None = None
         self._sent: dict[str, str] = {}
@@ -247,7 +139,7 @@ class MqttBridge:
 
     async def _offline(self, client: aiomqtt.Client) -> None:
         """Publish `offline` on the availability topics (best effort, at most 5 s)."""
-        topics = [self.status_topic, *(f"{sp}/connected" for sp in self.smartevse.values())]
+        topics = [self.status_topic, *self.smartevse.availability()]
         with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
             async with asyncio.timeout(5):
                 await self._send(client, [Out(t, OFFLINE, qos=1) for t in topics])
@@ -310,7 +202,7 @@ class MqttBridge:
         for topic in self.subscriptions():
             await client.subscribe(topic, qos=1)
         await self._announce(client)
-        online = [self.status_topic, *(f"{sp}/connected" for sp in self.smartevse.values())]
+        online = [self.status_topic, *self.smartevse.availability()]
         await self._send(client, [Out(t, ONLINE, qos=1) for t in online])
         self._mark_all()
         self.connects += 1
@@ -336,8 +228,8 @@ class MqttBridge:
     def subscriptions(self) -> list[str]:
         """The topic filters the bridge listens on."""
         subs = [f"{self.prefix}/+/+/set"]
-        subs += [f"{sp}/Set/#" for sp in self.smartevse.values()]
-        subs += [f"{ident}/+/set" for ident in self.esp32.values()]
+        subs += self.smartevse.subscriptions()
+        subs += self.esp32.subscriptions()
         return subs
 
     async def _announce(self, client: aiomqtt.Client) -> None:
@@ -421,16 +313,16 @@ class MqttBridge:
         if self._site_dirty:
             self._site_dirty = False
             outs += self.render_site(self._sdoc)
-            dirty |= set(self.smartevse)
+            dirty |= set(self.smartevse.prefixes)
         for cid in dirty:
             doc = self._cdocs.get(cid)
             if doc is None:
                 continue
             outs += self.render_charger(cid, doc)
             if cid in self.smartevse:
-                outs += self.render_smartevse(cid, doc, self._sdoc)
+                outs += self.smartevse.render(cid, doc, self._sdoc)
             if cid in self.esp32:
-                outs += self.render_esp32(cid, doc)
+                outs += self.esp32.render(cid, doc)
         return outs
 
     async def _flush(self, client: aiomqtt.Client) -> None:
@@ -517,65 +409,6 @@ class MqttBridge:
         outs += [Out(f"{base}/{k}", v) for k, v in values.items()]
         return outs
 
-    def render_smartevse(self, cid: str, d: dict[str, Any], site: dict[str, Any]) -> list[Out]:
-        """The SmartEVSE firmware's topics (units: dA for currents, W, Wh), its retain flags."""
-        sp = self.smartevse[cid]
-        ch = self.rt.charger(cid)
-        st = vocab.status(self.rt, ch)
-        session = d.get("session") or {}
-        limits = d["limits"]
-
-        def da(amps: float | None) -> str:
-            return str(vocab.deciamps(amps))
-
-        retained = {
-            "Mode": vocab.mode_of(self.rt, ch).mqtt_name,
-            "Access": "Allow" if d["enabled"] else "Deny",
-            "State": st.state,
-            "Error": st.error,
-            "ChargeCurrent": da(d["current"]["signaled"]),
-            "ChargeCurrentOverride": da(limits["override"]),
-            "MaxCurrent": da(limits["max_current"]),
-            "EVPlugState": "Connected" if d["plugged"] else "Disconnected",
-            "EVEnergyCharged": str(round(session.get("energy_kwh", 0.0) * 1000)),
-            "EnableC2": SE_ENABLE_C2[SE_PHASE_MODES.index(d["phase_mode"])],
-        }
-        live = {
-            "NrOfPhases": str(d["phases"]),
-            "EVChargePower": str(round(d["power_w"])),
-            "EVTotalEnergyCharged": str(round(d["lifetime_kwh"] * 1000)),
-            "ESPTemp": str(round(d["temperature"])),
-            "SolarStopTimer": str(vocab.solar_stop_timer(self.rt, cid)),
-            "LoadBl": str(vocab.loadbl(self.rt, cid)),
-        }
-        for i in range(3):
-            live[f"EVCurrentL{i + 1}"] = da(d["amperage"][i])
-        mains = site.get("mains")
-        if mains:
-            for i in range(3):
-                live[f"MainsCurrentL{i + 1}"] = da(mains["currents"][i])
-        if site.get("battery_current") is not None:
-            live["HomeBatteryCurrent"] = da(site["battery_current"])
-        outs = [Out(f"{sp}/{k}", v) for k, v in retained.items()]
-        outs += [Out(f"{sp}/{k}", v, retain=False) for k, v in live.items()]
-        return outs
-
-    def render_esp32(self, cid: str, d: dict[str, Any]) -> list[Out]:
-        """The ESP32-EVSE Home Assistant bridge's retained `<id>/state` document."""
-        session = d.get("session") or {}
-        limits = d["limits"]
-        doc = {
-            "state": d["state"],
-            "charging": d["state"] in ("C2", "D2"),
-            "enabled": d["enabled"],
-            "error": bool(d["errors"]),
-            "power": round(d["power_w"], 1),
-            "current": limits["user"] if limits["user"] is not None else limits["max_current"],
-            "session_energy": round(session.get("energy_kwh", 0.0) * 1000, 1),
-            "temperature": round(d["temperature"], 1),
-        }
-        return [Out(f"{self.esp32[cid]}/state", json.dumps(doc, separators=(",", ":")))]
-
     # ---- incoming ------------------------------------------------------------------------
 
     async def _receiver(self, client: aiomqtt.Client) -> None:
@@ -597,9 +430,11 @@ class MqttBridge:
             elif kind == "site":
                 self._site(what, text)
             elif kind == "smartevse":
-                self._smartevse(cid, what, text)
+                assert cid is not None
+                self.smartevse.handle(cid, what, text, self.ev_meters)
             else:
-                self._esp32(cid, what, text)
+                assert cid is not None
+                self.esp32.handle(cid, what, text)
         except (Rejected, CommandError, UnknownCharger) as exc:
             if isinstance(exc, CommandError):
                 reason = f"{exc.field}: {exc.message}"
@@ -607,7 +442,7 @@ class MqttBridge:
                 reason = f"no charger {exc.args[0]!r}"
             else:
                 reason = str(exc)
-                if isinstance(exc, _Misrouted):
+                if isinstance(exc, Misrouted):
                     cid = exc.cid
             self._reject(cid, topic, payload, reason)
             return False
@@ -624,10 +459,10 @@ class MqttBridge:
             self.suppressed += 1
             return
         more = f" ({suppressed} more refused since the last note)" if suppressed else ""
-        log.warning("MQTT: refused %s %r: %s%s", topic[:200], _shown(payload), reason, more)
+        log.warning("MQTT: refused %s %r: %s%s", topic[:200], shown(payload), reason, more)
         body: dict[str, Any] = {
             "topic": topic[:200],
-            "payload": _shown(payload),
+            "payload": shown(payload),
             "error": reason,
             "at": self.rt.clock.now(),
         }
@@ -652,33 +487,24 @@ class MqttBridge:
         return 0 if window is None else int(window[1])
 
     def _route(self, topic: str) -> tuple[str, str | None, str]:
-        head, _, what = topic.rpartition("/")
-        if what == "set":
-            ident, _, cmd = head.rpartition("/")
-            cid = self._esp_by_id.get(ident)
-            if cid is not None:
-                if cmd not in ("enabled", "current"):
-                    raise _Misrouted(cid, f"unknown ESP32-EVSE command {cmd!r} (enabled, current)")
-                return "esp32", cid, cmd
-        if head.endswith("/Set"):
-            cid = self._se_by_prefix.get(head[:-4])
-            if cid is not None:
-                return "smartevse", cid, what
-        for sp, cid in self._se_by_prefix.items():
-            if topic.startswith(sp + "/Set/"):
-                raise _Misrouted(cid, f"unknown SmartEVSE topic {topic[len(sp) :]!r}")
+        esp = self.esp32.route(topic)
+        if esp is not None:
+            return "esp32", esp[0], esp[1]
+        se = self.smartevse.route(topic)
+        if se is not None:
+            return "smartevse", se[0], se[1]
         if topic.startswith(self.prefix + "/"):
             parts = topic[len(self.prefix) + 1 :].split("/")
             if len(parts) == 3 and parts[2] == "set":
                 target, cmd = parts[0], parts[1]
                 if target == "site":
                     if cmd not in SITE_COMMANDS:
-                        raise _Misrouted("site", f"unknown site command {cmd!r} ({', '.join(SITE_COMMANDS)})")
+                        raise Misrouted("site", f"unknown site command {cmd!r} ({', '.join(SITE_COMMANDS)})")
                     return "site", "site", cmd
                 if target not in self.rt.engine.chargers:
                     raise Rejected(f"no charger {target!r} (chargers: {', '.join(self.rt.engine.chargers)})")
                 if cmd not in NATIVE_COMMANDS:
-                    raise _Misrouted(target, f"unknown command {cmd!r} ({', '.join(NATIVE_COMMANDS)})")
+                    raise Misrouted(target, f"unknown command {cmd!r} ({', '.join(NATIVE_COMMANDS)})")
                 return "native", target, cmd
         raise Rejected(f"unexpected topic {topic[:120]!r}")
 
@@ -729,84 +555,3 @@ class MqttBridge:
         else:
             amps = parse_number(text, what)
             self.rt.set_capacity_limit(amps or None)
-
-    def _smartevse(self, cid: str | None, what: str, text: str) -> None:
-        assert cid is not None
-        ch = self.rt.charger(cid)
-        now = self.rt.clock.now()
-        if what == "Mode":
-            mode = vocab.MODE_BY_NAME.get(text)
-            if mode is None:
-                raise Rejected(f"Mode: {text!r} is not one of {', '.join(vocab.MODE_BY_NAME)}")
-            self._apply(cid, lambda c: vocab.apply_mode(c, mode))
-        elif what == "CurrentOverride":
-            da = parse_int(text, what)
-            low, high = ch.config.min_current * 10, ch.config.max_current * 10
-            if da != 0 and not low <= da <= high:
-                raise Rejected(f"CurrentOverride: {da} dA is outside 0 or {low:g}-{high:g} dA")
-            self._apply(cid, lambda c: c.set_override(da / 10 if da else None), persist=False)
-        elif what == "CurrentMaxSumMains":
-            amps = parse_int(text, what)
-            if amps != 0 and not 10 <= amps <= 600:
-                raise Rejected(f"CurrentMaxSumMains: {amps} A is outside 0 or 10-600 A")
-            self.rt.set_capacity_limit(amps or None)
-        elif what == "MainsMeter":
-            l1, l2, l3 = self._ints(text, 3, what, "L1:L2:L3")
-            for x in (l1, l2, l3):
-                if not -2000 < x < 2000:
-                    raise Rejected(f"MainsMeter: {x} dA is outside -2000..2000 dA")
-            if self.rt.config.site.mains_meter != "api":
-                raise Rejected(
-                    "MainsMeter: the mains meter is not fed through the API (site.mains_meter: api)"
-                )
-            self.rt.api_meter.push((l1 / 10, l2 / 10, l3 / 10), now)
-        elif what == "EVMeter":
-            l1, l2, l3, w, wh = self._ints(text, 5, what, "L1:L2:L3:W:Wh")
-            phases = (l1, l2, l3)
-            if any(not -1 <= x < 1000 for x in phases):
-                raise Rejected("EVMeter: currents must be 0..999 dA (or -1 = unknown)")
-            if w < -1 or wh < -1:
-                raise Rejected("EVMeter: W and Wh must be >= 0 (or -1 = unknown)")
-            currents = None if -1 in phases else (l1 / 10, l2 / 10, l3 / 10)
-            reading = EvMeterReading(
-                currents, None if w == -1 else float(w), None if wh == -1 else wh / 1000, now
-            )
-            self.ev_meters[cid].push(reading)
-        elif what == "HomeBatteryCurrent":
-            bound = vocab.MAX_BATTERY_DA
-            battery = round(check_range(what, parse_int(text, what), -bound, bound, " dA"))
-            self.rt.engine.battery.push(vocab.battery_amps(battery), now)
-            self.rt.recompute()
-        elif what == "EnableC2":
-            if text[:1].isdigit():
-                index = parse_int(text, what)
-                if not 0 <= index < len(SE_ENABLE_C2):
-                    raise Rejected(f"EnableC2: {index} is outside 0-{len(SE_ENABLE_C2) - 1}")
-            elif text in SE_ENABLE_C2:
-                index = SE_ENABLE_C2.index(text)
-            else:
-                raise Rejected(f"EnableC2: {text!r} is not 0-4 or one of {', '.join(SE_ENABLE_C2)}")
-            phase_mode = SE_PHASE_MODES[index]
-            self._apply(cid, lambda c: c.set_phase_mode(phase_mode))
-        elif what in SE_UNSUPPORTED:
-            raise Rejected(f"SmartEVSE setting {what!r} is not supported by evpilot")
-        else:
-            raise Rejected(f"unknown SmartEVSE topic 'Set/{what[:40]}'")
-
-    @staticmethod
-    def _ints(text: str, count: int, what: str, form: str) -> Sequence[int]:
-        parts = text.split(":")
-        try:
-            if len(parts) != count:
-                raise NumberError(f"{count} values expected")
-            return [inputs.parse_int(p) for p in parts]
-        except NumberError as exc:
-            raise Rejected(f"{what}: {text[:60]!r} is not {form} (integers): {exc}") from None
-
-    def _esp32(self, cid: str | None, what: str, text: str) -> None:
-        if what == "enabled":
-            on = parse_bool(text, what)
-            self._apply(cid, lambda ch: ch.set_enabled(on))
-        else:
-            amps = esp32evse.tenths(parse_number(text, what))
-            self._apply(cid, lambda ch: ch.set_user_limit(amps))

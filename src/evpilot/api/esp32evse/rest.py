@@ -1,7 +1,6 @@
 """ESP32-EVSE REST facade (`/api/v1/state`, `/api/v1/info`): the firmware's names and units.
 
-Units at this edge: energy in Ws (core kWh × 3,600,000), time limits in s (core minutes × 60),
-currents in A with 0.1 A resolution, power in W. Errors are the firmware's plain-text bodies with
+Units as in `esp32evse.vocab`. Errors are the firmware's plain-text bodies with
 its status codes (400, 401, 404, 413, 415); writes answer `OK` as text.
 """
 
@@ -9,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -18,20 +16,24 @@ from fastapi import FastAPI, Request
 from starlette.responses import PlainTextResponse, Response
 
 from evpilot import __version__, inputs
+from evpilot.api.esp32evse.vocab import (
+    MAX_CONSUMPTION_WS,
+    MAX_TIME_LIMIT_S,
+    MAX_UNDER_POWER_W,
+    WS_PER_KWH,
+    charging_current,
+    shown_state,
+    tenths,
+)
 from evpilot.api.facade import CHARGER_PREFIX, BodyLimit, Routes, json_response
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.charger import Charger
 from evpilot.core.errors import CommandError, check_range
 from evpilot.inputs import JsonError, NumberError, check_number
 
-WS_PER_KWH = 3_600_000.0
 # The firmware refuses request bodies over 50 KB.
 MAX_BODY = 50 * 1024
 REALM = 'Basic realm="Users"'
-# Core caps, in the firmware's units.
-MAX_CONSUMPTION_WS = 1000 * WS_PER_KWH
-MAX_TIME_LIMIT_S = 1440 * 60
-MAX_UNDER_POWER_W = 100_000.0
 
 # The default texts of ESP-IDF's http server for these status codes.
 TEXT_400 = "Server unable to understand request due to invalid syntax"
@@ -76,13 +78,6 @@ def _boolean(field: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise _bad(f"{field} must be true or false")
     return value
-
-
-def tenths(amps: float) -> float:
-    """The charging current as the firmware keeps it: rounded to 0.1 A, halves up (REST and MQTT alike)."""
-    if abs(amps) > 1e6:  # far out of range either way; floor() of a huge float would overflow
-        return amps
-    return math.floor(amps * 10.0 + 0.5 + 1e-9) / 10.0
 
 
 # Each converter validates one value in the firmware's units and returns the core command for it.
@@ -134,13 +129,12 @@ def state_doc(rt: Runtime, cid: str) -> dict[str, Any]:
     s = ch.session
     now = rt.clock.now()
     return {
-        # An EVSE taken out of service shows state F, as the firmware does.
-        "state": ch.pilot.value if ch.available else "F",
+        "state": shown_state(ch),
         "available": ch.available,
         "enabled": ch.enabled,
         "pendingAuth": ch.plugged and not ch.authorized,
         "limitReached": ch.limit_reached is not None,
-        "chargingCurrent": ch.user_limit if ch.user_limit is not None else ch.config.max_current,
+        "chargingCurrent": charging_current(ch.user_limit, ch.config.max_current),
         "consumptionLimit": round((ch.energy_cap_kwh or 0.0) * WS_PER_KWH),
         "chargingTimeLimit": round((ch.time_cap_min or 0.0) * 60.0),
         "underPowerLimit": round(ch.under_power_w or 0.0),

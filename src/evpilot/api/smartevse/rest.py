@@ -36,15 +36,6 @@ MAX_DECIAMPS = 10_000
 
 # evse.mode is the firmware's internal Mode: 0 normal, 1 smart, 2 solar.
 EVSE_MODE = {"normal": 0, "smart": 1, "solar": 2, "min+solar": 2, "off": 0}
-# enable_C2: 0 Not present, 1 Always Off, 2 Solar Off, 3 Always On, 4 Auto.
-C2_BY_ID = ("not_present", "always_1p", "solar_1p", "always_3p", "auto")
-C2_NAME = {
-    "not_present": "Not present",
-    "always_1p": "Always Off",
-    "solar_1p": "Solar Off",
-    "always_3p": "Always On",
-    "auto": "Auto",
-}
 METER_NAME = {"api": "API", "sim": "Sim", "none": "Disabled"}
 
 
@@ -123,7 +114,7 @@ def settings_doc(rt: Runtime, cid: str) -> dict[str, Any]:
             "solar_max_import": site.solar.max_import,
             "solar_start_current": site.solar.start_current,
             "solar_stop_time": site.solar.stop_min,
-            "enable_C2": C2_NAME[ch.phase_mode],
+            "enable_C2": vocab.C2_NAME[ch.phase_mode],
             "mains_meter": METER_NAME.get(rt.config.site.mains_meter, "Disabled"),
             # Unix time, 0 = none, as the firmware shows its delayed charging times.
             "starttime": round(schedule.start_at or 0),
@@ -330,11 +321,11 @@ def mount(app: FastAPI, rt: Runtime) -> None:
             charger_actions.append(lambda c: c.set_override(None))
             done["disable_override_current"] = "OK"
         if "enable_C2" in q:
-            c2 = number("enable_C2", 0, len(C2_BY_ID) - 1)
+            c2 = number("enable_C2", 0, len(vocab.C2_PHASE_MODES) - 1)
             if c2 is not None:
-                phase_mode = C2_BY_ID[c2]
+                phase_mode = vocab.C2_PHASE_MODES[c2]
                 probe("enable_C2", lambda c: c.set_phase_mode(phase_mode))
-                done.setdefault("settings", {})["enable_C2"] = C2_NAME[phase_mode]
+                done.setdefault("settings", {})["enable_C2"] = vocab.C2_NAME[phase_mode]
         value = number("current_min", 6, 16)
         if value is not None:
             if any(value > c.config.max_current for c in rt.engine.chargers.values()):

@@ -2,8 +2,8 @@
 
 One place for the firmware's state and error names, its units (currents in dA, the home battery
 current included, on both transports), the solar stop timer, the load-balancing role and what a
-mode change does to the override: REST (`api/smartevse.py`) and MQTT (`api/mqtt.py`) render and
-take the same values through these functions only.
+mode change does to the override: REST (`smartevse/rest.py`) and MQTT (`smartevse/mqtt.py`) render
+and take the same values through these functions only.
 """
 
 from __future__ import annotations
@@ -43,6 +43,10 @@ COMM_ERROR = ("Communication Error", 2)
 WAITING_FOR_SOLAR = "Waiting for Solar"
 # The firmware takes at most eight modules on one mains (one master, nodes 2 to 8).
 MAX_LOADBL = 8
+# enable_C2 / EnableC2 by number: the firmware's names and evpilot's phase modes.
+ENABLE_C2 = ("Not present", "Always Off", "Solar Off", "Always On", "Auto")
+C2_PHASE_MODES = ("not_present", "always_1p", "solar_1p", "always_3p", "auto")
+C2_NAME = dict(zip(C2_PHASE_MODES, ENABLE_C2, strict=True))
 
 
 class Mode(enum.Enum):

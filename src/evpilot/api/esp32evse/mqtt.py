@@ -1,0 +1,67 @@
+"""The ESP32-EVSE Home Assistant bridge's MQTT topics: retained `<id>/state`, commands on `<id>/<cmd>/set`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from evpilot.api.esp32evse import vocab
+from evpilot.api.mqtt_payload import Misrouted, Out, parse_bool, parse_number
+from evpilot.control.runtime import Runtime
+
+COMMANDS = ("enabled", "current")
+
+
+class Esp32Topics:
+    """The ESP32-EVSE bridge topics of the chargers that carry them (charger id -> bridge id)."""
+
+    def __init__(self, rt: Runtime, idents: Mapping[str, str]) -> None:
+        self.rt = rt
+        self.idents = dict(idents)
+        self._by_ident = {ident: cid for cid, ident in self.idents.items()}
+
+    def __contains__(self, cid: object) -> bool:
+        return cid in self.idents
+
+    def subscriptions(self) -> list[str]:
+        """The topic filters of the commands."""
+        return [f"{ident}/+/set" for ident in self.idents.values()]
+
+    def route(self, topic: str) -> tuple[str, str] | None:
+        """(charger, command) of a `<id>/<cmd>/set` topic; None if it is not one of ours."""
+        head, _, what = topic.rpartition("/")
+        if what != "set":
+            return None
+        ident, _, cmd = head.rpartition("/")
+        cid = self._by_ident.get(ident)
+        if cid is None:
+            return None
+        if cmd not in COMMANDS:
+            raise Misrouted(cid, f"unknown ESP32-EVSE command {cmd!r} ({', '.join(COMMANDS)})")
+        return cid, cmd
+
+    def render(self, cid: str, d: dict[str, Any]) -> list[Out]:
+        """The bridge's retained `<id>/state` document."""
+        session = d.get("session") or {}
+        limits = d["limits"]
+        doc = {
+            "state": d["state"],
+            "charging": d["state"] in vocab.CHARGING_STATES,
+            "enabled": d["enabled"],
+            "error": bool(d["errors"]),
+            "power": round(d["power_w"], 1),
+            "current": vocab.charging_current(limits["user"], limits["max_current"]),
+            "session_energy": round(session.get("energy_kwh", 0.0) * 1000, 1),
+            "temperature": round(d["temperature"], 1),
+        }
+        return [Out(f"{self.idents[cid]}/state", json.dumps(doc, separators=(",", ":")))]
+
+    def handle(self, cid: str, what: str, text: str) -> None:
+        """Validate and apply one command; raises Rejected (or CommandError)."""
+        if what == "enabled":
+            on = parse_bool(text, what)
+            self.rt.command(cid, lambda ch: ch.set_enabled(on))
+        else:
+            amps = vocab.tenths(parse_number(text, what))
+            self.rt.command(cid, lambda ch: ch.set_user_limit(amps))

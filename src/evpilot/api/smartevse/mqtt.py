@@ -1,0 +1,172 @@
+"""The SmartEVSE firmware's MQTT topics (`<prefix>/<Name>` out, `<prefix>/Set/<Name>` in).
+
+Rendered and taken through `smartevse.vocab`, like the REST facade: currents in dA, the firmware's
+state, error and mode names, its retain flags.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from evpilot.api.mqtt_payload import Misrouted, Out, Rejected, parse_int, parse_ints
+from evpilot.api.smartevse import vocab
+from evpilot.control.runtime import Runtime
+from evpilot.core.errors import check_range
+from evpilot.devices.evmeter import ApiFedEvMeter, EvMeterReading
+
+# Firmware settings evpilot has no counterpart for: refused by name.
+UNSUPPORTED = frozenset(
+    {
+        "CPPWMOverride",
+        "CustomButton",
+        "RequiredEVCCID",
+        "ColorOff",
+        "ColorNormal",
+        "ColorSmart",
+        "ColorSolar",
+        "ColorCustom",
+        "CableLock",
+    }
+)
+
+
+class SmartEvseTopics:
+    """The SmartEVSE topics of the chargers that carry them (charger id -> topic prefix)."""
+
+    def __init__(self, rt: Runtime, prefixes: Mapping[str, str]) -> None:
+        self.rt = rt
+        self.prefixes = dict(prefixes)
+        self._by_prefix = {sp: cid for cid, sp in self.prefixes.items()}
+
+    def __contains__(self, cid: object) -> bool:
+        return cid in self.prefixes
+
+    def subscriptions(self) -> list[str]:
+        """The topic filters of the `Set/` commands."""
+        return [f"{sp}/Set/#" for sp in self.prefixes.values()]
+
+    def availability(self) -> list[str]:
+        """The firmware's `connected` topics (online / offline)."""
+        return [f"{sp}/connected" for sp in self.prefixes.values()]
+
+    def route(self, topic: str) -> tuple[str, str] | None:
+        """(charger, setting) of a `Set/` topic; None if it is not one of ours."""
+        head, _, what = topic.rpartition("/")
+        if head.endswith("/Set"):
+            cid = self._by_prefix.get(head[:-4])
+            if cid is not None:
+                return cid, what
+        for sp, cid in self._by_prefix.items():
+            if topic.startswith(sp + "/Set/"):
+                raise Misrouted(cid, f"unknown SmartEVSE topic {topic[len(sp) :]!r}")
+        return None
+
+    def render(self, cid: str, d: dict[str, Any], site: dict[str, Any]) -> list[Out]:
+        """The firmware's topics of one charger (units: dA for currents, W, Wh), its retain flags."""
+        sp = self.prefixes[cid]
+        rt = self.rt
+        ch = rt.charger(cid)
+        st = vocab.status(rt, ch)
+        session = d.get("session") or {}
+        limits = d["limits"]
+
+        def da(amps: float | None) -> str:
+            return str(vocab.deciamps(amps))
+
+        retained = {
+            "Mode": vocab.mode_of(rt, ch).mqtt_name,
+            "Access": "Allow" if d["enabled"] else "Deny",
+            "State": st.state,
+            "Error": st.error,
+            "ChargeCurrent": da(d["current"]["signaled"]),
+            "ChargeCurrentOverride": da(limits["override"]),
+            "MaxCurrent": da(limits["max_current"]),
+            "EVPlugState": "Connected" if d["plugged"] else "Disconnected",
+            "EVEnergyCharged": str(round(session.get("energy_kwh", 0.0) * 1000)),
+            "EnableC2": vocab.C2_NAME[d["phase_mode"]],
+        }
+        live = {
+            "NrOfPhases": str(d["phases"]),
+            "EVChargePower": str(round(d["power_w"])),
+            "EVTotalEnergyCharged": str(round(d["lifetime_kwh"] * 1000)),
+            "ESPTemp": str(round(d["temperature"])),
+            "SolarStopTimer": str(vocab.solar_stop_timer(rt, cid)),
+            "LoadBl": str(vocab.loadbl(rt, cid)),
+        }
+        for i in range(3):
+            live[f"EVCurrentL{i + 1}"] = da(d["amperage"][i])
+        mains = site.get("mains")
+        if mains:
+            for i in range(3):
+                live[f"MainsCurrentL{i + 1}"] = da(mains["currents"][i])
+        if site.get("battery_current") is not None:
+            live["HomeBatteryCurrent"] = da(site["battery_current"])
+        outs = [Out(f"{sp}/{k}", v) for k, v in retained.items()]
+        outs += [Out(f"{sp}/{k}", v, retain=False) for k, v in live.items()]
+        return outs
+
+    def handle(self, cid: str, what: str, text: str, ev_meters: Mapping[str, ApiFedEvMeter]) -> None:
+        """Validate and apply one `Set/<what>` command; raises Rejected (or CommandError)."""
+        rt = self.rt
+        ch = rt.charger(cid)
+        now = rt.clock.now()
+        if what == "Mode":
+            mode = vocab.MODE_BY_NAME.get(text)
+            if mode is None:
+                raise Rejected(f"Mode: {text!r} is not one of {', '.join(vocab.MODE_BY_NAME)}")
+            rt.command(cid, lambda c: vocab.apply_mode(c, mode))
+        elif what == "CurrentOverride":
+            da = parse_int(text, what)
+            low, high = ch.config.min_current * 10, ch.config.max_current * 10
+            if da != 0 and not low <= da <= high:
+                raise Rejected(f"CurrentOverride: {da} dA is outside 0 or {low:g}-{high:g} dA")
+            rt.command(cid, lambda c: c.set_override(da / 10 if da else None), persist=False)
+        elif what == "CurrentMaxSumMains":
+            amps = parse_int(text, what)
+            if amps != 0 and not 10 <= amps <= 600:
+                raise Rejected(f"CurrentMaxSumMains: {amps} A is outside 0 or 10-600 A")
+            rt.set_capacity_limit(amps or None)
+        elif what == "MainsMeter":
+            l1, l2, l3 = parse_ints(text, 3, what, "L1:L2:L3")
+            for x in (l1, l2, l3):
+                if not -2000 < x < 2000:
+                    raise Rejected(f"MainsMeter: {x} dA is outside -2000..2000 dA")
+            if rt.config.site.mains_meter != "api":
+                raise Rejected(
+                    "MainsMeter: the mains meter is not fed through the API (site.mains_meter: api)"
+                )
+            rt.api_meter.push((l1 / 10, l2 / 10, l3 / 10), now)
+        elif what == "EVMeter":
+            l1, l2, l3, w, wh = parse_ints(text, 5, what, "L1:L2:L3:W:Wh")
+            phases = (l1, l2, l3)
+            if any(not -1 <= x < 1000 for x in phases):
+                raise Rejected("EVMeter: currents must be 0..999 dA (or -1 = unknown)")
+            if w < -1 or wh < -1:
+                raise Rejected("EVMeter: W and Wh must be >= 0 (or -1 = unknown)")
+            currents = None if -1 in phases else (l1 / 10, l2 / 10, l3 / 10)
+            reading = EvMeterReading(
+                currents, None if w == -1 else float(w), None if wh == -1 else wh / 1000, now
+            )
+            ev_meters[cid].push(reading)
+        elif what == "HomeBatteryCurrent":
+            bound = vocab.MAX_BATTERY_DA
+            battery = round(check_range(what, parse_int(text, what), -bound, bound, " dA"))
+            rt.engine.battery.push(vocab.battery_amps(battery), now)
+            rt.recompute()
+        elif what == "EnableC2":
+            names = vocab.ENABLE_C2
+            if text[:1].isdigit():
+                index = parse_int(text, what)
+                if not 0 <= index < len(names):
+                    raise Rejected(f"EnableC2: {index} is outside 0-{len(names) - 1}")
+            elif text in names:
+                index = names.index(text)
+            else:
+                raise Rejected(f"EnableC2: {text!r} is not 0-4 or one of {', '.join(names)}")
+            phase_mode = vocab.C2_PHASE_MODES[index]
+            rt.command(cid, lambda c: c.set_phase_mode(phase_mode))
+        elif what in UNSUPPORTED:
+            raise Rejected(f"SmartEVSE setting {what!r} is not supported by evpilot")
+        else:
+            raise Rejected(f"unknown SmartEVSE topic 'Set/{what[:40]}'")
