@@ -10,13 +10,14 @@ from typing import Any, get_args
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from evpilot import __version__
 from evpilot.api import esp32evse, native, secc, shelly, smartevse
+from evpilot.api.edge import Problem, Refusal, too_large
 from evpilot.api.facade import BodyLimit, invalid_response
 from evpilot.api.guard import RequestGuard
 from evpilot.control.runtime import Runtime, UnknownCharger
@@ -81,28 +82,17 @@ def create_app(rt: Runtime, manage_runtime: bool = True) -> FastAPI:
         BodyLimit,
         pattern=r"^/(api|chargers)/",
         limit=MAX_BODY,
-        refuse=lambda: JSONResponse(
-            {"error": "too_large", "detail": f"request body over {MAX_BODY} bytes"}, status_code=413
-        ),
+        refuse=lambda: too_large(MAX_BODY).response(),
     )
 
     @app.exception_handler(UnknownCharger)
-    async def unknown_charger(request: Request, exc: UnknownCharger) -> JSONResponse:
-        return JSONResponse(
-            {
-                "error": "not_found",
-                "detail": f"no charger {exc.args[0]!r}",
-                "chargers": sorted(rt.engine.chargers),
-            },
-            status_code=404,
-        )
+    async def unknown_charger(request: Request, exc: UnknownCharger) -> Response:
+        problem = Problem("charger", f"no charger {exc.args[0]!r}")
+        return Refusal(404, "not_found", [problem], chargers=sorted(rt.engine.chargers)).response()
 
     @app.exception_handler(CommandError)
     async def command_error(request: Request, exc: CommandError) -> Response:
-        problem: dict[str, Any] = {"field": exc.field, "detail": exc.message}
-        if exc.allowed is not None:
-            problem["allowed"] = {"min": exc.allowed[0], "max": exc.allowed[1]}
-        return invalid_response([problem], 400)
+        return Refusal.of_command(exc).response()
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -122,8 +112,9 @@ def create_app(rt: Runtime, manage_runtime: bool = True) -> FastAPI:
         return invalid_response(problems, 422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": "http", "detail": exc.detail}, status_code=exc.status_code)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        problem = Problem("", str(exc.detail))
+        return Refusal(exc.status_code, "http", [problem], exc.headers).response()
 
     app.include_router(native.build_router(rt))
     esp32evse.mount(app, rt)
@@ -133,9 +124,7 @@ def create_app(rt: Runtime, manage_runtime: bool = True) -> FastAPI:
 
     # Outermost: no facade, fast path or body reader sees a request the guard refuses.
     http = rt.config.http
-    app.add_middleware(
-        RequestGuard, hosts=[http.host, *http.allowed_hosts], origins=http.allowed_origins
-    )
+    app.add_middleware(RequestGuard, hosts=[http.host, *http.allowed_hosts], origins=http.allowed_origins)
 
     page = resources.files("evpilot.web").joinpath("index.html").read_text(encoding="utf-8")
 

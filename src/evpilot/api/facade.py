@@ -13,6 +13,7 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from evpilot.api.edge import Problem, Refusal, is_json, not_json
 from evpilot.control.runtime import Runtime
 from evpilot.inputs import JsonError, read_json
 
@@ -22,24 +23,14 @@ CHARGER_PREFIX = r"(?:/chargers/[^/]+)?"
 
 
 def invalid_response(problems: list[dict[str, Any]], status: int = 400) -> Response:
-    """The native API's one error body for a refused request: a sentence, the problems, and with a
-    single problem its field at the top level."""
-    sentence = "; ".join(f"{p['field']}: {p['detail']}" for p in problems)
-    doc: dict[str, Any] = {"error": "invalid", "detail": sentence, "problems": problems}
-    if len(problems) == 1:
-        doc["field"] = problems[0]["field"]
-    return json_response(doc, status)
+    """The native API's one error body (`edge.Refusal.envelope`) for problems given as dicts."""
+    return Refusal(status, "invalid", [_problem(p) for p in problems]).response()
 
 
-def _is_json(content_type: str) -> bool:
-    media = content_type.partition(";")[0].strip().lower()
-    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
-
-
-def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """A compact JSON response (no re-validation or re-encoding by FastAPI)."""
-    body = json.dumps(doc, separators=(",", ":"), allow_nan=False)
-    return Response(body, status_code=status, media_type="application/json", headers=headers)
+def _problem(doc: dict[str, Any]) -> Problem:
+    allowed = doc.get("allowed")
+    span = (allowed["min"], allowed["max"]) if isinstance(allowed, dict) else None
+    return Problem(str(doc["field"]), str(doc["detail"]), span)
 
 
 class _JsonRequest(Request):
@@ -72,10 +63,8 @@ class JsonRoute(APIRoute):
         async def with_reader(request: Request) -> Response:
             headers = request.headers
             has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
-            if takes_body and has_body and not _is_json(headers.get("content-type", "")):
-                given = headers.get("content-type")
-                detail = "content-type must be application/json" + (f", got {given!r}" if given else "")
-                return invalid_response([{"field": "content-type", "detail": detail}], 415)
+            if takes_body and has_body and not is_json(headers.get("content-type", "")):
+                return not_json(headers.get("content-type")).response()
             return await handler(_JsonRequest(request.scope, request.receive))
 
         return with_reader

@@ -15,7 +15,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from starlette.responses import PlainTextResponse, Response
 
-from evpilot import __version__, inputs
+from evpilot import __version__
+from evpilot.api.edge import Problem, Refusal, boolean, json_response, number, read_json_body
 from evpilot.api.esp32evse.vocab import (
     MAX_CONSUMPTION_WS,
     MAX_TIME_LIMIT_S,
@@ -25,11 +26,10 @@ from evpilot.api.esp32evse.vocab import (
     shown_state,
     tenths,
 )
-from evpilot.api.facade import CHARGER_PREFIX, BodyLimit, Routes, json_response
+from evpilot.api.facade import CHARGER_PREFIX, BodyLimit, Routes
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.charger import Charger
 from evpilot.core.errors import CommandError, check_range
-from evpilot.inputs import JsonError, NumberError, check_number
 
 # The firmware refuses request bodies over 50 KB.
 MAX_BODY = 50 * 1024
@@ -43,73 +43,52 @@ TEXT_404 = "This URI does not exist"
 Action = Callable[[Charger], None]
 
 
-class Refused(Exception):
-    """A request the firmware would refuse: status code, plain-text body and extra headers."""
+# The firmware's plain-text body for each refusal status; 400 adds the problems.
+TEXT_413 = "JSON size must be less than 50KB!"
+TEXT_415 = "Not JSON body"
+_TEXTS = {401: TEXT_401, 404: TEXT_404, 413: TEXT_413, 415: TEXT_415}
 
-    def __init__(self, status: int, text: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(text)
-        self.status = status
-        self.text = text
-        self.headers = headers or {}
 
-    def response(self) -> Response:
-        """The plain-text refusal."""
-        return PlainTextResponse(self.text, status_code=self.status, headers=self.headers)
+def plain(refusal: Refusal) -> Response:
+    """A refusal as the firmware answers it: its status code and plain text."""
+    text = _TEXTS.get(refusal.status, f"{TEXT_400}: {refusal.sentence}")
+    return PlainTextResponse(text, status_code=refusal.status, headers=refusal.headers or None)
 
 
 def _too_large() -> Response:
-    return PlainTextResponse("JSON size must be less than 50KB!", status_code=413)
-
-
-def _bad(detail: str) -> Refused:
-    return Refused(400, f"{TEXT_400}: {detail}")
-
-
-def _number(field: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _bad(f"{field} must be a number")
-    try:
-        return check_number(value)
-    except NumberError:
-        raise _bad(f"{field} must be finite and in range") from None
-
-
-def _boolean(field: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _bad(f"{field} must be true or false")
-    return value
+    return PlainTextResponse(TEXT_413, status_code=413)
 
 
 # Each converter validates one value in the firmware's units and returns the core command for it.
 def _enabled(value: Any, ch: Charger) -> Action:
-    flag = _boolean("enabled", value)
+    flag = boolean("enabled", value)
     return lambda c: c.set_enabled(flag)
 
 
 def _available(value: Any, ch: Charger) -> Action:
-    flag = _boolean("available", value)
+    flag = boolean("available", value)
     return lambda c: c.set_available(flag)
 
 
 def _charging_current(value: Any, ch: Charger) -> Action:
     amps = check_range(
-        "chargingCurrent", tenths(_number("chargingCurrent", value)), 6.0, ch.config.max_current, " A"
+        "chargingCurrent", tenths(number("chargingCurrent", value)), 6.0, ch.config.max_current, " A"
     )
     return lambda c: c.set_user_limit(amps)
 
 
 def _consumption_limit(value: Any, ch: Charger) -> Action:
-    ws = check_range("consumptionLimit", _number("consumptionLimit", value), 0.0, MAX_CONSUMPTION_WS, " Ws")
+    ws = number("consumptionLimit", value, 0.0, MAX_CONSUMPTION_WS, " Ws")
     return lambda c: c.set_energy_cap(ws / WS_PER_KWH or None)
 
 
 def _charging_time_limit(value: Any, ch: Charger) -> Action:
-    s = check_range("chargingTimeLimit", _number("chargingTimeLimit", value), 0.0, MAX_TIME_LIMIT_S, " s")
+    s = number("chargingTimeLimit", value, 0.0, MAX_TIME_LIMIT_S, " s")
     return lambda c: c.set_time_cap(s / 60.0 or None)
 
 
 def _under_power_limit(value: Any, ch: Charger) -> Action:
-    w = check_range("underPowerLimit", _number("underPowerLimit", value), 0.0, MAX_UNDER_POWER_W, " W")
+    w = number("underPowerLimit", value, 0.0, MAX_UNDER_POWER_W, " W")
     return lambda c: c.set_under_power_limit(w or None)
 
 
@@ -215,37 +194,25 @@ def mount(app: FastAPI, rt: Runtime) -> None:
         except (binascii.Error, ValueError):
             given = b""
         if scheme.lower() != "basic" or not secrets.compare_digest(given, expected):
-            raise Refused(401, TEXT_401, {"WWW-Authenticate": REALM})
+            raise Refusal(
+                401, "unauthorized", [Problem("authorization", TEXT_401)], {"WWW-Authenticate": REALM}
+            )
 
     def charger(cid: str) -> Charger:
         try:
             return rt.charger(cid)
         except UnknownCharger:
-            raise Refused(404, TEXT_404) from None
-
-    async def read_json(request: Request) -> Any:
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype != "application/json":
-            raise Refused(415, "Not JSON body")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY:
-                raise Refused(413, "JSON size must be less than 50KB!")
-        try:
-            return inputs.read_json(body)
-        except JsonError as exc:
-            raise _bad(str(exc)) from None
+            raise Refusal(404, "not_found", [Problem("charger", f"no charger {cid!r}")]) from None
 
     def guarded(fn: Callable[[Request, str], Any]) -> Callable[[Request, str], Any]:
         async def run(request: Request, cid: str) -> Response:
             try:
                 authorize(request)
                 return await fn(request, cid)  # type: ignore[no-any-return]
-            except Refused as refused:
-                return refused.response()
+            except Refusal as refusal:
+                return plain(refusal)
             except CommandError as exc:
-                return _bad(f"{exc.field}: {exc.message}").response()
+                return plain(Refusal.of_command(exc))
 
         run.__name__ = fn.__name__
         return run
@@ -255,7 +222,7 @@ def mount(app: FastAPI, rt: Runtime) -> None:
 
         async def set_one(request: Request, cid: str) -> Response:
             ch = charger(cid)
-            action = convert(await read_json(request), ch)
+            action = convert(await read_json_body(request, MAX_BODY), ch)
             rt.command(cid, action)
             return PlainTextResponse("OK")
 
@@ -272,12 +239,12 @@ def mount(app: FastAPI, rt: Runtime) -> None:
 
     async def set_state(request: Request, cid: str) -> Response:
         ch = charger(cid)
-        body = await read_json(request)
+        body = await read_json_body(request, MAX_BODY)
         if not isinstance(body, dict):
-            raise _bad("body must be a JSON object")
+            raise Refusal.invalid("body", "must be a JSON object")
         known = [k for k in body if k in STATE_FIELDS]
         if not known:
-            raise _bad(f"no known field (one of {', '.join(STATE_FIELDS)})")
+            raise Refusal.invalid("body", f"no known field (one of {', '.join(STATE_FIELDS)})")
         actions = [STATE_FIELDS[k](body[k], ch) for k in known]
 
         def apply_all(c: Charger) -> None:

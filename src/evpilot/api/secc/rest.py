@@ -1,7 +1,7 @@
 """SECC local API facade (`/api/v1/charging`, `/transaction`, `/configuration`, `/limits`, `/api/ws`).
 
-Units and leases as in `secc.vocab`. Errors are JSON objects `{"error", "field", "detail"}` with
-HTTP 400/404/413.
+Units and leases as in `secc.vocab`. Errors are evpilot's one envelope (`edge.Refusal`):
+`{"error", "detail", "problems", "field"}` with HTTP 400/404/413.
 """
 
 from __future__ import annotations
@@ -13,24 +13,15 @@ from fastapi import FastAPI, Request, WebSocket
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from evpilot.api.facade import Routes, json_response
+from evpilot.api.edge import Problem, Refusal, json_response, read_json_body
+from evpilot.api.facade import Routes
 from evpilot.api.secc.vocab import LimitsBody, configuration_doc, limits_doc, set_limits, transaction_doc
 from evpilot.api.secc.ws import Frame, run_socket
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.charger import Charger
 from evpilot.core.errors import CommandError
-from evpilot.inputs import JsonError, read_json
 
 MAX_BODY = 16 * 1024
-
-
-class Refused(Exception):
-    """A refused request: HTTP status and the JSON error body."""
-
-    def __init__(self, status: int, error: str, field: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.body = {"error": error, "field": field, "detail": detail}
 
 
 def mount(app: FastAPI, rt: Runtime) -> None:
@@ -40,16 +31,16 @@ def mount(app: FastAPI, rt: Runtime) -> None:
         try:
             return rt.charger(cid)
         except UnknownCharger:
-            raise Refused(404, "not_found", "charger", f"no charger {cid!r}") from None
+            raise Refusal(404, "not_found", [Problem("charger", f"no charger {cid!r}")]) from None
 
     def guarded(fn: Callable[[Request, str], Any]) -> Callable[[Request, str], Any]:
         async def run(request: Request, cid: str) -> Response:
             try:
                 return await fn(request, cid)  # type: ignore[no-any-return]
-            except Refused as refused:
-                return json_response(refused.body, refused.status)
+            except Refusal as refusal:
+                return refusal.response()
             except CommandError as exc:
-                return json_response({"error": "invalid", "field": exc.field, "detail": exc.message}, 400)
+                return Refusal.of_command(exc).response()
 
         run.__name__ = fn.__name__
         return run
@@ -64,19 +55,16 @@ def mount(app: FastAPI, rt: Runtime) -> None:
 
     async def put_limits(request: Request, cid: str) -> Response:
         charger(cid)
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY:
-                raise Refused(413, "too_large", "body", f"request body over {MAX_BODY} bytes")
+        # The SECC API never asked for a content type: any body is read as JSON.
+        doc = await read_json_body(request, MAX_BODY, need_type=False)
         try:
-            limits = LimitsBody.model_validate(read_json(body))
-        except JsonError as exc:
-            raise Refused(400, "invalid", "body", str(exc)) from None
+            limits = LimitsBody.model_validate(doc)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err.get("loc", ())) or "body"
-            raise Refused(400, "invalid", field, err.get("msg", "invalid")) from None
+            problems = [
+                Problem(".".join(str(p) for p in err.get("loc", ())) or "body", err.get("msg", "invalid"))
+                for err in exc.errors()
+            ]
+            raise Refusal(400, "invalid", problems) from None
         set_limits(rt, cid, limits)
         return json_response(limits_doc(rt, cid))
 

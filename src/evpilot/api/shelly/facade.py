@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
@@ -29,7 +28,17 @@ from evpilot.api.shelly.components import (
     mac_for,
     resolve,
 )
-from evpilot.api.shelly.rpc import NO_HANDLER, NOT_FOUND, RpcError, int_arg, invalid, num, params_dict
+from evpilot.api.shelly.rpc import (
+    NO_HANDLER,
+    NOT_FOUND,
+    RpcError,
+    int_arg,
+    invalid,
+    num,
+    number_arg,
+    params_dict,
+    refused,
+)
 from evpilot.control.autobalance import AutoBalancer, AutoBalanceSettings
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.charger import Charger
@@ -269,9 +278,7 @@ class ShellyFacade:
             value = params["value"]
             action: Callable[[Charger], None]
             if comp.role == "current_limit":
-                if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                    raise invalid("Argument 'value' must be a number")
-                action = _set_limit(float(value))
+                action = _set_limit(number_arg("Argument 'value'", value))
                 persist = True
             else:
                 if not isinstance(value, bool):
@@ -282,7 +289,7 @@ class ShellyFacade:
             try:
                 self.rt.command(dev.cid, action, persist=persist)
             except CommandError as exc:
-                raise invalid(exc.message) from None
+                raise refused(exc) from None
             self.refresh(dev, source)
             return None
 
@@ -336,7 +343,7 @@ class ShellyFacade:
         try:
             self.rt.command(dev.cid, act)
         except CommandError as exc:
-            raise invalid(exc.message) from None
+            raise refused(exc) from None
         if "auto_balance" in config:
             if self.rt.store is not None:
                 self.rt.store.set_setting(f"shelly:{dev.cid}:auto_balance", asdict(balance))
@@ -369,12 +376,7 @@ def _stop(now: float) -> Callable[[Charger], None]:
 def _cap(config: Mapping[str, Any], key: str, high: float) -> float | None:
     if key not in config or config[key] is None:
         return None
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise invalid(f"config.{key} must be a number or null")
-    if not 0 <= value <= high:
-        raise invalid(f"config.{key} must be between 0 and {num(high)}")
-    return float(value)
+    return number_arg(f"config.{key}", config[key], 0.0, high)
 
 
 def _merge_balance(current: AutoBalanceSettings, patch: object) -> AutoBalanceSettings:
@@ -398,6 +400,5 @@ def _merge_balance(current: AutoBalanceSettings, patch: object) -> AutoBalanceSe
             raise invalid(f"auto_balance.em_ip {ip!r} is not a valid IPv4 address") from None
     if enable and ip is None:
         raise invalid("auto_balance.enable needs a valid IPv4 em_ip")
-    if isinstance(limit, bool) or not isinstance(limit, int | float) or not 6 <= limit <= 200:
-        raise invalid("auto_balance.max_current must be a number between 6 and 200")
-    return AutoBalanceSettings(enable, ip, float(limit), exclude)
+    amps = number_arg("auto_balance.max_current", limit, 6.0, 200.0)
+    return AutoBalanceSettings(enable, ip, amps, exclude)

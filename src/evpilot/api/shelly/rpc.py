@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote_plus
 
+from evpilot.api.edge import number
+from evpilot.core.errors import CommandError
 from evpilot.inputs import JsonError, read_json
 
 INVALID_ARGUMENT = -103
@@ -73,3 +75,16 @@ def query_params(query: bytes) -> dict[str, Any]:
             shown = f"Argument '{key[:40]}': {raw[:60]!r}"
             raise invalid(f"{shown} is not a JSON value (quote strings): {exc}") from None
     return params
+
+
+def number_arg(what: str, value: object, low: float | None = None, high: float | None = None) -> float:
+    """A JSON number argument (`edge.number`: finite, not bool, within [low, high] when given)."""
+    try:
+        return number(what, value, low, high)
+    except CommandError as exc:
+        raise invalid(f"{what} {exc.message}") from None
+
+
+def refused(exc: CommandError) -> RpcError:
+    """A command the core refused, as an invalid-argument error object."""
+    return invalid(exc.message)

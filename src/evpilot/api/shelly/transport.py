@@ -18,6 +18,7 @@ from fastapi import APIRouter, FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from evpilot.api.edge import Refusal, read_body
 from evpilot.api.facade import read_limited, replaying
 from evpilot.api.shelly.auth import PUBLIC_METHODS
 from evpilot.api.shelly.components import Device
@@ -92,13 +93,10 @@ def _too_large() -> JSONResponse:
 
 
 async def _read_body(request: Request) -> bytes:
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise invalid(f"request body over {MAX_BODY} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        return await read_body(request, MAX_BODY)
+    except Refusal as refusal:
+        raise invalid(refusal.problems[0].detail) from None
 
 
 def _request_uri(request: Request) -> str:

@@ -18,7 +18,8 @@ from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 from evpilot import __version__, inputs
-from evpilot.api.facade import CHARGER_PREFIX, BodyLimit, Routes, json_response
+from evpilot.api.edge import Problem, Refusal, json_response
+from evpilot.api.facade import CHARGER_PREFIX, BodyLimit, Routes
 from evpilot.api.smartevse import vocab
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.charger import Charger
@@ -39,13 +40,16 @@ EVSE_MODE = {"normal": 0, "smart": 1, "solar": 2, "min+solar": 2, "off": 0}
 METER_NAME = {"api": "API", "sim": "Sim", "none": "Disabled"}
 
 
-class Refused(Exception):
-    """Parameters the firmware would not accept: `{param: message}` and the HTTP status."""
+def refused(errors: dict[str, Any], status: int = 400) -> Refusal:
+    """The firmware's refusal `{param: message}` as evpilot's refusal (the firmware's value kept as shown)."""
+    problems = [Problem(name, str(value), shown=value) for name, value in errors.items()]
+    return Refusal(status, "invalid" if status == 400 else "not_found", problems)
 
-    def __init__(self, errors: dict[str, Any], status: int = 400) -> None:
-        super().__init__(errors)
-        self.errors = errors
-        self.status = status
+
+def firmware_body(refusal: Refusal) -> Response:
+    """A refusal as the firmware answers it: `{param: message}` (HTTP 400 or 404)."""
+    doc = {p.field: p.detail if p.shown is None else p.shown for p in refusal.problems}
+    return json_response(doc, refusal.status)
 
 
 def _int(text: str | None) -> int | None:
@@ -254,14 +258,14 @@ def mount(app: FastAPI, rt: Runtime) -> None:
         try:
             return rt.charger(cid)
         except UnknownCharger:
-            raise Refused({"charger": f"no charger {cid!r}"}, 404) from None
+            raise refused({"charger": f"no charger {cid!r}"}, 404) from None
 
     def guarded(fn: Callable[[Request, str], Any]) -> Callable[[Request, str], Any]:
         async def run(request: Request, cid: str) -> Response:
             try:
                 return await fn(request, cid)  # type: ignore[no-any-return]
-            except Refused as refused:
-                return json_response(refused.errors, refused.status)
+            except Refusal as refusal:
+                return firmware_body(refusal)
 
         run.__name__ = fn.__name__
         return run
@@ -386,7 +390,7 @@ def mount(app: FastAPI, rt: Runtime) -> None:
             if name not in SETTINGS_NAMES:
                 errors[name] = REFUSED.get(name, UNKNOWN)
         if errors:
-            raise Refused(errors)
+            raise refused(errors)
         if fuses:
             rt.set_fuses(**fuses)
 
@@ -434,12 +438,12 @@ def mount(app: FastAPI, rt: Runtime) -> None:
         if not phases and "battery_current" not in q:
             errors["TOTAL"] = "no L1, L2, L3 or battery_current"
         if errors:
-            raise Refused(errors)
+            raise refused(errors)
         if phases:
             try:
                 rt.api_meter.check((values["L1"] / 10.0, values["L2"] / 10.0, values["L3"] / 10.0))
             except ImplausibleReading as exc:
-                raise Refused({f"L{exc.phase + 1}": exc.message}) from None
+                raise refused({f"L{exc.phase + 1}": exc.message}) from None
         now = rt.clock.now()
         doc: dict[str, Any] = {}
         if "battery_current" in values:
@@ -474,7 +478,7 @@ def mount(app: FastAPI, rt: Runtime) -> None:
         if not values and not errors:
             errors["ev_meter"] = "no L1, L2, L3, import_active_energy or import_active_power"
         if errors:
-            raise Refused(errors)
+            raise refused(errors)
         currents = None
         if phases:
             currents = (values["L1"] / 10.0, values["L2"] / 10.0, values["L3"] / 10.0)
@@ -490,7 +494,7 @@ def mount(app: FastAPI, rt: Runtime) -> None:
                 )
             )
         except ImplausibleReading as exc:
-            raise Refused({"import_active_energy": exc.message}) from None
+            raise refused({"import_active_energy": exc.message}) from None
         return json_response({"ev_meter": values})
 
     routes = Routes(rt, "SmartEVSE")
