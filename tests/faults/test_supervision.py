@@ -10,14 +10,15 @@ import httpx
 import pytest
 
 from evpilot.api.mqtt import MqttBridge
-from evpilot.control.autobalance import AutoBalancer
+from evpilot.control.autobalance import node_name
 from evpilot.control.runtime import Runtime
 from evpilot.control.supervisor import Supervisor, TaskState
+from evpilot.devices.shelly_em import ShellyEmDriver
 from evpilot.store.sqlite import Store
 from tests.helpers import free_port, make_config, poll, serve
 from tests.integration.conftest import broker  # noqa: F401  (the fixture)
 from tests.integration.mqtt_helpers import Broker, mqtt_config, recorder, until
-from tests.integration.test_shelly_autobalance import _config, _rpc, rt_facade
+from tests.integration.test_shelly_autobalance import _config, _rpc
 
 
 def bridge_of(rt: Runtime) -> MqttBridge:
@@ -251,21 +252,20 @@ async def test_clean_stop_saves_the_open_session_even_when_a_listener_raises(tmp
     assert rt.supervisor.tasks["listeners"].last_error is not None
 
 
-async def test_a_crashing_auto_balance_poller_restarts(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_apply = AutoBalancer._apply
+async def test_a_crashing_auto_balance_meter_driver_restarts(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_poll = ShellyEmDriver.poll
     calls = 0
 
-    def failing_once(self: AutoBalancer, *args: object) -> None:
+    async def failing_once(self: ShellyEmDriver) -> None:
         nonlocal calls
         calls += 1
         if calls == 3:
             raise ArithmeticError("injected poller failure")
-        real_apply(self, *args)  # type: ignore[arg-type]
+        await real_poll(self)
 
-    monkeypatch.setattr(AutoBalancer, "_apply", failing_once)
+    monkeypatch.setattr(ShellyEmDriver, "poll", failing_once)
     em_port = free_port()
     async with serve(_config(em_port), speed=10) as (base, rt), httpx.AsyncClient(base_url=base) as http:
-        facade = rt_facade(rt)
         config = {"auto_balance": {"enable": True, "em_ip": "127.0.0.1", "max_current": 16}}
         reply = await _rpc(http, "Service.SetConfig", {"id": 0, "config": config})
         assert reply["result"] == {"restart_required": False}
@@ -277,5 +277,6 @@ async def test_a_crashing_auto_balance_poller_restarts(monkeypatch: pytest.Monke
         poller = next(t for t in doc["tasks"] if t["name"] == "autobalance:cp1")
         assert poller["crashes"] == 1 and poller["last_error"]["type"] == "ArithmeticError"
         await until(lambda: calls > 4, what="polls after the restart")
-        assert facade.balancer.status("cp1")["active"] is True
-        assert rt.charger("cp1").leases.get("auto_balance") is not None
+        await until(lambda: rt.auto_balance.status("cp1")["reason"] == "ok", what="fresh readings again")
+        assert rt.auto_balance.status("cp1")["active"] is True
+        assert rt.charger("cp1").config.circuit == node_name("cp1")

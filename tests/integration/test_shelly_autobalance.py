@@ -1,4 +1,4 @@
-"""Shelly auto_balance end to end: evpilot polls a simulated Shelly Pro 3EM over HTTP, caps the charger."""
+"""Shelly auto_balance end to end: a metered circuit node fed by a simulated Shelly Pro 3EM over HTTP."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from evpilot.api.shelly import ShellyFacade
+from evpilot.control.autobalance import node_name
 from evpilot.control.runtime import Runtime
 from evpilot.store.sqlite import Store
 from tests.helpers import free_port, make_config, serve
@@ -43,9 +44,16 @@ async def _rpc(client: httpx.AsyncClient, method: str, params: dict[str, Any]) -
     return reply
 
 
-def _lease(rt: Runtime) -> float | None:
-    lease = rt.charger("cp1").leases.get("auto_balance")
-    return None if lease is None else lease.value
+NODE = node_name("cp1")
+
+
+def _node(rt: Runtime) -> float | None:
+    """The limit of cp1's auto_balance node, None while cp1 is not below one."""
+    node = next((c for c in rt.engine.site.circuits if c.name == NODE), None)
+    if node is None:
+        return None
+    assert rt.charger("cp1").config.circuit == NODE and node.metered
+    return node.limit
 
 
 async def test_auto_balance_keeps_the_site_under_max_current(tmp_path: Path) -> None:
@@ -53,7 +61,10 @@ async def test_auto_balance_keeps_the_site_under_max_current(tmp_path: Path) -> 
     store = Store(tmp_path / "db.sqlite3")
     async with serve(_config(em_port), speed=10, store=store) as (base, rt):
         facade: ShellyFacade = rt_facade(rt)
-        assert facade.sim_em is not None and facade.sim_em.port == em_port
+        # The simulated meter and the auto_balance node are the runtime's, not the facade's.
+        assert rt.sim_em is not None and rt.sim_em.port == em_port
+        balance = rt.auto_balance
+        assert facade.balance is balance
         async with httpx.AsyncClient(base_url=base) as client:
             await client.put("/api/sim/house", json={"currents": [8, 8, 8]})
             ch = rt.charger("cp1")
@@ -70,39 +81,46 @@ async def test_auto_balance_keeps_the_site_under_max_current(tmp_path: Path) -> 
             )
             assert reply["result"] == {"restart_required": False}
 
+            assert _node(rt) == 16
+
             # the EV may take 16 A minus the house (the EV's own current is excluded from the EM reading)
             def cap_matches_house() -> bool:
-                lease = _lease(rt)
-                return lease is not None and abs(lease - (16 - max(sim.house_currents))) <= 0.6
+                cap = balance.status("cp1").get("cap")
+                return cap is not None and abs(cap - (16 - max(sim.house_currents))) <= 0.6
 
             await _until(cap_matches_house)
             await _until(lambda: 0 < ch.signaled <= 16 - max(sim.house_currents) + 0.6)
             await _until(lambda: max(sim.mains_currents) <= 16.7)
-            doc = (await client.get("/api/chargers/cp1")).json()
-            assert doc["limits"]["leases"]["auto_balance"]["amps"] < 16
-            assert doc["available_source"] == "auto_balance"
+            # the one balancer binds the charger at its node; no lease or second loop is involved
+            await _until(lambda: ch.allocation_source == f"circuit:{NODE}")
+            assert "auto_balance" not in ch.leases
+            # the meter sees the house and the EV (8 A each)
+            await _until(lambda: max(balance.status("cp1").get("em_currents") or [0.0]) > 15)
             status = (await _rpc(client, "Service.GetStatus", {"id": 0}))["result"]["auto_balance"]
-            assert status["active"] is True and status["reason"] == "ok" and status["error"] is None
-            assert max(status["em_currents"]) > 15
+            assert status["active"] is True and status["reason"] in ("ok", "stale")
+            assert status["error"] is None
+            assert len(status["em_currents"]) == 3
 
             # a limit that leaves less than MIN for the EV pauses charging
             await _rpc(client, "Service.SetConfig", {"config": {"auto_balance": {"max_current": 6}}})
             await _until(lambda: ch.signaled == 0)
             await _rpc(client, "Service.SetConfig", {"config": {"auto_balance": {"max_current": 16}}})
 
-            # the meter goes away: after meter_timeout_s the cap falls back to the site's fallback current
-            assert facade.sim_em is not None
-            await facade.sim_em.stop()
+            assert _node(rt) == 16
+            await _until(lambda: ch.signaled > 0)
+
+            # the meter goes away: after meter_timeout_s the node falls back (at most the fallback current)
+            await rt.sim_em.stop()
             try:
-                await _until(lambda: facade.balancer.status("cp1").get("reason") == "stale")
+                await _until(lambda: balance.status("cp1").get("reason") == "stale")
             except AssertionError:
                 # Seen rarely in full-suite runs under load: say what the poller was doing.
                 raise AssertionError(
-                    f"auto_balance never went stale: {facade.balancer.status('cp1')},"
-                    f" tasks {rt.supervisor.health()}"
+                    f"auto_balance never went stale: {balance.status('cp1')}, tasks {rt.supervisor.health()}"
                 ) from None
-            assert _lease(rt) == 6.0
-            assert facade.balancer.status("cp1")["error"]
+            await _until(lambda: ch.allocation_source == f"stale:{NODE}")
+            assert ch.allocated <= rt.engine.site.fallback_current
+            assert balance.status("cp1")["error"]
 
             config = (await _rpc(client, "Service.GetConfig", {"id": 0}))["result"]
             assert config["auto_balance"] == {
@@ -119,10 +137,12 @@ async def test_auto_balance_keeps_the_site_under_max_current(tmp_path: Path) -> 
     ):
         config = (await _rpc(client, "Service.GetConfig", {"id": 0}))["result"]
         assert config["auto_balance"]["enable"] is True and config["auto_balance"]["max_current"] == 16
-        await _until(lambda: _lease(rt) is not None)
+        assert _node(rt) == 16
         reply = await _rpc(client, "Service.SetConfig", {"config": {"auto_balance": {"enable": False}}})
         assert "result" in reply
-        await _until(lambda: _lease(rt) is None)
+        # off: the node is gone and the charger is back on its configured circuit (the mains here)
+        assert _node(rt) is None and rt.charger("cp1").config.circuit is None
+        assert NODE not in rt.engine.circuit_meters and "autobalance:cp1" not in rt.auto_balance.drivers
     store.close()
 
 

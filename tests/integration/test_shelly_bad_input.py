@@ -40,7 +40,7 @@ def snapshot(rt: Runtime) -> dict[str, Any]:
             ch.time_cap_min,
             ch.enabled,
             sorted(ch.leases),
-            facade.balancer.settings.get(cid),
+            facade.balance.settings.get(cid),
             facade.devices[cid].cfg_rev,
         )
     return out

@@ -20,6 +20,7 @@ from evpilot.config import (
     field_bounds,
     with_fuses,
 )
+from evpilot.control.autobalance import AutoBalance
 from evpilot.control.build import assemble
 from evpilot.control.overload import OverloadMonitor
 from evpilot.control.supervisor import Supervisor
@@ -32,6 +33,7 @@ from evpilot.core.site import SiteConfig
 from evpilot.devices.apifed import ApiFedMeter
 from evpilot.devices.evmeter import ApiFedEvMeter, MeteredPilot
 from evpilot.sim.ev import CarSpec
+from evpilot.sim.shelly_em import SimShellyEm
 from evpilot.store.base import SessionStore
 
 log = logging.getLogger("evpilot")
@@ -158,6 +160,9 @@ class Runtime:
         self.schedules: dict[str, Schedule] = {}
         if store is not None:
             self._restore(store)
+        # Shelly auto_balance: metered circuit nodes with their EM drivers (started with the runtime).
+        self.auto_balance = AutoBalance(self)
+        self.sim_em: SimShellyEm | None = None
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -262,7 +267,13 @@ class Runtime:
         self.store.set_setting(f"charger:{ch.config.id}", {k: getattr(ch, k) for k in _SETTING_KEYS})
 
     async def start(self) -> None:
-        """Run the first tick and start the control loop."""
+        """Run the first tick and start the control loop (and the auto_balance meters' drivers)."""
+        port = self.config.shelly.sim_em_port
+        if port is not None and self.sim is not None:
+            self.sim_em = SimShellyEm(self.sim.mains_meter)
+            await self.sim_em.start("127.0.0.1", port)
+            log.info("simulated Shelly Pro 3EM on http://127.0.0.1:%d", self.sim_em.port)
+        self.auto_balance.start()
         self.tick()
         self.supervisor.spawn("control", self._loop)
 
@@ -275,6 +286,11 @@ class Runtime:
             await self.supervisor.stop_all()
         except Exception:
             log.exception("stopping the runtime's tasks failed")
+        if self.sim_em is not None:
+            try:
+                await self.sim_em.stop()
+            except Exception:
+                log.exception("stopping the simulated Shelly EM failed")
         now = self.clock.now()
         for ch in self.engine.chargers.values():
             try:

@@ -353,7 +353,8 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     circuit_readings: dict[str, Phases] = {}
     for circ in site.circuits:
         reading = snapshot.circuit_meters.get(circ.name)
-        if reading is not None and not valid_reading(reading.currents, circ.limit):
+        plausible = circ.limit if circ.fuse is None else circ.fuse
+        if reading is not None and not valid_reading(reading.currents, plausible):
             rejected.append(f"circuit:{circ.name}")
             reading = None
         if reading is not None and now - reading.taken_at <= timeout:

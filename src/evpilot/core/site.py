@@ -21,6 +21,9 @@ class CircuitConfig:
     parent: str | None = None
     # A circuit with its own meter: without a fresh reading its chargers fall back.
     metered: bool = False
+    # The fuse upstream when `limit` is a setting below it (Shelly auto_balance's max_current): the
+    # meter's readings are judged plausible against this, not the limit (None: the limit is the fuse).
+    fuse: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
 
+from evpilot.core.site import Reading
+from evpilot.devices.meter import Clock, MeterFault, MeterHealth, MeterReading
 from evpilot.inputs import JsonError, read_json
+
+log = logging.getLogger("evpilot.shelly_em")
 
 # A meter on the LAN answers in well under a second; a longer wait only delays the fallback.
 DEFAULT_TIMEOUT_S = 2.0
@@ -134,3 +140,103 @@ class ShellyEmMeter:
             raise ShellyEmProtocolError(f"{self.host}:{self.port}: neither EM.GetStatus nor EM1.GetStatus")
         self.kind = "em1"
         return parse_em1(doc)
+
+
+_FAULTS: dict[type[ShellyEmError], MeterFault] = {
+    ShellyEmTimeout: MeterFault.TIMEOUT,
+    ShellyEmUnreachable: MeterFault.UNREACHABLE,
+    ShellyEmAuthError: MeterFault.AUTH,
+    ShellyEmProtocolError: MeterFault.PROTOCOL,
+}
+
+
+class ShellyEmDriver:
+    """A Shelly EM-family meter polled by its own task (a `MeterDriver`); the tick reads the cached values.
+
+    A three-phase meter (Pro 3EM) gives L1-L3; a one-channel meter (EM1) gives its channel as L1 with
+    `channels == 1`, for the wiring that knows which phase it measures.
+    """
+
+    driver = "shelly"
+
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        clock: Clock,
+        port: int = 80,
+        poll_s: float = 2.0,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.name = name
+        self.host = host
+        self.port = port
+        self.clock = clock
+        self.poll_s = poll_s
+        self.timeout_s = timeout_s
+        self.transport = transport
+        self.kind: Kind | None = None
+        self._meter: ShellyEmMeter | None = None
+        self._full: MeterReading | None = None
+        self._health = MeterHealth()
+        self.channels = 0
+
+    @property
+    def model(self) -> str | None:
+        """`em` (three phases) or `em1` (one channel), once the meter answered."""
+        return self.kind
+
+    @property
+    def address(self) -> str:
+        """Host and port of the meter."""
+        return f"{self.host}:{self.port}"
+
+    def latest(self) -> Reading | None:
+        """The newest per-phase current reading (an EM1's channel as L1), or None."""
+        return None if self._full is None else self._full.reading()
+
+    def full(self) -> MeterReading | None:
+        """The newest full reading, or None."""
+        return self._full
+
+    def health(self) -> MeterHealth:
+        """Fault counters and whether the last poll succeeded."""
+        return self._health
+
+    async def poll(self) -> None:
+        """Read the meter once; a fault is counted (and logged once per episode), never raised."""
+        if self._meter is None:
+            self._meter = ShellyEmMeter(self.host, self.port, self.timeout_s, transport=self.transport)
+        try:
+            em = await self._meter.read()
+        except ShellyEmError as exc:
+            fault = next((f for t, f in _FAULTS.items() if isinstance(exc, t)), MeterFault.PROTOCOL)
+            if self._health.count(fault, str(exc)):
+                log.warning("%s: Shelly EM %s: %s", self.name, self.address, exc)
+            return
+        currents = (*em.currents, 0.0, 0.0, 0.0)[:3]
+        volts: tuple[float | None, ...] = (*em.voltages, None, None, None)[:3]
+        powers: tuple[float | None, ...] = (*em.powers, None, None, None)[:3]
+        self.channels = len(em.currents)
+        self.kind = em.kind
+        self._full = MeterReading(
+            self.clock(),
+            (currents[0], currents[1], currents[2]),
+            (volts[0], volts[1], volts[2]),
+            (powers[0], powers[1], powers[2]),
+            power=sum(em.powers),
+        )
+        if self._health.ok():
+            log.info("%s: Shelly EM %s answers again", self.name, self.address)
+
+    async def run(self) -> None:
+        """Poll every `poll_s` until cancelled."""
+        try:
+            while True:
+                await self.poll()
+                await asyncio.sleep(self.poll_s)
+        finally:
+            meter, self._meter = self._meter, None
+            if meter is not None:
+                await meter.close()

@@ -1,14 +1,13 @@
 """The Shelly Top AC's RPC methods on the runtime's chargers: documents, commands and service config.
 
-Names and units are translated to the core's commands and state; auto_balance runs in `control.autobalance`.
+Names and units are translated to the core's commands and state; auto_balance is a metered circuit node
+of the site tree (`control.autobalance`), balanced by the one balancer.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
 from typing import Any
 
 from evpilot import __version__
@@ -39,11 +38,10 @@ from evpilot.api.shelly.rpc import (
     params_dict,
     refused,
 )
-from evpilot.control.autobalance import AutoBalancer, AutoBalanceSettings
+from evpilot.control.autobalance import AutoBalanceSettings
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.charger import Charger
 from evpilot.core.errors import CommandError
-from evpilot.sim.shelly_em import SimShellyEm
 
 # Shelly.GetComponents answers at most this many components per page; clients page with `offset`.
 PAGE_SIZE = 4
@@ -58,15 +56,13 @@ class ShellyFacade:
         self.rt = rt
         cfg = rt.config.shelly
         self.auth = DigestAuth(cfg.password) if cfg.password else None
-        self.balancer = AutoBalancer(rt, em_port=cfg.em_port, poll_s=cfg.em_poll_s)
+        self.balance = rt.auto_balance
         self.devices: dict[str, Device] = {}
-        self.sim_em: SimShellyEm | None = None
         for cid in rt.engine.chargers:
             default = cid == rt.default_id
             mac = cfg.mac if default and cfg.mac else mac_for(cid)
             device_id = cfg.device_id if default and cfg.device_id else f"shellytopac-{mac.lower()}"
             self.devices[cid] = Device(cid, device_id, mac)
-            self.balancer.settings[cid] = self._load_balance(cid)
         self.handlers: dict[str, Handler] = {
             "Shelly.GetDeviceInfo": lambda d, p, s: self.device_info(d),
             "Shelly.GetStatus": lambda d, p, s: self.shelly_status(d),
@@ -112,14 +108,6 @@ class ShellyFacade:
                 track.value, track.source, track.ts = value, source, int(now)
         return values
 
-    def _load_balance(self, cid: str) -> AutoBalanceSettings:
-        store = self.rt.store
-        saved = store.get_setting(f"shelly:{cid}:auto_balance") if store is not None else None
-        if isinstance(saved, dict):
-            with contextlib.suppress(TypeError, ValueError, RpcError):
-                return _merge_balance(AutoBalanceSettings(), saved)
-        return AutoBalanceSettings()
-
     # ---- documents --------------------------------------------------------------------------------
 
     def device_info(self, dev: Device) -> dict[str, Any]:
@@ -153,7 +141,7 @@ class ShellyFacade:
     def service_config(self, dev: Device) -> dict[str, Any]:
         """`Service.GetConfig` (seed 000's shape)."""
         ch = self.rt.charger(dev.cid)
-        ab = self.balancer.settings.get(dev.cid, AutoBalanceSettings())
+        ab = self.balance.settings.get(dev.cid, AutoBalanceSettings())
         return {
             "auto_balance": {
                 "enable": ab.enable,
@@ -175,7 +163,7 @@ class ShellyFacade:
             "id": 0,
             "flags": flags,
             "errors": sorted(e.value for e in ch.errors),
-            "auto_balance": self.balancer.status(dev.cid),
+            "auto_balance": self.balance.status(dev.cid),
         }
 
     def sys_status(self, dev: Device) -> dict[str, Any]:
@@ -324,7 +312,7 @@ class ShellyFacade:
             raise invalid(f"Unknown config field(s): {', '.join(sorted(unknown))}")
         if "id" in config and (isinstance(config["id"], bool) or config["id"] != 0):
             raise invalid("config.id must be 0")
-        balance = self.balancer.settings.get(dev.cid, AutoBalanceSettings())
+        balance = self.balance.settings.get(dev.cid, AutoBalanceSettings())
         if "auto_balance" in config:
             balance = _merge_balance(balance, config["auto_balance"])
         if "auto_charge" in config and not isinstance(config["auto_charge"], bool):
@@ -345,9 +333,7 @@ class ShellyFacade:
         except CommandError as exc:
             raise refused(exc) from None
         if "auto_balance" in config:
-            if self.rt.store is not None:
-                self.rt.store.set_setting(f"shelly:{dev.cid}:auto_balance", asdict(balance))
-            self.balancer.configure(dev.cid, balance)
+            self.balance.configure(dev.cid, balance)
         dev.cfg_rev += 1
         return {"restart_required": False}
 

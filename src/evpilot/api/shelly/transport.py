@@ -10,8 +10,7 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, WebSocket, WebSocketDisconnect
@@ -35,7 +34,6 @@ from evpilot.api.shelly.rpc import (
 )
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.inputs import JsonError, read_json
-from evpilot.sim.shelly_em import SimShellyEm
 
 log = logging.getLogger("evpilot.shelly")
 
@@ -379,31 +377,10 @@ async def _ws_frame(facade: ShellyFacade, dev: Device, text: str) -> tuple[dict[
 
 
 def mount(app: FastAPI, rt: Runtime) -> ShellyFacade:
-    """Serve the Shelly facade on `app` and run auto_balance (and the simulated EM) with the app."""
+    """Serve the Shelly facade on `app` (auto_balance and a simulated EM belong to the runtime)."""
     facade = ShellyFacade(rt)
     router, shelly, rest = build_router(facade)
     app.include_router(router)
     app.add_middleware(_ShellyFront, shelly=shelly, rest=rest)
     app.state.shelly = facade
-    inner = app.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(a: Any) -> AsyncIterator[Any]:
-        async with inner(a) as state:
-            sim_em = None
-            port = rt.config.shelly.sim_em_port
-            if port is not None and rt.sim is not None:
-                sim_em = SimShellyEm(rt.sim.mains_meter)
-                await sim_em.start("127.0.0.1", port)
-                log.info("simulated Shelly Pro 3EM on http://127.0.0.1:%d", sim_em.port)
-            facade.sim_em = sim_em
-            await facade.balancer.start()
-            try:
-                yield state
-            finally:
-                await facade.balancer.stop()
-                if sim_em is not None:
-                    await sim_em.stop()
-
-    app.router.lifespan_context = lifespan
     return facade
