@@ -22,6 +22,7 @@ from evpilot.config import (
 )
 from evpilot.control.autobalance import AutoBalance
 from evpilot.control.build import assemble
+from evpilot.control.listeners import ListenerBus
 from evpilot.control.overload import OverloadMonitor
 from evpilot.control.supervisor import Supervisor
 from evpilot.core import events as ev
@@ -82,6 +83,8 @@ class UnknownCharger(KeyError):
 # Frames a WebSocket client may have waiting, besides one full state (a client that falls this far
 # behind is closed; see FrameQueue).
 QUEUE_FRAMES = 1000
+# A listener's mailbox holds this many times a subscriber's frames before it drops the oldest.
+LISTENER_FRAMES = 4
 
 
 class FrameQueue(asyncio.Queue[dict[str, Any]]):
@@ -143,7 +146,11 @@ class Runtime:
                 circuit_meter.bound = lambda name=circuit.name: READING_BOUND * self.circuit_limit(name)
         self.default_id = config.chargers[0].id if config.chargers else ""
         self.subscribers: set[FrameQueue] = set()
-        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        # Facades and the MQTT bridge: each listener in its own task, fed a bounded mailbox by the tick.
+        self.listeners = ListenerBus(
+            lambda name, exc: self.supervisor.record(name, exc),
+            lambda: LISTENER_FRAMES * (QUEUE_FRAMES + len(self.engine.chargers) + 2),
+        )
         self._docs: dict[str, dict[str, Any]] = {}
         self._wake = asyncio.Event()
         self.supervisor = Supervisor(clock.now)
@@ -300,13 +307,16 @@ class Runtime:
         try:
             self._drain_events()
         finally:
-            if self.store is not None:
-                try:
-                    self._save_limits()
-                except Exception:
-                    log.exception("saving the external limits failed")
-                self._checkpoint(now)
-                await asyncio.to_thread(self.store.flush)
+            try:
+                if self.store is not None:
+                    try:
+                        self._save_limits()
+                    except Exception:
+                        log.exception("saving the external limits failed")
+                    self._checkpoint(now)
+                    await asyncio.to_thread(self.store.flush)
+            finally:
+                await self.listeners.stop()
 
     async def _loop(self) -> None:
         tick_s = self.config.control.tick_s
@@ -462,11 +472,7 @@ class Runtime:
         frame = {"topic": topic, "message": message}
         for q in list(self.subscribers):
             q.offer(frame)
-        for listener in list(self.listeners):
-            try:
-                listener(topic, message)
-            except Exception as exc:  # one broken listener must not stop the tick or the others
-                self.supervisor.record("listeners", exc)
+        self.listeners.publish(topic, message)
 
     def subscribe(self) -> FrameQueue:
         """A bounded queue that receives every published frame; the current state comes first."""
