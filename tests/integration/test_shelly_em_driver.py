@@ -7,8 +7,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from evpilot.control.autobalance import AutoBalanceSettings, node_name
+from evpilot.control.clock import ScaledClock
+from evpilot.control.runtime import Runtime
+from evpilot.devices.meter import MeterFault
 from evpilot.devices.shelly_em import (
     ShellyEmAuthError,
+    ShellyEmDriver,
     ShellyEmMeter,
     ShellyEmProtocolError,
     ShellyEmTimeout,
@@ -17,6 +22,7 @@ from evpilot.devices.shelly_em import (
 from evpilot.sim.shelly_em import SimShellyEm
 from evpilot.sim.site import MainsMeterReading
 from tests.helpers import free_port, make_config, serve
+from tests.integration.mqtt_helpers import until
 
 READING = MainsMeterReading(
     taken_at=0.0,
@@ -133,3 +139,45 @@ async def test_password_protected_device_is_an_auth_error() -> None:
                 await meter.read()
         finally:
             await meter.close()
+
+
+async def test_the_driver_caches_readings_stamped_with_the_clock_and_counts_faults() -> None:
+    em = SimShellyEm(lambda: READING, "em1")
+    await em.start()
+    now = [500.0]
+    driver = ShellyEmDriver("auto_balance:cp1", "127.0.0.1", lambda: now[0], em.port, poll_s=0.05)
+    assert driver.latest() is None and driver.full() is None
+    await driver.poll()
+    full = driver.full()
+    assert full is not None and full.taken_at == 500.0 and driver.model == "em1" and driver.channels == 1
+    assert full.currents == (10.0, 0.0, 0.0) and full.powers == (2310.0, None, None)
+    assert driver.latest() == full.reading() and driver.health().online
+    await em.stop()
+    now[0] = 510.0
+    await driver.poll()  # the meter is gone: counted, the last reading kept (it ages)
+    health = driver.health()
+    assert not health.online and health.errors == {MeterFault.UNREACHABLE: 1} and health.last_error
+    assert driver.full() is full
+    task = asyncio.create_task(driver.run())
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert driver.health().errors[MeterFault.UNREACHABLE] > 1
+
+
+async def test_auto_balance_runs_in_the_runtime_without_any_facade() -> None:
+    em_port = free_port()
+    config = make_config({"shelly": {"sim_em_port": em_port, "em_port": em_port, "em_poll_s": 0.05}})
+    rt = Runtime(config, ScaledClock(10.0))
+    await rt.start()
+    try:
+        assert len(rt.listeners) == 0  # no app, no facade: nothing else runs auto_balance
+        rt.auto_balance.configure("cp1", AutoBalanceSettings(True, "127.0.0.1", 20.0, True))
+        node = next(c for c in rt.engine.site.circuits if c.name == node_name("cp1"))
+        assert node.limit == 20.0 and node.metered and node.parent is None
+        assert node.fuse == rt.engine.site.mains_limit
+        await until(lambda: rt.auto_balance.status("cp1")["reason"] == "ok", what="a fresh EM reading")
+        assert rt.engine.circuit_meters[node_name("cp1")].latest() is not None
+    finally:
+        await rt.stop()
