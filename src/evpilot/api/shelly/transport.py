@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -34,8 +33,6 @@ from evpilot.api.shelly.rpc import (
 )
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.inputs import JsonError, read_json
-
-log = logging.getLogger("evpilot.shelly")
 
 MAX_BODY = 64 * 1024
 
