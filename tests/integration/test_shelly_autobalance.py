@@ -19,10 +19,10 @@ from tests.helpers import free_port, make_config, serve
 def _config(em_port: int) -> Any:
     return make_config(
         {
-            "site": {"mains_limit": 40, "meter_timeout_s": 1},
+            "site": {"mains_limit": 40, "meter_timeout_s": 2},
             "sim": {"pv_kwp": 0, "spike_rate_h": 0, "first_spike_s": None},
             # the simulated Pro 3EM is served by evpilot itself and measures the simulated mains
-            "shelly": {"sim_em_port": em_port, "em_port": em_port, "em_poll_s": 0.1},
+            "shelly": {"sim_em_port": em_port, "em_port": em_port, "em_poll_s": 0.05},
         }
     )
 
@@ -59,7 +59,8 @@ def _node(rt: Runtime) -> float | None:
 async def test_auto_balance_keeps_the_site_under_max_current(tmp_path: Path) -> None:
     em_port = free_port()
     store = Store(tmp_path / "db.sqlite3")
-    async with serve(_config(em_port), speed=10, store=store) as (base, rt):
+    # Fast: the balancer's pacing (raises, the pause after a shortage) runs in clock time.
+    async with serve(_config(em_port), speed=20, store=store) as (base, rt):
         facade: ShellyFacade = rt_facade(rt)
         # The simulated meter and the auto_balance node are the runtime's, not the facade's.
         assert rt.sim_em is not None and rt.sim_em.port == em_port
