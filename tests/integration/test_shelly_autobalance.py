@@ -154,3 +154,30 @@ def rt_facade(rt: Runtime) -> ShellyFacade:
         if isinstance(owner, ShellyFacade):
             return owner
     raise AssertionError("no Shelly facade")
+
+
+async def test_the_node_sits_between_the_charger_and_its_circuit_which_the_facades_still_name() -> None:
+    config = make_config(
+        {
+            "site": {"mains_limit": 40, "circuits": [{"name": "garage", "limit": 32}]},
+            "chargers": [{"id": "cp1", "circuit": "garage"}],
+            "shelly": {"em_port": free_port()},  # nothing answers there: the node has no reading
+        }
+    )
+    async with serve(config, speed=10) as (base, rt), httpx.AsyncClient(base_url=base) as client:
+        config_doc = {"auto_balance": {"enable": True, "em_ip": "127.0.0.1", "max_current": 20}}
+        assert "result" in await _rpc(client, "Service.SetConfig", {"config": config_doc})
+        node = next(c for c in rt.engine.site.circuits if c.name == NODE)
+        assert (node.parent, node.limit, node.fuse) == ("garage", 20, 32)
+        await _until(lambda: rt.auto_balance.status("cp1")["reason"] == "no_reading")
+        await _until(lambda: rt.charger("cp1").allocation_source == f"stale:{NODE}")
+        # SmartEVSE's CIRCUIT and SECC's circuit are the configured one, not the node above the charger.
+        r = await client.post("/settings?current_max_circuit=30")
+        assert r.status_code == 200, r.text
+        assert rt.circuit_limit("garage") == 30 and _node(rt) == 20
+        assert (await client.get("/settings")).json()["settings"]["current_max_circuit"] == 30
+        assert (await client.get("/api/v1/configuration")).json()["circuit"] == "garage"
+        assert "result" in await _rpc(
+            client, "Service.SetConfig", {"config": {"auto_balance": {"enable": False}}}
+        )
+        assert _node(rt) is None and rt.charger("cp1").config.circuit == "garage"

@@ -112,7 +112,7 @@ def configuration_doc(rt: Runtime, cid: str) -> dict[str, Any]:
         "fixedCable": c.fixed_cable,
         "requireAuthorization": c.require_auth,
         "maxTemperature": c.max_temp,
-        "circuit": c.circuit,
+        "circuit": rt.auto_balance.home(cid),
         "nominalVoltage": NOMINAL_VOLTAGE,
         "defaultLimitTimeout": DEFAULT_TIMEOUT_MS,
     }

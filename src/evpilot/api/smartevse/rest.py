@@ -73,7 +73,9 @@ def settings_doc(rt: Runtime, cid: str) -> dict[str, Any]:
     mode = e.mode_of(ch)
     shown = vocab.mode_of(rt, ch)
     st = vocab.status(rt, ch)
-    circuit = next((c.limit for c in site.circuits if c.name == ch.config.circuit), site.mains_limit)
+    # CIRCUIT is the circuit the charger is configured on, not a Shelly auto_balance node above it.
+    home = rt.auto_balance.home(cid)
+    circuit = next((c.limit for c in site.circuits if c.name == home), site.mains_limit)
     schedule = rt.schedules.get(cid, Schedule())
     mains = e.last_mains
     mains_dA = [_dA(a) for a in mains.currents] if mains is not None else [0, 0, 0]
@@ -371,13 +373,14 @@ def mount(app: FastAPI, rt: Runtime) -> None:
             fuses["charger"] = (cid, value)
             done["current_max"] = value
         value = wanted.get("current_max_circuit")
+        home = rt.auto_balance.home(cid)
         if value is not None:
-            if ch.config.circuit is None:
+            if home is None:
                 errors["current_max_circuit"] = (
                     f"charger {cid!r} is on no circuit: its CIRCUIT is MAINS (set current_main)"
                 )
             else:
-                fuses["circuit"] = (ch.config.circuit, value)
+                fuses["circuit"] = (home, value)
                 done["current_max_circuit"] = value
         if fuses and not any(n in errors for n in FUSE_PARAMS.values()):
             try:
