@@ -4,20 +4,31 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 import types
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import unquote, urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from evpilot.core.charger import ChargerConfig
 from evpilot.core.site import CircuitConfig, PhaseSwitchConfig, SiteConfig, SolarConfig
 from evpilot.core.units import PhaseRotation
-from evpilot.sim.ev import CarSpec
-from evpilot.sim.site import PlannedCar, SimParams
+
+if TYPE_CHECKING:
+    # The simulator is imported only where it runs (`sim.enabled: true`).
+    from evpilot.sim.site import SimParams
 
 Mode = Literal["off", "normal", "smart", "solar", "min+solar"]
 HouseAmps = Annotated[float, Field(ge=0, le=400)]
@@ -28,14 +39,221 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# A host name or an IPv4/IPv6 address (no scheme, port or path: those have their own keys).
+_HOST = r"^(\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]+|[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)$"
+Host = Annotated[str, Field(min_length=1, max_length=253, pattern=_HOST)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class MeterSpec(_Model):
+    """What every meter mapping takes besides its `type`."""
+
+    type: str
+    poll_s: float = Field(default=1, ge=0.05, le=3600, description="seconds between two reads")
+    timeout_s: float | None = Field(
+        default=None, gt=0, le=60, description="give up on one read after this (default: the driver's)"
+    )
+
+
+class HomeWizardMeterModel(MeterSpec):
+    """A HomeWizard P1 (or kWh) meter through its local API v1 (`GET /api/v1/data`)."""
+
+    type: Literal["homewizard"]
+    host: Host
+    port: Port = 80
+
+
+class ShellyMeterModel(MeterSpec):
+    """A Shelly Pro 3EM or EM (Gen2 RPC `EM.GetStatus` / `EM1.GetStatus`)."""
+
+    type: Literal["shelly"]
+    host: Host
+    port: Port = 80
+    channel: int = Field(default=0, ge=0, le=2, description="the EM's channel (Pro 3EM: 0)")
+
+
+RegisterName = Literal[
+    "current_l1",
+    "current_l2",
+    "current_l3",
+    "voltage_l1",
+    "voltage_l2",
+    "voltage_l3",
+    "power_l1",
+    "power_l2",
+    "power_l3",
+    "power",
+    "import_kwh",
+    "export_kwh",
+    "frequency",
+]
+
+
+class RegisterModel(_Model):
+    """One value of a register map written in the config (`model: custom`)."""
+
+    address: int = Field(ge=0, le=65535, description="register address (0-based, as on the wire)")
+    function: Literal[3, 4] = Field(default=4, description="3 = holding, 4 = input registers")
+    type: Literal["int16", "uint16", "int32", "uint32", "float32"] = "float32"
+    word_order: Literal["big", "little"] = Field(default="big", description="32-bit values: high word first?")
+    scale: float = Field(default=1, description="multiply the raw value by this to get A, V, W, kWh or Hz")
+
+    @model_validator(mode="after")
+    def _scale(self) -> RegisterModel:
+        if not (math.isfinite(self.scale) and self.scale != 0):
+            raise KeyedError("scale", "must be a finite number other than 0")
+        return self
+
+
+_SERIAL_KEYS = ("baudrate", "parity", "stopbits")
+
+
+class ModbusMeterModel(MeterSpec):
+    """A Modbus meter over TCP (`host`, `port`) or RTU (`serial`, `baudrate`, `parity`, `stopbits`)."""
+
+    type: Literal["modbus"]
+    model: str = Field(
+        min_length=1, max_length=32, pattern=r"^[a-z0-9_]+$", description="register map, or custom"
+    )
+    host: Host | None = None
+    port: Port = 502
+    serial: str | None = Field(default=None, min_length=1, max_length=256, description="serial device path")
+    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    unit: int = Field(default=1, ge=1, le=247, description="Modbus unit (slave) id")
+    registers: dict[RegisterName, RegisterModel] | None = None
+
+    @model_validator(mode="after")
+    def _transport(self) -> ModbusMeterModel:
+        if (self.host is None) == (self.serial is None):
+            raise KeyedError(
+                "host", "give either host (Modbus TCP) or serial (Modbus RTU), not both or neither"
+            )
+        set_ = self.model_fields_set
+        if self.host is not None:
+            wrong = [k for k in _SERIAL_KEYS if k in set_]
+            if wrong:
+                raise KeyedError(wrong[0], f"{wrong[0]} is for a serial (RTU) meter; this one has a host")
+        elif "port" in set_:
+            raise KeyedError(
+                "port", "port is for a TCP meter; a serial (RTU) meter has baudrate, parity, stopbits"
+            )
+        if self.model == "custom":
+            if not self.registers:
+                raise KeyedError(
+                    "registers", "model: custom needs a register map (registers: {current_l1: ...})"
+                )
+            if "current_l1" not in self.registers:
+                raise KeyedError("registers", "the register map needs at least current_l1")
+        elif self.registers is not None:
+            raise KeyedError(
+                "registers", f"registers are only for model: custom (model {self.model!r} has its own)"
+            )
+        return self
+
+    @property
+    def where(self) -> str:
+        """The meter's address, for humans."""
+        if self.host is not None:
+            return f"{self.host}:{self.port} unit {self.unit}"
+        return f"{self.serial} unit {self.unit}"
+
+
+METER_MODELS: dict[str, type[MeterSpec]] = {
+    "modbus": ModbusMeterModel,
+    "homewizard": HomeWizardMeterModel,
+    "shelly": ShellyMeterModel,
+}
+# Tag of a plain string value in the meter unions below.
+_NAMED = "named"
+
+
+def _meter_tag(value: Any) -> str | None:
+    """Which branch of a meter setting a value is: a plain name, or the mapping's `type`."""
+    if isinstance(value, str):
+        return _NAMED
+    if isinstance(value, dict):
+        kind = value.get("type")
+        return kind if isinstance(kind, str) and kind in METER_MODELS else None
+    if isinstance(value, MeterSpec):
+        return value.type
+    return None
+
+
+def _meter_discriminator(names: str) -> Discriminator:
+    """Picks a meter setting's branch; a refusal says which plain names and types the key takes."""
+    return Discriminator(
+        _meter_tag,
+        custom_error_type="meter_setting",
+        custom_error_message="not a meter setting",
+        custom_error_context={"names": names},
+    )
+
+
+_Modbus = Annotated[ModbusMeterModel, Tag("modbus")]
+_HomeWizard = Annotated[HomeWizardMeterModel, Tag("homewizard")]
+_Shelly = Annotated[ShellyMeterModel, Tag("shelly")]
+MeterSpecs = ModbusMeterModel | HomeWizardMeterModel | ShellyMeterModel
+MainsMeter = Annotated[
+    Annotated[Literal["sim", "api", "none"], Tag(_NAMED)] | _Modbus | _HomeWizard | _Shelly,
+    _meter_discriminator("sim, api or none"),
+]
+CircuitMeter = Annotated[
+    Annotated[Literal["none", "api"], Tag(_NAMED)] | _Modbus | _HomeWizard | _Shelly,
+    _meter_discriminator("none or api"),
+]
+EvMeter = Annotated[
+    Annotated[Literal["api"], Tag(_NAMED)] | _Modbus | _HomeWizard | _Shelly,
+    _meter_discriminator("api"),
+]
+
+
+class SimLinkModel(_Model):
+    """A simulated charger that runs its own pilot, driven at setpoint level (needs the simulator)."""
+
+    type: Literal["simlink"]
+
+
+CHARGER_DRIVERS: dict[str, type[_Model]] = {"simlink": SimLinkModel}
+
+
+def _driver_tag(value: Any) -> str | None:
+    if isinstance(value, str):
+        return _NAMED
+    if isinstance(value, dict):
+        kind = value.get("type")
+        return kind if isinstance(kind, str) and kind in CHARGER_DRIVERS else None
+    if isinstance(value, SimLinkModel):
+        return "simlink"
+    return None
+
+
+ChargerDriver = Annotated[
+    Annotated[Literal["sim"], Tag(_NAMED)] | Annotated[SimLinkModel, Tag("simlink")],
+    Discriminator(
+        _driver_tag,
+        custom_error_type="driver_setting",
+        custom_error_message="not a charger driver setting",
+        custom_error_context={"names": "sim"},
+    ),
+]
+DriverSpecs = SimLinkModel
+
+
+def is_mapping(meter: object) -> bool:
+    """True for a meter or driver given as a mapping (a driver of its own), False for a plain name."""
+    return isinstance(meter, BaseModel)
+
+
 class CircuitModel(_Model):
     """A circuit (sub-distribution) with its per-phase fuse."""
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     limit: float = Field(ge=10, le=200, description="CIRCUIT per-phase limit (A)")
     parent: str | None = Field(default=None, description="parent circuit; none = directly on the mains")
-    meter: Literal["none", "api"] = Field(
-        default="none", description="a meter on this circuit: none, or fed through the API"
+    meter: CircuitMeter = Field(
+        default="none", description="a meter on this circuit: none, fed through the API, or a meter mapping"
     )
 
 
@@ -67,8 +285,9 @@ class SiteModel(_Model):
     capacity_limit: float | None = Field(default=None, ge=10, le=600, description="CAPACITY (A, sum)")
     cap_stop_min: float = Field(default=0, ge=0, le=60, description="CAP STOP grace (min)")
     mode: Mode = "smart"
-    mains_meter: Literal["sim", "api", "none"] = Field(
-        default="sim", description="where mains readings come from: the simulator, an API feed, or none"
+    mains_meter: MainsMeter = Field(
+        default="sim",
+        description="where mains readings come from: the simulator, an API feed, none, or a meter mapping",
     )
     circuits: list[CircuitModel] = Field(default_factory=list)
     meter_timeout_s: float = Field(default=11, ge=1, le=600)
@@ -120,6 +339,13 @@ class ChargerModel(_Model):
     mode: Mode | None = None
     contactor2: PhaseMode = "not_present"
     fixed_cable: bool = True
+    driver: ChargerDriver = Field(
+        default="sim", description="sim (a pilot in the simulator) or a mapping such as {type: simlink}"
+    )
+    ev_meter: EvMeter = Field(
+        default="api",
+        description="api: the charger's own meter, replaced by API-fed values while fresh; or a mapping",
+    )
 
     @model_validator(mode="after")
     def _wiring(self) -> ChargerModel:
@@ -192,6 +418,9 @@ class SimModel(_Model):
 
     def params(self, charger_ids: list[str]) -> SimParams:
         """The simulator's parameters; by default one car plugs into the first charger at start."""
+        from evpilot.sim.ev import CarSpec
+        from evpilot.sim.site import PlannedCar, SimParams
+
         cars = self.cars
         if cars is None:
             cars = [CarModel(charger=charger_ids[0])] if charger_ids else []
@@ -381,7 +610,7 @@ class KeyedError(ValueError):
 
 
 def _unknown(what: str, name: str, known: list[str]) -> str:
-    """"unknown WHAT 'name'" with the closest known name, or the known names when none is close."""
+    """ "unknown WHAT 'name'" with the closest known name, or the known names when none is close."""
     close = difflib.get_close_matches(name, known, n=1)
     if close:
         return f"unknown {what} {name!r} (did you mean {close[0]!r}?)"
@@ -471,6 +700,7 @@ class AppConfig(_Model):
                     raise KeyedError(f"mqtt.{where}", _unknown("charger", cid, ids))
         if self.mqtt.url is not None and "site" in ids:
             raise KeyedError("chargers", "mqtt: charger id 'site' is reserved for the site's topics")
+        self._drivers()
         if self.site.mains_meter == "none":
             held = [c.id for c in self.chargers if (c.mode or self.site.mode) != "off"]
             if held:
@@ -478,12 +708,51 @@ class AppConfig(_Model):
                     "site.mains_meter",
                     f"none leaves charger(s) {', '.join(held)} at 0 A for good: without"
                     " mains readings every mode but off only holds a charger at or below what it had"
-                    " (fallback_current never raises it from 0); use mains_meter: sim or api, or mode: off"
+                    " (fallback_current never raises it from 0); use mains_meter: sim or api, or mode: off",
                 )
         problems = fallback_overloads(self)
         if problems:
             raise FallbackOverload(problems)
         return self
+
+    def meters(self) -> list[tuple[str, str, object]]:
+        """Every meter setting: (config key, meter name, value)."""
+        found: list[tuple[str, str, object]] = [("site.mains_meter", "mains", self.site.mains_meter)]
+        for i, c in enumerate(self.site.circuits):
+            found.append((f"site.circuits.{i}.meter", f"circuit:{c.name}", c.meter))
+        for i, ch in enumerate(self.chargers):
+            found.append((f"chargers.{i}.ev_meter", f"ev:{ch.id}", ch.ev_meter))
+        return found
+
+    def _drivers(self) -> None:
+        """Drivers that need the simulator only with it; polls faster than readings go stale."""
+        timeout = self.site.meter_timeout_s
+        for key, _, meter in self.meters():
+            if isinstance(meter, MeterSpec) and meter.poll_s >= timeout:
+                raise KeyedError(
+                    f"{key}.poll_s",
+                    f"{meter.poll_s:g} s is not below site.meter_timeout_s ({timeout:g} s):"
+                    " every reading would be stale before the next one",
+                )
+        if self.sim.enabled:
+            return
+        if self.site.mains_meter == "sim":
+            raise KeyedError(
+                "site.mains_meter",
+                "sim needs the simulator, and sim.enabled is false: use api, none or a meter mapping"
+                " such as {type: homewizard, host: ...}",
+            )
+        for i, ch in enumerate(self.chargers):
+            if ch.driver == "sim" or isinstance(ch.driver, SimLinkModel):
+                name = ch.driver if isinstance(ch.driver, str) else ch.driver.type
+                raise KeyedError(
+                    f"chargers.{i}.driver",
+                    f"charger {ch.id!r}: driver {name} needs the simulator, and sim.enabled is false;"
+                    " with the simulator off a charger needs a hardware driver (none is available in"
+                    " this version yet), so leave the charger out (chargers: []) to run meters only",
+                )
+        if self.sim.cars:
+            raise KeyedError("sim.cars", "simulated cars need the simulator, and sim.enabled is false")
 
     def site_core(self) -> SiteConfig:
         """The core's view of the site."""
@@ -494,7 +763,7 @@ class AppConfig(_Model):
             cap_stop_s=s.cap_stop_min * 60,
             mode=s.mode,
             circuits=tuple(
-                CircuitConfig(c.name, c.limit, c.parent, metered=c.meter == "api") for c in s.circuits
+                CircuitConfig(c.name, c.limit, c.parent, metered=c.meter != "none") for c in s.circuits
             ),
             meter_timeout_s=s.meter_timeout_s,
             fallback_current=s.fallback_current,
@@ -534,7 +803,7 @@ def parse_config(data: object) -> AppConfig:
             if isinstance(cause, FallbackOverload):
                 errors.extend(("site", problem) for problem in cause.problems)
                 continue
-            loc = [str(p) for p in err["loc"]]
+            loc = [str(p) for p in _without_tags(err["loc"])]
             if isinstance(cause, KeyedError):
                 errors.append((".".join([*loc, cause.key]), cause.message))
                 continue
@@ -542,10 +811,40 @@ def parse_config(data: object) -> AppConfig:
         raise ConfigError(errors) from None
 
 
+_SETTING_KEYS = ("mains_meter", "meter", "ev_meter", "driver")
+
+
+def _without_tags(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """An error location without the union tags pydantic puts after a meter or driver key."""
+    out: list[int | str] = []
+    for i, part in enumerate(loc):
+        if i > 0 and loc[i - 1] in _SETTING_KEYS and part in (_NAMED, *METER_MODELS, *CHARGER_DRIVERS):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def _setting_problem(kind: str, value: object, names: str) -> str:
+    """Why a meter or charger driver setting is refused, in the file's words."""
+    known = METER_MODELS if kind == "meter" else CHARGER_DRIVERS
+    types_ = ", ".join(known)
+    if isinstance(value, dict):
+        given = value.get("type")
+        if given is None:
+            return f"a {kind} mapping needs a type: {types_}"
+        return f"unknown {kind} type {given!r} (known: {types_})"
+    return f"expected {names}, or a mapping with a type ({types_}); got {_kind(value)}"
+
+
 def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
     """The config model a location points into (list indexes and dict keys step into their items)."""
     annotation: Any = AppConfig
-    for part in loc:
+    for i, part in enumerate(loc):
+        if i > 0 and loc[i - 1] in _SETTING_KEYS:
+            tagged = {**METER_MODELS, **CHARGER_DRIVERS}.get(str(part))
+            if tagged is not None:
+                annotation = tagged
+                continue
         annotation = _without_none(annotation)
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             field = annotation.model_fields.get(str(part))
@@ -594,6 +893,13 @@ def _readable(err: Any) -> str:
         model = _model_at(tuple(err["loc"][:-1]))
         close = difflib.get_close_matches(key, list(model.model_fields) if model else [], n=1)
         return f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+    if kind in ("meter_setting", "driver_setting"):
+        return _setting_problem(kind.split("_")[0], value, err["ctx"]["names"])
+    if kind == "literal_error" and len(err["loc"]) > 1 and err["loc"][-1] == _NAMED:
+        what = "meter" if err["loc"][-2] != "driver" else "driver"
+        return _setting_problem(what, value, err["ctx"]["expected"].replace("'", ""))
+    if kind == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") == _HOST:
+        return f"expected a host name or an IP address (no scheme, port or path), got {value!r}"
     if kind in ("model_type", "model_attributes_type", "dataclass_type", "dict_type"):
         return f"expected a mapping of keys, got {_kind(value)}"
     if kind == "list_type":

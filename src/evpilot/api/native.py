@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, WebSocket
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from evpilot.api import secc
@@ -16,8 +17,11 @@ from evpilot.core.charger import Charger
 from evpilot.core.errors import CommandError, check_range
 from evpilot.devices.apifed import ApiFedMeter
 from evpilot.inputs import NumberError, parse_int
-from evpilot.sim.ev import CarSpec
-from evpilot.sim.site import SimSite
+
+if TYPE_CHECKING:
+    from evpilot.sim.site import SimSite
+
+SIM_OFF = "the simulator is off (sim.enabled: false): /api/sim/ routes are not available"
 
 # JSON arrays of exactly three numbers (L1, L2, L3); strict mode would refuse a tuple type.
 Three = Annotated[list[float], Field(min_length=3, max_length=3)]
@@ -345,9 +349,7 @@ def build_router(rt: Runtime) -> APIRouter:
         rt.api_meter.push((body.currents[0], body.currents[1], body.currents[2]), now)
         return {"accepted": True, "at": now}
 
-    @r.put(
-        "/meters/circuits/{name}", tags=["meters"], summary="Feed a circuit's API meter (A per phase)"
-    )
+    @r.put("/meters/circuits/{name}", tags=["meters"], summary="Feed a circuit's API meter (A per phase)")
     async def put_circuit(name: str, body: CircuitMeterBody) -> dict[str, Any]:
         meter = rt.engine.circuit_meters.get(name)
         if not isinstance(meter, ApiFedMeter):
@@ -372,7 +374,21 @@ def build_router(rt: Runtime) -> APIRouter:
         rt.recompute()
         return {"open": body.open}
 
+    @r.get("/meters", tags=["meters"], summary="Every site meter: driver, address, last reading, errors")
+    async def get_meters() -> list[dict[str, Any]]:
+        return rt.meters_doc()
+
     # ---- simulator -------------------------------------------------------------------------
+
+    if rt.sim is None:
+        # Matched before the routes below: without the simulator every /api/sim/ path is not found.
+        @r.api_route(
+            "/sim/{path:path}",
+            methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            include_in_schema=False,
+        )
+        async def sim_off(path: str) -> JSONResponse:
+            return JSONResponse({"error": "not_found", "detail": SIM_OFF}, status_code=404)
 
     def sim_site() -> SimSite:
         if rt.sim is None:
@@ -382,6 +398,8 @@ def build_router(rt: Runtime) -> APIRouter:
     @r.post("/sim/chargers/{cid}/plug", tags=["simulator"], summary="Plug a simulated car in")
     async def sim_plug(cid: str, body: PlugBody | None = None) -> dict[str, Any]:
         sim_site()
+        from evpilot.sim.ev import CarSpec
+
         b = body or PlugBody()
         if b.phases not in (1, 3):
             raise CommandError("phases", "must be 1 or 3")

@@ -9,7 +9,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from evpilot.config import (
     AppConfig,
@@ -33,9 +33,12 @@ from evpilot.core.session import SessionCheckpoint, SessionRecord, StopReason
 from evpilot.core.site import SiteConfig
 from evpilot.devices.apifed import ApiFedMeter
 from evpilot.devices.evmeter import ApiFedEvMeter, MeteredPilot
-from evpilot.sim.ev import CarSpec
-from evpilot.sim.shelly_em import SimShellyEm
+from evpilot.devices.meter import MeterDriver, MeterFault, MeterHealth, MeterReading
 from evpilot.store.base import SessionStore
+
+if TYPE_CHECKING:
+    from evpilot.sim.ev import CarSpec
+    from evpilot.sim.shelly_em import SimShellyEm
 
 log = logging.getLogger("evpilot")
 # Open sessions and lifetime counters are checkpointed this often (clock seconds) ...
@@ -119,12 +122,17 @@ class Runtime:
             config,
             self.started_at,
             lifetime=store.lifetime if store is not None else None,
+            clock=clock.now,
         )
         self.engine = parts.engine
         self.sim = parts.sim
         self.sim_meter = parts.sim_meter
         self.api_meter = parts.api_meter
         self.api_meter.listeners.append(self.recompute)
+        # Meter drivers (mains, circuits, EV meters) and setpoint-level charger links, each run by
+        # its own supervised task; the tick only reads what they cached.
+        self.meters = parts.meters
+        self.links = parts.links
         # Every charger can take an EV meter fed through an API (SmartEVSE REST and MQTT); while
         # that feed is fresh its currents and energy replace the pilot's own meter.
         self.ev_meters: dict[str, ApiFedEvMeter] = {}
@@ -277,11 +285,17 @@ class Runtime:
         """Run the first tick and start the control loop (and the auto_balance meters' drivers)."""
         port = self.config.shelly.sim_em_port
         if port is not None and self.sim is not None:
+            from evpilot.sim.shelly_em import SimShellyEm
+
             self.sim_em = SimShellyEm(self.sim.mains_meter)
             await self.sim_em.start("127.0.0.1", port)
             log.info("simulated Shelly Pro 3EM on http://127.0.0.1:%d", self.sim_em.port)
         self.auto_balance.start()
         self.tick()
+        for name, meter in self.meters.items():
+            self.supervisor.spawn(f"meter:{name}", meter.run)
+        for cid, link in self.links.items():
+            self.supervisor.spawn(f"link:{cid}", link.run)
         self.supervisor.spawn("control", self._loop)
 
     async def stop(self) -> None:
@@ -829,6 +843,11 @@ class Runtime:
                     export_kwh=round(m.export_kwh, 3),
                     frequency=round(m.frequency, 3),
                 )
+            elif "mains" in self.meters:
+                full = self.meters["mains"].full()
+                if full is not None:
+                    values = _reading_doc(full, now)
+                    mains.update({k: values[k] for k in _FULL_KEYS})
         doc: dict[str, Any] = {
             "mode": site.mode,
             "mains_limit": site.mains_limit,
@@ -852,6 +871,7 @@ class Runtime:
             "battery_current": e.battery.current,
             "overloads": self.overloads.doc(),
             "chargers": sorted(e.chargers),
+            "meters": {m["name"]: m["reading"] for m in self.meters_doc()},
         }
         if self.sim is not None:
             doc["sim"] = {
@@ -863,6 +883,59 @@ class Runtime:
                 "ambient_c": self.sim.params.ambient_c,
             }
         return doc
+
+    def meters_doc(self) -> list[dict[str, Any]]:
+        """Every site meter: driver, model, address, last reading and its age, errors by kind."""
+        now = self.clock.now()
+        out: list[dict[str, Any]] = []
+        e = self.engine
+        for name, source in [("mains", e.mains), *((f"circuit:{c}", m) for c, m in e.circuit_meters.items())]:
+            if source is None:
+                continue
+            driver = self.meters.get(name)
+            if driver is not None:
+                out.append(
+                    _meter_doc(
+                        name, driver.driver, driver.model, driver.address, driver.full(), driver.health(), now
+                    )
+                )
+            elif self.sim is not None and source is self.sim_meter:
+                m = self.sim.mains_meter()
+                reading = MeterReading(
+                    m.taken_at,
+                    m.currents,
+                    m.voltages,
+                    m.powers,
+                    sum(m.powers),
+                    m.import_kwh,
+                    m.export_kwh,
+                    m.frequency,
+                )
+                online = self.sim_meter is not None and self.sim_meter.enabled
+                health = MeterHealth(online=online, reads=self.tick_count)
+                out.append(
+                    _meter_doc(name, "sim", None, "simulator", reading if online else None, health, now)
+                )
+            elif hasattr(getattr(source, "driver", None), "health"):
+                # A node whose meter wraps a driver of its own (Shelly auto_balance).
+                inner = cast(MeterDriver, getattr(source, "driver"))  # noqa: B009
+                full = inner.full()
+                out.append(
+                    _meter_doc(name, inner.driver, inner.model, inner.address, full, inner.health(), now)
+                )
+            elif isinstance(source, ApiFedMeter):
+                r = source.latest()
+                fed = None if r is None else MeterReading(r.taken_at, r.currents)
+                errors = {MeterFault.ABSURD: source.refused} if source.refused else {}
+                health = MeterHealth(online=r is not None, errors=errors)
+                out.append(_meter_doc(name, "api", None, "API feed", fed, health, now))
+        for name, driver in self.meters.items():
+            if name.startswith("ev:"):
+                full = driver.full()
+                out.append(
+                    _meter_doc(name, driver.driver, driver.model, driver.address, full, driver.health(), now)
+                )
+        return out
 
     # ---- simulator control --------------------------------------------------------------------
 
@@ -882,6 +955,50 @@ class Runtime:
         assert self.sim is not None
         self.sim.pilots[cid].unplug()
         self.recompute()
+
+
+_FULL_KEYS = ("voltages", "powers", "power", "import_kwh", "export_kwh", "frequency")
+
+
+def _r(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _reading_doc(r: MeterReading, now: float) -> dict[str, Any]:
+    """A meter reading as JSON, with its age in clock seconds."""
+    return {
+        "taken_at": round(r.taken_at, 3),
+        "age_s": round(max(0.0, now - r.taken_at), 1),
+        "currents": [round(a, 3) for a in r.currents],
+        "voltages": [_r(v, 1) for v in r.voltages],
+        "powers": [_r(p, 1) for p in r.powers],
+        "power": _r(r.power, 1),
+        "import_kwh": _r(r.import_kwh, 3),
+        "export_kwh": _r(r.export_kwh, 3),
+        "frequency": _r(r.frequency, 3),
+    }
+
+
+def _meter_doc(
+    name: str,
+    driver: str,
+    model: str | None,
+    address: str,
+    reading: MeterReading | None,
+    health: MeterHealth,
+    now: float,
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "driver": driver,
+        "model": model,
+        "address": address,
+        "online": health.online,
+        "reads": health.reads,
+        "reading": None if reading is None else _reading_doc(reading, now),
+        "errors": {k.value: v for k, v in sorted(health.errors.items())},
+        "last_error": health.last_error,
+    }
 
 
 def _rec(r: SessionRecord) -> dict[str, Any]:

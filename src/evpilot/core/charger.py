@@ -117,6 +117,9 @@ class PilotReading:
     rcm_fault: bool = False
     diode_fault: bool = False
     cable_limit: float | None = None
+    # When the currents were measured, where a separate meter or a link read them earlier than
+    # `taken_at` (None: at `taken_at`); the balancer's stale rule looks at this time.
+    measured_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,7 +433,8 @@ class Charger:
         self.voltages = reading.voltages
         self.temperature = reading.temperature
         self.cable_limit = None if self.config.fixed_cable else reading.cable_limit
-        self.reading_at = now
+        measured_at = reading.measured_at
+        self.reading_at = now if measured_at is None else measured_at
         amps, volts = reading.currents, reading.voltages
         # Same order of operations as sum() over the three products.
         self.power_w = amps[0] * volts[0] + amps[1] * volts[1] + amps[2] * volts[2]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from evpilot.core.charger import PilotOutput, PilotReading
 from evpilot.core.site import Reading
+from evpilot.core.units import Phases
 
 
 class PilotHardware(Protocol):
@@ -23,3 +25,57 @@ class MeterSource(Protocol):
 
     def latest(self) -> Reading | None:
         """The newest reading, or None if none arrived yet."""
+
+
+@dataclass(frozen=True, slots=True)
+class Setpoint:
+    """What a setpoint-level charger is told: a current per phase (0 = no charging) and a phase count.
+
+    The setpoint is a lease: past `expires_at` (clock seconds) without a newer one the charger must
+    fall back to `safe_current` on its own, as a pilot driver does with its fallback timer.
+    """
+
+    current: float
+    phases: int
+    expires_at: float
+    safe_current: float
+
+
+@dataclass(frozen=True, slots=True)
+class LinkReading:
+    """What a setpoint-level charger last reported, stamped with the clock time it was read."""
+
+    taken_at: float
+    # The IEC 61851 state letter (A: no car, B: car connected, C/D: charging, E/F: fault).
+    state: str
+    currents: Phases
+    energy_kwh: float | None = None
+    voltages: Phases = (230.0, 230.0, 230.0)
+    temperature: float | None = None
+
+
+class ChargerLink(Protocol):
+    """A charger that runs its own pilot: evpilot sends it setpoints and reads back its state.
+
+    Drivers do their I/O in their own task (`run`); `send` only stores the setpoint for that task
+    and `latest` only returns the cached reading, so the control tick never waits for a device.
+    """
+
+    name: str
+
+    @property
+    def driver(self) -> str:
+        """The driver's config `type`."""
+
+    @property
+    def address(self) -> str:
+        """Where the charger is reached, for humans."""
+
+    def send(self, setpoint: Setpoint) -> None:
+        """Hand over the newest setpoint (the link's task delivers it)."""
+
+    def latest(self) -> LinkReading | None:
+        """The newest reading, or None if none arrived yet."""
+
+    async def run(self) -> None:
+        """Talk to the charger until cancelled (returns at once for a link without I/O of its own)."""

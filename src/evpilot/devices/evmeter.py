@@ -100,8 +100,14 @@ class MeteredPilot:
         api = self._fresh(base.taken_at)
         if api is None:
             return replace(base, energy_kwh=self._energy("pilot", base.energy_kwh))
-        currents = api.currents if api.currents is not None else base.currents
-        return replace(base, currents=currents, energy_kwh=self._energy("api", api.energy_kwh))
+        if api.currents is None:
+            return replace(base, energy_kwh=self._energy("api", api.energy_kwh))
+        return replace(
+            base,
+            currents=api.currents,
+            energy_kwh=self._energy("api", api.energy_kwh),
+            measured_at=api.taken_at,
+        )
 
     def write(self, output: PilotOutput) -> None:
         """Pass the controller's output to the real pilot."""

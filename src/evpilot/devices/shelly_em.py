@@ -49,6 +49,7 @@ class EmReading:
     currents: tuple[float, ...]
     voltages: tuple[float, ...]
     powers: tuple[float, ...]
+    frequency: float | None = None
 
 
 def _num(doc: dict[str, Any], key: str) -> float:
@@ -56,6 +57,10 @@ def _num(doc: dict[str, Any], key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ShellyEmProtocolError(f"field {key!r} is missing or not a number")
     return float(value)
+
+
+def _opt(doc: dict[str, Any], key: str) -> float | None:
+    return None if doc.get(key) is None else _num(doc, key)
 
 
 def _signed(current: float, power: float) -> float:
@@ -69,7 +74,8 @@ def parse_em(doc: object) -> EmReading:
         raise ShellyEmProtocolError("EM.GetStatus did not return an object")
     powers = tuple(_num(doc, f"{p}_act_power") for p in "abc")
     currents = tuple(_signed(_num(doc, f"{p}_current"), w) for p, w in zip("abc", powers, strict=True))
-    return EmReading("em", currents, tuple(_num(doc, f"{p}_voltage") for p in "abc"), powers)
+    voltages = tuple(_num(doc, f"{p}_voltage") for p in "abc")
+    return EmReading("em", currents, voltages, powers, _opt(doc, "a_freq"))
 
 
 def parse_em1(doc: object) -> EmReading:
@@ -77,7 +83,17 @@ def parse_em1(doc: object) -> EmReading:
     if not isinstance(doc, dict):
         raise ShellyEmProtocolError("EM1.GetStatus did not return an object")
     power = _num(doc, "act_power")
-    return EmReading("em1", (_signed(_num(doc, "current"), power),), (_num(doc, "voltage"),), (power,))
+    current = _signed(_num(doc, "current"), power)
+    return EmReading("em1", (current,), (_num(doc, "voltage"),), (power,), _opt(doc, "freq"))
+
+
+def parse_energies(doc: object, kind: Kind) -> tuple[float, float]:
+    """(import, export) kWh from `EMData.GetStatus` (total_act, total_act_ret) or `EM1Data.GetStatus`."""
+    if not isinstance(doc, dict):
+        raise ShellyEmProtocolError("the energy counters are not an object")
+    if kind == "em":
+        return _num(doc, "total_act") / 1000.0, _num(doc, "total_act_ret") / 1000.0
+    return _num(doc, "total_act_energy") / 1000.0, _num(doc, "total_act_ret_energy") / 1000.0
 
 
 class ShellyEmMeter:
@@ -140,6 +156,13 @@ class ShellyEmMeter:
             raise ShellyEmProtocolError(f"{self.host}:{self.port}: neither EM.GetStatus nor EM1.GetStatus")
         self.kind = "em1"
         return parse_em1(doc)
+
+    async def energies(self) -> tuple[float, float] | None:
+        """(import, export) kWh after a `read`; None when the meter keeps no counters (HTTP 404)."""
+        if self.kind is None:
+            return None
+        doc = await self._call("EMData.GetStatus" if self.kind == "em" else "EM1Data.GetStatus")
+        return None if doc is None else parse_energies(doc, self.kind)
 
 
 _FAULTS: dict[type[ShellyEmError], MeterFault] = {

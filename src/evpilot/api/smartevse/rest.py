@@ -40,6 +40,18 @@ EVSE_MODE = {"normal": 0, "smart": 1, "solar": 2, "min+solar": 2, "off": 0}
 METER_NAME = {"api": "API", "sim": "Sim", "none": "Disabled"}
 
 
+def _meter_name(setting: object) -> str:
+    """The firmware's name for the mains meter; a driver mapping shows its model or type."""
+    if isinstance(setting, str):
+        return METER_NAME.get(setting, "Disabled")
+    model = getattr(setting, "model", None)
+    return (
+        str(model).upper()
+        if model
+        else {"homewizard": "HomeWizard", "shelly": "Shelly"}.get(str(getattr(setting, "type", "")), "Custom")
+    )
+
+
 def refused(errors: dict[str, Any], status: int = 400) -> Refusal:
     """The firmware's refusal `{param: message}` as evpilot's refusal (the firmware's value kept as shown)."""
     problems = [Problem(name, str(value), shown=value) for name, value in errors.items()]
@@ -86,6 +98,10 @@ def settings_doc(rt: Runtime, cid: str) -> dict[str, Any]:
     if rt.sim is not None and e.mains is rt.sim_meter:
         m = rt.sim.mains_meter()
         import_kwh, export_kwh = m.import_kwh, m.export_kwh
+    elif "mains" in rt.meters:
+        full = rt.meters["mains"].full()
+        if full is not None:
+            import_kwh, export_kwh = full.import_kwh or 0.0, full.export_kwh or 0.0
     return {
         "version": __version__,
         "serialnr": zlib.crc32(cid.encode()) % 100_000,
@@ -121,7 +137,7 @@ def settings_doc(rt: Runtime, cid: str) -> dict[str, Any]:
             "solar_start_current": site.solar.start_current,
             "solar_stop_time": site.solar.stop_min,
             "enable_C2": vocab.C2_NAME[ch.phase_mode],
-            "mains_meter": METER_NAME.get(rt.config.site.mains_meter, "Disabled"),
+            "mains_meter": _meter_name(rt.config.site.mains_meter),
             # Unix time, 0 = none, as the firmware shows its delayed charging times.
             "starttime": round(schedule.start_at or 0),
             "stoptime": round(schedule.stop_at or 0),

@@ -1,0 +1,93 @@
+"""The driver registry: a meter or charger mapping's `type` names the factory that builds its driver.
+
+Adding a driver is one entry here. Factories import their driver module when called, so a site
+pays (in imports and start-up) only for the drivers its config names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from evpilot.devices.base import ChargerLink
+from evpilot.devices.meter import Clock, MeterDriver
+
+if TYPE_CHECKING:
+    from evpilot.core.charger import ChargerConfig
+
+# factory(meter name, the config mapping, clock) -> a driver whose `run` the runtime supervises.
+MeterFactory = Callable[[str, Any, Clock], MeterDriver]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkContext:
+    """What a charger link factory may use: the clock, and the simulator when it runs."""
+
+    clock: Clock
+    sim: Any = None
+
+
+# factory(charger config, the config mapping, context) -> the charger's setpoint-level link.
+LinkFactory = Callable[["ChargerConfig", Any, LinkContext], ChargerLink]
+
+# HTTP meters answer within this unless the mapping sets timeout_s (seconds).
+HTTP_TIMEOUT_S = 2.0
+
+
+class DriverUnavailable(LookupError):
+    """The config names a driver type that this installation has no factory for."""
+
+
+def _homewizard(name: str, spec: Any, clock: Clock) -> MeterDriver:
+    from evpilot.devices.homewizard import HomeWizardMeter
+
+    timeout = spec.timeout_s or HTTP_TIMEOUT_S
+    return HomeWizardMeter(name, spec.host, clock, spec.port, spec.poll_s, timeout)
+
+
+def _shelly(name: str, spec: Any, clock: Clock) -> MeterDriver:
+    from evpilot.devices.shelly_meter import ShellyMeter
+
+    timeout = spec.timeout_s or HTTP_TIMEOUT_S
+    return ShellyMeter(name, spec.host, clock, spec.port, spec.channel, spec.poll_s, timeout)
+
+
+def _simlink(charger: ChargerConfig, spec: Any, ctx: LinkContext) -> ChargerLink:
+    if ctx.sim is None:
+        raise DriverUnavailable(f"charger {charger.id!r}: driver simlink needs the simulator (sim.enabled)")
+    from evpilot.devices.sim import SimLink
+
+    return SimLink(charger.id, ctx.sim.pilots[charger.id])
+
+
+METER_DRIVERS: dict[str, MeterFactory] = {
+    "homewizard": _homewizard,
+    "shelly": _shelly,
+}
+LINK_DRIVERS: dict[str, LinkFactory] = {
+    "simlink": _simlink,
+}
+
+
+def build_meter(name: str, spec: Any, clock: Clock) -> MeterDriver:
+    """The driver for a meter mapping; DriverUnavailable when no factory is registered for its type."""
+    factory = METER_DRIVERS.get(spec.type)
+    if factory is None:
+        known = ", ".join(sorted(METER_DRIVERS)) or "none"
+        raise DriverUnavailable(
+            f"meter {name}: driver {spec.type!r} is not available in this installation (available: {known})"
+        )
+    return factory(name, spec, clock)
+
+
+def build_link(charger: ChargerConfig, spec: Any, ctx: LinkContext) -> ChargerLink:
+    """The link for a charger driver mapping; DriverUnavailable when no factory is registered."""
+    factory = LINK_DRIVERS.get(spec.type)
+    if factory is None:
+        known = ", ".join(sorted(LINK_DRIVERS)) or "none"
+        raise DriverUnavailable(
+            f"charger {charger.id!r}: driver {spec.type!r} is not available in this installation"
+            f" (available: {known})"
+        )
+    return factory(charger, spec, ctx)
