@@ -16,6 +16,7 @@ import platformdirs
 
 from evpilot import __version__
 from evpilot.config import AppConfig, ConfigError, json_schema, load_config, parse_mqtt_url
+from evpilot.devices.registry import unavailable
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -75,10 +76,15 @@ def main(argv: list[str] | None = None) -> int:
             print(json_schema())
             return 0
         try:
-            load_config(args.file)
+            checked = load_config(args.file)
         except ConfigError as exc:
             for key, msg in exc.errors:
                 print(f"{args.file}: {key}: {msg}", file=sys.stderr)
+            return 1
+        missing = unavailable(checked)
+        for key, msg in missing:
+            print(f"{args.file}: {key}: {msg}", file=sys.stderr)
+        if missing:
             return 1
         print(f"{args.file}: ok")
         return 0
@@ -90,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         for key, msg in exc.errors:
             print(f"config error: {key}: {msg}", file=sys.stderr)
+        return 2
+    missing = unavailable(config)
+    for key, msg in missing:
+        print(f"config error: {key}: {msg}", file=sys.stderr)
+    if missing:
         return 2
     if args.mqtt:
         config = config.model_copy(update={"mqtt": config.mqtt.model_copy(update={"url": args.mqtt})})

@@ -14,6 +14,7 @@ from evpilot.devices.base import ChargerLink
 from evpilot.devices.meter import Clock, MeterDriver
 
 if TYPE_CHECKING:
+    from evpilot.config import AppConfig
     from evpilot.core.charger import ChargerConfig
 
 # factory(meter name, the config mapping, clock) -> a driver whose `run` the runtime supervises.
@@ -70,14 +71,16 @@ LINK_DRIVERS: dict[str, LinkFactory] = {
 }
 
 
+def _missing(what: str, kind: str, known: dict[str, Any]) -> str:
+    available = ", ".join(sorted(known)) or "none"
+    return f"{what}: driver {kind!r} is not available in this installation (available: {available})"
+
+
 def build_meter(name: str, spec: Any, clock: Clock) -> MeterDriver:
     """The driver for a meter mapping; DriverUnavailable when no factory is registered for its type."""
     factory = METER_DRIVERS.get(spec.type)
     if factory is None:
-        known = ", ".join(sorted(METER_DRIVERS)) or "none"
-        raise DriverUnavailable(
-            f"meter {name}: driver {spec.type!r} is not available in this installation (available: {known})"
-        )
+        raise DriverUnavailable(_missing(f"meter {name}", spec.type, METER_DRIVERS))
     return factory(name, spec, clock)
 
 
@@ -85,9 +88,20 @@ def build_link(charger: ChargerConfig, spec: Any, ctx: LinkContext) -> ChargerLi
     """The link for a charger driver mapping; DriverUnavailable when no factory is registered."""
     factory = LINK_DRIVERS.get(spec.type)
     if factory is None:
-        known = ", ".join(sorted(LINK_DRIVERS)) or "none"
-        raise DriverUnavailable(
-            f"charger {charger.id!r}: driver {spec.type!r} is not available in this installation"
-            f" (available: {known})"
-        )
+        raise DriverUnavailable(_missing(f"charger {charger.id!r}", spec.type, LINK_DRIVERS))
     return factory(charger, spec, ctx)
+
+
+def unavailable(config: AppConfig) -> list[tuple[str, str]]:
+    """(config key, reason) for every meter or charger driver the config names but nothing provides."""
+    from evpilot.config import MeterSpec
+
+    problems: list[tuple[str, str]] = []
+    for key, name, spec in config.meters():
+        if isinstance(spec, MeterSpec) and spec.type not in METER_DRIVERS:
+            problems.append((key, _missing(f"meter {name}", spec.type, METER_DRIVERS)))
+    for i, ch in enumerate(config.chargers):
+        kind = getattr(ch.driver, "type", None)
+        if kind is not None and kind not in LINK_DRIVERS:
+            problems.append((f"chargers.{i}.driver", _missing(f"charger {ch.id!r}", kind, LINK_DRIVERS)))
+    return problems
