@@ -236,3 +236,26 @@ def test_yaml_syntax_errors_name_the_file_and_line(tmp_path: Path) -> None:
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith(f"config error: (yaml): {path}: line 2, column 1: ")
     assert "flow sequence that starts on line 1, column 7" in line and "<unicode string>" not in line
+
+
+def evpilot_without_homewizard(*args: str) -> subprocess.CompletedProcess[str]:
+    """The evpilot CLI in an installation whose registry has no HomeWizard driver."""
+    code = (
+        "import sys; from evpilot.devices import registry; del registry.METER_DRIVERS['homewizard'];"
+        " from evpilot.cli import main; raise SystemExit(main(sys.argv[1:]))"
+    )
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_a_meter_driver_the_installation_lacks_is_refused_at_check_and_at_start(tmp_path: Path) -> None:
+    config = {"site": {"mains_meter": {"type": "homewizard", "host": "127.0.0.1"}}}
+    path = tmp_path / "p1.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    expected = "site.mains_meter: meter mains: driver 'homewizard' is not available in this installation"
+    r = evpilot_without_homewizard("config", "check", str(path))
+    assert r.returncode == 1
+    assert r.stderr.startswith(f"{path}: {expected} (available: ")
+    r = evpilot_without_homewizard("run", "--config", str(path), "--http", f"127.0.0.1:{free_port()}")
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"config error: {expected} (available: ")
+    assert evpilot("config", "check", str(path)).returncode == 0
