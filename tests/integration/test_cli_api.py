@@ -112,6 +112,24 @@ def test_default_car_charges_and_the_chain_is_consistent(api: Api) -> None:
     assert 49.5 < chain["frequency"] < 50.5
 
 
+def test_meters_lists_the_simulated_mains_meter(api: Api) -> None:
+    [mains] = api.ok("GET", "/api/meters")
+    assert {k: mains[k] for k in ("name", "driver", "model", "address", "online", "errors")} == {
+        "name": "mains",
+        "driver": "sim",
+        "model": None,
+        "address": "simulator",
+        "online": True,
+        "errors": {},
+    }
+    reading = mains["reading"]
+    assert len(reading["currents"]) == 3 and reading["age_s"] >= 0
+    assert all(200 < v < 260 for v in reading["voltages"]) and 49.5 < reading["frequency"] < 50.5
+    assert reading["import_kwh"] >= 0
+    site_meters = api.ok("GET", "/api/site")["meters"]
+    assert set(site_meters) == {"mains"} and set(site_meters["mains"]) == set(reading)
+
+
 def test_site_and_charger_lists(api: Api) -> None:
     site = api.ok("GET", "/api/site")
     assert site["mode"] == "smart" and site["mains_limit"] == 25
