@@ -162,7 +162,14 @@ def test_config_schema_lists_the_wiring_and_phase_switch_keys() -> None:
     per_session = defs["PhaseSwitchModel"]["properties"]["max_per_session"]
     assert per_session["type"] == "integer" and per_session["default"] == 4
     assert per_session["minimum"] == 0 and per_session["maximum"] == 100
-    assert defs["CircuitModel"]["properties"]["meter"]["enum"] == ["none", "api"]
+    meter = defs["CircuitModel"]["properties"]["meter"]
+    assert meter["default"] == "none"
+    assert meter["oneOf"] == [
+        {"enum": ["none", "api"], "type": "string"},
+        {"$ref": "#/$defs/ModbusMeterModel"},
+        {"$ref": "#/$defs/HomeWizardMeterModel"},
+        {"$ref": "#/$defs/ShellyMeterModel"},
+    ]
 
 
 TYPICAL_MISTAKES: list[tuple[str, list[str]]] = [
