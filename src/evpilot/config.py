@@ -194,7 +194,6 @@ def _meter_discriminator(names: str) -> Discriminator:
 _Modbus = Annotated[ModbusMeterModel, Tag("modbus")]
 _HomeWizard = Annotated[HomeWizardMeterModel, Tag("homewizard")]
 _Shelly = Annotated[ShellyMeterModel, Tag("shelly")]
-MeterSpecs = ModbusMeterModel | HomeWizardMeterModel | ShellyMeterModel
 MainsMeter = Annotated[
     Annotated[Literal["sim", "api", "none"], Tag(_NAMED)] | _Modbus | _HomeWizard | _Shelly,
     _meter_discriminator("sim, api or none"),
@@ -238,12 +237,6 @@ ChargerDriver = Annotated[
         custom_error_context={"names": "sim"},
     ),
 ]
-DriverSpecs = SimLinkModel
-
-
-def is_mapping(meter: object) -> bool:
-    """True for a meter or driver given as a mapping (a driver of its own), False for a plain name."""
-    return isinstance(meter, BaseModel)
 
 
 class CircuitModel(_Model):
