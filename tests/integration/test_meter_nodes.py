@@ -143,3 +143,26 @@ def test_a_meter_type_without_a_registered_driver_is_refused_clearly(monkeypatch
         "meter mains: driver 'shelly' is not available in this installation (available: "
     )
     assert "shelly" not in reason.split("available: ")[1]
+
+
+async def test_an_auto_balance_node_shows_its_shelly_meter() -> None:
+    from evpilot.control.autobalance import AutoBalanceSettings
+
+    server = FixtureServer()
+    server.json("/rpc/EM.GetStatus", EM)
+    await server.start()
+    rt = Runtime(make_config({"shelly": {"em_port": server.port}}), ManualClock())
+    try:
+        await rt.start()
+        rt.auto_balance.configure("cp1", AutoBalanceSettings(enable=True, em_ip="127.0.0.1", max_current=20))
+        await rt.auto_balance.drivers["cp1"].poll()
+        node = next(m for m in rt.meters_doc() if m["name"] == "circuit:auto_balance:cp1")
+        assert (node["driver"], node["address"], node["online"]) == (
+            "shelly",
+            f"127.0.0.1:{server.port}",
+            True,
+        )
+        assert node["reading"]["currents"] == [4.029, -4.027, 3.03]
+    finally:
+        await rt.stop()
+        await server.stop()
