@@ -35,6 +35,8 @@ _NEW_MEMO = ChargerMemo()
 # Exactly equivalent shortcuts (idle site); tests switch them off to compare with the full path.
 FAST_PATHS = True
 _ORDER0 = (0, 1, 2)
+# A charger drawing more than its new setpoint by over this has not followed it yet (not meter noise).
+FOLLOW_TOL_A = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -539,7 +541,17 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
 
     if not candidates and FAST_PATHS and _idle_site(chargers, memo_in):
         return _idle_allocation(
-            chargers, memo_in, phases, cap_src, car_seen, trip_at, fresh, base, available, battery, rejected,
+            chargers,
+            memo_in,
+            phases,
+            cap_src,
+            car_seen,
+            trip_at,
+            fresh,
+            base,
+            available,
+            battery,
+            rejected,
             floors,
             now,
         )
@@ -586,9 +598,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
                     trial.append(j)
                 else:
                     running.append(j)
-        taken = sum(
-            chargers[solar_ids[j]].config.min_current * eff_phases[solar_ids[j]] for j in running
-        )
+        taken = sum(chargers[solar_ids[j]].config.min_current * eff_phases[solar_ids[j]] for j in running)
         dropped: set[int] = set()
         rechecked: dict[int, int] = {}
         for j in trial:
@@ -757,8 +767,10 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
                 capacity_short = True
                 if over_since is None:
                     over_since = now
-            if not capacity_short or now - (over_since or now) >= site.cap_stop_s or any(
-                prob.source[c] != "capacity" for c in violated
+            if (
+                not capacity_short
+                or now - (over_since or now) >= site.cap_stop_s
+                or any(prob.source[c] != "capacity" for c in violated)
             ):
                 paused_now.add(i)
                 bound[i] = "shortage"
@@ -785,6 +797,9 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         _hold_raises_for_lag(
             snapshot, active, alloc, memo_in, eff_phases, bound, paths, circuit_base, lag_err
         )
+    _hold_raises_for_followers(
+        snapshot, prob, shape.keys, active, alloc, memo_in, eff_phases, bound, stale_ev
+    )
     if not capacity_short:
         over_since = None
 
@@ -1059,6 +1074,94 @@ def _hold_raises_for_lag(
         if alloc[idx] > held + _EPS:
             alloc[idx] = held + f * (alloc[idx] - held)
             bound[idx] = src
+
+
+def _hold_raises_for_followers(
+    snapshot: Snapshot,
+    prob: Problem,
+    keys: tuple[tuple[str, int], ...],
+    active: list[int],
+    alloc: list[float],
+    memo_in: list[ChargerMemo],
+    eff_phases: list[int],
+    bound: list[str],
+    stale_ev: list[bool],
+) -> None:
+    """Hold raises back while a charger under the same node still draws more than its new setpoint.
+
+    A car follows a new setpoint after a delay of its own (1-5 s, some faster than others). Room that a
+    lowered charger frees is given to the others only once its car draws less: otherwise a faster car
+    takes it while the slower one still draws its old current, and the node is over its limit until the
+    slower car follows (longer still as seen through a lagging meter). Per constraint, the setpoints plus
+    what chargers draw beyond theirs must fit; raises are scaled down to make them fit (never below a
+    charger's current setpoint), and a start that would get less than MIN waits.
+    """
+    chargers = snapshot.chargers
+    rising = [i for i in active if alloc[i] > memo_in[i].current + _EPS]
+    if not rising:
+        return
+    beyond: dict[int, float] = {}
+    index: dict[tuple[str, int], int] | None = None
+    paths = _site_info(snapshot.site).paths
+    n_site = len(snapshot.site_limits)
+    for idx, ci in enumerate(chargers):
+        a = alloc[idx]
+        meas = ci.measured
+        if (
+            meas[0] <= a + FOLLOW_TOL_A and meas[1] <= a + FOLLOW_TOL_A and meas[2] <= a + FOLLOW_TOL_A
+        ) or stale_ev[idx]:
+            continue
+        if index is None:
+            index = {key: c for c, key in enumerate(keys)}
+        info = _info(ci.config)
+        d = info.pm.to_mains(meas)
+        used = info.used1 if eff_phases[idx] == 1 else info.used3
+        circuit = ci.config.circuit
+        chain = ("", *(paths.get(circuit, ()) if circuit else ()))
+        total = 0.0
+        for p in range(3):
+            e = d[p] - (a if p in used else 0.0)
+            if e <= FOLLOW_TOL_A:
+                continue
+            total += e
+            for node in chain:
+                c = index.get((node, p))
+                if c is not None:
+                    beyond[c] = beyond.get(c, 0.0) + e
+            for k in range(n_site):
+                c = index.get((f"#site{k}", p))
+                if c is not None:
+                    beyond[c] = beyond.get(c, 0.0) + e
+        for key in (("#capacity", 0), ("#relay", 0)):
+            c = index.get(key)
+            if c is not None and total > 0.0:
+                beyond[c] = beyond.get(c, 0.0) + total
+    if not beyond:
+        return
+    factor: dict[int, tuple[float, str]] = {}
+    for c, extra in beyond.items():
+        load = 0.0
+        rises = 0.0
+        for i, coef in prob.members[c]:
+            load += coef * alloc[i]
+            rise = alloc[i] - memo_in[i].current
+            if rise > _EPS:
+                rises += coef * rise
+        deficit = load + extra - prob.capacity[c]
+        if deficit <= _EPS or rises <= _EPS:
+            continue
+        f = max(0.0, (rises - deficit) / rises)
+        for i, _k in prob.members[c]:
+            if alloc[i] > memo_in[i].current + _EPS and f < factor.get(i, (1.0, ""))[0]:
+                factor[i] = (f, prob.source[c])
+    for i, (f, src) in factor.items():
+        held = memo_in[i].current
+        value = held + f * (alloc[i] - held)
+        if value < chargers[i].config.min_current - _EPS and held < chargers[i].config.min_current - _EPS:
+            # A start waits (admitted, not paused): reported like an increase held by pacing.
+            value, src = 0.0, "ramp"
+        alloc[i] = max(value, held)
+        bound[i] = src
 
 
 def _idle_site(chargers: tuple[ChargerInput, ...], memo_in: list[ChargerMemo]) -> bool:
