@@ -246,6 +246,13 @@ class Recorder:
             r.events.append(OverEvent(key, s0, dur, peak))
         # ---- per charger: starts, stops, phase switches, PWM changes, fairness
         alloc = self.engine.last
+        # the most any charger of a leaf circuit draws on each mains phase (for `_tight`)
+        top: dict[str, list[float]] = {}
+        for i, d in enumerate(draws):
+            peak = top.setdefault(self.leaf[i], [0.0, 0.0, 0.0])
+            for p in range(3):
+                if d[p] > peak[p]:
+                    peak[p] = d[p]
         win_close = now >= self.win_end
         self.win_n += 1
         for i, ch in enumerate(self.chargers):
@@ -293,13 +300,17 @@ class Recorder:
                         elif self.win_key[i] != key:
                             self.win_ok[i] = False
                         if not one:
-                            self._tight(i, head)
+                            self._tight(i, head, draws[i], top[self.leaf[i]])
             self.win_as[i] += drawn
         if win_close:
             self._close_window()
 
-    def _tight(self, i: int, head: list[Sequence[float]]) -> None:
-        """Count the phases on which charger `i` is (nearly) as constrained as on its tightest."""
+    def _tight(
+        self, i: int, head: list[Sequence[float]], mine: Sequence[float], peak: Sequence[float]
+    ) -> None:
+        """Count the phases that bind charger `i`: (nearly) as constrained as its tightest, where it draws as
+        much as any charger of its leaf circuit if there is such a phase (max-min fairness: below another
+        charger on a full phase it is held by another full phase, where it gets the most)."""
         room = [1e9, 1e9, 1e9]
         for node in self.nodes_of[i]:
             h = head[node]
@@ -307,10 +318,11 @@ class Recorder:
                 if h[p] < room[p]:
                     room[p] = h[p]
         low = min(room) + TIGHT_A
+        full = [p for p in range(3) if room[p] <= low]
+        own = [p for p in full if mine[p] >= peak[p] - TIGHT_A]
         tight = self.win_tight[i]
-        for p in range(3):
-            if room[p] <= low:
-                tight[p] += 1
+        for p in own or full:
+            tight[p] += 1
 
     def _close_window(self) -> None:
         # Chargers compete on a mains phase they share: a 1-phase one on its phase, a 3-phase one

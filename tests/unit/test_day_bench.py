@@ -131,21 +131,27 @@ def test_an_overload_event_counts_from_six_seconds_and_the_goal_is_none_of_seven
     assert event_goal.met is False
 
 
-def _fairness_run(currents: dict[str, float]) -> list[float]:
-    """Jain samples of 45 min where a 3-phase charger and a 1-phase one on L1 get fixed currents."""
+def _fairness_run(
+    currents: dict[str, float],
+    one_phase: tuple[int, ...] = (1,),
+    house: tuple[float, float, float] = (1, 1, 1),
+) -> list[float]:
+    """Jain samples of 45 min where a 3-phase charger and 1-phase ones (on `one_phase`) get fixed currents."""
     from day_baselines import StaticSplit
     from day_metrics import Recorder, RunResult
     from evpilot.control.build import assemble
 
+    ones = {("one" if p == 1 else f"one{p}"): p for p in one_phase}
     cars = [
         {"charger": cid, "at_s": 0, "battery_kwh": 300, "soc": 10, "max_current": 32, "phases": phases}
-        for cid, phases in (("three", 3), ("one", 1))
+        for cid, phases in (("three", 3), *((cid, 1) for cid in ones))
     ]
+    chargers = [{"id": "three"}, *({"id": cid, "phases": 1, "phase": p} for cid, p in ones.items())]
     config = parse_config(
         {
-            "site": {"mains_limit": 32, "mode": "smart"},
-            "chargers": [{"id": "three"}, {"id": "one", "phases": 1, "phase": 1}],
-            "sim": {"seed": 1, "pv_kwp": 0, "house_base": [1.0, 1.0, 1.0], "spike_rate_h": 0, "cars": cars},
+            "site": {"mains_limit": 32, "mode": "smart", "fallback_current": 6},
+            "chargers": chargers,
+            "sim": {"seed": 1, "pv_kwp": 0, "house_base": list(house), "spike_rate_h": 0, "cars": cars},
         }
     )
     start = 1_700_000_000.0
@@ -170,6 +176,18 @@ def test_fairness_compares_a_three_phase_charger_with_a_one_phase_one_on_the_pha
     starved = _fairness_run({"three": 24.0, "one": 6.0})
     assert starved
     assert max(starved) < 0.75
+
+
+def test_fairness_does_not_compare_a_three_phase_charger_where_another_full_phase_holds_it() -> None:
+    # L2 holds the 3-phase charger (10 A each with the 1-phase one there); L3 is full too, only because
+    # the 1-phase charger on L3 takes the 21 A the 3-phase one cannot use: max-min fair, not unfair.
+    held = _fairness_run({"three": 10.0, "one2": 10.0, "one3": 21.0}, (2, 3), (1, 15, 1))
+    assert held
+    assert min(held) > 0.999
+    # With L2 free, L3 is what holds the 3-phase charger: 10 A there against 21 A is unfair.
+    starved = _fairness_run({"three": 10.0, "one3": 21.0}, (3,), (1, 1, 1))
+    assert starved
+    assert max(starved) < 0.9
 
 
 def test_min_aware_bound_lies_between_a_feasible_schedule_and_the_lp() -> None:
