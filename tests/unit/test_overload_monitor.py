@@ -117,3 +117,32 @@ def test_a_fresh_circuit_reading_is_the_circuits_load() -> None:
         meter.push((20.0, 10.0, 10.0), clock.now())  # type: ignore[attr-defined]
         ticks(rt, clock, 1)
     assert rt.site_doc()["overloads"]["circuit:garage"]["events"] == 1
+
+
+def test_between_two_circuit_readings_the_load_follows_the_chargers_draw() -> None:
+    clock = ManualClock()
+    config = {**CIRCUIT, "site": {"circuits": [{"name": "garage", "limit": 16, "meter": "api"}]}}
+    rt = Runtime(make_config(config), clock)
+    rt.tick()
+    meter = rt.engine.circuit_meters["garage"]
+    other = [2.0, 2.0, 2.0]
+
+    def read() -> None:
+        draw = rt.charger("cp1").currents
+        meter.push(tuple(other[p] + draw[p] for p in range(3)), clock.now())  # type: ignore[attr-defined]
+
+    # A meter read every 10 s (within the 11 s timeout): the car fills the circuit.
+    for t in range(120):
+        if t % 10 == 0:
+            read()
+        ticks(rt, clock, 1)
+    assert rt.charger("cp1").currents[0] > 12
+    # The other load steps up by 3 A; the next reading shows the circuit over its fuse. The charger is
+    # lowered at once and its car follows within 5 s, long before the reading after that.
+    other = [5.0, 5.0, 5.0]
+    for t in range(40):
+        if t % 10 == 0:
+            read()
+        ticks(rt, clock, 1)
+    doc = rt.site_doc()["overloads"]["circuit:garage"]
+    assert doc["events"] == 0 and 1.0 <= doc["longest_s"] < 6.0, doc

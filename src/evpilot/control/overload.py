@@ -54,6 +54,8 @@ class OverloadMonitor:
         self._open: dict[tuple[str, int], tuple[float, bool, bool]] = {}
         self._last_tick: float | None = None
         self._stall = False
+        # Per circuit with a meter: `taken_at` of the reading in use and what its chargers drew when it came.
+        self._seen: dict[str, tuple[float, Phases]] = {}
 
     def begin(self, now: float, tick_s: float) -> None:
         """A new tick at `now`: notes whether the controller was stalled since the last one."""
@@ -92,7 +94,10 @@ class OverloadMonitor:
         """Every phase of the mains and of every circuit after one engine step.
 
         `mains` is the mains load per phase (None: unknown, the mains is skipped). A circuit's load is
-        its meter's reading while fresh, else what the chargers below it draw.
+        its meter's reading while fresh, else what the chargers below it draw. Between two readings
+        the other load is taken as unchanged and the chargers' part follows what they draw now: the
+        reading minus what they drew when it came, plus what they draw now (a meter read every 10 s
+        would otherwise keep an overload the chargers already ended on the books until the next one).
         """
         self.begin(now, tick_s)
         chargers = list(engine.chargers.values())
@@ -108,10 +113,16 @@ class OverloadMonitor:
             ]
             meter = engine.circuit_meters.get(circuit.name)
             reading = meter.latest() if meter is not None else None
+            drawn = (sum(d[0] for d in below), sum(d[1] for d in below), sum(d[2] for d in below))
             if reading is not None and now - reading.taken_at <= meter_timeout_s:
-                load = reading.currents
+                seen = self._seen.get(circuit.name)
+                if seen is None or seen[0] != reading.taken_at:
+                    seen = self._seen[circuit.name] = (reading.taken_at, drawn)
+                r, then = reading.currents, seen[1]
+                load = (r[0] - then[0] + drawn[0], r[1] - then[1] + drawn[1], r[2] - then[2] + drawn[2])
             else:
-                load = (sum(d[0] for d in below), sum(d[1] for d in below), sum(d[2] for d in below))
+                self._seen.pop(circuit.name, None)
+                load = drawn
             self._node(now, tick_s, f"circuit:{circuit.name}", load, circuit.limit, below)
         for name, figures in self.nodes.items():
             figures.over_now = any(key[0] == name for key in self._open)
