@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from evpilot.config import parse_config
+from evpilot.control import engine as engine_mod
 from evpilot.control.build import Assembly, assemble
 from evpilot.core import balancer
 from evpilot.sim import site as sim_site
@@ -27,11 +28,13 @@ def plain() -> Iterator[None]:
     """Switch the shortcuts off (the full path runs on every tick)."""
     balancer.FAST_PATHS = False
     sim_site.FAST_PATHS = False
+    engine_mod.FAST_PATHS = False
     try:
         yield
     finally:
         balancer.FAST_PATHS = True
         sim_site.FAST_PATHS = True
+        engine_mod.FAST_PATHS = True
 
 
 def busy_site() -> dict[str, Any]:
@@ -67,7 +70,8 @@ def disturb(parts: Assembly, k: int) -> None:
     sim = parts.sim
     meter = parts.sim_meter
     assert sim is not None and meter is not None
-    meter.enabled = not 700 <= k < 730
+    # The mains meter drops out while cars charge, and while every socket is idle (stale, then back).
+    meter.enabled = not (700 <= k < 730 or 2020 <= k < 2040)
     sim.pilots["a"].rcm_fault = 1000 <= k < 1010
     # The car counting down to a phase switch faults: its timer must be cleared on an idle site.
     sim.pilots["b"].rcm_fault = 515 <= k < 517
@@ -80,6 +84,9 @@ def disturb(parts: Assembly, k: int) -> None:
         sim.house.override = (70.0, 70.0, 70.0)
     elif 2100 <= k < 2103:
         sim.house.override = (85.0, 85.0, 85.0)
+    elif 2150 <= k < 2152:
+        # A reading the core refuses (beyond 1000 A) on an idle site.
+        sim.house.override = (2000.0, 1.0, 1.0)
     else:
         sim.house.override = None
     if k == 2400:
@@ -124,6 +131,16 @@ def test_shortcuts_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
         return real_idle(*args)
 
     monkeypatch.setattr(balancer, "_idle_allocation", counting)
+    reused = []
+    real_reuse = engine_mod.reuse_idle
+
+    def counting_reuse(*args: Any) -> Any:
+        out = real_reuse(*args)
+        if out is not None:
+            reused.append(1)
+        return out
+
+    monkeypatch.setattr(engine_mod, "reuse_idle", counting_reuse)
     sources: set[str] = set()
     for k in range(1, 3000):
         now = START + k
@@ -135,9 +152,12 @@ def test_shortcuts_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
         assert a == b, f"tick {k}"
         assert state_of(fast) == state_of(slow), f"tick {k}"
         sources.update(x.source for x in a.chargers.values())
-    # The run took the idle shortcut often and went through what it must not disturb.
-    assert len(idle_ticks) > 200
+        sources.update(a.rejected)
+    # The run took the idle shortcut often (in `compute`, or reusing its steady answer) and went
+    # through what it must not disturb.
+    assert len(idle_ticks) > 20 and len(reused) > 200
     assert {"idle", "fallback", "trip", "temperature", "solar", "ocpp", "phase_switch", "ramp"} <= sources
+    assert "mains" in sources
 
 
 def test_plain_path_takes_no_shortcut(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -148,6 +168,7 @@ def test_plain_path_takes_no_shortcut(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("idle shortcut taken")
 
     monkeypatch.setattr(balancer, "_idle_allocation", fail)
+    monkeypatch.setattr(engine_mod, "reuse_idle", fail)
     with plain():
         for k in range(1, 60):
             parts.engine.step(START + k)

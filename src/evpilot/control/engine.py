@@ -19,8 +19,12 @@ from evpilot.core.site import (
     SiteLimit,
     Snapshot,
 )
+from evpilot.core.validity import reuse_idle, steady_idle
 from evpilot.devices.apifed import ApiFedBattery
 from evpilot.devices.base import MeterSource, PilotHardware
+
+# Exactly equivalent shortcuts (steady idle site); tests switch them off to compare.
+FAST_PATHS = True
 
 
 @dataclass(slots=True)
@@ -60,6 +64,8 @@ class Engine:
         self.before_step: Callable[[float], None] | None = None
         # The allocator; benchmarks swap in baselines here, everything else uses the real one.
         self.compute: Callable[[Snapshot, float], Allocation] = compute
+        # The snapshot and allocation of a steady idle site (`core.validity`), reused while it lasts.
+        self._steady: tuple[Snapshot, Allocation] | None = None
 
     def mode_of(self, charger: Charger) -> str:
         """The charger's effective mode (its own, or the site's)."""
@@ -138,7 +144,14 @@ class Engine:
                 ch.add_charging_time(dt)
             if ch.leases:
                 ch.drop_expired_leases(now)
-        alloc = self.compute(self.snapshot(now), now)
+        snap = self.snapshot(now)
+        alloc = None
+        steady = self._steady
+        if steady is not None and FAST_PATHS and self.compute is compute:
+            alloc = reuse_idle(steady[0], steady[1], snap, now)
+        if alloc is None:
+            alloc = self.compute(snap, now)
+            self._steady = (snap, alloc) if self.compute is compute and steady_idle(snap, alloc) else None
         self.state = alloc.state
         self.last = alloc
         if alloc.rejected:
