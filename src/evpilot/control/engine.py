@@ -7,12 +7,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from evpilot.core.balancer import compute
-from evpilot.core.charger import Charger
+from evpilot.core.charger import Charger, PilotOutput
 from evpilot.core.errors import check_range
 from evpilot.core.iec61851 import DRAW_THRESHOLD_A
 from evpilot.core.site import (
     Allocation,
     BalancerState,
+    ChargerAllocation,
     ChargerInput,
     Reading,
     SiteConfig,
@@ -33,6 +34,16 @@ class SiteCap:
 
     amps: float
     expires_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Quiet:
+    """A quiet charger's last full tick: its key, input, decision and pilot output."""
+
+    key: tuple[object, ...]
+    input: ChargerInput
+    decision: ChargerAllocation
+    output: PilotOutput
 
 
 class Engine:
@@ -66,6 +77,8 @@ class Engine:
         self.compute: Callable[[Snapshot, float], Allocation] = compute
         # The snapshot and allocation of a steady idle site (`core.validity`), reused while it lasts.
         self._steady: tuple[Snapshot, Allocation] | None = None
+        # Per quiet charger (`Charger.quiet_key`): what its last full tick saw, decided and wrote.
+        self._quiet: dict[str, Quiet] = {}
 
     def mode_of(self, charger: Charger) -> str:
         """The charger's effective mode (its own, or the site's)."""
@@ -78,12 +91,35 @@ class Engine:
             return
         self.site_caps[source] = SiteCap(check_range(source, amps, 0.0, 600.0, " A"), expires_at)
 
-    def snapshot(self, now: float) -> Snapshot:
-        """Freeze everything `compute` needs."""
+    def snapshot(self, now: float, calm: Mapping[str, Quiet] | None = None) -> Snapshot:
+        """Freeze everything `compute` needs (`calm`: quiet chargers whose input is the last one's)."""
         inputs: list[ChargerInput] = []
         append = inputs.append
         site_mode = self.site.mode
         for ch in self.chargers.values():
+            if calm:
+                q = calm.get(ch.config.id)
+                if q is not None:
+                    # Only the time of the reading is new (see `Charger.quiet_key`).
+                    p = q.input
+                    session = ch.session
+                    append(
+                        ChargerInput(
+                            p.config,
+                            ch.mode or site_mode,
+                            p.demand,
+                            p.limit,
+                            p.limit_source,
+                            ch.currents,
+                            session.energy_kwh if session is not None else 0.0,
+                            p.phase_mode,
+                            p.active_phases,
+                            False,
+                            ch.reading_at,
+                            p.plugged,
+                        )
+                    )
+                    continue
             limit, source = ch.own_limit(now)
             currents = ch.currents
             session = ch.session
@@ -138,13 +174,22 @@ class Engine:
         if self.before_step is not None:
             self.before_step(now)
         pilots = self.pilots
+        fast = FAST_PATHS
+        quiet = self._quiet
+        calm: dict[str, Quiet] = {}
         for cid, ch in self.chargers.items():
-            ch.observe(pilots[cid].read())
+            reading = pilots[cid].read()
+            if fast and quiet:
+                q = quiet.get(cid)
+                if q is not None and ch.quiet_key() == q.key and ch.observe_quiet(reading):
+                    calm[cid] = q
+                    continue
+            ch.observe(reading)
             if ch.session is not None:
                 ch.add_charging_time(dt)
             if ch.leases:
                 ch.drop_expired_leases(now)
-        snap = self.snapshot(now)
+        snap = self.snapshot(now, calm)
         alloc = None
         steady = self._steady
         if steady is not None and FAST_PATHS and self.compute is compute:
@@ -158,7 +203,20 @@ class Engine:
             self.rejected.update(alloc.rejected)
         decisions = alloc.chargers
         lease_s = self.lease_s
-        for cid, ch in self.chargers.items():
+        inputs = snap.chargers
+        for pos, (cid, ch) in enumerate(self.chargers.items()):
             a = decisions[cid]
-            pilots[cid].write(ch.apply(now, a.current, a.source, a.phases, lease_s))
+            q = calm.get(cid)
+            if q is not None and (a is q.decision or a == q.decision):
+                pilots[cid].write(ch.apply_quiet(now, lease_s, q.output))
+                continue
+            out = ch.apply(now, a.current, a.source, a.phases, lease_s)
+            pilots[cid].write(out)
+            if fast:
+                key = ch.quiet_key()
+                ci = inputs[pos]
+                if key is not None and ci.active_phases == ch.active_phases and ci.config is ch.config:
+                    quiet[cid] = Quiet(key, ci, a, out)
+                elif quiet:
+                    quiet.pop(cid, None)
         return alloc

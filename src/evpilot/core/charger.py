@@ -615,6 +615,95 @@ class Charger:
             self._report_state(now, state, work)
         return PilotOutput(duty, signaled, contactor, phases, expires, safe)
 
+    # ---- quiet ticks ----------------------------------------------------------------------
+
+    def quiet_key(self) -> tuple[object, ...] | None:
+        """What this charger's next tick depends on while it is quiet, or None when it is not.
+
+        Quiet: nothing drawn, signaled or commanded, contactor open and no stop pending, no phase
+        switch, fault, lease, cap or under-power timer. Then a tick whose reading `observe_quiet`
+        accepts and whose allocation is the last one changes only the measurements and the lease
+        (see `apply_quiet`), as long as this key stays equal.
+        """
+        c = self.currents
+        if (
+            self.contactor
+            or self.signaled != 0.0
+            or self.commanded != 0.0
+            or c[0] != 0.0
+            or c[1] != 0.0
+            or c[2] != 0.0
+            or self.stop_requested_at is not None
+            or self.target_phases != self.active_phases
+            or self.errors
+            or self.reported_errors
+            or self.leases
+            or self.energy_cap_kwh
+            or self.time_cap_min
+            or self.under_power_w is not None
+            or self.under_power_since is not None
+        ):
+            return None
+        return (
+            self.config,
+            self.letter,
+            self.enabled,
+            self.available,
+            self.authorized,
+            self.auto_charge,
+            self.start_requested,
+            self.paused,
+            self.user_limit,
+            self.override,
+            self.mode,
+            self.phase_mode,
+            self.limit_reached,
+            self.ev_done,
+            self.has_charged,
+            self.session,
+            self.cable_limit,
+            self.meter_kwh,
+            self.allocated,
+            self.allocation_source,
+            self.active_phases,
+            self.reported_pilot,
+            self.reported_work,
+        )
+
+    def observe_quiet(self, reading: PilotReading) -> bool:
+        """`observe` for a quiet charger (`quiet_key`) when the reading changes only measurements.
+
+        Same letter, nothing drawn, no fault, the energy counter and cable as before and the
+        temperature below MAX: then `observe` would only take in voltages, temperature and time,
+        and this does just that (True). Otherwise it does nothing and returns False.
+        """
+        c = reading.currents
+        if (
+            reading.letter != self.letter
+            or c[0] != 0.0
+            or c[1] != 0.0
+            or c[2] != 0.0
+            or reading.rcm_fault
+            or reading.diode_fault
+            or reading.energy_kwh != self.meter_kwh
+            or reading.temperature >= self.config.max_temp
+            or (None if self.config.fixed_cable else reading.cable_limit) != self.cable_limit
+        ):
+            return False
+        self.currents = c
+        self.voltages = v = reading.voltages
+        self.temperature = reading.temperature
+        self.reading_at = reading.taken_at
+        self.power_w = c[0] * v[0] + c[1] * v[1] + c[2] * v[2]
+        if self.session is not None:
+            self.session.peak_power_w = max(self.session.peak_power_w, self.power_w)
+        return True
+
+    def apply_quiet(self, now: float, lease_s: float, last: PilotOutput) -> PilotOutput:
+        """`apply` of the allocation that made `last`, on a quiet charger: only the lease moves on."""
+        self.allocation_expires = expires = now + lease_s
+        return PilotOutput(last.duty, last.signaled, last.contactor, last.phases, expires, last.safe_current)
+
     def _report_state(self, now: float, pilot: PilotState, work: WorkState) -> None:
         self.events.append(
             ev.StateChanged(self.config.id, now, pilot, work, self.reported_pilot, self.reported_work)
