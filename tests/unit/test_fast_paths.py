@@ -131,16 +131,22 @@ def test_shortcuts_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
         return real_idle(*args)
 
     monkeypatch.setattr(balancer, "_idle_allocation", counting)
-    reused = []
-    real_reuse = engine_mod.reuse_idle
+    # Ticks that left settled chargers out of `compute`: some of them (merged back) or all of them.
+    merged: list[int] = []
+    all_out: list[int] = []
+    real_merge = engine_mod.merge
+    real_all_out = engine_mod.idle_allocation
 
-    def counting_reuse(*args: Any) -> Any:
-        out = real_reuse(*args)
-        if out is not None:
-            reused.append(1)
-        return out
+    def counting_merge(*args: Any) -> Any:
+        merged.append(1)
+        return real_merge(*args)
 
-    monkeypatch.setattr(engine_mod, "reuse_idle", counting_reuse)
+    def counting_all_out(*args: Any) -> Any:
+        all_out.append(1)
+        return real_all_out(*args)
+
+    monkeypatch.setattr(engine_mod, "merge", counting_merge)
+    monkeypatch.setattr(engine_mod, "idle_allocation", counting_all_out)
     sources: set[str] = set()
     for k in range(1, 3000):
         now = START + k
@@ -153,9 +159,9 @@ def test_shortcuts_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
         assert state_of(fast) == state_of(slow), f"tick {k}"
         sources.update(x.source for x in a.chargers.values())
         sources.update(a.rejected)
-    # The run took the idle shortcut often (in `compute`, or reusing its steady answer) and went
-    # through what it must not disturb.
-    assert len(idle_ticks) > 20 and len(reused) > 200
+    # The run took the shortcuts often (the idle path of `compute`, settled chargers left out of it
+    # while others charge, all of them left out) and went through what it must not disturb.
+    assert len(idle_ticks) > 20 and len(merged) > 200 and len(all_out) > 200
     assert {"idle", "fallback", "trip", "temperature", "solar", "ocpp", "phase_switch", "ramp"} <= sources
     assert "mains" in sources
 
@@ -168,7 +174,8 @@ def test_plain_path_takes_no_shortcut(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("idle shortcut taken")
 
     monkeypatch.setattr(balancer, "_idle_allocation", fail)
-    monkeypatch.setattr(engine_mod, "reuse_idle", fail)
+    monkeypatch.setattr(engine_mod, "merge", fail)
+    monkeypatch.setattr(engine_mod, "idle_allocation", fail)
     with plain():
         for k in range(1, 60):
             parts.engine.step(START + k)

@@ -15,12 +15,13 @@ from evpilot.core.site import (
     BalancerState,
     ChargerAllocation,
     ChargerInput,
+    ChargerMemo,
     Reading,
     SiteConfig,
     SiteLimit,
     Snapshot,
 )
-from evpilot.core.validity import reuse_idle, steady_idle
+from evpilot.core.validity import idle_allocation, may_leave_out, merge, settled
 from evpilot.devices.apifed import ApiFedBattery
 from evpilot.devices.base import MeterSource, PilotHardware
 
@@ -36,14 +37,16 @@ class SiteCap:
     expires_at: float | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Quiet:
-    """A quiet charger's last full tick: its key, input, decision and pilot output."""
+    """A quiet charger's last full tick: its key, input, decision and pilot output; its memo once settled."""
 
     key: tuple[object, ...]
     input: ChargerInput
     decision: ChargerAllocation
     output: PilotOutput
+    # The memo `compute` keeps as it is while the input stays the same (`core.validity.settled`).
+    memo: ChargerMemo | None
 
 
 class Engine:
@@ -75,8 +78,6 @@ class Engine:
         self.before_step: Callable[[float], None] | None = None
         # The allocator; benchmarks swap in baselines here, everything else uses the real one.
         self.compute: Callable[[Snapshot, float], Allocation] = compute
-        # The snapshot and allocation of a steady idle site (`core.validity`), reused while it lasts.
-        self._steady: tuple[Snapshot, Allocation] | None = None
         # Per quiet charger (`Charger.quiet_key`): what its last full tick saw, decided and wrote.
         self._quiet: dict[str, Quiet] = {}
 
@@ -91,33 +92,65 @@ class Engine:
             return
         self.site_caps[source] = SiteCap(check_range(source, amps, 0.0, 600.0, " A"), expires_at)
 
-    def snapshot(self, now: float, calm: Mapping[str, Quiet] | None = None) -> Snapshot:
-        """Freeze everything `compute` needs (`calm`: quiet chargers whose input is the last one's)."""
+    def snapshot(self, now: float) -> Snapshot:
+        """Freeze everything `compute` needs."""
+        return self._snapshot(now, {}, {})
+
+    def _snapshot(self, now: float, calm: dict[str, Quiet], left_out: dict[str, Quiet]) -> Snapshot:
+        """The snapshot, without the settled chargers among the `calm` ones (those go to `left_out`).
+
+        A calm charger's input is its last one but for the reading's time (`Charger.quiet_key`); a
+        settled one (`core.validity.settled`) with the same input is left out of `compute` while
+        `core.validity.may_leave_out` holds.
+        """
+        mains = self.mains.latest() if self.mains is not None else None
+        self.last_mains = mains
+        circuits = {}
+        for name, meter in self.circuit_meters.items():
+            reading = meter.latest()
+            if reading is not None:
+                circuits[name] = reading
+        site = self.site
+        state = self.state
+        leave = bool(calm) and may_leave_out(site, mains, circuits, state)
+        memos = state.chargers
         inputs: list[ChargerInput] = []
         append = inputs.append
-        site_mode = self.site.mode
-        for ch in self.chargers.values():
+        site_mode = site.mode
+        for cid, ch in self.chargers.items():
             if calm:
-                q = calm.get(ch.config.id)
+                q = calm.get(cid)
                 if q is not None:
-                    # Only the time of the reading is new (see `Charger.quiet_key`).
                     p = q.input
                     session = ch.session
+                    mode = ch.mode or site_mode
+                    kwh = session.energy_kwh if session is not None else 0.0
+                    if mode == p.mode and kwh == p.session_kwh:
+                        if leave and q.memo is not None and memos.get(cid) is q.memo:
+                            left_out[cid] = q
+                            continue
+                        ci = p
+                    else:
+                        q.memo = None
+                        ci = None
+                    # Positional, in field order (see below); only the time of the reading is new.
                     append(
                         ChargerInput(
                             p.config,
-                            ch.mode or site_mode,
+                            mode,
                             p.demand,
                             p.limit,
                             p.limit_source,
                             ch.currents,
-                            session.energy_kwh if session is not None else 0.0,
+                            kwh,
                             p.phase_mode,
                             p.active_phases,
                             False,
                             ch.reading_at,
                             p.plugged,
                         )
+                        if ci is None or ci.measured_at != ch.reading_at
+                        else ci
                     )
                     continue
             limit, source = ch.own_limit(now)
@@ -141,13 +174,6 @@ class Engine:
                     ch.plugged,
                 )
             )
-        mains = self.mains.latest() if self.mains is not None else None
-        self.last_mains = mains
-        circuits = {}
-        for name, meter in self.circuit_meters.items():
-            reading = meter.latest()
-            if reading is not None:
-                circuits[name] = reading
         limits: tuple[SiteLimit, ...] = ()
         if self.site_caps:
             caps = self.site_caps
@@ -156,7 +182,7 @@ class Engine:
                 del self.site_caps[name]
             limits = tuple(SiteLimit(c.amps, name) for name, c in self.site_caps.items())
         return Snapshot(
-            site=self.site,
+            site=site,
             chargers=tuple(inputs),
             mains=mains,
             circuit_meters=circuits,
@@ -164,7 +190,7 @@ class Engine:
             battery_at=self.battery.at,
             grid_relay_open=self.grid_relay_open,
             site_limits=limits,
-            state=self.state,
+            state=state,
         )
 
     def step(self, now: float) -> Allocation:
@@ -174,10 +200,13 @@ class Engine:
         if self.before_step is not None:
             self.before_step(now)
         pilots = self.pilots
-        fast = FAST_PATHS
+        chargers = self.chargers
+        # The shortcuts (quiet chargers, settled ones left out of `compute`) need the real allocator:
+        # a baseline swapped in for a benchmark sees every charger on every tick.
+        fast = FAST_PATHS and self.compute is compute
         quiet = self._quiet
         calm: dict[str, Quiet] = {}
-        for cid, ch in self.chargers.items():
+        for cid, ch in chargers.items():
             reading = pilots[cid].read()
             if fast and quiet:
                 q = quiet.get(cid)
@@ -189,34 +218,55 @@ class Engine:
                 ch.add_charging_time(dt)
             if ch.leases:
                 ch.drop_expired_leases(now)
-        snap = self.snapshot(now, calm)
-        alloc = None
-        steady = self._steady
-        if steady is not None and FAST_PATHS and self.compute is compute:
-            alloc = reuse_idle(steady[0], steady[1], snap, now)
-        if alloc is None:
+        left_out: dict[str, Quiet] = {}
+        snap = self._snapshot(now, calm, left_out)
+        if not left_out:
             alloc = self.compute(snap, now)
-            self._steady = (snap, alloc) if self.compute is compute and steady_idle(snap, alloc) else None
+        else:
+            kept = {cid: (q.decision, q.memo) for cid, q in left_out.items() if q.memo is not None}
+            if snap.chargers:
+                alloc = merge(compute(snap, now), chargers, kept)
+            else:
+                alloc = idle_allocation(
+                    snap.site, snap.mains, snap.battery_current, snap.battery_at, now, chargers, kept
+                )
+        memos_before = snap.state.chargers
         self.state = alloc.state
         self.last = alloc
         if alloc.rejected:
             self.rejected.update(alloc.rejected)
         decisions = alloc.chargers
+        memos_after = alloc.state.chargers
         lease_s = self.lease_s
-        inputs = snap.chargers
-        for pos, (cid, ch) in enumerate(self.chargers.items()):
+        inputs = iter(snap.chargers)
+        for cid, ch in chargers.items():
             a = decisions[cid]
+            q = left_out.get(cid)
+            if q is not None:
+                pilots[cid].write(ch.apply_quiet(now, lease_s, q.output))
+                continue
+            ci = next(inputs)
             q = calm.get(cid)
             if q is not None and (a is q.decision or a == q.decision):
                 pilots[cid].write(ch.apply_quiet(now, lease_s, q.output))
+                before = memos_before.get(cid)
+                p = q.input
+                q.memo = (
+                    before
+                    if ci.mode == p.mode
+                    and ci.session_kwh == p.session_kwh
+                    and settled(ci, before, memos_after.get(cid), a)
+                    else None
+                )
                 continue
             out = ch.apply(now, a.current, a.source, a.phases, lease_s)
             pilots[cid].write(out)
             if fast:
                 key = ch.quiet_key()
-                ci = inputs[pos]
                 if key is not None and ci.active_phases == ch.active_phases and ci.config is ch.config:
-                    quiet[cid] = Quiet(key, ci, a, out)
+                    before = memos_before.get(cid)
+                    memo = before if settled(ci, before, memos_after.get(cid), a) else None
+                    quiet[cid] = Quiet(key, ci, a, out, memo)
                 elif quiet:
                     quiet.pop(cid, None)
         return alloc

@@ -1,15 +1,29 @@
-"""When the last `compute` still answers this tick: steady-state reuse of an idle site's allocation.
+"""Which chargers `compute` need not see again: settled ones keep their decision and memo.
 
-On an idle site (no charger wants current for a reason that does not lapse with time, nothing draws)
-`compute` takes its idle path, and once that path has left every memo as it found it, the decisions
-and the memos depend only on the chargers' inputs. While those stay the same, only the figures taken
-from the mains and battery readings move: `reuse_idle` recomputes them and keeps the rest.
+A charger `compute` leaves out for a reason that does not lapse with time (off, its own limit below
+MIN, no demand) and that draws nothing gets 0 A; once `compute` has left its memo as it found it
+(a fixed point), its decision and memo depend only on its own input, whatever the other chargers,
+the readings and the time do. So while that input stays the same, the caller may leave it out of
+the snapshot and put its decision and memo back afterwards (`merge`), or, when every charger is
+left out, only recompute the figures taken from the readings (`idle_allocation`). Two things see
+every charger: a trip (pending, or a reading at trip level: everyone stops) and a circuit meter's
+reading (draw floors are kept per charger), so `may_leave_out` is False then.
 """
 
 from __future__ import annotations
 
-from evpilot.core.balancer import ABSURD_A, SOLAR_MODES, TRIP_FACTOR, valid_reading
-from evpilot.core.site import Allocation, ChargerInput, Snapshot
+from collections.abc import Iterable, Mapping
+
+from evpilot.core.balancer import ABSURD_A, ABSURD_FACTOR, SOLAR_MODES, TRIP_FACTOR
+from evpilot.core.site import (
+    Allocation,
+    BalancerState,
+    ChargerAllocation,
+    ChargerInput,
+    ChargerMemo,
+    Reading,
+    SiteConfig,
+)
 
 _EPS = 1e-6
 
@@ -25,95 +39,102 @@ def idle_input(ci: ChargerInput) -> bool:
     return ci.mode == "off" or ci.limit < ci.config.min_current - _EPS or ci.demand == 0
 
 
-def same_input(a: ChargerInput, b: ChargerInput) -> bool:
-    """Equal but for `measured_at` (a charger that draws nothing is the same stale or fresh)."""
+def settled(
+    ci: ChargerInput, before: ChargerMemo | None, after: ChargerMemo | None, decision: ChargerAllocation
+) -> bool:
+    """After `compute` saw `ci` with memo `before` and returned `after` and `decision`: both hold for as
+    long as the input stays the same (its `measured_at` aside, which cannot matter at 0 A)."""
     return (
-        a.config is b.config
-        and a.mode == b.mode
-        and a.demand == b.demand
-        and a.limit == b.limit
-        and a.limit_source == b.limit_source
-        and a.measured == b.measured
-        and a.session_kwh == b.session_kwh
-        and a.phase_mode == b.phase_mode
-        and a.active_phases == b.active_phases
-        and a.charging == b.charging
-        and a.plugged == b.plugged
+        before is not None
+        and after is before
+        and decision.current == 0.0
+        and decision.source != "trip"
+        and idle_input(ci)
+        and not (ci.mode in SOLAR_MODES and before.solar_started is not None)
     )
 
 
-def steady_idle(before: Snapshot, after: Allocation) -> bool:
-    """`after` = `compute(before, ...)` took the idle path and left every memo as it was (a fixed point)."""
-    if before.circuit_meters or after.state.draw_floors or after.state.trip_at is not None:
+def may_leave_out(
+    site: SiteConfig, mains: Reading | None, circuits: Mapping[str, Reading], state: BalancerState
+) -> bool:
+    """Settled chargers may be left out of this tick's `compute`: no trip pending or possible, and no
+    circuit meter reading."""
+    if circuits or state.trip_at is not None:
         return False
-    if after.fallback or after.state.capacity_over_since is not None:
-        return False
-    memos = before.state.chargers
-    new = after.state.chargers
-    if len(new) != len(before.chargers):
-        return False
-    for ci in before.chargers:
-        cid = ci.config.id
-        m = memos.get(cid)
-        if m is None or new.get(cid) is not m or not idle_input(ci):
-            return False
-        if ci.mode in SOLAR_MODES and m.solar_started is not None:
-            return False
-        decided = after.chargers[cid]
-        if decided.current != 0.0:
-            return False
-    return True
+    return mains is None or not max(mains.currents) > TRIP_FACTOR * site.mains_limit
 
 
-def reuse_idle(before: Snapshot, after: Allocation, snapshot: Snapshot, now: float) -> Allocation | None:
-    """What `compute(snapshot, now)` returns, from `after` = `compute(before, ...)`, or None if unsure.
+def merge(
+    alloc: Allocation, order: Iterable[str], left_out: Mapping[str, tuple[ChargerAllocation, ChargerMemo]]
+) -> Allocation:
+    """`alloc` (computed without the `left_out` chargers) with their decisions and memos, in `order`."""
+    out = alloc.chargers
+    memos = alloc.state.chargers
+    decisions: dict[str, ChargerAllocation] = {}
+    new: dict[str, ChargerMemo] = {}
+    for cid in order:
+        kept = left_out.get(cid)
+        if kept is None:
+            decisions[cid] = out[cid]
+            new[cid] = memos[cid]
+        else:
+            decisions[cid], new[cid] = kept
+    st = alloc.state
+    return Allocation(
+        decisions,
+        BalancerState(new, st.capacity_over_since, st.trip_at, st.draw_floors),
+        alloc.mains_fresh,
+        alloc.fallback,
+        alloc.base_load,
+        alloc.available,
+        alloc.solar_surplus,
+        alloc.rejected,
+    )
 
-    Sure when `steady_idle(before, after)`, `snapshot` carries `after`'s state and the same site, and its
-    chargers' inputs are `same_input` as before's: then only the readings' figures are recomputed. A
-    mains reading at trip level (which `compute` must confirm) or a state with a pending trip gives None.
-    """
-    site = snapshot.site
-    if site is not before.site or snapshot.state is not after.state or snapshot.circuit_meters:
-        return None
-    chargers = snapshot.chargers
-    old = before.chargers
-    if len(chargers) != len(old):
-        return None
-    for a, b in zip(chargers, old, strict=True):
-        if a is not b and not same_input(a, b):
-            return None
+
+def idle_allocation(
+    site: SiteConfig,
+    mains: Reading | None,
+    battery_current: float | None,
+    battery_at: float | None,
+    now: float,
+    order: Iterable[str],
+    left_out: Mapping[str, tuple[ChargerAllocation, ChargerMemo]],
+) -> Allocation:
+    """What `compute` returns when every charger is left out (`may_leave_out` holds): their decisions
+    and memos, and the figures of the readings (the chargers draw nothing)."""
     rejected: list[str] = []
-    mains = snapshot.mains
-    if mains is not None and not valid_reading(mains.currents, site.mains_limit):
-        rejected.append("mains")
-        mains = None
+    if mains is not None:
+        a, b, c = mains.currents
+        top = min(ABSURD_A, ABSURD_FACTOR * site.mains_limit)
+        if not (-ABSURD_A <= a <= top and -ABSURD_A <= b <= top and -ABSURD_A <= c <= top):
+            rejected.append("mains")
+            mains = None
     fresh = mains is not None and now - mains.taken_at <= site.meter_timeout_s
     if mains is not None and fresh:
         cur = mains.currents
-        if max(cur) > TRIP_FACTOR * site.mains_limit:
-            return None
-        # Nothing draws: the chargers' own current subtracted from the reading is exactly 0.
+        # The chargers' own current subtracted from the reading is exactly 0.
         base = (cur[0] - 0.0, cur[1] - 0.0, cur[2] - 0.0)
     else:
         base = (0.0, 0.0, 0.0)
     battery = 0.0
-    bat = snapshot.battery_current
+    bat = battery_current
     if bat is not None and not -ABSURD_A <= bat <= ABSURD_A:
         rejected.append("battery")
-    elif (
-        bat is not None
-        and snapshot.battery_at is not None
-        and now - snapshot.battery_at <= site.battery_timeout_s
-    ):
+    elif bat is not None and battery_at is not None and now - battery_at <= site.battery_timeout_s:
         battery = bat
+    decisions: dict[str, ChargerAllocation] = {}
+    memos: dict[str, ChargerMemo] = {}
+    for cid in order:
+        decisions[cid], memos[cid] = left_out[cid]
     limit = site.mains_limit
     return Allocation(
-        chargers=after.chargers,
-        state=after.state,
-        mains_fresh=fresh,
-        fallback=False,
-        base_load=base,
-        available=(limit - base[0], limit - base[1], limit - base[2]),
-        solar_surplus=-(base[0] + base[1] + base[2]) + battery if fresh else None,
-        rejected=tuple(rejected),
+        decisions,
+        BalancerState(memos),
+        fresh,
+        False,
+        base,
+        (limit - base[0], limit - base[1], limit - base[2]),
+        -(base[0] + base[1] + base[2]) + battery if fresh else None,
+        tuple(rejected),
     )
