@@ -96,8 +96,16 @@ def without(
     order = [ci.config.id for ci in snapshot.chargers]
     rest = tuple(ci for ci in snapshot.chargers if ci.config.id not in kept)
     if not rest:
+        decisions = {cid: kept[cid][0] for cid in order}
+        state = BalancerState({cid: kept[cid][1] for cid in order})
         return idle_allocation(
-            snapshot.site, snapshot.mains, snapshot.battery_current, snapshot.battery_at, now, order, kept
+            snapshot.site,
+            snapshot.mains,
+            snapshot.battery_current,
+            snapshot.battery_at,
+            now,
+            decisions,
+            state,
         )
     return merge(compute(replace(snapshot, chargers=rest), now), order, kept)
 

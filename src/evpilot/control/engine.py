@@ -80,6 +80,8 @@ class Engine:
         self.compute: Callable[[Snapshot, float], Allocation] = compute
         # Per quiet charger (`Charger.quiet_key`): what its last full tick saw, decided and wrote.
         self._quiet: dict[str, Quiet] = {}
+        # The chargers left out and the allocation of the last tick that left every charger out.
+        self._all_out: tuple[dict[str, Quiet], Allocation] | None = None
 
     def mode_of(self, charger: Charger) -> str:
         """The charger's effective mode (its own, or the site's)."""
@@ -193,6 +195,35 @@ class Engine:
             state=state,
         )
 
+    def _all_left_out(self, snap: Snapshot, now: float, left_out: dict[str, Quiet]) -> Allocation:
+        """The allocation when every charger is left out: their decisions and memos, the readings' figures.
+
+        While the same chargers stay left out tick after tick, the mappings of the last such tick
+        are taken over as they are (their memos are the state's, their decisions never change).
+        """
+        last = self._all_out
+        if (
+            last is not None
+            and snap.state is last[1].state
+            and len(last[0]) == len(left_out)
+            and all(last[0].get(cid) is q for cid, q in left_out.items())
+        ):
+            decisions, state = last[1].chargers, last[1].state
+        else:
+            decisions = {}
+            memos: dict[str, ChargerMemo] = {}
+            for cid in self.chargers:
+                q = left_out[cid]
+                assert q.memo is not None
+                decisions[cid] = q.decision
+                memos[cid] = q.memo
+            state = BalancerState(memos)
+        alloc = idle_allocation(
+            snap.site, snap.mains, snap.battery_current, snap.battery_at, now, decisions, state
+        )
+        self._all_out = (left_out, alloc)
+        return alloc
+
     def step(self, now: float) -> Allocation:
         """Read every pilot, decide, and write every pilot."""
         dt = 0.0 if self.last_tick is None else max(0.0, now - self.last_tick)
@@ -222,14 +253,11 @@ class Engine:
         snap = self._snapshot(now, calm, left_out)
         if not left_out:
             alloc = self.compute(snap, now)
-        else:
+        elif snap.chargers:
             kept = {cid: (q.decision, q.memo) for cid, q in left_out.items() if q.memo is not None}
-            if snap.chargers:
-                alloc = merge(compute(snap, now), chargers, kept)
-            else:
-                alloc = idle_allocation(
-                    snap.site, snap.mains, snap.battery_current, snap.battery_at, now, chargers, kept
-                )
+            alloc = merge(compute(snap, now), chargers, kept)
+        else:
+            alloc = self._all_left_out(snap, now, left_out)
         memos_before = snap.state.chargers
         self.state = alloc.state
         self.last = alloc

@@ -98,11 +98,12 @@ def idle_allocation(
     battery_current: float | None,
     battery_at: float | None,
     now: float,
-    order: Iterable[str],
-    left_out: Mapping[str, tuple[ChargerAllocation, ChargerMemo]],
+    decisions: Mapping[str, ChargerAllocation],
+    state: BalancerState,
 ) -> Allocation:
-    """What `compute` returns when every charger is left out (`may_leave_out` holds): their decisions
-    and memos, and the figures of the readings (the chargers draw nothing)."""
+    """What `compute` returns when every charger is left out (`may_leave_out` holds): their
+    `decisions`, `state` (their memos; no trip, capacity timer or draw floor) and the figures of the
+    readings (the chargers draw nothing)."""
     rejected: list[str] = []
     if mains is not None:
         a, b, c = mains.currents
@@ -123,14 +124,10 @@ def idle_allocation(
         rejected.append("battery")
     elif bat is not None and battery_at is not None and now - battery_at <= site.battery_timeout_s:
         battery = bat
-    decisions: dict[str, ChargerAllocation] = {}
-    memos: dict[str, ChargerMemo] = {}
-    for cid in order:
-        decisions[cid], memos[cid] = left_out[cid]
     limit = site.mains_limit
     return Allocation(
         decisions,
-        BalancerState(memos),
+        state,
         fresh,
         False,
         base,
