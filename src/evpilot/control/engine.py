@@ -39,14 +39,15 @@ class SiteCap:
 
 @dataclass(slots=True)
 class Quiet:
-    """A quiet charger's last full tick: its key, input, decision and pilot output; its memo once settled."""
+    """A quiet charger's last full tick: its key, input, decision and output shape; its memo once settled."""
 
     key: tuple[object, ...]
     input: ChargerInput
     decision: ChargerAllocation
-    output: PilotOutput
     # The memo `compute` keeps as it is while the input stays the same (`core.validity.settled`).
     memo: ChargerMemo | None
+    # The output's fields but for its expiry (duty, signaled, contactor, phases, safe current).
+    shape: tuple[float, float, bool, int, float]
 
 
 class Engine:
@@ -266,17 +267,28 @@ class Engine:
         decisions = alloc.chargers
         memos_after = alloc.state.chargers
         lease_s = self.lease_s
+        expires = now + lease_s
+        # The renewed outputs of quiet chargers, one per distinct output: they are values.
+        outputs: dict[tuple[float, float, bool, int, float], PilotOutput] = {}
+
+        def renewed(q: Quiet) -> PilotOutput:
+            o = outputs.get(q.shape)
+            if o is None:
+                d, s, c, p, safe = q.shape
+                o = outputs[q.shape] = PilotOutput(d, s, c, p, expires, safe)
+            return o
+
         inputs = iter(snap.chargers)
         for cid, ch in chargers.items():
             a = decisions[cid]
             q = left_out.get(cid)
             if q is not None:
-                pilots[cid].write(ch.apply_quiet(now, lease_s, q.output))
+                pilots[cid].write(ch.apply_quiet(expires, renewed(q)))
                 continue
             ci = next(inputs)
             q = calm.get(cid)
             if q is not None and (a is q.decision or a == q.decision):
-                pilots[cid].write(ch.apply_quiet(now, lease_s, q.output))
+                pilots[cid].write(ch.apply_quiet(expires, renewed(q)))
                 before = memos_before.get(cid)
                 p = q.input
                 q.memo = (
@@ -294,7 +306,8 @@ class Engine:
                 if key is not None and ci.active_phases == ch.active_phases and ci.config is ch.config:
                     before = memos_before.get(cid)
                     memo = before if settled(ci, before, memos_after.get(cid), a) else None
-                    quiet[cid] = Quiet(key, ci, a, out, memo)
+                    shape = (out.duty, out.signaled, out.contactor, out.phases, out.safe_current)
+                    quiet[cid] = Quiet(key, ci, a, memo, shape)
                 elif quiet:
                     quiet.pop(cid, None)
         return alloc

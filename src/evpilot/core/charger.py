@@ -699,10 +699,11 @@ class Charger:
             self.session.peak_power_w = max(self.session.peak_power_w, self.power_w)
         return True
 
-    def apply_quiet(self, now: float, lease_s: float, last: PilotOutput) -> PilotOutput:
-        """`apply` of the allocation that made `last`, on a quiet charger: only the lease moves on."""
-        self.allocation_expires = expires = now + lease_s
-        return PilotOutput(last.duty, last.signaled, last.contactor, last.phases, expires, last.safe_current)
+    def apply_quiet(self, expires: float, output: PilotOutput) -> PilotOutput:
+        """`apply` on a quiet charger of the allocation it had: only the lease moves on, to `expires`
+        (`now` + lease). `output` is the last output with that expiry (equal outputs may be shared)."""
+        self.allocation_expires = expires
+        return output
 
     def _report_state(self, now: float, pilot: PilotState, work: WorkState) -> None:
         self.events.append(
