@@ -65,12 +65,19 @@ def parser() -> argparse.ArgumentParser:
     check = csub.add_parser("check", help="validate a config file and print each error with its key")
     check.add_argument("file", type=Path)
     csub.add_parser("schema", help="print the JSON schema of the config file")
+    from evpilot.devices.modbus.tool import add_parsers as add_meter_parsers
+
+    add_meter_parsers(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `evpilot` command."""
     args = parser().parse_args(argv)
+    if args.cmd == "meters":
+        from evpilot.devices.modbus.tool import main as meters_main
+
+        return meters_main(args)
     if args.cmd == "config":
         if args.config_cmd == "schema":
             print(json_schema())
