@@ -42,7 +42,10 @@ class MeterTwin:
         if ident is not None:
             self._ranges.append((ident.function, ident.address, ident.address + ident.count))
             if identity is None:
-                identity = next(iter(ident.codes), None) if ident.codes else next(iter(ident.names), None)
+                # The code or name the model itself shows (the first of those that name it).
+                own = [c for c, m in ident.codes.items() if m == regmap.model]
+                own_names = [n for n, m in ident.names.items() if m == regmap.model]
+                identity = own[0] if own else (own_names[0] if own_names else None)
             if isinstance(identity, int):
                 self._words[(ident.function, ident.address)] = identity
             elif isinstance(identity, str):
