@@ -6,6 +6,7 @@ import asyncio
 import logging
 import math
 import time
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -297,6 +298,10 @@ class ModbusMeter:
     async def run(self) -> None:
         """Poll until cancelled; device faults are counted, never raised."""
         async with self:
+            # Meters started together would poll in one burst every period; a stable offset per meter
+            # spreads them over the period so the control tick never waits behind a burst.
+            offset = zlib.crc32(f"{self.name} {self.address}".encode()) % 1000 / 1000
+            await asyncio.sleep(offset * self.spec.poll_s)
             while True:
                 started = time.monotonic()
                 await self.poll_once()
