@@ -317,3 +317,51 @@ async def test_bus_pool_is_per_endpoint() -> None:
     for x in (a, b, c):
         buses.release(x)
     assert buses.acquire(buses.Endpoint("127.0.0.1", 1502)) is not a
+
+
+async def test_twin_follows_the_simulators_mains_meter_through_real_modbus() -> None:
+    from types import SimpleNamespace
+
+    from evpilot.devices.modbus.twin import follow_forever
+    from evpilot.sim.site import MainsMeterReading
+
+    state = {"i": (10.0, 12.0, -3.0)}
+
+    def source() -> MainsMeterReading:
+        i = state["i"]
+        v = (231.0, 229.5, 230.2)
+        return MainsMeterReading(7.0, v, i, (i[0] * v[0], i[1] * v[1], i[2] * v[2]), 12.5, 3.25, 50.01)
+
+    twin = MeterTwin(MAPS["dtsu666"])
+    feeder = asyncio.create_task(follow_forever(twin, source, 0.01))
+    try:
+        async with TwinServer({1: twin}) as server:
+            host, port = await server.start_tcp()
+            # The registry hands the driver its config model; attribute names are the contract.
+            config = SimpleNamespace(
+                type="modbus",
+                model="dtsu666",
+                host=host,
+                port=port,
+                unit=1,
+                serial=None,
+                baudrate=9600,
+                parity="N",
+                stopbits=1,
+                registers=None,
+                poll_s=1.0,
+                timeout_s=None,
+            )
+            async with build("mains", config, FakeClock()) as meter:
+                first = await meter.poll_once()
+                state["i"] = (1.0, 2.0, 3.0)
+                await asyncio.sleep(0.05)
+                second = await meter.poll_once()
+    finally:
+        feeder.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await feeder
+    assert meter.spec.timeout_s == 1.0
+    assert first is not None and first.currents == pytest.approx((10.0, 12.0, -3.0), abs=1e-3)
+    assert first.import_kwh == pytest.approx(12.5) and first.frequency == pytest.approx(50.01, abs=0.01)
+    assert second is not None and second.currents == pytest.approx((1.0, 2.0, 3.0), abs=1e-3)

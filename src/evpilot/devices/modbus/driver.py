@@ -107,6 +107,22 @@ class ModbusSpec:
             raise SpecError("model", str(exc.args[0])) from None
 
     @classmethod
+    def of(cls, model: object) -> ModbusSpec:
+        """A spec from a config object with the same attribute names (None timeout_s: the default)."""
+        doc: dict[str, Any] = {}
+        for key in cls.__dataclass_fields__:
+            value = getattr(model, key, None)
+            if value is None:
+                continue
+            if key == "registers":
+                value = {
+                    str(k): (v.model_dump() if hasattr(v, "model_dump") else dict(v))
+                    for k, v in value.items()
+                }
+            doc[key] = value
+        return cls.from_mapping(doc)
+
+    @classmethod
     def from_mapping(cls, doc: Mapping[str, Any]) -> ModbusSpec:
         """A spec from a config mapping (`type` is ignored); SpecError names the bad field."""
         allowed = {f for f in cls.__dataclass_fields__} | {"type"}
@@ -308,6 +324,6 @@ class ModbusMeter:
                 await asyncio.sleep(max(0.0, self.spec.poll_s - (time.monotonic() - started)))
 
 
-def build(name: str, spec: ModbusSpec, clock: Clock) -> ModbusMeter:
-    """The driver for a `type: modbus` meter (the registry's factory)."""
-    return ModbusMeter(name, spec, clock)
+def build(name: str, spec: ModbusSpec | object, clock: Clock) -> ModbusMeter:
+    """The driver for a `type: modbus` meter (the registry's factory): a ModbusSpec or a config model."""
+    return ModbusMeter(name, spec if isinstance(spec, ModbusSpec) else ModbusSpec.of(spec), clock)

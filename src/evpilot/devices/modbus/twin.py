@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import tty
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
+from typing import Protocol
 
 from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
@@ -16,8 +16,6 @@ from pymodbus.exceptions import NoSuchIdException
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 
 from evpilot.devices.modbus.registers import CURRENTS, POWERS, VOLTAGES, Quantity, RegisterMap
-
-Triple = tuple[float, float, float]
 
 
 class TwinFault(StrEnum):
@@ -229,7 +227,31 @@ class TwinServer:
         await self.stop()
 
 
-def follow(twin: MeterTwin, currents: Triple, voltages: Triple, import_kwh: float, export_kwh: float) -> None:
-    """Set a twin from the simulator's per-phase currents (A) and voltages (V) and its counters."""
-    powers = [v * i for v, i in zip(voltages, currents, strict=True)]
-    twin.set(currents, voltages, powers, import_kwh, export_kwh, 50.0 if math.isfinite(voltages[0]) else 0.0)
+class SiteReading(Protocol):
+    """What the simulator's meters report (`SimSite.mains_meter()` is one)."""
+
+    voltages: tuple[float, float, float]
+    currents: tuple[float, float, float]
+    powers: tuple[float, float, float]
+    import_kwh: float
+    export_kwh: float
+    frequency: float
+
+
+def follow(twin: MeterTwin, reading: SiteReading) -> None:
+    """Set a twin's registers from one simulated reading (per-phase V, A, W, counters, Hz)."""
+    twin.set(
+        reading.currents,
+        reading.voltages,
+        reading.powers,
+        reading.import_kwh,
+        reading.export_kwh,
+        reading.frequency,
+    )
+
+
+async def follow_forever(twin: MeterTwin, source: Callable[[], SiteReading], period_s: float) -> None:
+    """Keep a twin following the simulator: `source()` every `period_s` until cancelled."""
+    while True:
+        follow(twin, source())
+        await asyncio.sleep(period_s)
