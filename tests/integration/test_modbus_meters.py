@@ -57,8 +57,6 @@ async def test_every_model_reads_its_twin_over_tcp(model: str) -> None:
             reading = await meter.poll_once()
     assert reading is not None and reading.taken_at == clock.now
     expect_i = (12.5, -3.0, 1.25) if regmap.phases == 3 else (12.5, 0.0, 0.0)
-    if model == "eem_ma370":
-        expect_i = (12.5, 3.0, 1.25)  # no phase powers in its map: signed by the (positive) total power
     assert reading.currents == pytest.approx(expect_i, abs=0.01)
     assert reading.voltages[0] == pytest.approx(231.0, abs=0.1)
     assert reading.frequency == pytest.approx(49.98, abs=0.1)
@@ -264,6 +262,7 @@ async def test_cli_scan_names_models_over_tcp_full_range() -> None:
         2: MeterTwin(MAPS["sdm630"]),
         9: MeterTwin(MAPS["iem3155"]),
         30: MeterTwin(MAPS["em24"]),
+        200: MeterTwin(MAPS["eem_ma370"]),
         247: MeterTwin(MAPS["sdm120"]),
     }
     for t in twins.values():
@@ -277,9 +276,10 @@ async def test_cli_scan_names_models_over_tcp_full_range() -> None:
     assert "unit 2: sdm630 — identity register" in out
     assert "unit 9: iem3155 — identity register" in out
     assert "unit 30: em24 — plausible reading" in out
+    assert "unit 200: eem_ma370 — identity register" in out
     assert "unit 247: sdm120 — identity register" in out
-    assert out.count("unit ") == 4
-    assert "247/247" in err and "4 found" in err
+    assert out.count("unit ") == 5
+    assert "247/247" in err and "5 found" in err
 
 
 async def test_cli_scan_and_read_over_rtu() -> None:

@@ -147,14 +147,31 @@ def test_currents_are_signed_by_their_phase_power() -> None:
 
 
 def test_without_phase_powers_the_total_power_signs_the_currents() -> None:
-    regmap = MAPS["eem_ma370"]
-    values = {
-        Quantity.CURRENT_L1: 5.0,
-        Quantity.CURRENT_L2: 6.0,
-        Quantity.CURRENT_L3: 7.0,
-        Quantity.POWER: -3000.0,
-    }
-    assert to_reading(regmap, values, 0.0).currents == (-5.0, -6.0, -7.0)
+    regmap = RegisterMap.from_config(
+        {"current_l1": {"address": 0}, "current_l2": {"address": 2}, "power": {"address": 4}}
+    )
+    values = {Quantity.CURRENT_L1: 5.0, Quantity.CURRENT_L2: 6.0, Quantity.POWER: -3000.0}
+    assert to_reading(regmap, values, 0.0).currents == (-5.0, -6.0, 0.0)
+
+
+def test_identity_registers_name_the_model() -> None:
+    eastron = MAPS["sdm630"].identity
+    assert eastron is not None
+    assert [eastron.match([code]) for code in (0x70, 0x79, 0x89, 0x20, 0x1234)] == [
+        "sdm630",
+        "sdm630",
+        "sdm72d",
+        "sdm120",
+        None,
+    ]
+    phoenix = MAPS["eem_ma370"].identity
+    assert phoenix is not None and phoenix.swapped
+    # "EEM-MA370" with the first character of each pair in the low byte: 'E','E' → 0x4545, 'M','-' → 0x2D4D.
+    words = [0x4545, 0x2D4D, 0x414D, 0x3733, 0x0030, 0, 0, 0]
+    assert phoenix.text(words) == "EEM-MA370" and phoenix.match(words) == "eem_ma370"
+    assert phoenix.words("EEM-MA370") == words
+    schneider = MAPS["iem3155"].identity
+    assert schneider is not None and schneider.match(schneider.words("iEM3155")) == "iem3155"
 
 
 def test_custom_map_from_config() -> None:

@@ -19,9 +19,12 @@ def _f(address: int, fc: int = 4, scale: float = 1.0) -> Register:
     return Register(address, fc, T.FLOAT32, W.BIG, scale)
 
 
-# Eastron writes a product code into holding register 0xFC02 (its "meter code").
+# Eastron writes a product code into holding register 0xFC02 (the high half of its 32-bit meter code).
 _EASTRON_ID = Identity(
-    3, 0xFC02, 1, codes={0x0070: "sdm630", 0x0084: "sdm72d", 0x0089: "sdm72d", 0x0020: "sdm120"}
+    3,
+    0xFC02,
+    1,
+    codes={0x0070: "sdm630", 0x0079: "sdm630", 0x0089: "sdm72d", 0x0087: "sdm72d", 0x0020: "sdm120"},
 )
 
 _EASTRON_3P = {
@@ -207,23 +210,36 @@ FINDER_7M = RegisterMap(
     max_gap=12,
 )
 
-# Phoenix Contact EMpro EEM-MA370: float32 from 8000h. Only the total active power is mapped, so the
-# phase currents are signed by the total power's sign.
+
+def _fl(address: int) -> Register:
+    """A float32 holding register, low word first (Phoenix Contact EMpro)."""
+    return Register(address, 3, T.FLOAT32, LITTLE)
+
+
+# Phoenix Contact EMpro EEM-MA370: holding registers, float32 with the low word first; energies in Wh.
+# The device name ("EEM-MA370") is ASCII at register 300, the first character of each pair in the
+# low byte.
 EEM_MA370 = RegisterMap(
     "eem_ma370",
     "Phoenix Contact EEM-MA370",
-    "Phoenix Contact, EEM-MA370 (EMpro) user manual, Modbus register table 8000h-801Bh",
+    "Phoenix Contact, EEM-MA370 (EMpro) Modbus register list, 0x8000-0x8023 and 0x8100-0x8107",
     {
-        Q.VOLTAGE_L1: _f(0x8006),
-        Q.VOLTAGE_L2: _f(0x8008),
-        Q.VOLTAGE_L3: _f(0x800A),
-        Q.FREQUENCY: _f(0x800C),
-        Q.CURRENT_L1: _f(0x800E),
-        Q.CURRENT_L2: _f(0x8010),
-        Q.CURRENT_L3: _f(0x8012),
-        Q.POWER: _f(0x8016),
+        Q.VOLTAGE_L1: _fl(0x8006),
+        Q.VOLTAGE_L2: _fl(0x8008),
+        Q.VOLTAGE_L3: _fl(0x800A),
+        Q.FREQUENCY: _fl(0x800C),
+        Q.CURRENT_L1: _fl(0x800E),
+        Q.CURRENT_L2: _fl(0x8010),
+        Q.CURRENT_L3: _fl(0x8012),
+        Q.POWER: _fl(0x8016),
+        Q.POWER_L1: _fl(0x801E),
+        Q.POWER_L2: _fl(0x8020),
+        Q.POWER_L3: _fl(0x8022),
+        Q.IMPORT_KWH: Register(0x8100, 3, T.FLOAT32, LITTLE, 0.001),
+        Q.EXPORT_KWH: Register(0x8106, 3, T.FLOAT32, LITTLE, 0.001),
     },
-    max_gap=4,
+    identity=Identity(3, 300, 8, names={"EEM-MA370": "eem_ma370", "MA370": "eem_ma370"}, swapped=True),
+    max_gap=8,
 )
 
 # Chint DTSU666: holding registers, float32 with fixed scales (V ×0.1, A ×0.001, W ×0.1, Hz ×0.01).

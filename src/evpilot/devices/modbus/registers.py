@@ -8,7 +8,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 # One Modbus read carries at most 125 registers.
 MAX_READ = 125
@@ -138,12 +138,25 @@ class Identity:
     # uint16 code → model, or (for ASCII) a substring of the name → model.
     codes: Mapping[int, str] = field(default_factory=dict)
     names: Mapping[str, str] = field(default_factory=dict)
+    # Some makers put the first character of each pair in the register's low byte.
+    swapped: bool = False
+
+    def text(self, words: list[int]) -> str:
+        """The ASCII name the words hold."""
+        data = b"".join(w.to_bytes(2, "little" if self.swapped else "big") for w in words)
+        return data.split(b"\0")[0].decode("ascii", "replace").strip()
+
+    def words(self, name: str) -> list[int]:
+        """The words that hold `name` (what the meter serves)."""
+        data = name.encode("ascii")[: 2 * self.count].ljust(2 * self.count, b"\0")
+        order: Literal["little", "big"] = "little" if self.swapped else "big"
+        return [int.from_bytes(data[2 * i : 2 * i + 2], order) for i in range(self.count)]
 
     def match(self, words: list[int]) -> str | None:
         """The model the raw words name, or None."""
         if self.codes:
             return self.codes.get(words[0])
-        text = b"".join(struct.pack(">H", w) for w in words).split(b"\0")[0].decode("ascii", "replace")
+        text = self.text(words)
         return next((model for key, model in self.names.items() if key in text), None)
 
 

@@ -47,9 +47,8 @@ class MeterTwin:
             if isinstance(identity, int):
                 self._words[(ident.function, ident.address)] = identity
             elif isinstance(identity, str):
-                data = identity.encode("ascii")[: 2 * ident.count].ljust(2 * ident.count, b"\0")
-                for i in range(ident.count):
-                    self._words[(ident.function, ident.address + i)] = int.from_bytes(data[2 * i : 2 * i + 2])
+                for i, word in enumerate(ident.words(identity)):
+                    self._words[(ident.function, ident.address + i)] = word
 
     def set(
         self,
