@@ -142,7 +142,8 @@ EM340 = RegisterMap(
     max_gap=16,
 )
 
-# Siemens SENTRON PAC2200: measured variables as float32 at their manual offsets, energies as float64 Wh.
+# Siemens SENTRON PAC2200: measured variables as float32 at their manual offsets, energies as float64 Wh
+# (801 and 809 are the tariff-1 import and export counters: the total on a meter with one tariff).
 PAC2200 = RegisterMap(
     "pac2200",
     "Siemens SENTRON PAC2200",
@@ -246,7 +247,7 @@ EEM_MA370 = RegisterMap(
 DTSU666 = RegisterMap(
     "dtsu666",
     "Chint DTSU666",
-    "CHINT, DTSU666/DSSU666 user manual, 'Communication address table' 2000H-2044H, 101EH, 1028H",
+    "CHINT, DTSU666/DSSU666 user manual, 'Communication address table' 2000H-2044H, 401EH, 4028H",
     {
         Q.VOLTAGE_L1: _f(0x2006, 3, 0.1),
         Q.VOLTAGE_L2: _f(0x2008, 3, 0.1),
@@ -259,8 +260,8 @@ DTSU666 = RegisterMap(
         Q.POWER_L2: _f(0x2016, 3, 0.1),
         Q.POWER_L3: _f(0x2018, 3, 0.1),
         Q.FREQUENCY: _f(0x2044, 3, 0.01),
-        Q.IMPORT_KWH: _f(0x101E, 3),
-        Q.EXPORT_KWH: _f(0x1028, 3),
+        Q.IMPORT_KWH: _f(0x401E, 3),
+        Q.EXPORT_KWH: _f(0x4028, 3),
     },
     max_gap=8,
 )
