@@ -267,7 +267,7 @@ DTSU666 = RegisterMap(
 )
 
 # Schneider Electric iEM3150/3155: holding registers (manual register N = address N-1), float32 in A, V,
-# kW, Hz; energies INT64 in Wh. The meter's model name is an ASCII string at register 50.
+# kW, Hz; the energies as float32 kWh (registers 45100/45102). The model name is ASCII at register 50.
 IEM3155 = RegisterMap(
     "iem3155",
     "Schneider Electric iEM3155",
@@ -284,8 +284,8 @@ IEM3155 = RegisterMap(
         Q.POWER_L3: _f(3057, 3, 1000.0),
         Q.POWER: _f(3059, 3, 1000.0),
         Q.FREQUENCY: _f(3109, 3),
-        Q.IMPORT_KWH: Register(3203, 3, T.INT64, W.BIG, 0.001),
-        Q.EXPORT_KWH: Register(3207, 3, T.INT64, W.BIG, 0.001),
+        Q.IMPORT_KWH: _f(0xB02B, 3),
+        Q.EXPORT_KWH: _f(0xB02D, 3),
     },
     identity=Identity(3, 0x0031, 20, names={"iEM3155": "iem3155", "iEM3150": "iem3155", "iEM3": "iem3155"}),
     max_gap=30,
