@@ -365,3 +365,42 @@ async def test_twin_follows_the_simulators_mains_meter_through_real_modbus() -> 
     assert first is not None and first.currents == pytest.approx((10.0, 12.0, -3.0), abs=1e-3)
     assert first.import_kwh == pytest.approx(12.5) and first.frequency == pytest.approx(50.01, abs=0.01)
     assert second is not None and second.currents == pytest.approx((1.0, 2.0, 3.0), abs=1e-3)
+
+
+async def test_sim_twins_serve_the_simulated_meter_on_loopback() -> None:
+    import socket
+
+    from evpilot.devices.modbus.simtwins import SimTwins, TwinPlanError
+    from evpilot.sim.site import MainsMeterReading
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    state = {"i": (4.0, -2.0, 1.0)}
+
+    def source() -> MainsMeterReading:
+        i, v = state["i"], (230.0, 230.0, 230.0)
+        return MainsMeterReading(1.0, v, i, (i[0] * 230, i[1] * 230, i[2] * 230), 3.0, 1.0, 50.0)
+
+    mains = ModbusSpec(model="sdm630", host="127.0.0.1", port=port, unit=1)
+    garage = ModbusSpec(model="em340", host="127.0.0.1", port=port, unit=2)
+    twins = SimTwins(source, [mains, garage])
+    await twins.start()
+    try:
+        async with (
+            ModbusMeter("mains", mains, FakeClock()) as m1,
+            ModbusMeter("garage", garage, FakeClock()) as m2,
+        ):
+            r1, r2 = await m1.poll_once(), await m2.poll_once()
+            assert r1 is not None and r1.currents == pytest.approx((4.0, -2.0, 1.0))
+            assert r2 is not None and r2.currents == pytest.approx((4.0, -2.0, 1.0))
+            state["i"] = (9.0, 9.0, 9.0)
+            twins.update()
+            r1 = await m1.poll_once()
+            assert r1 is not None and r1.currents == pytest.approx((9.0, 9.0, 9.0))
+    finally:
+        await twins.stop()
+    with pytest.raises(TwinPlanError, match="loopback"):
+        SimTwins(source, [ModbusSpec(model="sdm630", host="192.0.2.1")])
+    with pytest.raises(TwinPlanError, match="two meters"):
+        SimTwins(source, [mains, mains])
