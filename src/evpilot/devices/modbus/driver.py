@@ -27,16 +27,19 @@ from evpilot.devices.modbus.registers import (
 
 log = logging.getLogger("evpilot.meters.modbus")
 
-# Limits past which a value is a misread, not a measurement.
-MAX_CURRENT_A = 6000.0
-MAX_VOLTAGE_V = 1000.0
-MAX_POWER_W = 5_000_000.0
+# Limits past which a value is a misread, not a measurement (the same for every meter driver).
+MAX_CURRENT_A = 2000.0
+MAX_VOLTAGE_V = 500.0
+MAX_POWER_W = 3 * MAX_VOLTAGE_V * MAX_CURRENT_A
 MAX_ENERGY_KWH = 1e9
 FREQUENCY_HZ = (40.0, 70.0)
 # An energy counter may step back by float rounding; past this it runs backwards.
 ENERGY_SLACK_KWH = 0.001
 # After this many polls in a row that agree on a lower counter, it is taken as a reset meter.
-BACKWARDS_ACCEPT = 5
+BACKWARDS_ACCEPT = 3
+# After failed polls the next waits poll_s, then twice that, ... up to this: a dead meter on a shared
+# RS485 line costs the others a timeout per poll.
+POLL_BACKOFF_CAP_S = 10.0
 
 PARITIES = ("N", "E", "O")
 
@@ -177,7 +180,7 @@ def _absurd(values: Mapping[Quantity, float]) -> str | None:
             return f"{q.value} {v:g} W"
         if q in (Quantity.IMPORT_KWH, Quantity.EXPORT_KWH) and not 0 <= v <= MAX_ENERGY_KWH:
             return f"{q.value} {v:g} kWh"
-        if q is Quantity.FREQUENCY and v != 0 and not FREQUENCY_HZ[0] <= v <= FREQUENCY_HZ[1]:
+        if q is Quantity.FREQUENCY and not FREQUENCY_HZ[0] <= v <= FREQUENCY_HZ[1]:
             return f"frequency {v:g} Hz"
     return None
 
@@ -228,6 +231,7 @@ class ModbusMeter:
         self._energy: tuple[float | None, float | None] = (None, None)
         self._backwards = 0
         self._bus: ModbusBus | None = None
+        self.failures = 0
 
     @property
     def driver(self) -> str:
@@ -257,8 +261,15 @@ class ModbusMeter:
         return self._health
 
     def _fault(self, fault: MeterFault, message: str) -> None:
+        self.failures += 1
         if self._health.count(fault, message):
             log.warning("meter %s (%s): %s: %s", self.name, self.address, fault.value, message)
+
+    def next_delay(self) -> float:
+        """Seconds from one poll's start to the next: poll_s, doubled per failure in a row up to the cap."""
+        if self.failures == 0:
+            return self.spec.poll_s
+        return min(max(POLL_BACKOFF_CAP_S, self.spec.poll_s), self.spec.poll_s * 2.0 ** (self.failures - 1))
 
     def _check_energy(self, values: dict[Quantity, float]) -> str | None:
         pairs = ((Quantity.IMPORT_KWH, self._energy[0]), (Quantity.EXPORT_KWH, self._energy[1]))
@@ -295,11 +306,12 @@ class ModbusMeter:
                 return None
             log.warning("meter %s: energy counter restarted (%s); taking the new value", self.name, problem)
         self._backwards = 0
+        self.failures = 0
         self._energy = (values.get(Quantity.IMPORT_KWH), values.get(Quantity.EXPORT_KWH))
         reading = to_reading(self.map, values, self._clock())
         self._full = reading
         if self._health.ok():
-            log.info("meter %s (%s): reading again", self.name, self.address)
+            log.info("meter %s (%s): readings again", self.name, self.address)
         return reading
 
     async def __aenter__(self) -> ModbusMeter:
@@ -321,7 +333,7 @@ class ModbusMeter:
             while True:
                 started = time.monotonic()
                 await self.poll_once()
-                await asyncio.sleep(max(0.0, self.spec.poll_s - (time.monotonic() - started)))
+                await asyncio.sleep(max(0.0, self.next_delay() - (time.monotonic() - started)))
 
 
 def build(name: str, spec: ModbusSpec | object, clock: Clock) -> ModbusMeter:
