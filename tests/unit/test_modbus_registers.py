@@ -270,3 +270,12 @@ def test_spec_errors_name_the_field(doc: dict[str, object], key: str) -> None:
     with pytest.raises(SpecError) as err:
         ModbusSpec.from_mapping(doc)
     assert err.value.key == key
+
+
+def test_rtu_crc_matches_a_known_frame() -> None:
+    from evpilot.devices.modbus.bus import _crc_ok, crc16
+
+    # "Read one holding register at 0 from unit 1" is 01 03 00 00 00 01 with CRC bytes 84 0A.
+    assert crc16(bytes.fromhex("010300000001")) == 0x0A84
+    assert _crc_ok(bytes.fromhex("010300000001840A"))
+    assert not _crc_ok(bytes.fromhex("010300000001840B"))
