@@ -6,13 +6,15 @@ import argparse
 import asyncio
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from evpilot.devices.modbus import bus as buses
-from evpilot.devices.modbus.bus import BusError, Endpoint
-from evpilot.devices.modbus.driver import _absurd, _finite, read_values, to_reading
+# Only the register tables here: the parser is built on every `evpilot` command, pymodbus is loaded
+# when a meters command runs.
 from evpilot.devices.modbus.maps import MAPS, lookup
-from evpilot.devices.modbus.scan import Found, scan
+
+if TYPE_CHECKING:
+    from evpilot.devices.modbus.bus import Endpoint
+    from evpilot.devices.modbus.scan import Found
 
 
 def unit_range(text: str) -> range:
@@ -53,6 +55,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _endpoint(args: argparse.Namespace) -> Endpoint:
+    from evpilot.devices.modbus.bus import Endpoint
+
     return Endpoint(args.host, args.port, args.serial, args.baudrate, args.parity, args.stopbits)
 
 
@@ -72,6 +76,9 @@ class _Progress:
 
 
 async def _scan(args: argparse.Namespace) -> list[Found]:
+    from evpilot.devices.modbus import bus as buses
+    from evpilot.devices.modbus.scan import scan
+
     bus = buses.acquire(_endpoint(args))
     try:
         found = await scan(bus, args.units, args.timeout, _Progress(sys.stderr))
@@ -85,6 +92,10 @@ def _fmt(value: float | None, unit: str, digits: int = 2) -> str:
 
 
 async def _read(args: argparse.Namespace) -> int:
+    from evpilot.devices.modbus import bus as buses
+    from evpilot.devices.modbus.bus import BusError
+    from evpilot.devices.modbus.driver import _absurd, _finite, read_values, to_reading
+
     regmap = lookup(args.model)
     bus = buses.acquire(_endpoint(args))
     try:
