@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 from collections.abc import Callable, Iterable
 
 from evpilot.devices.modbus.driver import ModbusSpec
+from evpilot.devices.modbus.net import is_loopback
 from evpilot.devices.modbus.twin import MeterTwin, SiteReading, TwinServer, follow
 
 # The twins update their registers this often (real seconds); meters poll at 1 s by default.
@@ -18,15 +18,6 @@ class TwinPlanError(ValueError):
     """A meter that cannot be served as a twin (not Modbus TCP on a loopback address)."""
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class SimTwins:
     """One twin server per (host, port), each unit a twin following `source()` (the simulated meter)."""
 
@@ -34,7 +25,7 @@ class SimTwins:
         self._source = source
         self._endpoints: dict[tuple[str, int], dict[int, MeterTwin]] = {}
         for spec in specs:
-            if spec.host is None or not _loopback(spec.host):
+            if spec.host is None or not is_loopback(spec.host):
                 raise TwinPlanError(
                     f"{spec.endpoint}: a simulated twin is served on a loopback TCP address only "
                     "(127.0.0.1, ::1 or localhost)"

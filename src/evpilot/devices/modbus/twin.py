@@ -229,12 +229,29 @@ class TwinServer:
 class SiteReading(Protocol):
     """What the simulator's meters report (`SimSite.mains_meter()` is one)."""
 
-    voltages: tuple[float, float, float]
-    currents: tuple[float, float, float]
-    powers: tuple[float, float, float]
-    import_kwh: float
-    export_kwh: float
-    frequency: float
+    @property
+    def voltages(self) -> tuple[float, float, float]:
+        """V per phase."""
+
+    @property
+    def currents(self) -> tuple[float, float, float]:
+        """A per phase, + import."""
+
+    @property
+    def powers(self) -> tuple[float, float, float]:
+        """W per phase."""
+
+    @property
+    def import_kwh(self) -> float:
+        """Imported energy."""
+
+    @property
+    def export_kwh(self) -> float:
+        """Exported energy."""
+
+    @property
+    def frequency(self) -> float:
+        """Hz."""
 
 
 def follow(twin: MeterTwin, reading: SiteReading) -> None:
