@@ -401,6 +401,12 @@ async def test_sim_twins_serve_the_simulated_meter_on_loopback() -> None:
             assert r1 is not None and r1.currents == pytest.approx((9.0, 9.0, 9.0))
     finally:
         await twins.stop()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = SimTwins(source, [ModbusSpec(model="sdm630", host="127.0.0.1", port=busy.getsockname()[1])])
+        with pytest.raises(TwinPlanError, match="cannot listen"):
+            await taken.start()
     with pytest.raises(TwinPlanError, match="loopback"):
         SimTwins(source, [ModbusSpec(model="sdm630", host="192.0.2.1")])
     with pytest.raises(TwinPlanError, match="two meters"):

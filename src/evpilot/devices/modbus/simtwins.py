@@ -59,7 +59,11 @@ class SimTwins:
         try:
             for (host, port), units in self._endpoints.items():
                 server = TwinServer(units)
-                await server.start_tcp("127.0.0.1" if host == "localhost" else host, port)
+                try:
+                    await server.start_tcp("127.0.0.1" if host == "localhost" else host, port)
+                except (RuntimeError, OSError) as exc:
+                    await server.stop()
+                    raise TwinPlanError(f"{host}:{port}: cannot listen for the Modbus twin ({exc})") from exc
                 self._servers.append(server)
         except BaseException:
             await self.stop()
