@@ -139,6 +139,13 @@ class ModbusMeterModel(MeterSpec):
             raise KeyedError(
                 "port", "port is for a TCP meter; a serial (RTU) meter has baudrate, parity, stopbits"
             )
+        if self.model != "custom":
+            from evpilot.devices.modbus.maps import lookup
+
+            try:
+                lookup(self.model)
+            except KeyError as exc:
+                raise KeyedError("model", str(exc.args[0])) from None
         if self.model == "custom":
             if not self.registers:
                 raise KeyedError(
@@ -408,6 +415,11 @@ class SimModel(_Model):
         default=10.0, ge=0, lt=24, description="simulated time of day at start (h); null = wall clock"
     )
     cars: list[CarModel] | None = None
+    modbus_twins: bool = Field(
+        default=False,
+        description="serve the simulated mains meter as a Modbus TCP twin at the loopback address of"
+        " site.mains_meter (a type: modbus mapping), so the site runs through real Modbus",
+    )
 
     def params(self, charger_ids: list[str]) -> SimParams:
         """The simulator's parameters; by default one car plugs into the first charger at start."""
@@ -727,6 +739,8 @@ class AppConfig(_Model):
                     f"{meter.poll_s:g} s is not below site.meter_timeout_s ({timeout:g} s):"
                     " every reading would be stale before the next one",
                 )
+        if self.sim.modbus_twins:
+            self._twins()
         if self.sim.enabled:
             return
         if self.site.mains_meter == "sim":
@@ -746,6 +760,26 @@ class AppConfig(_Model):
                 )
         if self.sim.cars:
             raise KeyedError("sim.cars", "simulated cars need the simulator, and sim.enabled is false")
+
+    def _twins(self) -> None:
+        """`sim.modbus_twins` serves the simulated mains meter where a loopback Modbus mapping reads it."""
+        if not self.sim.enabled:
+            raise KeyedError("sim.modbus_twins", "the twins follow the simulator, and sim.enabled is false")
+        mains = self.site.mains_meter
+        if not isinstance(mains, ModbusMeterModel) or mains.host is None:
+            raise KeyedError(
+                "sim.modbus_twins",
+                "needs site.mains_meter as a Modbus TCP mapping ({type: modbus, model: ..., host: 127.0.0.1,"
+                " port: ...}) for the twin to serve",
+            )
+        from evpilot.devices.modbus.net import is_loopback
+
+        if not is_loopback(mains.host):
+            raise KeyedError(
+                "sim.modbus_twins",
+                f"the twin listens on loopback only; site.mains_meter.host is {mains.host!r}"
+                " (use 127.0.0.1, ::1 or localhost)",
+            )
 
     def site_core(self) -> SiteConfig:
         """The core's view of the site."""

@@ -16,6 +16,7 @@ from evpilot.config import (
     ChargerModel,
     CircuitModel,
     ConfigError,
+    MeterSpec,
     SiteModel,
     field_bounds,
     with_fuses,
@@ -37,6 +38,7 @@ from evpilot.devices.meter import MeterDriver, MeterFault, MeterHealth, MeterRea
 from evpilot.store.base import SessionStore
 
 if TYPE_CHECKING:
+    from evpilot.devices.modbus.simtwins import SimTwins
     from evpilot.sim.ev import CarSpec
     from evpilot.sim.shelly_em import SimShellyEm
 
@@ -133,6 +135,8 @@ class Runtime:
         # its own supervised task; the tick only reads what they cached.
         self.meters = parts.meters
         self.links = parts.links
+        # The simulated mains meter served over Modbus (`sim.modbus_twins`), from start() to stop().
+        self.twins: SimTwins | None = None
         # Every charger can take an EV meter fed through an API (SmartEVSE REST and MQTT); while
         # that feed is fresh its currents and energy replace the pilot's own meter.
         self.ev_meters: dict[str, ApiFedEvMeter] = {}
@@ -292,6 +296,7 @@ class Runtime:
             log.info("simulated Shelly Pro 3EM on http://127.0.0.1:%d", self.sim_em.port)
         self.auto_balance.start()
         self.tick()
+        await self._start_twins()
         for name, meter in self.meters.items():
             self.supervisor.spawn(f"meter:{name}", meter.run)
         for cid, link in self.links.items():
@@ -312,6 +317,12 @@ class Runtime:
                 await self.sim_em.stop()
             except Exception:
                 log.exception("stopping the simulated Shelly EM failed")
+        if self.twins is not None:
+            try:
+                await self.twins.stop()
+            except Exception:
+                log.exception("stopping the Modbus twins failed")
+            self.twins = None
         now = self.clock.now()
         for ch in self.engine.chargers.values():
             try:
@@ -936,6 +947,18 @@ class Runtime:
                     _meter_doc(name, driver.driver, driver.model, driver.address, full, driver.health(), now)
                 )
         return out
+
+    async def _start_twins(self) -> None:
+        """With `sim.modbus_twins`, serve the simulated mains meter where its Modbus mapping reads it."""
+        mains = self.config.site.mains_meter
+        if not self.config.sim.modbus_twins or self.sim is None or not isinstance(mains, MeterSpec):
+            return
+        from evpilot.devices.modbus.driver import ModbusSpec
+        from evpilot.devices.modbus.simtwins import SimTwins
+
+        self.twins = SimTwins(self.sim.mains_meter, [ModbusSpec.of(mains)])
+        await self.twins.start()
+        log.info("simulated mains meter served as a Modbus twin at %s", ModbusSpec.of(mains).endpoint)
 
     # ---- simulator control --------------------------------------------------------------------
 

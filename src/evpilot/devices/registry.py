@@ -54,6 +54,12 @@ def _shelly(name: str, spec: Any, clock: Clock) -> MeterDriver:
     return ShellyMeter(name, spec.host, clock, spec.port, spec.channel, spec.poll_s, timeout)
 
 
+def _modbus(name: str, spec: Any, clock: Clock) -> MeterDriver:
+    from evpilot.devices.modbus.driver import build
+
+    return build(name, spec, clock)
+
+
 def _simlink(charger: ChargerConfig, spec: Any, ctx: LinkContext) -> ChargerLink:
     if ctx.sim is None:
         raise DriverUnavailable(f"charger {charger.id!r}: driver simlink needs the simulator (sim.enabled)")
@@ -63,6 +69,7 @@ def _simlink(charger: ChargerConfig, spec: Any, ctx: LinkContext) -> ChargerLink
 
 
 METER_DRIVERS: dict[str, MeterFactory] = {
+    "modbus": _modbus,
     "homewizard": _homewizard,
     "shelly": _shelly,
 }
