@@ -615,7 +615,7 @@ class KeyedError(ValueError):
 
 
 def _unknown(what: str, name: str, known: list[str]) -> str:
-    """"unknown WHAT 'name'" with the closest known name, or the known names when none is close."""
+    """ "unknown WHAT 'name'" with the closest known name, or the known names when none is close."""
     close = difflib.get_close_matches(name, known, n=1)
     if close:
         return f"unknown {what} {name!r} (did you mean {close[0]!r}?)"
@@ -713,7 +713,7 @@ class AppConfig(_Model):
                     "site.mains_meter",
                     f"none leaves charger(s) {', '.join(held)} at 0 A for good: without"
                     " mains readings every mode but off only holds a charger at or below what it had"
-                    " (fallback_current never raises it from 0); use mains_meter: sim or api, or mode: off"
+                    " (fallback_current never raises it from 0); use mains_meter: sim or api, or mode: off",
                 )
         problems = fallback_overloads(self)
         if problems:

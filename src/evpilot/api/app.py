@@ -124,9 +124,7 @@ def create_app(rt: Runtime, manage_runtime: bool = True) -> FastAPI:
 
     # Outermost: no facade, fast path or body reader sees a request the guard refuses.
     http = rt.config.http
-    app.add_middleware(
-        RequestGuard, hosts=[http.host, *http.allowed_hosts], origins=http.allowed_origins
-    )
+    app.add_middleware(RequestGuard, hosts=[http.host, *http.allowed_hosts], origins=http.allowed_origins)
 
     page = resources.files("evpilot.web").joinpath("index.html").read_text(encoding="utf-8")
 

@@ -349,9 +349,7 @@ def build_router(rt: Runtime) -> APIRouter:
         rt.api_meter.push((body.currents[0], body.currents[1], body.currents[2]), now)
         return {"accepted": True, "at": now}
 
-    @r.put(
-        "/meters/circuits/{name}", tags=["meters"], summary="Feed a circuit's API meter (A per phase)"
-    )
+    @r.put("/meters/circuits/{name}", tags=["meters"], summary="Feed a circuit's API meter (A per phase)")
     async def put_circuit(name: str, body: CircuitMeterBody) -> dict[str, Any]:
         meter = rt.engine.circuit_meters.get(name)
         if not isinstance(meter, ApiFedMeter):

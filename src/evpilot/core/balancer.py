@@ -541,7 +541,17 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
 
     if not candidates and FAST_PATHS and _idle_site(chargers, memo_in):
         return _idle_allocation(
-            chargers, memo_in, phases, cap_src, car_seen, trip_at, fresh, base, available, battery, rejected,
+            chargers,
+            memo_in,
+            phases,
+            cap_src,
+            car_seen,
+            trip_at,
+            fresh,
+            base,
+            available,
+            battery,
+            rejected,
             floors,
             now,
         )
@@ -588,9 +598,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
                     trial.append(j)
                 else:
                     running.append(j)
-        taken = sum(
-            chargers[solar_ids[j]].config.min_current * eff_phases[solar_ids[j]] for j in running
-        )
+        taken = sum(chargers[solar_ids[j]].config.min_current * eff_phases[solar_ids[j]] for j in running)
         dropped: set[int] = set()
         rechecked: dict[int, int] = {}
         for j in trial:
@@ -759,8 +767,10 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
                 capacity_short = True
                 if over_since is None:
                     over_since = now
-            if not capacity_short or now - (over_since or now) >= site.cap_stop_s or any(
-                prob.source[c] != "capacity" for c in violated
+            if (
+                not capacity_short
+                or now - (over_since or now) >= site.cap_stop_s
+                or any(prob.source[c] != "capacity" for c in violated)
             ):
                 paused_now.add(i)
                 bound[i] = "shortage"
