@@ -149,7 +149,7 @@ async def test_auto_balance_keeps_the_site_under_max_current(tmp_path: Path) -> 
 
 def rt_facade(rt: Runtime) -> ShellyFacade:
     """The Shelly facade mounted for this runtime (it registers a change listener)."""
-    for listener in rt.listeners:
+    for listener in [*rt.listeners, *rt.view_listeners]:
         owner = getattr(listener, "__self__", None)
         if isinstance(owner, ShellyFacade):
             return owner

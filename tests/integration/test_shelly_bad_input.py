@@ -20,7 +20,7 @@ OVERSIZED = b'{"id": 1, "method": "Shelly.GetStatus", "pad": "' + b"x" * 70_000 
 
 
 def _facade(rt: Runtime) -> ShellyFacade:
-    for listener in rt.listeners:
+    for listener in [*rt.listeners, *rt.view_listeners]:
         owner = getattr(listener, "__self__", None)
         if isinstance(owner, ShellyFacade):
             return owner

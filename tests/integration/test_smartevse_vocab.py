@@ -36,7 +36,10 @@ async def both(
 def mqtt_view(bridge: MqttBridge, cid: str) -> dict[str, str]:
     """What the SmartEVSE topics of `cid` would carry now, by topic leaf."""
     rt = bridge.rt
-    outs = bridge.smartevse.render(cid, rt.charger_doc(cid), rt.site_doc())
+    site = rt.site_view()
+    outs = bridge.smartevse.render(rt.charger_view(cid), site, rt.clock.now()) + bridge.smartevse.render_site(
+        site
+    )
     return {o.topic.rsplit("/", 1)[1]: o.payload for o in outs}
 
 

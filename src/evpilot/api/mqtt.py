@@ -36,7 +36,8 @@ from evpilot.api.mqtt_payload import (
 )
 from evpilot.api.smartevse.mqtt import SmartEvseTopics
 from evpilot.config import MqttModel, parse_mqtt_url
-from evpilot.control.runtime import Runtime, UnknownCharger
+from evpilot.control import views as vw
+from evpilot.control.runtime import Runtime, UnknownCharger, ViewChanges
 from evpilot.core.charger import MODES, Charger
 from evpilot.core.errors import CommandError, check_range
 from evpilot.devices.evmeter import ApiFedEvMeter
@@ -100,10 +101,12 @@ class MqttBridge:
         self._announced: list[str] | None = None
         self._sent: dict[str, str] = {}
         self._pending: list[Out] = []
+        # Chargers and site whose views changed since the last flush.
         self._dirty: set[str] = set()
         self._site_dirty = False
-        self._cdocs: dict[str, dict[str, Any]] = {}
-        self._sdoc: dict[str, Any] = {}
+        # SmartEVSE chargers whose solar stop timer counts down: rendered at every flush.
+        self._timed: set[str] = set()
+        self._se_site_key: tuple[Any, ...] | None = None
         self._wake = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self._stopping = False
@@ -119,10 +122,15 @@ class MqttBridge:
 
     # ---- lifecycle -----------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Install the API-fed EV meters, follow the runtime's changes and connect in the background."""
+    def attach(self) -> None:
+        """Install the API-fed EV meters and follow the runtime's events and changed views."""
         self.ev_meters = self.rt.ev_meters
         self.rt.listeners.append(self._on_change)
+        self.rt.view_listeners.append(self._on_views)
+
+    async def start(self) -> None:
+        """attach() and connect in the background."""
+        self.attach()
         self.rt.supervisor.spawn("mqtt", self._run)
 
     async def stop(self) -> None:
@@ -136,6 +144,8 @@ class MqttBridge:
         finally:
             with contextlib.suppress(ValueError):
                 self.rt.listeners.remove(self._on_change)
+            with contextlib.suppress(ValueError):
+                self.rt.view_listeners.remove(self._on_views)
 
     async def _offline(self, client: aiomqtt.Client) -> None:
         """Publish `offline` on the availability topics (best effort, at most 5 s)."""
@@ -256,22 +266,26 @@ class MqttBridge:
     # ---- outgoing ------------------------------------------------------------------------
 
     def _on_change(self, topic: str, message: dict[str, Any]) -> None:
-        if topic == "charger":
-            cid = str(message["id"])
-            self._cdocs[cid] = message
-            self._dirty.add(cid)
-        elif topic == "site":
-            self._sdoc = message
-            self._site_dirty = True
-        elif topic in ("session", "event"):
+        if topic in ("session", "event"):
             # Both go to `<prefix>/<charger>/event`: session messages carry `event`, typed ones `type`.
             cid = str(message.get("charger", ""))
             if cid in self.rt.engine.chargers:
                 body = json.dumps(message, separators=(",", ":"))
                 self._queue(Out(f"{self.prefix}/{cid}/event", body, retain=False, qos=1, dedupe=False))
-        else:
-            return
-        self._wake.set()
+
+    def _on_views(self, topic: str, message: dict[str, Any]) -> None:
+        changes: ViewChanges = message["changes"]
+        for view in changes.chargers:
+            self._dirty.add(view.id)
+            if view.id in self.smartevse:
+                if view.solar_short_since is None:
+                    self._timed.discard(view.id)
+                else:
+                    self._timed.add(view.id)
+        if changes.site is not None:
+            self._site_dirty = True
+        if changes.chargers or changes.site is not None or self._timed:
+            self._wake.set()
 
     def _queue(self, out: Out) -> None:
         self._pending.append(out)
@@ -280,11 +294,9 @@ class MqttBridge:
         self._wake.set()
 
     def _mark_all(self) -> None:
-        self._sdoc = self.rt.site_doc()
         self._site_dirty = True
-        for cid in self.rt.engine.chargers:
-            self._cdocs[cid] = self.rt.charger_doc(cid)
-            self._dirty.add(cid)
+        self._se_site_key = None
+        self._dirty.update(self.rt.engine.chargers)
         self._wake.set()
 
     async def _publisher(self, client: aiomqtt.Client) -> None:
@@ -310,22 +322,30 @@ class MqttBridge:
         """Every message that the pending changes call for (before de-duplication)."""
         outs, self._pending = self._pending, []
         dirty, self._dirty = self._dirty, set()
+        rt = self.rt
+        now = rt.clock.now()
+        site = rt.site_view()
         if self._site_dirty:
             self._site_dirty = False
-            outs += self.render_site(self._sdoc)
-            dirty |= set(self.smartevse.prefixes)
+            outs += self.render_site(rt.site_doc_of(site, now))
+            key = self.smartevse.site_key(site)
+            outs += self.smartevse.render_site(site, refresh=self._se_site_key is None)
+            if key != self._se_site_key:
+                self._se_site_key = key
+                dirty |= set(self.smartevse.prefixes)
         for cid in dirty:
-            doc = self._cdocs.get(cid)
-            if doc is None:
-                continue
-            outs += self.render_charger(cid, doc)
+            view = rt.charger_view(cid)
+            outs += self.render_charger(cid, vw.charger_doc(view, now))
             if cid in self.smartevse:
-                outs += self.smartevse.render(cid, doc, self._sdoc)
+                outs += self.smartevse.render(view, site, now)
             if cid in self.esp32:
-                outs += self.esp32.render(cid, doc)
+                outs += self.esp32.render(view)
+        for cid in self._timed - dirty:
+            outs += self.smartevse.render(rt.charger_view(cid), site, now)
         return outs
 
-    async def _flush(self, client: aiomqtt.Client) -> None:
+    def outgoing(self) -> list[Out]:
+        """What render() calls for less what the broker already has (de-duplicated)."""
         send = []
         for out in self.render():
             if out.dedupe:
@@ -333,7 +353,10 @@ class MqttBridge:
                     continue
                 self._sent[out.topic] = out.payload
             send.append(out)
-        await self._send(client, send)
+        return send
+
+    async def _flush(self, client: aiomqtt.Client) -> None:
+        await self._send(client, self.outgoing())
 
     async def _send(self, client: aiomqtt.Client, outs: list[Out]) -> None:
         for i in range(0, len(outs), PUBLISH_BATCH):

@@ -6,15 +6,17 @@ import asyncio
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, WebSocket
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from evpilot.api import secc
 from evpilot.api.facade import JsonRoute
 from evpilot.control.runtime import Runtime, session_dict
 from evpilot.control.supervisor import OverallHealth
-from evpilot.core.charger import Charger
+from evpilot.core.charger import Charger, ErrorFlag, WorkState
 from evpilot.core.errors import CommandError, check_range
+from evpilot.core.iec61851 import PilotState
+from evpilot.core.session import LimitReached
 from evpilot.devices.apifed import ApiFedMeter
 from evpilot.inputs import NumberError, parse_int
 
@@ -163,7 +165,270 @@ class FaultBody(_Body):
     diode: bool = False
 
 
-class TaskErrorDoc(BaseModel):
+# ---- response bodies (the native API's documents; field names are a public contract) -----------
+
+
+class _Doc(BaseModel):
+    # A response body: no field beyond these (the schema says additionalProperties: false).
+    model_config = ConfigDict(extra="forbid")
+
+
+class CurrentChainDoc(_Doc):
+    """The current chain in A: allocated → available → commanded → signaled."""
+
+    allocated: float
+    available: float
+    commanded: float
+    signaled: float
+
+
+class LeaseDoc(_Doc):
+    """A leased limit: A, and seconds until it lapses (null: never)."""
+
+    amps: float
+    expires_in_s: float | None
+
+
+class ChargerLimitsDoc(_Doc):
+    """A charger's own limits in A; leases by source."""
+
+    max_current: float
+    min_current: float
+    cable: float | None
+    user: float | None
+    override: float | None
+    leases: dict[str, LeaseDoc]
+
+
+class CapsDoc(_Doc):
+    """Session caps (null: none)."""
+
+    energy_kwh: float | None
+    time_min: float | None
+
+
+class SessionDoc(_Doc):
+    """The open session; times in clock seconds."""
+
+    id: str
+    started_at: float
+    duration_s: float
+    charging_s: float
+    energy_kwh: float
+    peak_power_w: float
+    id_tag: str | None
+
+
+class ChargerDoc(_Doc):
+    """One charger: pilot and work state, flags, mode, the current chain, measurements, limits, session."""
+
+    id: str
+    name: str
+    state: PilotState
+    work_state: WorkState
+    plugged: bool
+    charging: bool
+    enabled: bool
+    available: bool
+    authorized: bool
+    auto_charge: bool
+    start_requested: bool
+    mode: str = Field(description="the effective mode (the charger's own or the site's)")
+    mode_setting: str | None = Field(description="the charger's own mode; null follows the site")
+    phases: int = Field(description="phases in use")
+    phase_mode: str
+    current: CurrentChainDoc
+    limit_source: str = Field(description="what bound the allocation")
+    available_source: str
+    amperage: Three
+    voltage: Three
+    power_w: float
+    temperature: float
+    limits: ChargerLimitsDoc
+    caps: CapsDoc
+    limit_reached: LimitReached | None
+    errors: list[ErrorFlag]
+    session: SessionDoc | None
+    lifetime_kwh: float
+
+
+class ChargingDoc(_Doc):
+    """Seed 002's momentary charging values (SECC `/api/v1/charging`), in the seed's names."""
+
+    voltage: Three
+    amperage: Three
+    allocatedAmperage: float
+    commandedAmperage: float
+    availableAmperage: float
+    signaledAmperage: float
+    frequency: float
+    energyImported: float
+    lastActivePower: float
+
+
+Triple = Annotated[list[float | None], Field(min_length=3, max_length=3)]
+
+
+class MeterReadingDoc(_Doc):
+    """A meter's last reading; null where the meter does not measure it."""
+
+    taken_at: float
+    age_s: float
+    currents: Three
+    voltages: Triple
+    powers: Triple
+    power: float | None
+    import_kwh: float | None
+    export_kwh: float | None
+    frequency: float | None
+
+
+class MainsDoc(_Doc):
+    """The latest mains reading; the simulated meter adds its full report."""
+
+    currents: Three
+    age_s: float
+    fresh: bool
+    voltages: Triple | None = Field(default=None, description="a meter that measures it")
+    powers: Triple | None = Field(default=None, description="a meter that measures it")
+    power: float | None = Field(default=None, description="a meter driver that measures it")
+    import_kwh: float | None = Field(default=None, description="a meter that measures it")
+    export_kwh: float | None = Field(default=None, description="a meter that measures it")
+    frequency: float | None = Field(default=None, description="a meter that measures it")
+
+
+class SiteLimitDoc(_Doc):
+    """An external cap on all chargers together (A per phase)."""
+
+    amps: float
+    expires_in_s: float | None
+
+
+class OverloadDoc(_Doc):
+    """Overload figures of one node."""
+
+    events: int
+    longest_s: float
+    over_now: bool
+    stalled: int
+
+
+class SimDoc(_Doc):
+    """The simulator's state."""
+
+    time: float
+    time_of_day_h: float
+    pv_w: float
+    house: Three
+    battery_w: float
+    ambient_c: float
+
+
+class SiteDoc(_Doc):
+    """The site: limits, mains, base load, available current, caps, overloads, simulator."""
+
+    mode: str
+    mains_limit: float
+    capacity_limit: float | None
+    mains: MainsDoc | None
+    base_load: Three | None
+    available: Three | None
+    solar_surplus: float | None
+    fallback: bool
+    rejected_readings: dict[str, int]
+    grid_relay_open: bool
+    site_limits: dict[str, SiteLimitDoc]
+    battery_current: float | None
+    overloads: dict[str, OverloadDoc]
+    chargers: list[str]
+    meters: dict[str, MeterReadingDoc | None] = Field(description="last reading of every site meter, by name")
+    sim: SimDoc | None = Field(default=None, description="only while the simulator runs")
+
+
+class MeterDoc(_Doc):
+    """One site meter: its driver, address, last reading and errors by kind."""
+
+    name: str = Field(description="`mains`, `circuit:<name>` or `ev:<charger>`")
+    driver: str
+    model: str | None
+    address: str
+    online: bool
+    reads: int
+    reading: MeterReadingDoc | None
+    errors: dict[str, int]
+    last_error: str | None
+
+
+class SessionRecordDoc(_Doc):
+    """An ended session."""
+
+    id: str
+    charger_id: str
+    started_at: float
+    ended_at: float
+    energy_kwh: float
+    peak_power_w: float
+    stop_reason: str
+    id_tag: str | None
+
+
+class SettingsDoc(_Doc):
+    """Site settings."""
+
+    mode: str
+    mains_limit: float
+    capacity_limit: float | None
+    meter_timeout_s: float
+    tick_s: float
+    speed: float
+
+
+class AcceptedDoc(_Doc):
+    """A meter reading was taken at clock time `at`."""
+
+    accepted: bool
+    at: float
+
+
+class SiteLimitSetDoc(_Doc):
+    """The site limit as set."""
+
+    source: Literal["user", "override", "lease"]
+    amps: float | None
+    timeout_s: float | None
+
+
+class RelayDoc(_Doc):
+    """The relay input as set."""
+
+    open: bool
+
+
+class HouseDoc(_Doc):
+    """The fixed house load as set (null: the daily profile)."""
+
+    currents: Three | None
+
+
+class PvDoc(_Doc):
+    """The fixed PV power as set (null: the daily curve)."""
+
+    power_w: float | None
+
+
+class AmbientDoc(_Doc):
+    """The ambient temperature as set."""
+
+    temperature_c: float
+
+
+class MeterOnlineDoc(_Doc):
+    """The simulated mains meter's state as set."""
+
+    online: bool
+
+
+class TaskErrorDoc(_Doc):
     """A task's last unexpected exception; `at` in clock seconds."""
 
     type: str
@@ -171,7 +436,7 @@ class TaskErrorDoc(BaseModel):
     at: float
 
 
-class TaskHealthDoc(BaseModel):
+class TaskHealthDoc(_Doc):
     """One supervised task."""
 
     name: str
@@ -181,7 +446,7 @@ class TaskHealthDoc(BaseModel):
     last_error: TaskErrorDoc | None
 
 
-class MqttLinkDoc(BaseModel):
+class MqttLinkDoc(_Doc):
     """The MQTT bridge's link."""
 
     connected: bool
@@ -191,12 +456,17 @@ class MqttLinkDoc(BaseModel):
     suppressed: int = Field(description="refusals not published or logged (per-topic rate limit)")
 
 
-class HealthDoc(BaseModel):
+class HealthDoc(_Doc):
     """`ok` when every task runs and the MQTT link (if configured) is up, else `degraded`."""
 
     status: Literal["ok", "degraded"]
     tasks: list[TaskHealthDoc]
     mqtt: MqttLinkDoc | None
+
+
+def _out(doc: Any) -> Response:
+    """A response body as is (declared by the route's response model, checked by the tests)."""
+    return JSONResponse(doc)
 
 
 def build_router(rt: Runtime) -> APIRouter:
@@ -229,52 +499,89 @@ def build_router(rt: Runtime) -> APIRouter:
             status = OverallHealth.DEGRADED
         return {"status": status.value, "tasks": sup.health(), "mqtt": mqtt}
 
-    @r.get("/site", tags=["site"], summary="Site state: mains, base load, available current, PV")
-    async def get_site() -> dict[str, Any]:
-        return rt.site_doc()
+    @r.get(
+        "/site",
+        tags=["site"],
+        summary="Site state: mains, base load, available current, PV",
+        response_model=SiteDoc,
+    )
+    async def get_site() -> Response:
+        return _out(rt.site_doc())
 
-    @r.get("/chargers", tags=["chargers"], summary="All chargers")
-    async def list_chargers() -> list[dict[str, Any]]:
-        return [doc(cid) for cid in rt.engine.chargers]
+    @r.get("/chargers", tags=["chargers"], summary="All chargers", response_model=list[ChargerDoc])
+    async def list_chargers() -> Response:
+        return _out([doc(cid) for cid in rt.engine.chargers])
 
-    @r.get("/chargers/{cid}", tags=["chargers"], summary="One charger: state, currents, session, limits")
-    async def get_charger(cid: str) -> dict[str, Any]:
-        return doc(cid)
+    @r.get(
+        "/chargers/{cid}",
+        tags=["chargers"],
+        summary="One charger: state, currents, session, limits",
+        response_model=ChargerDoc,
+    )
+    async def get_charger(cid: str) -> Response:
+        return _out(doc(cid))
 
-    @r.get("/chargers/{cid}/charging", tags=["chargers"], summary="The SECC-style current chain")
-    async def get_charging(cid: str) -> dict[str, Any]:
-        return rt.charging_doc(cid)
+    @r.get(
+        "/chargers/{cid}/charging",
+        tags=["chargers"],
+        summary="The SECC-style current chain",
+        response_model=ChargingDoc,
+    )
+    async def get_charging(cid: str) -> Response:
+        return _out(rt.charging_doc(cid))
 
-    @r.post("/chargers/{cid}/start", tags=["commands"], summary="Start charging (start_charging = true)")
-    async def start(cid: str, body: StartBody | None = None) -> dict[str, Any]:
+    @r.post(
+        "/chargers/{cid}/start",
+        tags=["commands"],
+        summary="Start charging (start_charging = true)",
+        response_model=ChargerDoc,
+    )
+    async def start(cid: str, body: StartBody | None = None) -> Response:
         def act(ch: Charger) -> None:
             if body is not None and body.id_tag is not None:
                 ch.set_authorized(True, body.id_tag)
             ch.request_start(rt.clock.now())
 
         rt.command(cid, act, persist=False)
-        return doc(cid)
+        return _out(doc(cid))
 
-    @r.post("/chargers/{cid}/stop", tags=["commands"], summary="Stop (pause) charging")
-    async def stop(cid: str) -> dict[str, Any]:
+    @r.post(
+        "/chargers/{cid}/stop", tags=["commands"], summary="Stop (pause) charging", response_model=ChargerDoc
+    )
+    async def stop(cid: str) -> Response:
         rt.command(cid, lambda ch: ch.request_stop(rt.clock.now()), persist=False)
-        return doc(cid)
+        return _out(doc(cid))
 
-    @r.put("/chargers/{cid}/enabled", tags=["commands"], summary="Enable or disable charging")
-    async def put_enabled(cid: str, body: EnabledBody) -> dict[str, Any]:
+    @r.put(
+        "/chargers/{cid}/enabled",
+        tags=["commands"],
+        summary="Enable or disable charging",
+        response_model=ChargerDoc,
+    )
+    async def put_enabled(cid: str, body: EnabledBody) -> Response:
         rt.command(cid, lambda ch: ch.set_enabled(body.enabled))
-        return doc(cid)
+        return _out(doc(cid))
 
-    @r.put("/chargers/{cid}/current_limit", tags=["commands"], summary="User current limit (A)")
-    async def put_limit(cid: str, body: CurrentLimitBody) -> dict[str, Any]:
+    @r.put(
+        "/chargers/{cid}/current_limit",
+        tags=["commands"],
+        summary="User current limit (A)",
+        response_model=ChargerDoc,
+    )
+    async def put_limit(cid: str, body: CurrentLimitBody) -> Response:
         try:
             rt.command(cid, lambda ch: ch.set_user_limit(body.current))
         except CommandError as exc:
             raise CommandError("current", exc.message, exc.allowed) from None  # the body's field name
-        return doc(cid)
+        return _out(doc(cid))
 
-    @r.put("/chargers/{cid}/caps", tags=["commands"], summary="Session energy and time caps")
-    async def put_caps(cid: str, body: CapsBody) -> dict[str, Any]:
+    @r.put(
+        "/chargers/{cid}/caps",
+        tags=["commands"],
+        summary="Session energy and time caps",
+        response_model=ChargerDoc,
+    )
+    async def put_caps(cid: str, body: CapsBody) -> Response:
         fields = body.model_fields_set
 
         def act(ch: Charger) -> None:
@@ -286,59 +593,88 @@ def build_router(rt: Runtime) -> APIRouter:
                 ch.set_time_cap(body.time_min or None)
 
         rt.command(cid, act)
-        return doc(cid)
+        return _out(doc(cid))
 
-    @r.put("/chargers/{cid}/auto_charge", tags=["commands"], summary="Start on plug-in or on command")
-    async def put_auto(cid: str, body: AutoChargeBody) -> dict[str, Any]:
+    @r.put(
+        "/chargers/{cid}/auto_charge",
+        tags=["commands"],
+        summary="Start on plug-in or on command",
+        response_model=ChargerDoc,
+    )
+    async def put_auto(cid: str, body: AutoChargeBody) -> Response:
         rt.command(cid, lambda ch: ch.set_auto_charge(body.auto_charge))
-        return doc(cid)
+        return _out(doc(cid))
 
-    @r.put("/chargers/{cid}/mode", tags=["commands"], summary="Charging mode of one charger")
-    async def put_mode(cid: str, body: ModeBody) -> dict[str, Any]:
+    @r.put(
+        "/chargers/{cid}/mode",
+        tags=["commands"],
+        summary="Charging mode of one charger",
+        response_model=ChargerDoc,
+    )
+    async def put_mode(cid: str, body: ModeBody) -> Response:
         rt.command(cid, lambda ch: ch.set_mode(body.mode))
-        return doc(cid)
+        return _out(doc(cid))
 
-    @r.put("/chargers/{cid}/phase_mode", tags=["commands"], summary="Second contactor (1/3-phase) mode")
-    async def put_phase_mode(cid: str, body: PhaseModeBody) -> dict[str, Any]:
+    @r.put(
+        "/chargers/{cid}/phase_mode",
+        tags=["commands"],
+        summary="Second contactor (1/3-phase) mode",
+        response_model=ChargerDoc,
+    )
+    async def put_phase_mode(cid: str, body: PhaseModeBody) -> Response:
         rt.command(cid, lambda ch: ch.set_phase_mode(body.phase_mode))
-        return doc(cid)
+        return _out(doc(cid))
 
-    @r.post("/chargers/{cid}/reset", tags=["commands"], summary="Clear latched faults")
-    async def reset(cid: str) -> dict[str, Any]:
+    @r.post(
+        "/chargers/{cid}/reset", tags=["commands"], summary="Clear latched faults", response_model=ChargerDoc
+    )
+    async def reset(cid: str) -> Response:
         rt.command(cid, lambda ch: ch.reset_faults(), persist=False)
-        return doc(cid)
+        return _out(doc(cid))
 
-    @r.get("/sessions", tags=["sessions"], summary="Ended sessions, newest first")
+    @r.get(
+        "/sessions",
+        tags=["sessions"],
+        summary="Ended sessions, newest first",
+        response_model=list[SessionRecordDoc],
+    )
     async def sessions(
         charger: Annotated[str | None, Query(max_length=32)] = None,
         limit: Annotated[QueryInt, Query(ge=1, le=1000)] = 100,
-    ) -> list[dict[str, Any]]:
+    ) -> Response:
         if charger is not None:
             rt.charger(charger)
         if rt.store is None:
-            return []
+            return _out([])
         # Off the event loop: the read waits for the store's queued writes.
-        return [session_dict(s) for s in await asyncio.to_thread(rt.store.sessions, charger, limit)]
+        return _out([session_dict(s) for s in await asyncio.to_thread(rt.store.sessions, charger, limit)])
 
-    @r.get("/settings", tags=["settings"], summary="Site settings")
-    async def get_settings() -> dict[str, Any]:
+    @r.get("/settings", tags=["settings"], summary="Site settings", response_model=SettingsDoc)
+    async def get_settings() -> Response:
         s = rt.engine.site
-        return {
-            "mode": s.mode,
-            "mains_limit": s.mains_limit,
-            "capacity_limit": s.capacity_limit,
-            "meter_timeout_s": s.meter_timeout_s,
-            "tick_s": rt.config.control.tick_s,
-            "speed": rt.clock.speed,
-        }
+        return _out(
+            {
+                "mode": s.mode,
+                "mains_limit": s.mains_limit,
+                "capacity_limit": s.capacity_limit,
+                "meter_timeout_s": s.meter_timeout_s,
+                "tick_s": rt.config.control.tick_s,
+                "speed": rt.clock.speed,
+            }
+        )
 
-    @r.put("/settings", tags=["settings"], summary="Change site settings")
-    async def put_settings(body: SiteSettingsBody) -> dict[str, Any]:
+    @r.put("/settings", tags=["settings"], summary="Change site settings", response_model=SettingsDoc)
+    async def put_settings(body: SiteSettingsBody) -> Response:
         rt.set_site_mode(body.mode)
         return await get_settings()
 
-    @r.put("/meters/mains", tags=["meters"], summary="Feed the API mains meter (A per phase)")
-    async def put_mains(body: MainsBody) -> dict[str, Any]:
+    @r.put(
+        "/meters/mains",
+        tags=["meters"],
+        summary="Feed the API mains meter (A per phase)",
+        response_model=AcceptedDoc,
+    )
+    async def put_mains(body: MainsBody) -> Response:
         for i, a in enumerate(body.currents):
             check_range(f"currents[{i}]", a, -1000, 1000, " A")
         currents = (body.currents[0], body.currents[1], body.currents[2])
@@ -347,10 +683,15 @@ def build_router(rt: Runtime) -> APIRouter:
         if body.battery_current is not None:
             rt.engine.battery.push(body.battery_current, now)
         rt.api_meter.push((body.currents[0], body.currents[1], body.currents[2]), now)
-        return {"accepted": True, "at": now}
+        return _out({"accepted": True, "at": now})
 
-    @r.put("/meters/circuits/{name}", tags=["meters"], summary="Feed a circuit's API meter (A per phase)")
-    async def put_circuit(name: str, body: CircuitMeterBody) -> dict[str, Any]:
+    @r.put(
+        "/meters/circuits/{name}",
+        tags=["meters"],
+        summary="Feed a circuit's API meter (A per phase)",
+        response_model=AcceptedDoc,
+    )
+    async def put_circuit(name: str, body: CircuitMeterBody) -> Response:
         meter = rt.engine.circuit_meters.get(name)
         if not isinstance(meter, ApiFedMeter):
             raise CommandError("name", f"circuit {name!r} has no API-fed meter (config: meter: api)")
@@ -358,25 +699,40 @@ def build_router(rt: Runtime) -> APIRouter:
             check_range(f"currents[{i}]", a, -1000, 1000, " A")
         now = rt.clock.now()
         meter.push((body.currents[0], body.currents[1], body.currents[2]), now)
-        return {"accepted": True, "at": now}
+        return _out({"accepted": True, "at": now})
 
-    @r.put("/site/limit", tags=["site"], summary="External cap on all chargers together (A per phase)")
-    async def put_site_limit(body: SiteLimitBody) -> dict[str, Any]:
+    @r.put(
+        "/site/limit",
+        tags=["site"],
+        summary="External cap on all chargers together (A per phase)",
+        response_model=SiteLimitSetDoc,
+    )
+    async def put_site_limit(body: SiteLimitBody) -> Response:
         now = rt.clock.now()
         expires = None if body.timeout_s is None else now + body.timeout_s
         rt.engine.set_site_cap(body.source, body.amps, expires)
         rt.recompute()
-        return {"source": body.source, "amps": body.amps, "timeout_s": body.timeout_s}
+        return _out({"source": body.source, "amps": body.amps, "timeout_s": body.timeout_s})
 
-    @r.put("/site/grid_relay", tags=["site"], summary="Grid operator relay input (open = 4.2 kW cap)")
-    async def put_relay(body: RelayBody) -> dict[str, Any]:
+    @r.put(
+        "/site/grid_relay",
+        tags=["site"],
+        summary="Grid operator relay input (open = 4.2 kW cap)",
+        response_model=RelayDoc,
+    )
+    async def put_relay(body: RelayBody) -> Response:
         rt.engine.grid_relay_open = body.open
         rt.recompute()
-        return {"open": body.open}
+        return _out({"open": body.open})
 
-    @r.get("/meters", tags=["meters"], summary="Every site meter: driver, address, last reading, errors")
-    async def get_meters() -> list[dict[str, Any]]:
-        return rt.meters_doc()
+    @r.get(
+        "/meters",
+        tags=["meters"],
+        summary="Every site meter: driver, address, last reading, errors",
+        response_model=list[MeterDoc],
+    )
+    async def get_meters() -> Response:
+        return _out(rt.meters_doc())
 
     # ---- simulator -------------------------------------------------------------------------
 
@@ -395,8 +751,13 @@ def build_router(rt: Runtime) -> APIRouter:
             raise CommandError("sim", "the simulator is not running")
         return rt.sim
 
-    @r.post("/sim/chargers/{cid}/plug", tags=["simulator"], summary="Plug a simulated car in")
-    async def sim_plug(cid: str, body: PlugBody | None = None) -> dict[str, Any]:
+    @r.post(
+        "/sim/chargers/{cid}/plug",
+        tags=["simulator"],
+        summary="Plug a simulated car in",
+        response_model=ChargerDoc,
+    )
+    async def sim_plug(cid: str, body: PlugBody | None = None) -> Response:
         sim_site()
         from evpilot.sim.ev import CarSpec
 
@@ -405,26 +766,38 @@ def build_router(rt: Runtime) -> APIRouter:
             raise CommandError("phases", "must be 1 or 3")
         spec = CarSpec(b.battery_kwh, b.soc, b.max_current, b.phases, b.target_soc, b.ventilation)
         rt.sim_plug(cid, spec)
-        return doc(cid)
+        return _out(doc(cid))
 
-    @r.post("/sim/chargers/{cid}/unplug", tags=["simulator"], summary="Unplug the simulated car")
-    async def sim_unplug(cid: str) -> dict[str, Any]:
+    @r.post(
+        "/sim/chargers/{cid}/unplug",
+        tags=["simulator"],
+        summary="Unplug the simulated car",
+        response_model=ChargerDoc,
+    )
+    async def sim_unplug(cid: str) -> Response:
         sim_site()
         rt.sim_unplug(cid)
-        return doc(cid)
+        return _out(doc(cid))
 
-    @r.post("/sim/chargers/{cid}/fault", tags=["simulator"], summary="Raise or clear hardware faults")
-    async def sim_fault(cid: str, body: FaultBody) -> dict[str, Any]:
+    @r.post(
+        "/sim/chargers/{cid}/fault",
+        tags=["simulator"],
+        summary="Raise or clear hardware faults",
+        response_model=ChargerDoc,
+    )
+    async def sim_fault(cid: str, body: FaultBody) -> Response:
         sim = sim_site()
         rt.charger(cid)
         pilot = sim.pilots[cid]
         pilot.rcm_fault = body.rcm
         pilot.diode_fault = body.diode
         rt.recompute()
-        return doc(cid)
+        return _out(doc(cid))
 
-    @r.put("/sim/house", tags=["simulator"], summary="Fix the house load per phase (A)")
-    async def sim_house(body: HouseBody) -> dict[str, Any]:
+    @r.put(
+        "/sim/house", tags=["simulator"], summary="Fix the house load per phase (A)", response_model=HouseDoc
+    )
+    async def sim_house(body: HouseBody) -> Response:
         sim = sim_site()
         if body.currents is not None:
             for i, a in enumerate(body.currents):
@@ -432,29 +805,39 @@ def build_router(rt: Runtime) -> APIRouter:
         c = body.currents
         sim.house.override = None if c is None else (c[0], c[1], c[2])
         rt.recompute()
-        return {"currents": body.currents}
+        return _out({"currents": body.currents})
 
-    @r.put("/sim/pv", tags=["simulator"], summary="Fix the PV power (W)")
-    async def sim_pv(body: PvBody) -> dict[str, Any]:
+    @r.put("/sim/pv", tags=["simulator"], summary="Fix the PV power (W)", response_model=PvDoc)
+    async def sim_pv(body: PvBody) -> Response:
         sim = sim_site()
         sim.pv.override = body.power_w
         rt.recompute()
-        return {"power_w": body.power_w}
+        return _out({"power_w": body.power_w})
 
-    @r.put("/sim/ambient", tags=["simulator"], summary="Set the ambient temperature (°C)")
-    async def sim_ambient(body: AmbientBody) -> dict[str, Any]:
+    @r.put(
+        "/sim/ambient",
+        tags=["simulator"],
+        summary="Set the ambient temperature (°C)",
+        response_model=AmbientDoc,
+    )
+    async def sim_ambient(body: AmbientBody) -> Response:
         sim = sim_site()
         sim.params.ambient_c = body.temperature_c
         rt.recompute()
-        return {"temperature_c": body.temperature_c}
+        return _out({"temperature_c": body.temperature_c})
 
-    @r.put("/sim/mains_meter", tags=["simulator"], summary="Take the simulated mains meter off/online")
-    async def sim_meter(body: MeterOnlineBody) -> dict[str, Any]:
+    @r.put(
+        "/sim/mains_meter",
+        tags=["simulator"],
+        summary="Take the simulated mains meter off/online",
+        response_model=MeterOnlineDoc,
+    )
+    async def sim_meter(body: MeterOnlineBody) -> Response:
         sim_site()
         if rt.sim_meter is None:
             raise CommandError("mains_meter", "the mains meter is not the simulated one")
         rt.sim_meter.enabled = body.online
-        return {"online": body.online}
+        return _out({"online": body.online})
 
     @r.websocket("/ws")
     async def ws(socket: WebSocket) -> None:

@@ -9,6 +9,7 @@ from evpilot.control.engine import Engine
 from evpilot.core.balancer import circuit_paths
 from evpilot.core.charger import Phases, mains_draw
 from evpilot.core.iec61851 import DRAW_THRESHOLD_A
+from evpilot.core.site import CircuitConfig
 
 # An overload is an event once it lasts this long: one tick plus the EV's reaction time (the scenario
 # runner and the day bench count from the same 6 s).
@@ -56,6 +57,8 @@ class OverloadMonitor:
         self._stall = False
         # Per circuit with a meter: `taken_at` of the reading in use and what its chargers drew when it came.
         self._seen: dict[str, tuple[float, Phases]] = {}
+        self._circuits: tuple[CircuitConfig, ...] = ()
+        self._paths: dict[str, tuple[str, ...]] = {}
 
     def begin(self, now: float, tick_s: float) -> None:
         """A new tick at `now`: notes whether the controller was stalled since the last one."""
@@ -100,20 +103,34 @@ class OverloadMonitor:
         would otherwise keep an overload the chargers already ended on the books until the next one).
         """
         self.begin(now, tick_s)
-        chargers = list(engine.chargers.values())
-        draws = {ch.config.id: mains_draw(ch.config, ch.currents) for ch in chargers}
+        circuits = engine.site.circuits
+        if circuits is not self._circuits:
+            self._circuits, self._paths = circuits, circuit_paths(circuits)
+        paths = self._paths
+        # One pass over the chargers: each one's draw is added to every circuit on its path (a
+        # charger that draws nothing adds nothing), so the cost does not grow with circuits × chargers.
+        names = ("mains", *(c.name for c in circuits))
+        sums = {name: [0.0, 0.0, 0.0] for name in names}
+        drawing = {name: [False, False, False] for name in names}
+        for ch in engine.chargers.values():
+            currents = ch.currents
+            if not (currents[0] or currents[1] or currents[2]):
+                continue
+            draw = mains_draw(ch.config, currents)
+            leaf = ch.config.circuit
+            for name in ("mains", *(paths.get(leaf, ()) if leaf is not None else ())):
+                total, flags = sums[name], drawing[name]
+                for p in range(3):
+                    total[p] += draw[p]
+                    if draw[p] > DRAW_THRESHOLD_A:
+                        flags[p] = True
         if mains is not None:
-            self._node(now, tick_s, "mains", mains, engine.site.mains_limit, list(draws.values()))
-        paths = circuit_paths(engine.site.circuits)
-        for circuit in engine.site.circuits:
-            below = [
-                draws[ch.config.id]
-                for ch in chargers
-                if ch.config.circuit is not None and circuit.name in paths.get(ch.config.circuit, ())
-            ]
+            self._node(now, tick_s, "mains", mains, engine.site.mains_limit, drawing["mains"])
+        for circuit in circuits:
             meter = engine.circuit_meters.get(circuit.name)
             reading = meter.latest() if meter is not None else None
-            drawn = (sum(d[0] for d in below), sum(d[1] for d in below), sum(d[2] for d in below))
+            total = sums[circuit.name]
+            drawn = (total[0], total[1], total[2])
             if reading is not None and now - reading.taken_at <= meter_timeout_s:
                 seen = self._seen.get(circuit.name)
                 if seen is None or seen[0] != reading.taken_at:
@@ -123,16 +140,15 @@ class OverloadMonitor:
             else:
                 self._seen.pop(circuit.name, None)
                 load = drawn
-            self._node(now, tick_s, f"circuit:{circuit.name}", load, circuit.limit, below)
+            self._node(now, tick_s, f"circuit:{circuit.name}", load, circuit.limit, drawing[circuit.name])
         for name, figures in self.nodes.items():
             figures.over_now = any(key[0] == name for key in self._open)
 
     def _node(
-        self, now: float, tick_s: float, node: str, load: Phases, limit: float, below: list[Phases]
+        self, now: float, tick_s: float, node: str, load: Phases, limit: float, drawing: list[bool]
     ) -> None:
         for p in range(3):
-            drawing = any(d[p] > DRAW_THRESHOLD_A for d in below)
-            self.see(now, node, p, load[p], limit, drawing, tick_s)
+            self.see(now, node, p, load[p], limit, drawing[p], tick_s)
 
     def doc(self) -> dict[str, dict[str, Any]]:
         """Figures per node, by name (`mains`, `circuit:<name>`)."""

@@ -8,7 +8,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from evpilot.config import (
@@ -21,11 +21,25 @@ from evpilot.config import (
     field_bounds,
     with_fuses,
 )
+from evpilot.control import views as vw
 from evpilot.control.autobalance import AutoBalance
 from evpilot.control.build import assemble
 from evpilot.control.listeners import ListenerBus
 from evpilot.control.overload import OverloadMonitor
 from evpilot.control.supervisor import Supervisor
+from evpilot.control.views import (
+    AllocationView,
+    ChargerView,
+    MainsMeterView,
+    MainsView,
+    OverloadView,
+    SimView,
+    SiteCapView,
+    SiteView,
+    charger_key,
+    charger_raw,
+    charger_view,
+)
 from evpilot.core import events as ev
 from evpilot.core.charger import MODES, Charger
 from evpilot.core.errors import CommandError, check_range
@@ -109,6 +123,15 @@ class FrameQueue(asyncio.Queue[dict[str, Any]]):
         return True
 
 
+@dataclass(frozen=True, slots=True)
+class ViewChanges:
+    """What one tick changed: the site's view (None: unchanged) and the chargers' changed views."""
+
+    at: float
+    site: SiteView | None
+    chargers: tuple[ChargerView, ...]
+
+
 class Runtime:
     """Runs the control loop, owns the site, applies commands and broadcasts state."""
 
@@ -163,7 +186,22 @@ class Runtime:
             lambda name, exc: self.supervisor.record(name, exc),
             lambda: LISTENER_FRAMES * (QUEUE_FRAMES + len(self.engine.chargers) + 2),
         )
-        self._docs: dict[str, dict[str, Any]] = {}
+        # Facades that render from views: told what each tick changed (topic `views`, message
+        # `{"changes": ViewChanges}`), isolated the same way.
+        self.view_listeners = ListenerBus(
+            lambda name, exc: self.supervisor.record(name, exc),
+            lambda: LISTENER_FRAMES * (QUEUE_FRAMES + len(self.engine.chargers) + 2),
+        )
+        # The read model: the latest views and their change keys.
+        self.views: dict[str, ChargerView] = {}
+        self._keys: dict[str, tuple[Any, ...]] = {}
+        # The exact values each view was last checked against (equal: its key cannot have moved).
+        self._raws: dict[str, tuple[Any, ...]] = {}
+        # Views rebuilt by a read between ticks: the next tick publishes them.
+        self._unpublished: set[str] = set()
+        self._site_view: SiteView | None = None
+        self._published_site: SiteView | None = None
+        self._published_default: tuple[ChargerView, float] | None = None
         self._wake = asyncio.Event()
         self.supervisor = Supervisor(clock.now)
         self._stopping = False
@@ -341,7 +379,10 @@ class Runtime:
                     self._checkpoint(now)
                     await asyncio.to_thread(self.store.flush)
             finally:
-                await self.listeners.stop()
+                try:
+                    await self.view_listeners.stop()
+                finally:
+                    await self.listeners.stop()
 
     async def _loop(self) -> None:
         tick_s = self.config.control.tick_s
@@ -380,7 +421,7 @@ class Runtime:
         if len(self.tick_times) > 1000:
             del self.tick_times[:500]
         self._drain_events()
-        self._publish_changes()
+        self._publish_changes(now, self._build_views())
         if self.store is not None:
             self._maybe_checkpoint(now)
             self._save_limits()
@@ -480,18 +521,127 @@ class Runtime:
             case ev.FaultCleared(flag=flag):
                 log.info("%s: fault cleared: %s", cid, flag.value)
 
-    def _publish_changes(self) -> None:
+    # ---- the read model -----------------------------------------------------------------------
+
+    def _build_views(self) -> list[ChargerView]:
+        """Rebuild the views whose change key moved; returns the changed charger views."""
+        changed: list[ChargerView] = []
+        site_mode = self.engine.site.mode
+        memos = self.engine.state.chargers
+        keys, raws, views, unpublished = self._keys, self._raws, self.views, self._unpublished
+        for cid, ch in self.engine.chargers.items():
+            memo = memos.get(cid)
+            short = None if memo is None else memo.solar_short_since
+            # Right after the step: the pilot and work state each charger has just reported.
+            pilot, work = ch.reported_pilot, ch.reported_work
+            raw = charger_raw(ch, site_mode, short, pilot, work)
+            if raws.get(cid) == raw:
+                if cid in unpublished:
+                    changed.append(views[cid])
+                continue
+            raws[cid] = raw
+            key = charger_key(ch, site_mode, short, pilot, work)
+            if keys.get(cid) != key:
+                keys[cid] = key
+                view = views[cid] = charger_view(ch, key)
+                changed.append(view)
+            elif cid in unpublished:
+                changed.append(views[cid])
+        unpublished.clear()
+        return changed
+
+    def charger_view(self, cid: str) -> ChargerView:
+        """Charger `cid`'s view as of now (raises UnknownCharger): the tick's, unless it changed since."""
+        ch = self.charger(cid)
+        memo = self.engine.state.chargers.get(cid)
+        short = None if memo is None else memo.solar_short_since
+        pilot, work, mode = ch.pilot, ch.work_state(), self.engine.site.mode
+        raw = charger_raw(ch, mode, short, pilot, work)
+        if self._raws.get(cid) == raw:
+            return self.views[cid]
+        self._raws[cid] = raw
+        key = charger_key(ch, mode, short, pilot, work)
+        if self._keys.get(cid) != key:
+            self._keys[cid] = key
+            self.views[cid] = charger_view(ch, key)
+            self._unpublished.add(cid)
+        return self.views[cid]
+
+    def site_view(self) -> SiteView:
+        """The site's view as of now (the same object while nothing in it changed)."""
+        built = self._make_site_view()
+        if built != self._site_view:
+            self._site_view = built
+        assert self._site_view is not None
+        return self._site_view
+
+    def _make_site_view(self) -> SiteView:
+        e = self.engine
+        alloc = e.last
+        mains = None
+        reading = e.last_mains
+        if reading is not None:
+            meter = None
+            if self.sim is not None and e.mains is self.sim_meter:
+                m = self.sim.mains_meter()
+                meter = MainsMeterView(m.voltages, m.powers, m.import_kwh, m.export_kwh, m.frequency)
+            fresh = alloc.mains_fresh if alloc is not None else False
+            mains = MainsView(reading.currents, reading.taken_at, fresh, meter)
+        allocation = None
+        if alloc is not None:
+            allocation = AllocationView(
+                alloc.base_load, alloc.available, alloc.solar_surplus, alloc.fallback, alloc.mains_fresh
+            )
+        sim = None
+        if self.sim is not None:
+            s = self.sim
+            sim = SimView(
+                s.now,
+                s.tod(s.now) / 3600.0,
+                s.pv_w,
+                s.house_currents,
+                s.battery_w,
+                s.params.ambient_c,
+                s.frequency,
+            )
+        nodes = self.overloads.nodes
+        return SiteView(
+            config=e.site,
+            mains_meter=self.config.site.mains_meter,
+            mains=mains,
+            allocation=allocation,
+            rejected=tuple(sorted(e.rejected.items())),
+            grid_relay_open=e.grid_relay_open,
+            caps=tuple(SiteCapView(name, cap.amps, cap.expires_at) for name, cap in e.site_caps.items()),
+            battery_current=e.battery.current,
+            battery_at=e.battery.at,
+            overloads=tuple(
+                OverloadView(name, n.events, n.longest_s, n.over_now, n.stalled)
+                for name, n in sorted(nodes.items())
+            ),
+            chargers=tuple(e.chargers),
+            sim=sim,
+        )
+
+    def _publish_changes(self, now: float, changed: list[ChargerView]) -> None:
+        site = self.site_view()
+        site_changed = site is not self._published_site
+        self._published_site = site
+        if self.view_listeners:
+            changes = ViewChanges(now, site if site_changed else None, tuple(changed))
+            self.view_listeners.publish("views", {"changes": changes})
         if not self.subscribers and not self.listeners:
             return
-        docs: dict[str, dict[str, Any]] = {"site": self.site_doc()}
+        if site_changed:
+            self._broadcast("site", self.site_doc_of(site, now))
         if self.default_id:
-            docs["charging"] = self.charging_doc(self.default_id)
-        for cid in self.engine.chargers:
-            docs[f"charger:{cid}"] = self.charger_doc(cid)
-        for key, doc in docs.items():
-            if self._docs.get(key) != doc:
-                self._docs[key] = doc
-                self._broadcast(key.split(":")[0], doc)
+            default = self.views[self.default_id]
+            shown = (default, site.frequency)
+            if shown != self._published_default:
+                self._published_default = shown
+                self._broadcast("charging", vw.charging_doc(default, site))
+        for view in changed:
+            self._broadcast("charger", vw.charger_doc(view, now))
 
     def _broadcast(self, topic: str, message: dict[str, Any]) -> None:
         frame = {"topic": topic, "message": message}
@@ -503,8 +653,9 @@ class Runtime:
         """A bounded queue that receives every published frame; the current state comes first."""
         q = FrameQueue(QUEUE_FRAMES + len(self.engine.chargers) + 2)
         q.put_nowait({"topic": "site", "message": self.site_doc()})
+        now = self.clock.now()
         for cid in self.engine.chargers:
-            q.put_nowait({"topic": "charger", "message": self.charger_doc(cid)})
+            q.put_nowait({"topic": "charger", "message": vw.charger_doc(self.charger_view(cid), now)})
         if self.default_id:
             q.put_nowait({"topic": "charging", "message": self.charging_doc(self.default_id)})
         self.subscribers.add(q)
@@ -752,147 +903,28 @@ class Runtime:
 
     def charging_doc(self, cid: str) -> dict[str, Any]:
         """Seed 002's `/api/v1/charging` fields for one charger."""
-        ch = self.charger(cid)
-        freq = self.sim.frequency if self.sim is not None else 50.0
-        return {
-            "voltage": [round(v, 2) for v in ch.voltages],
-            "amperage": [round(a, 2) for a in ch.currents],
-            "allocatedAmperage": round(ch.allocated, 1),
-            "commandedAmperage": round(ch.commanded, 1),
-            "availableAmperage": round(ch.available_current, 1),
-            "signaledAmperage": round(ch.signaled, 1),
-            "frequency": round(freq, 3),
-            "energyImported": round(ch.meter_kwh or 0.0, 3),
-            "lastActivePower": round(ch.power_w, 1),
-        }
+        return vw.charging_doc(self.charger_view(cid), self.site_view())
 
     def charger_doc(self, cid: str) -> dict[str, Any]:
         """The native API's full view of one charger."""
-        ch = self.charger(cid)
-        now = self.clock.now()
-        session = None
-        if ch.session is not None:
-            s = ch.session
-            session = {
-                "id": s.id,
-                "started_at": round(s.started_at, 3),
-                "duration_s": round(s.duration_s(now)),
-                "charging_s": round(s.charging_s),
-                "energy_kwh": round(s.energy_kwh, 3),
-                "peak_power_w": round(s.peak_power_w, 1),
-                "id_tag": s.id_tag,
-            }
-        return {
-            "id": cid,
-            "name": ch.config.name,
-            "state": ch.pilot.value,
-            "work_state": ch.work_state().value,
-            "plugged": ch.plugged,
-            "charging": ch.work_state().value == "charger_charging",
-            "enabled": ch.enabled,
-            "available": ch.available,
-            "authorized": ch.authorized,
-            "auto_charge": ch.auto_charge,
-            "start_requested": ch.start_requested,
-            "mode": self.engine.mode_of(ch),
-            "mode_setting": ch.mode,
-            "phases": ch.active_phases,
-            "phase_mode": ch.phase_mode,
-            "current": {
-                "allocated": round(ch.allocated, 1),
-                "available": round(ch.available_current, 1),
-                "commanded": round(ch.commanded, 1),
-                "signaled": round(ch.signaled, 1),
-            },
-            "limit_source": ch.allocation_source,
-            "available_source": ch.available_source,
-            "amperage": [round(a, 2) for a in ch.currents],
-            "voltage": [round(v, 1) for v in ch.voltages],
-            "power_w": round(ch.power_w, 1),
-            "temperature": round(ch.temperature, 1),
-            "limits": {
-                "max_current": ch.config.max_current,
-                "min_current": ch.config.min_current,
-                "cable": ch.cable_limit,
-                "user": ch.user_limit,
-                "override": ch.override,
-                "leases": {
-                    k: {
-                        "amps": v.value,
-                        "expires_in_s": None if v.expires_at is None else round(v.expires_at - now, 1),
-                    }
-                    for k, v in ch.leases.items()
-                },
-            },
-            "caps": {"energy_kwh": ch.energy_cap_kwh, "time_min": ch.time_cap_min},
-            "limit_reached": None if ch.limit_reached is None else ch.limit_reached.value,
-            "errors": sorted(e.value for e in ch.errors),
-            "session": session,
-            "lifetime_kwh": round(ch.lifetime_kwh, 3),
-        }
+        return vw.charger_doc(self.charger_view(cid), self.clock.now())
 
     def site_doc(self) -> dict[str, Any]:
         """The native API's view of the site."""
-        e = self.engine
-        alloc = e.last
-        site = e.site
-        mains: dict[str, Any] | None = None
-        now = self.clock.now()
-        reading = e.last_mains
-        if reading is not None:
-            mains = {
-                "currents": [round(a, 2) for a in reading.currents],
-                "age_s": round(now - reading.taken_at, 1),
-                "fresh": alloc.mains_fresh if alloc is not None else False,
-            }
-            if self.sim is not None and e.mains is self.sim_meter:
-                m = self.sim.mains_meter()
-                mains.update(
-                    voltages=[round(v, 1) for v in m.voltages],
-                    powers=[round(p, 1) for p in m.powers],
-                    import_kwh=round(m.import_kwh, 3),
-                    export_kwh=round(m.export_kwh, 3),
-                    frequency=round(m.frequency, 3),
-                )
-            elif "mains" in self.meters:
-                full = self.meters["mains"].full()
-                if full is not None:
-                    values = _reading_doc(full, now)
-                    mains.update({k: values[k] for k in _FULL_KEYS})
-        doc: dict[str, Any] = {
-            "mode": site.mode,
-            "mains_limit": site.mains_limit,
-            "capacity_limit": site.capacity_limit,
-            "mains": mains,
-            "base_load": [round(a, 2) for a in alloc.base_load] if alloc else None,
-            "available": [round(a, 2) for a in alloc.available] if alloc else None,
-            "solar_surplus": None
-            if alloc is None or alloc.solar_surplus is None
-            else round(alloc.solar_surplus, 2),
-            "fallback": alloc.fallback if alloc else False,
-            "rejected_readings": dict(sorted(e.rejected.items())),
-            "grid_relay_open": e.grid_relay_open,
-            "site_limits": {
-                name: {
-                    "amps": cap.amps,
-                    "expires_in_s": None if cap.expires_at is None else round(cap.expires_at - now, 1),
-                }
-                for name, cap in e.site_caps.items()
-            },
-            "battery_current": e.battery.current,
-            "overloads": self.overloads.doc(),
-            "chargers": sorted(e.chargers),
-            "meters": {m["name"]: m["reading"] for m in self.meters_doc()},
-        }
-        if self.sim is not None:
-            doc["sim"] = {
-                "time": round(self.sim.now, 1),
-                "time_of_day_h": round(self.sim.tod(self.sim.now) / 3600.0, 3),
-                "pv_w": round(self.sim.pv_w, 1),
-                "house": [round(a, 2) for a in self.sim.house_currents],
-                "battery_w": round(self.sim.battery_w, 1),
-                "ambient_c": self.sim.params.ambient_c,
-            }
+        return self.site_doc_of(self.site_view(), self.clock.now())
+
+    def site_doc_of(self, view: SiteView, now: float) -> dict[str, Any]:
+        """The site document from its view, with the meter drivers' full readings."""
+        doc = vw.site_doc(view, now)
+        mains = doc["mains"]
+        if mains is not None and "voltages" not in mains and "mains" in self.meters:
+            full = self.meters["mains"].full()
+            if full is not None:
+                values = _reading_doc(full, now)
+                mains.update({k: values[k] for k in _FULL_KEYS})
+        doc["meters"] = {m["name"]: m["reading"] for m in self.meters_doc()}
+        if "sim" in doc:
+            doc["sim"] = doc.pop("sim")  # after `meters`, where it was
         return doc
 
     def meters_doc(self) -> list[dict[str, Any]]:

@@ -99,7 +99,9 @@ class MeteredPilot:
         base = self.inner.read()
         api = self._fresh(base.taken_at)
         if api is None:
-            return replace(base, energy_kwh=self._energy("pilot", base.energy_kwh))
+            energy = self._energy("pilot", base.energy_kwh)
+            # Usually the pilot's own counter as it is: no copy (this runs per charger per tick).
+            return base if energy == base.energy_kwh else replace(base, energy_kwh=energy)
         if api.currents is None:
             return replace(base, energy_kwh=self._energy("api", api.energy_kwh))
         return replace(

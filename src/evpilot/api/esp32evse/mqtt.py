@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
 
 from evpilot.api.esp32evse import vocab
 from evpilot.api.mqtt_payload import Misrouted, Out, parse_bool, parse_number
 from evpilot.control.runtime import Runtime
+from evpilot.control.views import ChargerView
 
 COMMANDS = ("enabled", "current")
 
@@ -41,21 +41,21 @@ class Esp32Topics:
             raise Misrouted(cid, f"unknown ESP32-EVSE command {cmd!r} ({', '.join(COMMANDS)})")
         return cid, cmd
 
-    def render(self, cid: str, d: dict[str, Any]) -> list[Out]:
+    def render(self, v: ChargerView) -> list[Out]:
         """The bridge's retained `<id>/state` document."""
-        session = d.get("session") or {}
-        limits = d["limits"]
+        session_kwh = round(v.session.energy_kwh, 3) if v.session is not None else 0.0
+        state = v.pilot.value
         doc = {
-            "state": d["state"],
-            "charging": d["state"] in vocab.CHARGING_STATES,
-            "enabled": d["enabled"],
-            "error": bool(d["errors"]),
-            "power": round(d["power_w"], 1),
-            "current": vocab.charging_current(limits["user"], limits["max_current"]),
-            "session_energy": round(session.get("energy_kwh", 0.0) * 1000, 1),
-            "temperature": round(d["temperature"], 1),
+            "state": state,
+            "charging": state in vocab.CHARGING_STATES,
+            "enabled": v.enabled,
+            "error": bool(v.errors),
+            "power": round(round(v.power_w, 1), 1),
+            "current": vocab.charging_current(v.user_limit, v.config.max_current),
+            "session_energy": round(session_kwh * 1000, 1),
+            "temperature": round(round(v.temperature, 1), 1),
         }
-        return [Out(f"{self.idents[cid]}/state", json.dumps(doc, separators=(",", ":")))]
+        return [Out(f"{self.idents[v.id]}/state", json.dumps(doc, separators=(",", ":")))]
 
     def handle(self, cid: str, what: str, text: str) -> None:
         """Validate and apply one command; raises Rejected (or CommandError)."""

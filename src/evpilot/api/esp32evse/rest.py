@@ -104,7 +104,7 @@ STATE_FIELDS: dict[str, Callable[[Any, Charger], Action]] = {
 
 def state_doc(rt: Runtime, cid: str) -> dict[str, Any]:
     """The firmware's `GET /api/v1/state` document for one charger."""
-    ch = rt.charger(cid)
+    ch = rt.charger_view(cid)
     s = ch.session
     now = rt.clock.now()
     return {
@@ -130,7 +130,7 @@ def state_doc(rt: Runtime, cid: str) -> dict[str, Any]:
 
 def info_doc(rt: Runtime, cid: str) -> dict[str, Any]:
     """The firmware's `GET /api/v1/info` document (the 'chip' is evpilot)."""
-    ch = rt.charger(cid)
+    ch = rt.charger_view(cid)
     return {
         "uptime": round(rt.clock.now() - rt.started_at),
         "appVersion": __version__,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from evpilot.core.charger import Charger
+from evpilot.control.views import ChargerView
 
 WS_PER_KWH = 3_600_000.0
 # Core caps, in the firmware's units.
@@ -31,6 +31,6 @@ def charging_current(user_limit: float | None, max_current: float) -> float:
     return user_limit if user_limit is not None else max_current
 
 
-def shown_state(ch: Charger) -> str:
+def shown_state(ch: ChargerView) -> str:
     """The pilot state the firmware shows: an EVSE taken out of service shows F."""
     return ch.pilot.value if ch.available else "F"

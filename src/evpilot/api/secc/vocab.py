@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from evpilot import __version__
 from evpilot.control.runtime import Runtime
-from evpilot.core.charger import Charger, Lease
+from evpilot.control.views import LeaseView
+from evpilot.core.charger import Charger
 from evpilot.core.site import NOMINAL_VOLTAGE
 
 AMPS_LEASE = "lease"
@@ -53,14 +54,17 @@ class LimitsBody(BaseModel):
 
 def limits_doc(rt: Runtime, cid: str) -> dict[str, Any]:
     """The current external limits of one charger."""
-    ch = rt.charger(cid)
+    ch = rt.charger_view(cid)
     now = rt.clock.now()
-    amps = ch.leases.get(AMPS_LEASE)
-    power = ch.leases.get(POWER_LEASE)
+    # A lease lapsed in clock time is gone even before the next tick drops it.
+    amps, power = (
+        lease if lease is not None and (lease.expires_at is None or lease.expires_at > now) else None
+        for lease in (ch.lease(AMPS_LEASE), ch.lease(POWER_LEASE))
+    )
     ends = [lease.expires_at for lease in (amps, power) if lease is not None and lease.expires_at is not None]
     return {
         "enabled": ch.enabled,
-        "amperageLimit": amps.value if amps is not None else None,
+        "amperageLimit": amps.amps if amps is not None else None,
         "powerLimit": power_limit(power),
         "timeout": max(0, round((min(ends) - now) * 1000)) if ends else None,
     }
@@ -68,15 +72,15 @@ def limits_doc(rt: Runtime, cid: str) -> dict[str, Any]:
 
 def transaction_doc(rt: Runtime, cid: str) -> dict[str, Any]:
     """The running transaction (session) of one charger; `id` is null when there is none."""
-    ch = rt.charger(cid)
+    ch = rt.charger_view(cid)
     now = rt.clock.now()
     s = ch.session
     meter = ch.meter_kwh if ch.meter_kwh is not None else ch.lifetime_kwh
     session_kwh = s.energy_kwh if s is not None else 0.0
     return {
         "id": s.id if s is not None else None,
-        "state": ch.work_state().value,
-        "connectorStatus": CONNECTOR_STATUS[ch.work_state().value],
+        "state": ch.work_state.value,
+        "connectorStatus": CONNECTOR_STATUS[ch.work_state.value],
         "vehicleStatus": ch.letter,
         "startedTime": round(s.started_at * 1000) if s is not None else None,
         "duration": round(s.duration_s(now)) if s is not None else 0,
@@ -92,13 +96,13 @@ def transaction_doc(rt: Runtime, cid: str) -> dict[str, Any]:
         "commandedAmperage": round(ch.commanded, 1),
         "availableAmperage": round(ch.available_current, 1),
         "signaledAmperage": round(ch.signaled, 1),
-        "limitSource": ch.allocation_source,
+        "limitSource": ch.limit_source,
     }
 
 
 def configuration_doc(rt: Runtime, cid: str) -> dict[str, Any]:
     """The static configuration of one charger."""
-    ch = rt.charger(cid)
+    ch = rt.charger_view(cid)
     c = ch.config
     return {
         "chargePointId": c.id,
@@ -118,7 +122,7 @@ def configuration_doc(rt: Runtime, cid: str) -> dict[str, Any]:
     }
 
 
-def power_limit(lease: Lease | None) -> int | None:
+def power_limit(lease: LeaseView | None) -> int | None:
     """The power limit a lease holds, in W (an amps lease read as W at the phases it was set for)."""
     if lease is None:
         return None

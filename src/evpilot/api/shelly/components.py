@@ -9,7 +9,8 @@ from typing import Any
 
 from evpilot import __version__
 from evpilot.api.shelly.rpc import NOT_FOUND, RpcError, int_arg, invalid, num
-from evpilot.core.charger import Charger, WorkState
+from evpilot.control.views import ChargerView
+from evpilot.core.charger import WorkState
 from evpilot.core.iec61851 import MIN_CURRENT
 
 MODEL = "EVE01"
@@ -129,7 +130,7 @@ class Device:
         return {"total": num(round(total_kwh * 1000.0, 3)), "minute_ts": minute, "by_minute": by_minute}
 
 
-def phase_info(dev: Device, ch: Charger, now: float) -> dict[str, Any]:
+def phase_info(dev: Device, ch: ChargerView, now: float) -> dict[str, Any]:
     currents = ch.currents
     volts = ch.voltages
     if ch.config.phases == 1:
@@ -147,10 +148,10 @@ def phase_info(dev: Device, ch: Charger, now: float) -> dict[str, Any]:
     return value
 
 
-def component_values(dev: Device, ch: Charger, now: float) -> dict[str, Any]:
+def component_values(dev: Device, ch: ChargerView, now: float) -> dict[str, Any]:
     s = ch.session
     return {
-        "enum:200": ch.work_state().value,
+        "enum:200": ch.work_state.value,
         "number:200": num(ch.user_limit if ch.user_limit is not None else ch.config.max_current),
         "object:200": phase_info(dev, ch, now),
         # On while the user lets it charge: an explicit start, or auto_charge without an explicit stop.
@@ -161,7 +162,7 @@ def component_values(dev: Device, ch: Charger, now: float) -> dict[str, Any]:
     }
 
 
-def component_config(comp: Component, ch: Charger) -> dict[str, Any]:
+def component_config(comp: Component, ch: ChargerView) -> dict[str, Any]:
     """The virtual component's config (as `<Type>.GetConfig` and `Shelly.GetConfig` show it)."""
     doc: dict[str, Any] = {"id": comp.id, "name": comp.name, "owner": OWNER, "role": comp.role}
     access = "crw" if comp.writable else "cr"

@@ -39,7 +39,8 @@ from evpilot.api.shelly.rpc import (
     refused,
 )
 from evpilot.control.autobalance import AutoBalanceSettings
-from evpilot.control.runtime import Runtime, UnknownCharger
+from evpilot.control.runtime import Runtime, UnknownCharger, ViewChanges
+from evpilot.control.views import ChargerView
 from evpilot.core.charger import Charger
 from evpilot.core.errors import CommandError
 
@@ -80,7 +81,9 @@ class ShellyFacade:
             self.handlers[f"{prefix}.GetConfig"] = self._getter(ctype, self.component_config)
             if ctype in ("number", "boolean"):
                 self.handlers[f"{prefix}.Set"] = self._setter(ctype)
-        rt.listeners.append(self._on_change)
+        rt.view_listeners.append(self._on_views)
+        # Devices with an open session: when their session's whole minutes next change (clock s).
+        self._minute_due: dict[str, float] = {}
 
     # ---- lookups and tracking -------------------------------------------------------------------
 
@@ -92,27 +95,45 @@ class ShellyFacade:
             raise UnknownCharger(key)
         return dev
 
-    def _on_change(self, topic: str, message: dict[str, Any]) -> None:
-        if topic == "charger" and message.get("id") in self.devices:
-            self.refresh(self.devices[message["id"]])
+    def _on_views(self, topic: str, message: dict[str, Any]) -> None:
+        # Track value changes as they happen: each changed view, and a session's minute count
+        # (time alone changes it, so it is due even when the view is not).
+        changes: ViewChanges = message["changes"]
+        now = changes.at
+        done = set()
+        for view in changes.chargers:
+            dev = self.devices.get(view.id)
+            if dev is not None:
+                self._track(dev, view, now)
+                done.add(view.id)
+        for cid, due in list(self._minute_due.items()):
+            if now >= due and cid not in done:
+                self._track(self.devices[cid], self.rt.views[cid], now)
 
-    def refresh(self, dev: Device, source: str = "sys") -> dict[str, Any]:
-        """Current values of the virtual components; records when each last changed."""
-        now = self.rt.clock.now()
-        values = component_values(dev, self.rt.charger(dev.cid), now)
+    def _track(self, dev: Device, view: ChargerView, now: float, source: str = "sys") -> dict[str, Any]:
+        values = component_values(dev, view, now)
         for key, value in values.items():
             track = dev.tracks.setdefault(key, Track())
             if not track.seen:
                 track.value, track.seen = value, True
             elif track.value != value:
                 track.value, track.source, track.ts = value, source, int(now)
+        if view.session is None:
+            self._minute_due.pop(dev.cid, None)
+        else:
+            minutes = view.session.duration_s(now) // 60
+            self._minute_due[dev.cid] = view.session.started_at + (minutes + 1) * 60
         return values
+
+    def refresh(self, dev: Device, source: str = "sys") -> dict[str, Any]:
+        """Current values of the virtual components; records when each last changed."""
+        return self._track(dev, self.rt.charger_view(dev.cid), self.rt.clock.now(), source)
 
     # ---- documents --------------------------------------------------------------------------------
 
     def device_info(self, dev: Device) -> dict[str, Any]:
         """`/shelly` and `Shelly.GetDeviceInfo`."""
-        ch = self.rt.charger(dev.cid)
+        ch = self.rt.charger_view(dev.cid)
         return {
             "name": ch.config.name or None,
             "id": dev.device_id,
@@ -136,11 +157,11 @@ class ShellyFacade:
 
     def component_config(self, dev: Device, comp: Component) -> dict[str, Any]:
         """The virtual component's config (as `<Type>.GetConfig` and `Shelly.GetConfig` show it)."""
-        return component_config(comp, self.rt.charger(dev.cid))
+        return component_config(comp, self.rt.charger_view(dev.cid))
 
     def service_config(self, dev: Device) -> dict[str, Any]:
         """`Service.GetConfig` (seed 000's shape)."""
-        ch = self.rt.charger(dev.cid)
+        ch = self.rt.charger_view(dev.cid)
         ab = self.balance.settings.get(dev.cid, AutoBalanceSettings())
         return {
             "auto_balance": {
@@ -157,7 +178,7 @@ class ShellyFacade:
 
     def service_status(self, dev: Device) -> dict[str, Any]:
         """`Service.GetStatus`: the session cap flag, faults and the auto_balance meter."""
-        ch = self.rt.charger(dev.cid)
+        ch = self.rt.charger_view(dev.cid)
         flags = [] if ch.limit_reached is None else [f"{ch.limit_reached.value}_limit_reached"]
         return {
             "id": 0,
@@ -184,7 +205,7 @@ class ShellyFacade:
 
     def sys_config(self, dev: Device) -> dict[str, Any]:
         """`Sys.GetConfig`."""
-        ch = self.rt.charger(dev.cid)
+        ch = self.rt.charger_view(dev.cid)
         return {
             "device": {"name": ch.config.name or None, "mac": dev.mac, "fw_id": FW_ID, "discoverable": False},
             "location": {"tz": None, "lat": None, "lon": None},

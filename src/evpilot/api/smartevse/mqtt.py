@@ -12,6 +12,7 @@ from typing import Any
 from evpilot.api.mqtt_payload import Misrouted, Out, Rejected, parse_int, parse_ints
 from evpilot.api.smartevse import vocab
 from evpilot.control.runtime import Runtime
+from evpilot.control.views import ChargerView, SiteView
 from evpilot.core.errors import check_range
 from evpilot.devices.evmeter import ApiFedEvMeter, EvMeterReading
 
@@ -38,6 +39,8 @@ class SmartEvseTopics:
         self.rt = rt
         self.prefixes = dict(prefixes)
         self._by_prefix = {sp: cid for cid, sp in self.prefixes.items()}
+        self._loadbl = vocab.loadbl_roles(list(rt.engine.chargers))
+        self._site_values: dict[str, str] = {}
 
     def __contains__(self, cid: object) -> bool:
         return cid in self.prefixes
@@ -62,49 +65,63 @@ class SmartEvseTopics:
                 raise Misrouted(cid, f"unknown SmartEVSE topic {topic[len(sp) :]!r}")
         return None
 
-    def render(self, cid: str, d: dict[str, Any], site: dict[str, Any]) -> list[Out]:
-        """The firmware's topics of one charger (units: dA for currents, W, Wh), its retain flags."""
-        sp = self.prefixes[cid]
-        rt = self.rt
-        ch = rt.charger(cid)
-        st = vocab.status(rt, ch)
-        session = d.get("session") or {}
-        limits = d["limits"]
+    def site_key(self, site: SiteView) -> tuple[Any, ...]:
+        """What the per-charger topics take from the site: a change re-renders every charger."""
+        return (site.fallback, site.config.solar.stop_min)
 
-        def da(amps: float | None) -> str:
-            return str(vocab.deciamps(amps))
-
+    def render(self, v: ChargerView, site: SiteView, now: float) -> list[Out]:
+        """The firmware's own topics of one charger (units: dA for currents, W, Wh), its retain flags."""
+        sp = self.prefixes[v.id]
+        st = vocab.status(v, site)
+        session_kwh = v.session.energy_kwh if v.session is not None else 0.0
+        da = vocab.deciamps
+        a = v.currents
         retained = {
-            "Mode": vocab.mode_of(rt, ch).mqtt_name,
-            "Access": "Allow" if d["enabled"] else "Deny",
+            "Mode": vocab.mode_of(v).mqtt_name,
+            "Access": "Allow" if v.enabled else "Deny",
             "State": st.state,
             "Error": st.error,
-            "ChargeCurrent": da(d["current"]["signaled"]),
-            "ChargeCurrentOverride": da(limits["override"]),
-            "MaxCurrent": da(limits["max_current"]),
-            "EVPlugState": "Connected" if d["plugged"] else "Disconnected",
-            "EVEnergyCharged": str(round(session.get("energy_kwh", 0.0) * 1000)),
-            "EnableC2": vocab.C2_NAME[d["phase_mode"]],
+            "ChargeCurrent": str(da(round(v.signaled, 1))),
+            "ChargeCurrentOverride": str(da(v.override)),
+            "MaxCurrent": str(da(v.config.max_current)),
+            "EVPlugState": "Connected" if v.plugged else "Disconnected",
+            "EVEnergyCharged": str(round(round(session_kwh, 3) * 1000)),
+            "EnableC2": vocab.C2_NAME[v.phase_mode],
         }
         live = {
-            "NrOfPhases": str(d["phases"]),
-            "EVChargePower": str(round(d["power_w"])),
-            "EVTotalEnergyCharged": str(round(d["lifetime_kwh"] * 1000)),
-            "ESPTemp": str(round(d["temperature"])),
-            "SolarStopTimer": str(vocab.solar_stop_timer(rt, cid)),
-            "LoadBl": str(vocab.loadbl(rt, cid)),
+            "NrOfPhases": str(v.active_phases),
+            "EVChargePower": str(round(round(v.power_w, 1))),
+            "EVTotalEnergyCharged": str(round(round(v.lifetime_kwh, 3) * 1000)),
+            "ESPTemp": str(round(round(v.temperature, 1))),
+            "SolarStopTimer": str(vocab.solar_stop_timer(v, site, now)),
+            "LoadBl": str(self._loadbl[v.id]),
+            "EVCurrentL1": str(da(round(a[0], 2))),
+            "EVCurrentL2": str(da(round(a[1], 2))),
+            "EVCurrentL3": str(da(round(a[2], 2))),
         }
-        for i in range(3):
-            live[f"EVCurrentL{i + 1}"] = da(d["amperage"][i])
-        mains = site.get("mains")
-        if mains:
-            for i in range(3):
-                live[f"MainsCurrentL{i + 1}"] = da(mains["currents"][i])
-        if site.get("battery_current") is not None:
-            live["HomeBatteryCurrent"] = da(site["battery_current"])
-        outs = [Out(f"{sp}/{k}", v) for k, v in retained.items()]
-        outs += [Out(f"{sp}/{k}", v, retain=False) for k, v in live.items()]
+        outs = [Out(f"{sp}/{k}", value) for k, value in retained.items()]
+        outs += [Out(f"{sp}/{k}", value, retain=False) for k, value in live.items()]
         return outs
+
+    def render_site(self, site: SiteView, refresh: bool = False) -> list[Out]:
+        """The site's values every charger's prefix carries: mains currents, home battery current.
+
+        Nothing when they are what the last call rendered, unless `refresh`.
+        """
+        values: dict[str, str] = {}
+        if site.mains is not None:
+            for i, amps in enumerate(site.mains.currents):
+                values[f"MainsCurrentL{i + 1}"] = str(vocab.deciamps(round(amps, 2)))
+        if site.battery_current is not None:
+            values["HomeBatteryCurrent"] = str(vocab.deciamps(site.battery_current))
+        if values == self._site_values and not refresh:
+            return []
+        self._site_values = values
+        return [
+            Out(f"{sp}/{k}", value, retain=False)
+            for sp in self.prefixes.values()
+            for k, value in values.items()
+        ]
 
     def handle(self, cid: str, what: str, text: str, ev_meters: Mapping[str, ApiFedEvMeter]) -> None:
         """Validate and apply one `Set/<what>` command; raises Rejected (or CommandError)."""

@@ -24,7 +24,7 @@ from evpilot.api.smartevse import vocab
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.charger import Charger
 from evpilot.core.errors import CommandError
-from evpilot.core.iec61851 import DRAW_THRESHOLD_A, duty_for_current
+from evpilot.core.iec61851 import duty_for_current
 from evpilot.core.schedule import Schedule
 from evpilot.devices.apifed import ImplausibleReading
 from evpilot.devices.evmeter import EvMeterReading
@@ -78,46 +78,46 @@ _dA = vocab.deciamps
 
 
 def settings_doc(rt: Runtime, cid: str) -> dict[str, Any]:
-    """The firmware's `GET /settings` document for one charger."""
-    ch = rt.charger(cid)
-    e = rt.engine
-    site = e.site
-    mode = e.mode_of(ch)
-    shown = vocab.mode_of(rt, ch)
-    st = vocab.status(rt, ch)
+    """The firmware's `GET /settings` document for one charger (rendered from the runtime's views)."""
+    v = rt.charger_view(cid)
+    sv = rt.site_view()
+    now = rt.clock.now()
+    site = sv.config
+    shown = vocab.mode_of(v)
+    st = vocab.status(v, sv)
     # CIRCUIT is the circuit the charger is configured on, not a Shelly auto_balance node above it.
-    home = rt.auto_balance.home(cid)
-    circuit = next((c.limit for c in site.circuits if c.name == home), site.mains_limit)
+    circuit_cfg = sv.circuit(rt.auto_balance.home(cid))
+    circuit = circuit_cfg.limit if circuit_cfg is not None else site.mains_limit
     schedule = rt.schedules.get(cid, Schedule())
-    mains = e.last_mains
+    mains = sv.mains
     mains_dA = [_dA(a) for a in mains.currents] if mains is not None else [0, 0, 0]
-    ev_dA = [_dA(a) for a in ch.currents]
-    session_kwh = ch.session.energy_kwh if ch.session is not None else 0.0
+    ev_dA = [_dA(a) for a in v.currents]
+    session_kwh = v.session.energy_kwh if v.session is not None else 0.0
     meter = {"L1": mains_dA[0], "L2": mains_dA[1], "L3": mains_dA[2]}
     import_kwh = export_kwh = 0.0
-    if rt.sim is not None and e.mains is rt.sim_meter:
-        m = rt.sim.mains_meter()
-        import_kwh, export_kwh = m.import_kwh, m.export_kwh
+    if mains is not None and mains.meter is not None:
+        import_kwh, export_kwh = mains.meter.import_kwh, mains.meter.export_kwh
     elif "mains" in rt.meters:
         full = rt.meters["mains"].full()
         if full is not None:
             import_kwh, export_kwh = full.import_kwh or 0.0, full.export_kwh or 0.0
+    drawing = v.drawing
     return {
         "version": __version__,
         "serialnr": zlib.crc32(cid.encode()) % 100_000,
         "mode": shown.name,
         "mode_id": shown.mode_id,
-        "car_connected": ch.plugged,
+        "car_connected": v.plugged,
         "evse": {
-            "temp": round(ch.temperature),
-            "temp_max": round(ch.config.max_temp),
-            "connected": ch.plugged,
-            "access": ch.enabled,
-            "mode": EVSE_MODE[mode],
+            "temp": round(v.temperature),
+            "temp_max": round(v.config.max_temp),
+            "connected": v.plugged,
+            "access": v.enabled,
+            "mode": EVSE_MODE[v.mode],
             "loadbl": vocab.loadbl(rt, cid),
             # The firmware reports the PWM timer value, 1024 = 100 % (no PWM).
-            "pwm": round(duty_for_current(ch.signaled) * 10.24),
-            "solar_stop_timer": vocab.solar_stop_timer(rt, cid),
+            "pwm": round(duty_for_current(v.signaled) * 10.24),
+            "solar_stop_timer": vocab.solar_stop_timer(v, sv, now),
             "state": st.state,
             "state_id": st.state_id,
             "error": st.error,
@@ -125,10 +125,10 @@ def settings_doc(rt: Runtime, cid: str) -> dict[str, Any]:
             "rfid": "Not Installed",
         },
         "settings": {
-            "charge_current": _dA(ch.signaled),
-            "override_current": _dA(ch.override) if ch.override is not None else 0,
-            "current_min": ch.config.min_current,
-            "current_max": ch.config.max_current,
+            "charge_current": _dA(v.signaled),
+            "override_current": _dA(v.override) if v.override is not None else 0,
+            "current_min": v.config.min_current,
+            "current_max": v.config.max_current,
             "current_main": site.mains_limit,
             "current_max_circuit": circuit,
             "current_max_sum_mains": site.capacity_limit or 0,
@@ -136,25 +136,25 @@ def settings_doc(rt: Runtime, cid: str) -> dict[str, Any]:
             "solar_max_import": site.solar.max_import,
             "solar_start_current": site.solar.start_current,
             "solar_stop_time": site.solar.stop_min,
-            "enable_C2": vocab.C2_NAME[ch.phase_mode],
-            "mains_meter": _meter_name(rt.config.site.mains_meter),
+            "enable_C2": vocab.C2_NAME[v.phase_mode],
+            "mains_meter": _meter_name(sv.mains_meter),
             # Unix time, 0 = none, as the firmware shows its delayed charging times.
             "starttime": round(schedule.start_at or 0),
             "stoptime": round(schedule.stop_at or 0),
             "repeat": int(schedule.repeat),
         },
         "home_battery": {
-            "current": _dA(e.battery.current) if e.battery.current is not None else 0,
-            "last_update": round(e.battery.at) if e.battery.at is not None else 0,
+            "current": _dA(sv.battery_current) if sv.battery_current is not None else 0,
+            "last_update": round(sv.battery_at) if sv.battery_at is not None else 0,
         },
         "ev_meter": {
             "description": "evpilot",
             "address": 0,
-            "import_active_power": round(ch.power_w / 1000.0, 1),
-            "total_kwh": round(ch.lifetime_kwh, 1),
+            "import_active_power": round(v.power_w / 1000.0, 1),
+            "total_kwh": round(v.lifetime_kwh, 1),
             "charged_kwh": round(session_kwh, 1),
             "currents": {"TOTAL": sum(ev_dA), "L1": ev_dA[0], "L2": ev_dA[1], "L3": ev_dA[2]},
-            "import_active_energy": round(ch.lifetime_kwh, 1),
+            "import_active_energy": round(v.lifetime_kwh, 1),
             "export_active_energy": 0.0,
         },
         "mains_meter": {
@@ -165,9 +165,9 @@ def settings_doc(rt: Runtime, cid: str) -> dict[str, Any]:
             "TOTAL": sum(mains_dA),
             **meter,
             "last_data_update": round(mains.taken_at) if mains is not None else 0,
-            "charging_L1": ch.currents[0] > DRAW_THRESHOLD_A,
-            "charging_L2": ch.currents[1] > DRAW_THRESHOLD_A,
-            "charging_L3": ch.currents[2] > DRAW_THRESHOLD_A,
+            "charging_L1": drawing[0],
+            "charging_L2": drawing[1],
+            "charging_L3": drawing[2],
             "original_data": {"TOTAL": sum(mains_dA), **meter},
         },
         "backlight": {"timer": 0, "status": "N/A"},

@@ -9,9 +9,11 @@ and take the same values through these functions only.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from evpilot.control.runtime import Runtime
+from evpilot.control.views import ChargerView, SiteView
 from evpilot.core.charger import Charger, ErrorFlag
 
 # The firmware's web state names (`StrStateNameWeb`) and State numbers, by IEC 61851 pilot state.
@@ -77,12 +79,11 @@ MODE_BY_ID = {m.mode_id: m for m in Mode}
 MODE_BY_NAME = {m.mqtt_name: m for m in Mode}
 
 
-def mode_of(rt: Runtime, ch: Charger) -> Mode:
+def mode_of(v: ChargerView) -> Mode:
     """The firmware mode a charger shows: OFF while disabled or off; evpilot's min+solar is SOLAR."""
-    mode = rt.engine.mode_of(ch)
-    if not ch.enabled or mode == "off":
+    if not v.enabled or v.mode == "off":
         return Mode.OFF
-    return {"normal": Mode.NORMAL, "smart": Mode.SMART}.get(mode, Mode.SOLAR)
+    return {"normal": Mode.NORMAL, "smart": Mode.SMART}.get(v.mode, Mode.SOLAR)
 
 
 def apply_mode(ch: Charger, mode: Mode) -> None:
@@ -107,41 +108,45 @@ class Status:
     error_id: int
 
 
-def status(rt: Runtime, ch: Charger) -> Status:
+def status(v: ChargerView, site: SiteView) -> Status:
     """State and error as the firmware's `/settings` shows them (waiting for sun is in the state)."""
-    state_id, state = STATE[ch.pilot.value]
-    flagged = [f for f in ERRORS if f in ch.errors]
+    state_id, state = STATE[v.pilot.value]
     error = NO_ERROR
-    alloc = rt.engine.last
-    if flagged:
-        # Like the firmware's getErrorId: the highest error number wins.
-        error = max((ERRORS[f] for f in flagged), key=lambda e: e[1])
-    elif alloc is not None and alloc.fallback:
-        error = COMM_ERROR
-    elif ch.plugged and ch.permitted() and ch.commanded == 0:
-        if ch.allocation_source == "solar":
-            # The firmware's /settings moves NO_SUN from the error into the state text.
-            state = f"{state} - {WAITING_FOR_SOLAR}"
-        else:
-            error = NO_POWER
+    if v.errors:
+        flagged = [ERRORS[f] for f in ERRORS if f in v.errors]
+        if flagged:
+            # Like the firmware's getErrorId: the highest error number wins.
+            error = max(flagged, key=lambda e: e[1])
+    if error is NO_ERROR:
+        if site.fallback:
+            error = COMM_ERROR
+        elif v.plugged and v.permitted and v.commanded == 0:
+            if v.limit_source == "solar":
+                # The firmware's /settings moves NO_SUN from the error into the state text.
+                state = f"{state} - {WAITING_FOR_SOLAR}"
+            else:
+                error = NO_POWER
     return Status(state_id, state, error[0], error[1])
 
 
-def solar_stop_timer(rt: Runtime, cid: str) -> int:
+def solar_stop_timer(v: ChargerView, site: SiteView, now: float) -> int:
     """Seconds until solar charging stops for lack of sun (0 = not counting)."""
-    memo = rt.engine.state.chargers.get(cid)
-    stop_s = rt.engine.site.solar.stop_min * 60.0
-    if memo is None or memo.solar_short_since is None or stop_s <= 0:
+    stop_s = site.config.solar.stop_min * 60.0
+    if v.solar_short_since is None or stop_s <= 0:
         return 0
-    return max(0, round(stop_s - (rt.clock.now() - memo.solar_short_since)))
+    return max(0, round(stop_s - (now - v.solar_short_since)))
+
+
+def loadbl_roles(ids: Sequence[str]) -> dict[str, int]:
+    """LoadBl per charger: 0 alone on the site, else 1 for the first (master) and 2-8 for the others."""
+    if len(ids) < 2:
+        return dict.fromkeys(ids, 0)
+    return {cid: min(i + 1, MAX_LOADBL) for i, cid in enumerate(ids)}
 
 
 def loadbl(rt: Runtime, cid: str) -> int:
-    """LoadBl: 0 alone on the site, else 1 for the first charger (master) and 2-8 for the others."""
-    ids = list(rt.engine.chargers)
-    if len(ids) < 2:
-        return 0
-    return min(ids.index(cid) + 1, MAX_LOADBL)
+    """Charger `cid`'s LoadBl (see loadbl_roles)."""
+    return loadbl_roles(list(rt.engine.chargers))[cid]
 
 
 def deciamps(amps: float | None) -> int:
