@@ -13,11 +13,12 @@ subscribers whose frames are JSON-encoded as the socket writer does.
 Per tick (the clock moves 1 s; `--warmup` ticks first, then `--ticks` timed):
 
 - tick: `Runtime.tick()`: engine step (simulator physics, pilots, `compute`, apply), overload
-  monitor, events, the read model (views), WebSocket frames and the listeners (Shelly, MQTT).
+  monitor, events, the read model (views), WebSocket frames, frames handed to the listeners.
 - compute: `core.balancer.compute` alone, inside that tick.
 - sim: the simulator's physics inside that tick (a real site has no simulator; shown apart).
-- publish: what the tick leaves for later on the event loop: the MQTT bridge's rendering and
-  de-duplication of the changed views, and the WebSocket frames' JSON.
+- publish: what the tick leaves for later on the event loop: the listeners' tasks (the Shelly
+  facade tracking its components, the MQTT bridge noting what changed), the MQTT bridge's rendering
+  and de-duplication of the changed views, and the WebSocket frames' JSON.
 
 Prints median and p99 of wall time, median CPU time, and the tick's median against the goal
 (≤ 10 ms at 1,000 chargers).
@@ -26,6 +27,7 @@ Prints median and p99 of wall time, median CPU time, and the tick's median again
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import sys
@@ -118,7 +120,7 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def run(n: int, warmup: int, ticks: int, subscribers: int) -> dict[str, Any]:
+async def run(n: int, warmup: int, ticks: int, subscribers: int) -> dict[str, Any]:
     """Build the site with every face mounted, tick it, and return the figures (ms)."""
     config = site_config(n)
     clock = ManualClock()
@@ -131,6 +133,7 @@ def run(n: int, warmup: int, ticks: int, subscribers: int) -> dict[str, Any]:
     rt.engine.compute = compute
     sim = Timed(rt.engine.before_step) if rt.engine.before_step is not None else None
     rt.engine.before_step = sim
+    await rt.view_listeners.drain()
     bridge.outgoing()
     drain(queues)
     wall: list[float] = []
@@ -143,6 +146,9 @@ def run(n: int, warmup: int, ticks: int, subscribers: int) -> dict[str, Any]:
         c0, t0 = time.process_time(), time.perf_counter()
         rt.tick()
         t1, c1 = time.perf_counter(), time.process_time()
+        # The listeners (Shelly, the MQTT bridge) run in their own tasks after the tick.
+        await rt.view_listeners.drain()
+        await rt.listeners.drain()
         sent = len(bridge.outgoing())
         framed = drain(queues)
         t2, c2 = time.perf_counter(), time.process_time()
@@ -153,6 +159,8 @@ def run(n: int, warmup: int, ticks: int, subscribers: int) -> dict[str, Any]:
             publish_cpu.append(c2 - c1)
             messages += sent
             frames += framed
+    await rt.view_listeners.stop()
+    await rt.listeners.stop()
     charging = sum(1 for ch in rt.engine.chargers.values() if ch.signaled > 0)
     ms = 1000.0
     return {
@@ -184,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ticks", type=int, default=300, help="timed ticks (default 300)")
     p.add_argument("--subscribers", type=int, default=2, help="native WebSocket subscribers (default 2)")
     args = p.parse_args(argv)
-    r = run(args.chargers, args.warmup, args.ticks, args.subscribers)
+    r = asyncio.run(run(args.chargers, args.warmup, args.ticks, args.subscribers))
     tick, comp, sim, pub = r["tick"], r["compute"], r["sim"], r["publish"]
     print(
         f"{r['chargers']} chargers ({r['charging']} charging at the end), every facade mounted, "
