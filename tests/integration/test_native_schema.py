@@ -104,6 +104,7 @@ CALLS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("POST", "/api/sim/chargers/{cid}/unplug", "/api/sim/chargers/cp1/unplug", None),
     ("POST", "/api/sim/chargers/{cid}/plug", "/api/sim/chargers/cp1/plug", {"soc": 50}),
     ("GET", "/api/sessions", "/api/sessions", None),
+    ("GET", "/api/meters", "/api/meters", None),
     # Once more with the state the calls above left: a session, leases, caps, a stored session.
     ("GET", "/api/site", "/api/site", None),
     ("GET", "/api/chargers", "/api/chargers", None),
@@ -152,7 +153,7 @@ async def test_native_responses_match_their_schemas(tmp_path: Path) -> None:
     assert charger["limits"]["leases"]["secc"]["amps"] == 16.0
     assert charger["session"] is not None and charger["name"] == "Garage Süd"
     assert site["site_limits"]["lease"]["expires_in_s"] is not None and "sim" in site
-    assert site["mains"]["voltages"] is not None and site["overloads"]
+    assert site["mains"]["voltages"] is not None and site["overloads"] and "mains" in site["meters"]
 
 
 @pytest.mark.parametrize(
