@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from evpilot.core.charger import ChargerConfig, Phases
-from evpilot.core.fill import Problem, fill
+from evpilot.core.fill import FillCache, Problem, fill
 from evpilot.core.site import (
     GRID_RELAY_W,
     NOMINAL_VOLTAGE,
@@ -54,6 +54,10 @@ class _ConfigInfo:
 
 
 _INFO: dict[str, _ConfigInfo] = {}
+# Per site object and charger count: the configs of the last tick and their derived data.
+_LAYOUTS: dict[tuple[int, int], tuple[list[ChargerConfig], list[_ConfigInfo]]] = {}
+_UNPLUGGED: tuple[float | None, bool, int | None, int] = (None, False, None, 0)
+_UNSEEN = _UNPLUGGED
 # Decisions are immutable values that repeat tick after tick: shared instead of built anew.
 _ALLOCS: dict[tuple[float, int, str], ChargerAllocation] = {}
 
@@ -77,6 +81,21 @@ def _info(cfg: ChargerConfig) -> _ConfigInfo:
         )
         _INFO[cfg.id] = info
     return info
+
+
+def _infos(site: SiteConfig, chargers: tuple[ChargerInput, ...]) -> list[_ConfigInfo]:
+    """`_info` of every charger, reused while the chargers' configs are the same objects as last tick."""
+    cfgs = [ci.config for ci in chargers]
+    key = (id(site), len(cfgs))
+    hit = _LAYOUTS.get(key)
+    # Lists compare by identity first: an unchanged site costs one pass of pointer checks.
+    if hit is not None and hit[0] == cfgs:
+        return hit[1]
+    infos = [_info(cfg) for cfg in cfgs]
+    if len(_LAYOUTS) > 64:
+        _LAYOUTS.clear()
+    _LAYOUTS[key] = (cfgs, infos)
+    return infos
 
 
 @lru_cache(maxsize=64)
@@ -198,13 +217,14 @@ def _structure(
 class _ShapeEntry:
     """A built `_Shape` with the candidates it was built for and figures derived from their configs."""
 
-    __slots__ = ("candidates", "configs", "eff", "min_load", "shape", "whole_min")
+    __slots__ = ("candidates", "configs", "eff", "fill_cache", "min_load", "shape", "whole_min")
 
     def __init__(self, candidates: list[int], eff: list[int], configs: list[ChargerConfig], shape: _Shape):
         self.candidates = candidates
         self.eff = eff
         self.configs = configs
         self.shape = shape
+        self.fill_cache = FillCache(len(shape.keys))
         # MIN is a whole, non-negative number of amperes for every candidate: sums of MINs are exact
         # in any order.
         self.whole_min = all(c.min_current >= 0 and float(c.min_current).is_integer() for c in configs)
@@ -367,67 +387,136 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     memo_in: list[ChargerMemo] = [_NEW_MEMO] * n
     phases = [3] * n
     stale_ev = [False] * n
-    orders: list[tuple[int, int, int]] = [_ORDER0] * n
+    car_seen: list[tuple[float | None, bool, int | None, int]] = [_UNSEEN] * n
+    caps = [0.0] * n
+    ev_limited = [False] * n
+    cap_src = ["idle"] * n
+    eff_phases = [1] * n
+    # Per charger: the fallback cap and its source when a reading it depends on is missing.
+    fb_cap: dict[int, tuple[float, str]] = {}
+    candidates: list[int] = []
+    detect_s = site.phase_switch.detect_single_phase_s
+    fallback_current = site.fallback_current
+    increase_interval_s = site.increase_interval_s
+    ev_headroom = site.ev_headroom
 
-    ev_total = [0.0, 0.0, 0.0]
     ev0 = ev1 = ev2 = 0.0
+    # The chargers' draw per metered circuit with a reading (only those need it).
     circuit_ev: dict[str, list[float]] = {}
     memos_get = memos.get
+    infos = _infos(site, chargers)
+    # One pass per charger: its reading and draw, the car's phases, then its own cap.
     for idx, ci in enumerate(chargers):
         cfg = ci.config
         memo = memos_get(cfg.id)
-        if memo is not None:
-            memo_in[idx] = memo
-        info = _info(cfg)
-        orders[idx] = info.order
+        m = memo if memo is not None else _NEW_MEMO
+        memo_in[idx] = m
+        info = infos[idx]
         if cfg.phases == 1:
-            phases[idx] = 1
+            ph = 1
         elif ci.phase_mode != "not_present":
-            phases[idx] = _initial_phases(ci, memo)
+            ph = _initial_phases(ci, memo)
+        else:
+            ph = 3
+        phases[idx] = ph
         a0, a1, a2 = ci.measured
         top = info.top
+        stale = False
         if not (-ABSURD_A <= a0 <= top and -ABSURD_A <= a1 <= top and -ABSURD_A <= a2 <= top):
             rejected.append(f"charger:{cfg.id}")
-            stale_ev[idx] = True
-            continue
-        if ci.measured_at is not None and now - ci.measured_at > timeout:
-            stale_ev[idx] = True
+            stale = True
+        elif ci.measured_at is not None and now - ci.measured_at > timeout:
             # Unknown draw: counted as 0, so the house load seen upstream includes it (conservative).
-            continue
-        if a0 == 0.0 and a1 == 0.0 and a2 == 0.0:
-            continue
-        # On the mains phases (`PhaseMap.to_mains`); adding the zeros of the unused phases changes no sum.
-        if info.identity:
-            d0, d1, d2 = a0, a1, a2
-        elif info.wired == 1:
-            d0 = d1 = d2 = 0.0
-            first = info.order[0]
-            if first == 0:
-                d0 = a0
-            elif first == 1:
-                d1 = a0
+            stale = True
+        elif a0 != 0.0 or a1 != 0.0 or a2 != 0.0:
+            # On the mains phases (`PhaseMap.to_mains`); adding the zeros of the unused phases changes no sum.
+            if info.identity:
+                d0, d1, d2 = a0, a1, a2
+            elif info.wired == 1:
+                d0 = d1 = d2 = 0.0
+                first = info.order[0]
+                if first == 0:
+                    d0 = a0
+                elif first == 1:
+                    d1 = a0
+                else:
+                    d2 = a0
             else:
-                d2 = a0
+                d0, d1, d2 = info.pm.to_mains((a0, a1, a2))
+            ev0 += d0
+            ev1 += d1
+            ev2 += d2
+            if circuit_readings and cfg.circuit is not None:
+                for name in paths.get(cfg.circuit, ()):
+                    if name not in circuit_readings:
+                        continue
+                    acc = circuit_ev.get(name)
+                    if acc is None:
+                        acc = circuit_ev[name] = [0.0, 0.0, 0.0]
+                    acc[0] += d0
+                    acc[1] += d1
+                    acc[2] += d2
+        stale_ev[idx] = stale
+        if not ci.plugged:
+            seen = _UNPLUGGED
+        elif stale or not ci.charging or cfg.phases != 3 or ph != 3 or ci.active_phases != 3:
+            seen = (None, m.single_phase_car, m.car_phases, m.switches)
         else:
-            d0, d1, d2 = info.pm.to_mains((a0, a1, a2))
-        ev0 += d0
-        ev1 += d1
-        ev2 += d2
-        if cfg.circuit is not None:
-            for name in paths.get(cfg.circuit, ()):
-                acc = circuit_ev.get(name)
-                if acc is None:
-                    acc = circuit_ev[name] = [0.0, 0.0, 0.0]
-                acc[0] += d0
-                acc[1] += d1
-                acc[2] += d2
-    ev_total = [ev0, ev1, ev2]
+            seen = _car_phases(ci, m, ph, now, detect_s, stale)
+        car_seen[idx] = seen
 
-    detect_s = site.phase_switch.detect_single_phase_s
-    car_seen = [
-        _car_phases(ci, memo_in[i], phases[i], now, detect_s, stale_ev[i]) for i, ci in enumerate(chargers)
-    ]
-    single = [seen[1] for seen in car_seen]
+        # ---- its own cap ----
+        eff = 1 if seen[1] else ph
+        if cfg.phases == 1:
+            eff = 1
+        eff_phases[idx] = eff
+        if ci.mode == "off":
+            cap_src[idx] = "off"
+            continue
+        if ci.limit < cfg.min_current - _EPS:
+            cap_src[idx] = ci.limit_source
+            continue
+        if ci.demand == 0:
+            cap_src[idx] = "idle"
+            continue
+        if m.paused_until > now:
+            cap_src[idx] = "shortage"
+            continue
+        cap, src = ci.limit, ci.limit_source
+        if ci.demand == 1 and cfg.min_current < cap:
+            cap, src = cfg.min_current, "ev"
+        elif ci.charging and m.current > 0 and not stale:
+            # A car drawing clearly less than offered (after it had time to follow the last
+            # raise) is capped near its draw; the cap lifts once it uses what it has.
+            drawn = max(ci.measured)
+            gap = m.current - drawn
+            if m.ev_limited:
+                limited = gap > 1.0
+            else:
+                limited = now - m.last_raise >= 3 * increase_interval_s and gap > ev_headroom + 1.0
+            need = max(cfg.min_current, drawn + ev_headroom)
+            if limited and need < cap:
+                cap, src = need, "ev"
+                ev_limited[idx] = True
+        caps[idx] = cap
+        cap_src[idx] = src
+        # A stale or refused reading never raises a setpoint: at most what the charger had before.
+        fb: tuple[float, str] | None = None
+        if not fresh:
+            fb = (min(fallback_current, m.current), "fallback")
+        elif stale_circuits and cfg.circuit is not None:
+            for name in paths.get(cfg.circuit, ()):
+                if name in stale_circuits:
+                    fb = (min(fallback_current, m.current), f"stale:{name}")
+                    break
+        if stale:
+            value = min(cfg.safe_current, m.current)
+            if fb is None or value < fb[0]:
+                fb = (value, "stale:charger")
+        if fb is not None:
+            fb_cap[idx] = fb
+        candidates.append(idx)
+    ev_total = [ev0, ev1, ev2]
 
     if fresh and mains is not None:
         sub = ev_total if site.exclude_self_current else [0.0, 0.0, 0.0]
@@ -477,67 +566,6 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             available,
             rejected=tuple(rejected),
         )
-
-    # ---- per-charger caps ---------------------------------------------------------------
-    caps = [0.0] * n
-    ev_limited = [False] * n
-    cap_src = ["idle"] * n
-    eff_phases = [1] * n
-    # Per charger: the fallback cap and its source when a reading it depends on is missing.
-    fb_cap: dict[int, tuple[float, str]] = {}
-    candidates: list[int] = []
-    for idx, ci in enumerate(chargers):
-        m = memo_in[idx]
-        eff = 1 if single[idx] else phases[idx]
-        if ci.config.phases == 1:
-            eff = 1
-        eff_phases[idx] = eff
-        if ci.mode == "off":
-            cap_src[idx] = "off"
-            continue
-        if ci.limit < ci.config.min_current - _EPS:
-            cap_src[idx] = ci.limit_source
-            continue
-        if ci.demand == 0:
-            cap_src[idx] = "idle"
-            continue
-        if m.paused_until > now:
-            cap_src[idx] = "shortage"
-            continue
-        cap, src = ci.limit, ci.limit_source
-        if ci.demand == 1 and ci.config.min_current < cap:
-            cap, src = ci.config.min_current, "ev"
-        elif ci.charging and m.current > 0 and not stale_ev[idx]:
-            # A car drawing clearly less than offered (after it had time to follow the last
-            # raise) is capped near its draw; the cap lifts once it uses what it has.
-            drawn = max(ci.measured)
-            gap = m.current - drawn
-            if m.ev_limited:
-                limited = gap > 1.0
-            else:
-                limited = now - m.last_raise >= 3 * site.increase_interval_s and gap > site.ev_headroom + 1.0
-            need = max(ci.config.min_current, drawn + site.ev_headroom)
-            if limited and need < cap:
-                cap, src = need, "ev"
-                ev_limited[idx] = True
-        caps[idx] = cap
-        cap_src[idx] = src
-        # A stale or refused reading never raises a setpoint: at most what the charger had before.
-        fb: tuple[float, str] | None = None
-        if not fresh:
-            fb = (min(site.fallback_current, m.current), "fallback")
-        elif stale_circuits and ci.config.circuit is not None:
-            for name in paths.get(ci.config.circuit, ()):
-                if name in stale_circuits:
-                    fb = (min(site.fallback_current, m.current), f"stale:{name}")
-                    break
-        if stale_ev[idx]:
-            value = min(ci.config.safe_current, m.current)
-            if fb is None or value < fb[0]:
-                fb = (value, "stale:charger")
-        if fb is not None:
-            fb_cap[idx] = fb
-        candidates.append(idx)
 
     if not candidates and FAST_PATHS and _idle_site(chargers, memo_in):
         return _idle_allocation(
@@ -716,6 +744,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         source=sources,
         members=shape.members,
         uses=shape.uses,
+        cache=entry.fill_cache,
     )
 
     # ---- admission at MIN: greedy in keep order (O(n log n)) --------------------------------

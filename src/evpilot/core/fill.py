@@ -8,6 +8,48 @@ from dataclasses import dataclass, field
 
 _EPS = 1e-9
 ACTIVE, FROZEN = 1, 2
+# Tests switch the aggregated freeze off to compare it with the per-charger one.
+AGGREGATE = True
+# Per constrained charger: (constraint, count, coefficients in member order or None when all are 1).
+_Agg = tuple[tuple[int, int, tuple[float, ...] | None], ...]
+
+
+class FillCache:
+    """What freezing every member of a constraint adds to each constraint, per constraint (lazy).
+
+    Valid for one `members`/`uses` structure: built once and reused by every problem sharing it.
+    """
+
+    __slots__ = ("aggs", "ids")
+
+    def __init__(self, ncons: int) -> None:
+        self.ids: list[tuple[int, ...] | None] = [None] * ncons
+        self.aggs: list[_Agg | None] = [None] * ncons
+
+    def members_of(self, problem: Problem, c: int) -> tuple[int, ...]:
+        """The charger indices of constraint `c`, in member order."""
+        ids = self.ids[c]
+        if ids is None:
+            ids = self.ids[c] = tuple(i for i, _k in problem.members[c])
+        return ids
+
+    def agg(self, problem: Problem, c: int) -> _Agg:
+        """Per constraint touched by a member of `c`: the coefficients they add, in member order."""
+        agg = self.aggs[c]
+        if agg is None:
+            seq: dict[int, list[float]] = {}
+            uses = problem.uses
+            for i, _k in problem.members[c]:
+                for c2, k in uses[i]:
+                    lst = seq.get(c2)
+                    if lst is None:
+                        seq[c2] = [k]
+                    else:
+                        lst.append(k)
+            agg = self.aggs[c] = tuple(
+                (c2, len(ks), None if all(k == 1.0 for k in ks) else tuple(ks)) for c2, ks in seq.items()
+            )
+        return agg
 
 
 @dataclass(slots=True)
@@ -19,6 +61,8 @@ class Problem:
     source: list[str] = field(default_factory=list)
     members: list[list[tuple[int, float]]] = field(default_factory=list)
     uses: list[list[tuple[int, float]]] = field(default_factory=list)
+    # Shared by problems with the same members/uses (see `FillCache`); None: nothing cached.
+    cache: FillCache | None = None
 
     def add_constraint(self, capacity: float, source: str) -> int:
         """Add a constraint and return its index."""
@@ -124,6 +168,7 @@ def fill(
     level = 0.0
     active = len(members)
     con_members = problem.members
+    cache = problem.cache if AGGREGATE else None
     # Freezing a charger: status FROZEN, its value and source set, what it uses added to each constraint.
     # Heap keys are refreshed lazily when they reach the top: freezing a member at the current level
     # can only raise a saturation level that is still ahead, so a stale key is a lower bound; a
@@ -148,6 +193,35 @@ def fill(
             c = heappop(heap)[1]
             level = max(level, next_con)
             why = problem.source[c]
+            if cache is not None:
+                ids = cache.members_of(problem, c)
+                if all(status[i] == ACTIVE for i in ids):
+                    # Every member freezes at this level: per touched constraint, the same sums
+                    # (in the same order) as the loop below, without walking each member's uses.
+                    for i in ids:
+                        status[i] = FROZEN
+                        alloc[i] = level
+                        bound[i] = why
+                    active -= len(ids)
+                    for c2, m, ks in cache.agg(problem, c):
+                        if ks is None:
+                            u = used[c2]
+                            w = weight[c2]
+                            for _ in range(m):
+                                u += level
+                                w -= 1.0
+                            used[c2] = u
+                            weight[c2] = w
+                        else:
+                            u = used[c2]
+                            w = weight[c2]
+                            for k in ks:
+                                u += k * level
+                                w -= k
+                            used[c2] = u
+                            weight[c2] = w
+                        version[c2] += m
+                    continue
             for i, _k in con_members[c]:
                 if status[i] == ACTIVE:
                     status[i] = FROZEN
