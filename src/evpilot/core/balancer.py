@@ -55,7 +55,7 @@ class _ConfigInfo:
 
 _INFO: dict[str, _ConfigInfo] = {}
 # Per site object and charger count: the configs of the last tick and their derived data.
-_LAYOUTS: dict[tuple[int, int], tuple[list[ChargerConfig], list[_ConfigInfo]]] = {}
+_LAYOUTS: dict[tuple[int, int], tuple[list[ChargerConfig], list[_ConfigInfo], object]] = {}
 _UNPLUGGED: tuple[float | None, bool, int | None, int] = (None, False, None, 0)
 _UNSEEN = _UNPLUGGED
 # Decisions are immutable values that repeat tick after tick: shared instead of built anew.
@@ -83,19 +83,23 @@ def _info(cfg: ChargerConfig) -> _ConfigInfo:
     return info
 
 
-def _infos(site: SiteConfig, chargers: tuple[ChargerInput, ...]) -> list[_ConfigInfo]:
-    """`_info` of every charger, reused while the chargers' configs are the same objects as last tick."""
+def _infos(site: SiteConfig, chargers: tuple[ChargerInput, ...]) -> tuple[list[_ConfigInfo], object]:
+    """`_info` of every charger, reused while the chargers' configs are the same as last tick.
+
+    Also returns a token that stays the same object as long as the configs do.
+    """
     cfgs = [ci.config for ci in chargers]
     key = (id(site), len(cfgs))
     hit = _LAYOUTS.get(key)
     # Lists compare by identity first: an unchanged site costs one pass of pointer checks.
     if hit is not None and hit[0] == cfgs:
-        return hit[1]
+        return hit[1], hit[2]
     infos = [_info(cfg) for cfg in cfgs]
     if len(_LAYOUTS) > 64:
         _LAYOUTS.clear()
-    _LAYOUTS[key] = (cfgs, infos)
-    return infos
+    token = object()
+    _LAYOUTS[key] = (cfgs, infos, token)
+    return infos, token
 
 
 @lru_cache(maxsize=64)
@@ -217,19 +221,45 @@ def _structure(
 class _ShapeEntry:
     """A built `_Shape` with the candidates it was built for and figures derived from their configs."""
 
-    __slots__ = ("candidates", "configs", "eff", "fill_cache", "min_load", "shape", "whole_min")
+    __slots__ = (
+        "_cons_index",
+        "candidates",
+        "configs",
+        "eff",
+        "fill_cache",
+        "layout",
+        "min_load",
+        "shape",
+        "whole_min",
+    )
 
-    def __init__(self, candidates: list[int], eff: list[int], configs: list[ChargerConfig], shape: _Shape):
+    def __init__(
+        self,
+        candidates: list[int],
+        eff: list[int],
+        configs: list[ChargerConfig],
+        shape: _Shape,
+        layout: object,
+    ):
         self.candidates = candidates
+        # The `_infos` token of the configs this entry was last checked against.
+        self.layout = layout
         self.eff = eff
         self.configs = configs
         self.shape = shape
         self.fill_cache = FillCache(len(shape.keys))
+        self._cons_index: dict[tuple[str, int], int] | None = None
         # MIN is a whole, non-negative number of amperes for every candidate: sums of MINs are exact
         # in any order.
         self.whole_min = all(c.min_current >= 0 and float(c.min_current).is_integer() for c in configs)
         # Per constraint, what every candidate at MIN loads it with (summed in candidate order).
         self.min_load: list[float] | None = None
+
+    def cons_index(self) -> dict[tuple[str, int], int]:
+        """Constraint index by key (built once per shape)."""
+        if self._cons_index is None:
+            self._cons_index = {key: c for c, key in enumerate(self.shape.keys)}
+        return self._cons_index
 
     def loads_at_min(self) -> list[float]:
         """Σ coefficient × MIN over the candidates, per constraint (computed once per shape)."""
@@ -256,21 +286,28 @@ def _shape(
     cap_on: bool,
     relay: bool,
     site_limits: int,
+    layout: object,
 ) -> _ShapeEntry:
     """`_structure` for this tick, reused while the candidates, their phases and configs stay the same."""
-    eff = [eff_phases[i] for i in candidates]
-    cfgs = [chargers[i].config for i in candidates]
+    eff = eff_phases if len(candidates) == len(chargers) else [eff_phases[i] for i in candidates]
     key = (id(site), len(chargers), cap_on, relay, site_limits)
     hit = _SHAPES.get(key)
-    # Lists compare configs by identity first, so an unchanged site costs one pass of pointer checks.
-    if hit is not None and hit.candidates == candidates and hit.eff == eff and hit.configs == cfgs:
-        return hit
+    if hit is not None and hit.candidates == candidates and hit.eff == eff:
+        # The same `_infos` token: every config is the same as when the entry was checked.
+        if hit.layout is layout:
+            return hit
+        # Lists compare configs by identity first, so an unchanged site costs one pass of pointer checks.
+        if hit.configs == [chargers[i].config for i in candidates]:
+            hit.layout = layout
+            return hit
+    eff = list(eff)
+    cfgs = [chargers[i].config for i in candidates]
     linked = tuple(
         (idx, cfg.circuit, _info(cfg).used1 if e == 1 else _info(cfg).used3)
         for idx, cfg, e in zip(candidates, cfgs, eff, strict=True)
     )
     shape = _structure(site.circuits, linked, len(chargers), cap_on, relay, site_limits)
-    entry = _ShapeEntry(list(candidates), eff, cfgs, shape)
+    entry = _ShapeEntry(list(candidates), eff, cfgs, shape, layout)
     if len(_SHAPES) > 64:
         _SHAPES.clear()
     _SHAPES[key] = entry
@@ -395,6 +432,9 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     # Per charger: the fallback cap and its source when a reading it depends on is missing.
     fb_cap: dict[int, tuple[float, str]] = {}
     candidates: list[int] = []
+    # Candidates in a solar mode, and chargers in solar mode whose memo holds a solar start.
+    solar_ids: list[int] = []
+    solar_held: list[int] = []
     detect_s = site.phase_switch.detect_single_phase_s
     fallback_current = site.fallback_current
     increase_interval_s = site.increase_interval_s
@@ -404,7 +444,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     # The chargers' draw per metered circuit with a reading (only those need it).
     circuit_ev: dict[str, list[float]] = {}
     memos_get = memos.get
-    infos = _infos(site, chargers)
+    infos, layout = _infos(site, chargers)
     # One pass per charger: its reading and draw, the car's phases, then its own cap.
     for idx, ci in enumerate(chargers):
         cfg = ci.config
@@ -465,6 +505,9 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             seen = _car_phases(ci, m, ph, now, detect_s, stale)
         car_seen[idx] = seen
 
+        if ci.mode == "solar" and m.solar_started is not None:
+            solar_held.append(idx)
+
         # ---- its own cap ----
         eff = 1 if seen[1] else ph
         if cfg.phases == 1:
@@ -516,6 +559,8 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         if fb is not None:
             fb_cap[idx] = fb
         candidates.append(idx)
+        if ci.mode in SOLAR_MODES:
+            solar_ids.append(idx)
     ev_total = [ev0, ev1, ev2]
 
     if fresh and mains is not None:
@@ -585,7 +630,6 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         )
 
     # ---- solar budget (sum of phases) -------------------------------------------------------
-    solar_ids = [i for i in candidates if chargers[i].mode in SOLAR_MODES]
     surplus: float | None = None
     solar_left = 0.0
     solar_share: dict[int, float] = {}
@@ -713,8 +757,8 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             memo_in[i] = replace(
                 m, solar_started=started, solar_short_since=short_since, solar_phases=solar_phases
             )
-    for idx, ci in enumerate(chargers):
-        if ci.mode == "solar" and idx not in solar_share and memo_in[idx].solar_started is not None:
+    for idx in solar_held:
+        if idx not in solar_share and memo_in[idx].solar_started is not None:
             memo_in[idx] = replace(
                 memo_in[idx], solar_started=None, solar_short_since=None, solar_phases=None
             )
@@ -725,12 +769,21 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             cap_src[idx] = why
 
     # Chargers that solar, a fallback or a low own cap leave below MIN get nothing, without a pause.
-    candidates = [i for i in candidates if caps[i] >= chargers[i].config.min_current - _EPS]
+    # (Only solar and the fallback lower a cap after the per-charger pass, which keeps caps ≥ MIN.)
+    if solar_share or fb_cap:
+        candidates = [i for i in candidates if caps[i] >= chargers[i].config.min_current - _EPS]
 
     # ---- grid constraints -----------------------------------------------------------------
     cap_on = site.capacity_limit is not None and fresh
     entry = _shape(
-        site, chargers, candidates, eff_phases, cap_on, snapshot.grid_relay_open, len(snapshot.site_limits)
+        site,
+        chargers,
+        candidates,
+        eff_phases,
+        cap_on,
+        snapshot.grid_relay_open,
+        len(snapshot.site_limits),
+        layout,
     )
     shape = entry.shape
     capacity = [_node_capacity(key, snapshot, base, limits, circuit_base) for key in shape.keys]
@@ -834,40 +887,45 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
 
     # ---- pacing, phase switching, memo --------------------------------------------------
     ps = site.phase_switch
-    cons_index = {key: c for c, key in enumerate(shape.keys)}
+    max_per_session = ps.max_per_session
+    increase_deadband = site.increase_deadband
+    ramp_step = site.ramp_step
+    allocs = _ALLOCS
+    floor = math.floor
     for idx, ci in enumerate(chargers):
         m = memo_in[idx]
         target = alloc[idx]
         src = bound[idx]
         value = target
+        current = m.current
         last_raise = m.last_raise
-        if target > m.current + _EPS:
-            if m.current > 0 and target - m.current < site.increase_deadband:
+        if target > current + _EPS:
+            if current > 0 and target - current < increase_deadband:
                 # Too small a rise to be worth a PWM change: avoids 0.1 A dithering.
-                value = m.current
-            elif now - m.last_raise >= site.increase_interval_s:
-                step = m.current + site.ramp_step
+                value = current
+            elif now - last_raise >= increase_interval_s:
+                step = current + ramp_step
                 value = min(target, max(step, ci.config.min_current))
                 last_raise = now
             else:
-                value = m.current
+                value = current
                 src = "ramp"
         paused_until = m.paused_until
-        if idx in paused_now:
+        if paused_now and idx in paused_now:
             paused_until = now + site.shortage_pause_s
         one_since, single_car, car_phases, switches = car_seen[idx]
         # automatic 1/3-phase switching
         ph = phases[idx]
-        down_since, up_since, last_switch = m.phase_down_since, m.phase_up_since, m.last_switch
-        budget_left = ps.max_per_session <= 0 or switches < ps.max_per_session
+        last_switch = m.last_switch
         if (
             ci.phase_mode == "auto"
             and ci.config.phases == 3
             and ci.demand == 2
             and not single_car
-            and budget_left
+            and (max_per_session <= 0 or switches < max_per_session)
             and idx not in fb_cap
         ):
+            down_since, up_since = m.phase_down_since, m.phase_up_since
             mn = ci.config.min_current
             if ph == 3:
                 up_since = None
@@ -881,7 +939,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             else:
                 down_since = None
                 pot = _potential_3p(
-                    prob, snapshot, idx, ci, alloc[idx], cons_index, base, limits, circuit_base
+                    prob, snapshot, idx, ci, alloc[idx], entry.cons_index(), base, limits, circuit_base
                 )
                 if idx in solar_share or ci.mode in SOLAR_MODES:
                     pot = min(pot, (alloc[idx] + solar_left) / 3.0)
@@ -897,18 +955,19 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         else:
             down_since = up_since = None
         # Rounded down so a reported allocation never exceeds what the limits allow.
-        shown = math.floor(value * 100.0 + 1e-6) / 100.0
+        shown = floor(value * 100.0 + 1e-6) / 100.0
         akey = (shown, ph if not single_car else 1, src)
-        decided = _ALLOCS.get(akey)
+        decided = allocs.get(akey)
         if decided is None:
-            if len(_ALLOCS) > 10_000:
-                _ALLOCS.clear()
-            decided = _ALLOCS[akey] = ChargerAllocation(*akey)
-        out[ci.config.id] = decided
-        running_since = m.running_since if m.current > 0 or value <= 0 else now
-        stopped_at = now if m.current > 0 and value <= 0 else m.stopped_at
+            if len(allocs) > 10_000:
+                allocs.clear()
+            decided = allocs[akey] = ChargerAllocation(*akey)
+        cid = ci.config.id
+        out[cid] = decided
+        running_since = m.running_since if current > 0 or value <= 0 else now
+        stopped_at = now if current > 0 and value <= 0 else m.stopped_at
         if (
-            value == m.current
+            value == current
             and last_raise == m.last_raise
             and paused_until == m.paused_until
             and ph == m.phases
@@ -924,12 +983,12 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             and switches == m.switches
         ):
             # Unchanged: keep the old (immutable) memo instead of building an equal one.
-            new_memos[ci.config.id] = m
+            new_memos[cid] = m
             continue
         # Positional, in field order: current, phases, last_raise, paused_until, solar_started,
         # solar_short_since, solar_phases, phase_down_since, phase_up_since, last_switch,
         # one_phase_since, single_phase_car, ev_limited, running_since, car_phases, switches, stopped_at.
-        new_memos[ci.config.id] = ChargerMemo(
+        new_memos[cid] = ChargerMemo(
             value,
             ph,
             last_raise,
