@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 
 from evpilot.core.charger import ChargerConfig, Phases
@@ -32,6 +32,20 @@ TRIP_FACTOR = 2.0
 ABSURD_A = 1000.0
 ABSURD_FACTOR = 3.0
 _NEW_MEMO = ChargerMemo()
+# Each field's slot setter, in field order: a changed memo is filled slot by slot (what the frozen
+# dataclass's __init__ does through object.__setattr__, at about half the cost).
+_MEMO_SLOTS = tuple(getattr(ChargerMemo, f.name).__set__ for f in fields(ChargerMemo))
+_new_object = object.__new__
+
+
+def _memo(*values: object) -> ChargerMemo:
+    """A `ChargerMemo` from all its field values, positional in field order."""
+    memo: ChargerMemo = _new_object(ChargerMemo)
+    for put, value in zip(_MEMO_SLOTS, values, strict=True):
+        put(memo, value)
+    return memo
+
+
 # Exactly equivalent shortcuts (idle site); tests switch them off to compare with the full path.
 FAST_PATHS = True
 _ORDER0 = (0, 1, 2)
@@ -274,8 +288,10 @@ class _ShapeEntry:
         return self.min_load
 
 
-# Per site object and flags: the last shape built (reused while candidates, phases and configs match).
-_SHAPES: dict[tuple[int, int, bool, bool, int], _ShapeEntry] = {}
+# Per site object and flags: the last shapes built, newest first (reused while candidates, phases and
+# configs match).
+_SHAPES: dict[tuple[int, int, bool, bool, int], list[_ShapeEntry]] = {}
+_SHAPES_KEPT = 3
 
 
 def _shape(
@@ -291,15 +307,20 @@ def _shape(
     """`_structure` for this tick, reused while the candidates, their phases and configs stay the same."""
     eff = eff_phases if len(candidates) == len(chargers) else [eff_phases[i] for i in candidates]
     key = (id(site), len(chargers), cap_on, relay, site_limits)
-    hit = _SHAPES.get(key)
-    if hit is not None and hit.candidates == candidates and hit.eff == eff:
-        # The same `_infos` token: every config is the same as when the entry was checked.
-        if hit.layout is layout:
-            return hit
-        # Lists compare configs by identity first, so an unchanged site costs one pass of pointer checks.
-        if hit.configs == [chargers[i].config for i in candidates]:
-            hit.layout = layout
-            return hit
+    recent = _SHAPES.get(key)
+    if recent is None:
+        if len(_SHAPES) > 64:
+            _SHAPES.clear()
+        recent = _SHAPES[key] = []
+    for hit in recent:
+        if hit.candidates == candidates and hit.eff == eff:
+            # The same `_infos` token: every config is the same as when the entry was checked.
+            if hit.layout is layout:
+                return hit
+            # Lists compare configs by identity first, so an unchanged site costs one pass of pointer checks.
+            if hit.configs == [chargers[i].config for i in candidates]:
+                hit.layout = layout
+                return hit
     eff = list(eff)
     cfgs = [chargers[i].config for i in candidates]
     linked = tuple(
@@ -308,10 +329,77 @@ def _shape(
     )
     shape = _structure(site.circuits, linked, len(chargers), cap_on, relay, site_limits)
     entry = _ShapeEntry(list(candidates), eff, cfgs, shape, layout)
-    if len(_SHAPES) > 64:
-        _SHAPES.clear()
-    _SHAPES[key] = entry
+    # A few candidate sets per site: a shortage alternates between everyone (the paused ones are
+    # back) and the few that fit.
+    recent.insert(0, entry)
+    del recent[_SHAPES_KEPT:]
     return entry
+
+
+def _keep_order(
+    chargers: tuple[ChargerInput, ...],
+    candidates: list[int],
+    memo_in: list[ChargerMemo],
+    eff_phases: list[int],
+    now: float,
+    min_run_s: float,
+    layout: object,
+) -> list[int]:
+    """`candidates` sorted by the keep key, most kept first.
+
+    The key is (priority, kept for `min_run_s`, −kWh per phase, id), in reverse. Sorted one part of
+    the key at a time, least significant first: every sort is stable, so the order is the same as
+    with the tuple, and each pass compares plain numbers instead of tuples.
+    """
+    n = len(chargers)
+    member = bytearray(n)
+    for i in candidates:
+        member[i] = 1
+    order = [i for i in _ids_descending(chargers, layout) if member[i]]
+    kwh = [0.0] * n
+    kept = [False] * n
+    prio = [0] * n
+    for i in candidates:
+        ci = chargers[i]
+        m = memo_in[i]
+        x = -ci.session_kwh / eff_phases[i]
+        if x != x:
+            # NaN is not ordered: keep exactly what the tuple sort does with it.
+            return sorted(
+                candidates,
+                key=lambda i: (
+                    chargers[i].config.priority,
+                    (memo_in[i].current > 0 and now - memo_in[i].running_since < min_run_s)
+                    or (memo_in[i].current <= 0 and now - memo_in[i].stopped_at >= min_run_s),
+                    -chargers[i].session_kwh / eff_phases[i],
+                    chargers[i].config.id,
+                ),
+                reverse=True,
+            )
+        kwh[i] = x
+        kept[i] = (m.current > 0 and now - m.running_since < min_run_s) or (
+            m.current <= 0 and now - m.stopped_at >= min_run_s
+        )
+        prio[i] = ci.config.priority
+    order.sort(key=kwh.__getitem__, reverse=True)
+    order.sort(key=kept.__getitem__, reverse=True)
+    order.sort(key=prio.__getitem__, reverse=True)
+    return order
+
+
+_IDS_DESC: dict[int, tuple[object, list[int]]] = {}
+
+
+def _ids_descending(chargers: tuple[ChargerInput, ...], layout: object) -> list[int]:
+    """Charger indices by id, highest first (kept per `_infos` token: the same while configs are)."""
+    hit = _IDS_DESC.get(id(layout))
+    if hit is not None and hit[0] is layout:
+        return hit[1]
+    order = sorted(range(len(chargers)), key=lambda i: chargers[i].config.id, reverse=True)
+    if len(_IDS_DESC) > 64:
+        _IDS_DESC.clear()
+    _IDS_DESC[id(layout)] = (layout, order)
+    return order
 
 
 def valid_reading(currents: Phases, limit: float) -> bool:
@@ -822,17 +910,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         # last (no swapping places every minute), then the one that charged most per phase it draws
         # on (kWh / phases: a 1-phase and a 3-phase charger compared by what they drew on a phase,
         # the amperes they compete for), then the id.
-        keep_order = sorted(
-            candidates,
-            key=lambda i: (
-                chargers[i].config.priority,
-                (memo_in[i].current > 0 and now - memo_in[i].running_since < site.min_run_s)
-                or (memo_in[i].current <= 0 and now - memo_in[i].stopped_at >= site.min_run_s),
-                -chargers[i].session_kwh / eff_phases[i],
-                chargers[i].config.id,
-            ),
-            reverse=True,
-        )
+        keep_order = _keep_order(chargers, candidates, memo_in, eff_phases, now, site.min_run_s, layout)
         for i in keep_order:
             mn = chargers[i].config.min_current
             ui = uses[i]
@@ -843,6 +921,11 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
                 active.append(i)
                 for c, k in ui:
                     load[c] += k * mn
+                continue
+            if site.cap_stop_s <= 0:
+                # No capacity grace: whatever is violated, the charger pauses.
+                paused_now.add(i)
+                bound[i] = "shortage"
                 continue
             violated = [c for c, k in ui if load[c] + k * mn > cap_list[c] + _EPS]
             if site.cap_stop_s > 0 and all(prob.source[c] == "capacity" for c in violated):
@@ -988,7 +1071,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         # Positional, in field order: current, phases, last_raise, paused_until, solar_started,
         # solar_short_since, solar_phases, phase_down_since, phase_up_since, last_switch,
         # one_phase_since, single_phase_car, ev_limited, running_since, car_phases, switches, stopped_at.
-        new_memos[cid] = ChargerMemo(
+        new_memos[cid] = _memo(
             value,
             ph,
             last_raise,
@@ -1311,7 +1394,7 @@ def _idle_allocation(
         ):
             new_memos[cid] = m
             continue
-        new_memos[cid] = ChargerMemo(
+        new_memos[cid] = _memo(
             0.0,
             ph,
             m.last_raise,
