@@ -72,6 +72,7 @@ _INFO: dict[str, _ConfigInfo] = {}
 _LAYOUTS: dict[tuple[int, int], tuple[list[ChargerConfig], list[_ConfigInfo], object]] = {}
 _UNPLUGGED: tuple[float | None, bool, int | None, int] = (None, False, None, 0)
 _UNSEEN = _UNPLUGGED
+_SEEN_3P: tuple[float | None, bool, int | None, int] = (None, False, 3, 0)
 # Decisions are immutable values that repeat tick after tick: shared instead of built anew.
 _ALLOCS: dict[tuple[float, int, str], ChargerAllocation] = {}
 
@@ -589,6 +590,11 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             seen = _UNPLUGGED
         elif stale or not ci.charging or cfg.phases != 3 or ph != 3 or ci.active_phases != 3:
             seen = (None, m.single_phase_car, m.car_phases, m.switches)
+        elif a1 >= 0.5 or a2 >= 0.5:
+            # `_car_phases` for a draw on more than L1 (the usual case), without the call.
+            car = 3 if (a1 > 2.0 or a2 > 2.0) else m.car_phases
+            switches = m.switches
+            seen = _SEEN_3P if car == 3 and switches == 0 else (None, False, car, switches)
         else:
             seen = _car_phases(ci, m, ph, now, detect_s, stale)
         car_seen[idx] = seen

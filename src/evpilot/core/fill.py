@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 _EPS = 1e-9
 ACTIVE, FROZEN = 1, 2
+# Whole floats below this are exact, and so is any sum or difference of two of them.
+_EXACT = 2.0**52
 # Tests switch the aggregated freeze off to compare it with the per-charger one.
 AGGREGATE = True
 # Per constrained charger: (constraint, count, coefficients in member order or None when all are 1).
@@ -195,7 +197,10 @@ def fill(
             why = problem.source[c]
             if cache is not None:
                 ids = cache.members_of(problem, c)
-                if all(status[i] == ACTIVE for i in ids):
+                for i in ids:
+                    if status[i] != ACTIVE:
+                        break
+                else:
                     # Every member freezes at this level: per touched constraint, the same sums
                     # (in the same order) as the loop below, without walking each member's uses.
                     for i in ids:
@@ -206,12 +211,17 @@ def fill(
                     for c2, m, ks in cache.agg(problem, c):
                         if ks is None:
                             u = used[c2]
-                            w = weight[c2]
                             for _ in range(m):
                                 u += level
-                                w -= 1.0
                             used[c2] = u
-                            weight[c2] = w
+                            w = weight[c2]
+                            if w.is_integer() and -_EXACT < w < _EXACT:
+                                # Whole numbers: m steps of −1 are exact, as is one step of −m.
+                                weight[c2] = w - m
+                            else:
+                                for _ in range(m):
+                                    w -= 1.0
+                                weight[c2] = w
                         else:
                             u = used[c2]
                             w = weight[c2]
@@ -222,6 +232,18 @@ def fill(
                             weight[c2] = w
                         version[c2] += m
                     continue
+                # Some members are frozen already: the others one by one (`ids` as in `con_members[c]`).
+                for i in ids:
+                    if status[i] == ACTIVE:
+                        status[i] = FROZEN
+                        alloc[i] = level
+                        bound[i] = why
+                        for c2, k in uses[i]:
+                            used[c2] += k * level
+                            weight[c2] -= k
+                            version[c2] += 1
+                        active -= 1
+                continue
             for i, _k in con_members[c]:
                 if status[i] == ACTIVE:
                     status[i] = FROZEN
