@@ -109,6 +109,7 @@ def test_keep_order_matches_tuple_sort(
     eff = [ph for (_p, _k, ph, _c, _r, _s) in rows]
     candidates = sorted(data.draw(st.sets(st.integers(0, len(rows) - 1), min_size=1)))
     now, min_run_s = 1000.0, 300.0
+    layout = balancer._Layout([ci.config for ci in chargers])
     expected = sorted(
         candidates,
         key=lambda i: (
@@ -120,7 +121,7 @@ def test_keep_order_matches_tuple_sort(
         ),
         reverse=True,
     )
-    assert balancer._keep_order(chargers, candidates, memos, eff, now, min_run_s, object()) == expected
+    assert balancer._keep_order(chargers, candidates, memos, eff, now, min_run_s, layout) == expected
 
 
 def test_memo_by_slots_equals_constructor() -> None:

@@ -69,7 +69,7 @@ class _ConfigInfo:
 
 _INFO: dict[str, _ConfigInfo] = {}
 # Per site object and charger count: the configs of the last tick and their derived data.
-_LAYOUTS: dict[tuple[int, int], tuple[list[ChargerConfig], list[_ConfigInfo], object]] = {}
+_LAYOUTS: dict[tuple[int, int], _Layout] = {}
 _UNPLUGGED: tuple[float | None, bool, int | None, int] = (None, False, None, 0)
 _UNSEEN = _UNPLUGGED
 _SEEN_3P: tuple[float | None, bool, int | None, int] = (None, False, 3, 0)
@@ -98,23 +98,42 @@ def _info(cfg: ChargerConfig) -> _ConfigInfo:
     return info
 
 
-def _infos(site: SiteConfig, chargers: tuple[ChargerInput, ...]) -> tuple[list[_ConfigInfo], object]:
-    """`_info` of every charger, reused while the chargers' configs are the same as last tick.
+class _Layout:
+    """Per-charger data derived from the configs alone, in charger order (kept while they stay the same).
 
-    Also returns a token that stays the same object as long as the configs do.
+    The object itself is the token: the same `_Layout` means the same configs as when it was built.
     """
+
+    __slots__ = ("_by_id", "cfgs", "ids", "infos", "mins", "one_prio")
+
+    def __init__(self, cfgs: list[ChargerConfig]):
+        self.cfgs = cfgs
+        self.infos = [_info(cfg) for cfg in cfgs]
+        self.ids = [cfg.id for cfg in cfgs]
+        self.mins = [cfg.min_current for cfg in cfgs]
+        # Every charger has the same priority.
+        self.one_prio = len({cfg.priority for cfg in cfgs}) <= 1
+        self._by_id: list[int] | None = None
+
+    def by_id_descending(self) -> list[int]:
+        """Charger indices by id, highest first."""
+        if self._by_id is None:
+            self._by_id = sorted(range(len(self.ids)), key=self.ids.__getitem__, reverse=True)
+        return self._by_id
+
+
+def _layout(site: SiteConfig, chargers: tuple[ChargerInput, ...]) -> _Layout:
+    """The `_Layout` of these chargers, reused while their configs are the same as last tick."""
     cfgs = [ci.config for ci in chargers]
     key = (id(site), len(cfgs))
     hit = _LAYOUTS.get(key)
     # Lists compare by identity first: an unchanged site costs one pass of pointer checks.
-    if hit is not None and hit[0] == cfgs:
-        return hit[1], hit[2]
-    infos = [_info(cfg) for cfg in cfgs]
+    if hit is not None and hit.cfgs == cfgs:
+        return hit
     if len(_LAYOUTS) > 64:
         _LAYOUTS.clear()
-    token = object()
-    _LAYOUTS[key] = (cfgs, infos, token)
-    return infos, token
+    lay = _LAYOUTS[key] = _Layout(cfgs)
+    return lay
 
 
 @lru_cache(maxsize=64)
@@ -254,7 +273,7 @@ class _ShapeEntry:
         eff: list[int],
         configs: list[ChargerConfig],
         shape: _Shape,
-        layout: object,
+        layout: _Layout,
     ):
         self.candidates = candidates
         # The `_infos` token of the configs this entry was last checked against.
@@ -303,7 +322,7 @@ def _shape(
     cap_on: bool,
     relay: bool,
     site_limits: int,
-    layout: object,
+    layout: _Layout,
 ) -> _ShapeEntry:
     """`_structure` for this tick, reused while the candidates, their phases and configs stay the same."""
     eff = eff_phases if len(candidates) == len(chargers) else [eff_phases[i] for i in candidates]
@@ -344,7 +363,7 @@ def _keep_order(
     eff_phases: list[int],
     now: float,
     min_run_s: float,
-    layout: object,
+    layout: _Layout,
 ) -> list[int]:
     """`candidates` sorted by the keep key, most kept first.
 
@@ -356,7 +375,7 @@ def _keep_order(
     member = bytearray(n)
     for i in candidates:
         member[i] = 1
-    order = [i for i in _ids_descending(chargers, layout) if member[i]]
+    order = [i for i in layout.by_id_descending() if member[i]]
     kwh = [0.0] * n
     kept = [False] * n
     prio = [0] * n
@@ -385,21 +404,6 @@ def _keep_order(
     order.sort(key=kwh.__getitem__, reverse=True)
     order.sort(key=kept.__getitem__, reverse=True)
     order.sort(key=prio.__getitem__, reverse=True)
-    return order
-
-
-_IDS_DESC: dict[int, tuple[object, list[int]]] = {}
-
-
-def _ids_descending(chargers: tuple[ChargerInput, ...], layout: object) -> list[int]:
-    """Charger indices by id, highest first (kept per `_infos` token: the same while configs are)."""
-    hit = _IDS_DESC.get(id(layout))
-    if hit is not None and hit[0] is layout:
-        return hit[1]
-    order = sorted(range(len(chargers)), key=lambda i: chargers[i].config.id, reverse=True)
-    if len(_IDS_DESC) > 64:
-        _IDS_DESC.clear()
-    _IDS_DESC[id(layout)] = (layout, order)
     return order
 
 
@@ -524,6 +528,8 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     # Candidates in a solar mode, and chargers in solar mode whose memo holds a solar start.
     solar_ids: list[int] = []
     solar_held: list[int] = []
+    # Chargers that may switch phases automatically this tick.
+    auto: set[int] = set()
     detect_s = site.phase_switch.detect_single_phase_s
     fallback_current = site.fallback_current
     increase_interval_s = site.increase_interval_s
@@ -533,7 +539,8 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     # The chargers' draw per metered circuit with a reading (only those need it).
     circuit_ev: dict[str, list[float]] = {}
     memos_get = memos.get
-    infos, layout = _infos(site, chargers)
+    layout = _layout(site, chargers)
+    infos = layout.infos
     # One pass per charger: its reading and draw, the car's phases, then its own cap.
     for idx, ci in enumerate(chargers):
         cfg = ci.config
@@ -541,9 +548,10 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         m = memo if memo is not None else _NEW_MEMO
         memo_in[idx] = m
         info = infos[idx]
+        ph_mode = ci.phase_mode
         if cfg.phases == 1:
             ph = 1
-        elif ci.phase_mode != "not_present":
+        elif ph_mode != "not_present":
             ph = _initial_phases(ci, memo)
         else:
             ph = 3
@@ -601,6 +609,8 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
 
         if ci.mode == "solar" and m.solar_started is not None:
             solar_held.append(idx)
+        if ph_mode == "auto" and cfg.phases == 3 and ci.demand == 2:
+            auto.add(idx)
 
         # ---- its own cap ----
         eff = 1 if seen[1] else ph
@@ -949,13 +959,18 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             active.append(i)
             for c, k in ui:
                 load[c] += k * mn
+    mins = layout.mins
     extra_caps = list(caps)
     for idx in active:
-        extra_caps[idx] = caps[idx] - chargers[idx].config.min_current
+        extra_caps[idx] = caps[idx] - mins[idx]
     extra = [0.0] * n
     by_prio: dict[int, list[int]] = {}
-    for idx in active:
-        by_prio.setdefault(chargers[idx].config.priority, []).append(idx)
+    if layout.one_prio:
+        if active:
+            by_prio[chargers[active[0]].config.priority] = active
+    else:
+        for idx in active:
+            by_prio.setdefault(chargers[idx].config.priority, []).append(idx)
     if active is candidates and len(by_prio) == 1:
         # Everyone in one fill: each constraint's weight is the shape's (whole coefficients, exact sums).
         fill(prob, active, extra_caps, cap_src, extra, bound, list(shape.weights))
@@ -963,7 +978,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         for prio in sorted(by_prio, reverse=True):
             fill(prob, sorted(by_prio[prio]), extra_caps, cap_src, extra, bound)
     for idx in active:
-        alloc[idx] = chargers[idx].config.min_current + extra[idx]
+        alloc[idx] = mins[idx] + extra[idx]
     if lag_err:
         _hold_raises_for_lag(
             snapshot, active, alloc, memo_in, eff_phases, bound, paths, circuit_base, lag_err
@@ -981,6 +996,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     ramp_step = site.ramp_step
     allocs = _ALLOCS
     floor = math.floor
+    ids = layout.ids
     for idx, ci in enumerate(chargers):
         m = memo_in[idx]
         target = alloc[idx]
@@ -1007,9 +1023,8 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         ph = phases[idx]
         last_switch = m.last_switch
         if (
-            ci.phase_mode == "auto"
-            and ci.config.phases == 3
-            and ci.demand == 2
+            auto
+            and idx in auto
             and not single_car
             and (max_per_session <= 0 or switches < max_per_session)
             and idx not in fb_cap
@@ -1051,7 +1066,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             if len(allocs) > 10_000:
                 allocs.clear()
             decided = allocs[akey] = ChargerAllocation(*akey)
-        cid = ci.config.id
+        cid = ids[idx]
         out[cid] = decided
         running_since = m.running_since if current > 0 or value <= 0 else now
         stopped_at = now if current > 0 and value <= 0 else m.stopped_at
