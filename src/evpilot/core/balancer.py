@@ -536,6 +536,8 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     ev_headroom = site.ev_headroom
 
     ev0 = ev1 = ev2 = 0.0
+    # The chargers' own draw counts only where a meter's reading includes it.
+    need_draw = site.exclude_self_current or bool(circuit_readings)
     # The chargers' draw per metered circuit with a reading (only those need it).
     circuit_ev: dict[str, list[float]] = {}
     memos_get = memos.get
@@ -565,7 +567,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         elif ci.measured_at is not None and now - ci.measured_at > timeout:
             # Unknown draw: counted as 0, so the house load seen upstream includes it (conservative).
             stale = True
-        elif a0 != 0.0 or a1 != 0.0 or a2 != 0.0:
+        elif need_draw and (a0 != 0.0 or a1 != 0.0 or a2 != 0.0):
             # On the mains phases (`PhaseMap.to_mains`); adding the zeros of the unused phases changes no sum.
             if info.identity:
                 d0, d1, d2 = a0, a1, a2
@@ -816,6 +818,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             m = memo_in[i]
             share = s_alloc[pos]
             solar_share[i] = share
+            ci = chargers[idx]
             mn = ci.config.min_current
             if ci.mode == "min+solar":
                 if share < caps[i] - _EPS:
@@ -890,11 +893,23 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         layout,
     )
     shape = entry.shape
-    capacity = [_node_capacity(key, snapshot, base, limits, circuit_base) for key in shape.keys]
+    # `_node_capacity` of every key, with the mains and circuit cases inline.
+    capacity: list[float] = []
+    mains_limit = site.mains_limit
+    for key in shape.keys:
+        node, p = key
+        if node == "":
+            capacity.append(mains_limit - base[p])
+        elif node[0] != "#":
+            other = circuit_base.get(node)
+            capacity.append(limits[node] - (other[p] if other is not None else 0.0))
+        else:
+            capacity.append(_node_capacity(key, snapshot, base, limits, circuit_base))
     sources = list(shape.sources)
-    for pos2, key in enumerate(shape.keys):
-        if key[0].startswith("#site"):
-            sources[pos2] = snapshot.site_limits[int(key[0][5:])].source
+    if snapshot.site_limits:
+        for pos2, key in enumerate(shape.keys):
+            if key[0].startswith("#site"):
+                sources[pos2] = snapshot.site_limits[int(key[0][5:])].source
     prob = Problem(
         capacity=capacity,
         used=[0.0] * len(capacity),
@@ -997,7 +1012,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     allocs = _ALLOCS
     floor = math.floor
     ids = layout.ids
-    for idx, ci in enumerate(chargers):
+    for idx in range(n):
         m = memo_in[idx]
         target = alloc[idx]
         src = bound[idx]
@@ -1010,7 +1025,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
                 value = current
             elif now - last_raise >= increase_interval_s:
                 step = current + ramp_step
-                value = min(target, max(step, ci.config.min_current))
+                value = min(target, max(step, mins[idx]))
                 last_raise = now
             else:
                 value = current
@@ -1030,6 +1045,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             and idx not in fb_cap
         ):
             down_since, up_since = m.phase_down_since, m.phase_up_since
+            ci = chargers[idx]
             mn = ci.config.min_current
             if ph == 3:
                 up_since = None
