@@ -75,6 +75,8 @@ _UNSEEN = _UNPLUGGED
 _SEEN_3P: tuple[float | None, bool, int | None, int] = (None, False, 3, 0)
 # Decisions are immutable values that repeat tick after tick: shared instead of built anew.
 _ALLOCS: dict[tuple[float, int, str], ChargerAllocation] = {}
+# The same, keyed by the value before rounding: a repeated decision skips the rounding.
+_ALLOCS_BY_VALUE: dict[tuple[float, int, str], ChargerAllocation] = {}
 
 
 def _info(cfg: ChargerConfig) -> _ConfigInfo:
@@ -534,6 +536,8 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     fallback_current = site.fallback_current
     increase_interval_s = site.increase_interval_s
     ev_headroom = site.ev_headroom
+    follow_s = 3 * increase_interval_s
+    ev_gap = ev_headroom + 1.0
 
     ev0 = ev1 = ev2 = 0.0
     # The chargers' own draw counts only where a meter's reading includes it.
@@ -637,16 +641,18 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         elif ci.charging and m.current > 0 and not stale:
             # A car drawing clearly less than offered (after it had time to follow the last
             # raise) is capped near its draw; the cap lifts once it uses what it has.
-            drawn = max(ci.measured)
+            drawn = a0  # max(ci.measured), written out
+            if a1 > drawn:
+                drawn = a1
+            if a2 > drawn:
+                drawn = a2
             gap = m.current - drawn
-            if m.ev_limited:
-                limited = gap > 1.0
-            else:
-                limited = now - m.last_raise >= 3 * increase_interval_s and gap > ev_headroom + 1.0
-            need = max(cfg.min_current, drawn + ev_headroom)
-            if limited and need < cap:
-                cap, src = need, "ev"
-                ev_limited[idx] = True
+            limited = gap > 1.0 if m.ev_limited else now - m.last_raise >= follow_s and gap > ev_gap
+            if limited:
+                need = max(cfg.min_current, drawn + ev_headroom)
+                if need < cap:
+                    cap, src = need, "ev"
+                    ev_limited[idx] = True
         caps[idx] = cap
         cap_src[idx] = src
         # A stale or refused reading never raises a setpoint: at most what the charger had before.
@@ -1010,6 +1016,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     increase_deadband = site.increase_deadband
     ramp_step = site.ramp_step
     allocs = _ALLOCS
+    by_value = _ALLOCS_BY_VALUE
     floor = math.floor
     ids = layout.ids
     for idx in range(n):
@@ -1074,14 +1081,20 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
                 switches += 1
         else:
             down_since = up_since = None
-        # Rounded down so a reported allocation never exceeds what the limits allow.
-        shown = floor(value * 100.0 + 1e-6) / 100.0
-        akey = (shown, ph if not single_car else 1, src)
-        decided = allocs.get(akey)
+        rkey = (value, ph if not single_car else 1, src)
+        decided = by_value.get(rkey)
         if decided is None:
-            if len(allocs) > 10_000:
-                allocs.clear()
-            decided = allocs[akey] = ChargerAllocation(*akey)
+            # Rounded down so a reported allocation never exceeds what the limits allow.
+            shown = floor(value * 100.0 + 1e-6) / 100.0
+            akey = (shown, rkey[1], src)
+            decided = allocs.get(akey)
+            if decided is None:
+                if len(allocs) > 10_000:
+                    allocs.clear()
+                decided = allocs[akey] = ChargerAllocation(*akey)
+            if len(by_value) > 10_000:
+                by_value.clear()
+            by_value[rkey] = decided
         cid = ids[idx]
         out[cid] = decided
         running_since = m.running_since if current > 0 or value <= 0 else now
