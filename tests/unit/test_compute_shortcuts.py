@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import fields
+from dataclasses import fields, replace
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -17,7 +17,15 @@ from hypothesis import strategies as st
 from evpilot.core import balancer
 from evpilot.core.charger import ChargerConfig
 from evpilot.core.fill import FillCache, Problem, fill
-from evpilot.core.site import ChargerInput, ChargerMemo
+from evpilot.core.site import (
+    BalancerState,
+    ChargerInput,
+    ChargerMemo,
+    CircuitConfig,
+    Reading,
+    SiteConfig,
+    Snapshot,
+)
 
 coefs = st.sampled_from([1.0, 1.0, 1.0, 3.0, 2.0, 0.5])
 
@@ -132,3 +140,73 @@ def test_memo_by_slots_equals_constructor() -> None:
     built = balancer._memo(*values)
     assert built == ChargerMemo(*values)
     assert hash(built) == hash(ChargerMemo(*values))
+
+
+def _cold() -> None:
+    """Forget everything `compute` keeps between calls."""
+    for cache in (
+        balancer._PAUSED_MEMOS,
+        balancer._ALLOCS_BY_VALUE,
+        balancer._ALLOCS,
+        balancer._SHAPES,
+        balancer._LAYOUTS,
+        balancer._INFO,
+        balancer._SITES,
+    ):
+        cache.clear()
+
+
+def test_kept_data_changes_no_decision_in_a_shortage() -> None:
+    """A shortage site ticked through three pauses: warm caches and cold ones (without the shortcuts)
+    decide the same."""
+    circuits = (CircuitConfig("hall", 63.0), CircuitConfig("row", 32.0, "hall"))
+    site = SiteConfig(mains_limit=40.0, circuits=circuits, mode="smart", exclude_self_current=True)
+    chargers = []
+    for i in range(40):
+        cfg = ChargerConfig(
+            id=f"cp{i:02d}",
+            phases=1 if i % 3 == 0 else 3,
+            phase=i % 3 + 1 if i % 3 == 0 else 1,
+            circuit="row" if i % 2 else "hall",
+            priority=1 if i % 10 == 0 else 0,
+        )
+        chargers.append(
+            ChargerInput(
+                config=cfg, mode="smart", demand=2, limit=16.0, limit_source="max", measured=(0.0, 0.0, 0.0)
+            )
+        )
+    warm_state = cold_state = BalancerState()
+    inputs = chargers
+    for k in range(140):
+        now = 1000.0 + k
+        draw = [0.0, 0.0, 0.0]
+        for ci in inputs:
+            for p, a in enumerate(ci.config.phase_map.to_mains(ci.measured)):
+                draw[p] += a
+        mains = Reading((5.0 + draw[0], 3.0 + draw[1], 4.0 + draw[2]), now)
+        warm = balancer.compute(
+            Snapshot(site=site, chargers=tuple(inputs), mains=mains, state=warm_state), now
+        )
+        _cold()
+        balancer.FAST_PATHS = False
+        try:
+            cold = balancer.compute(
+                Snapshot(site=site, chargers=tuple(inputs), mains=mains, state=cold_state), now
+            )
+        finally:
+            balancer.FAST_PATHS = True
+        assert warm.chargers == cold.chargers, k
+        assert warm.state == cold.state, k
+        warm_state, cold_state = warm.state, cold.state
+        inputs = [
+            replace(
+                ci,
+                measured=(a, a, a) if ci.config.phases == 3 else (a, 0.0, 0.0),
+                charging=a > 0.5,
+                session_kwh=ci.session_kwh + a / 3600.0,
+            )
+            for ci in inputs
+            for a in (warm.chargers[ci.config.id].current,)
+        ]
+    # The run went through pauses (and chargers paused again after one).
+    assert any(a.source == "shortage" for a in warm.chargers.values())

@@ -77,6 +77,8 @@ _SEEN_3P: tuple[float | None, bool, int | None, int] = (None, False, 3, 0)
 _ALLOCS: dict[tuple[float, int, str], ChargerAllocation] = {}
 # The same, keyed by the value before rounding: a repeated decision skips the rounding.
 _ALLOCS_BY_VALUE: dict[tuple[float, int, str], ChargerAllocation] = {}
+# (id of a memo, new pause end) -> (that memo, the memo with only the pause end changed).
+_PAUSED_MEMOS: dict[tuple[int, float], tuple[ChargerMemo, ChargerMemo]] = {}
 
 
 def _info(cfg: ChargerConfig) -> _ConfigInfo:
@@ -1017,6 +1019,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     ramp_step = site.ramp_step
     allocs = _ALLOCS
     by_value = _ALLOCS_BY_VALUE
+    paused_memos = _PAUSED_MEMOS
     floor = math.floor
     ids = layout.ids
     for idx in range(n):
@@ -1102,7 +1105,6 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         if (
             value == current
             and last_raise == m.last_raise
-            and paused_until == m.paused_until
             and ph == m.phases
             and ev_limited[idx] == m.ev_limited
             and single_car == m.single_phase_car
@@ -1115,13 +1117,23 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             and car_phases == m.car_phases
             and switches == m.switches
         ):
-            # Unchanged: keep the old (immutable) memo instead of building an equal one.
-            new_memos[cid] = m
-            continue
+            if paused_until == m.paused_until:
+                # Unchanged: keep the old (immutable) memo instead of building an equal one.
+                new_memos[cid] = m
+                continue
+            # Only the pause moved: chargers that shared a memo share the paused one (a queue
+            # of cars waiting since the same tick is paused again every `shortage_pause_s`).
+            pkey = (id(m), paused_until) if FAST_PATHS else None
+            hit = paused_memos.get(pkey) if pkey is not None else None
+            if hit is not None and hit[0] is m:
+                new_memos[cid] = hit[1]
+                continue
+        else:
+            pkey = None
         # Positional, in field order: current, phases, last_raise, paused_until, solar_started,
         # solar_short_since, solar_phases, phase_down_since, phase_up_since, last_switch,
         # one_phase_since, single_phase_car, ev_limited, running_since, car_phases, switches, stopped_at.
-        new_memos[cid] = _memo(
+        memo = new_memos[cid] = _memo(
             value,
             ph,
             last_raise,
@@ -1140,6 +1152,10 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             switches,
             stopped_at,
         )
+        if pkey is not None:
+            if len(paused_memos) > 10_000:
+                paused_memos.clear()
+            paused_memos[pkey] = (m, memo)
     return Allocation(
         chargers=out,
         state=BalancerState(new_memos, over_since, trip_at, floors),
