@@ -108,15 +108,16 @@ class _Layout:
     The object itself is the token: the same `_Layout` means the same configs as when it was built.
     """
 
-    __slots__ = ("_by_id", "cfgs", "ids", "infos", "mins", "one_prio")
+    __slots__ = ("_by_id", "cfgs", "ids", "infos", "mins", "one_prio", "prios")
 
     def __init__(self, cfgs: list[ChargerConfig]):
         self.cfgs = cfgs
         self.infos = [_info(cfg) for cfg in cfgs]
         self.ids = [cfg.id for cfg in cfgs]
         self.mins = [cfg.min_current for cfg in cfgs]
+        self.prios = [cfg.priority for cfg in cfgs]
         # Every charger has the same priority.
-        self.one_prio = len({cfg.priority for cfg in cfgs}) <= 1
+        self.one_prio = len(set(self.prios)) <= 1
         self._by_id: list[int] | None = None
 
     def by_id_descending(self) -> list[int]:
@@ -382,7 +383,6 @@ def _keep_order(
     order = [i for i in layout.by_id_descending() if member[i]]
     kwh = [0.0] * n
     kept = [False] * n
-    prio = [0] * n
     for i in candidates:
         ci = chargers[i]
         m = memo_in[i]
@@ -404,10 +404,10 @@ def _keep_order(
         kept[i] = (m.current > 0 and now - m.running_since < min_run_s) or (
             m.current <= 0 and now - m.stopped_at >= min_run_s
         )
-        prio[i] = ci.config.priority
     order.sort(key=kwh.__getitem__, reverse=True)
     order.sort(key=kept.__getitem__, reverse=True)
-    order.sort(key=prio.__getitem__, reverse=True)
+    if not layout.one_prio:
+        order.sort(key=layout.prios.__getitem__, reverse=True)
     return order
 
 
@@ -949,6 +949,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         # last (no swapping places every minute), then the one that charged most per phase it draws
         # on (kWh / phases: a 1-phase and a 3-phase charger compared by what they drew on a phase,
         # the amperes they compete for), then the id.
+        cap_stop_s = site.cap_stop_s
         keep_order = _keep_order(chargers, candidates, memo_in, eff_phases, now, site.min_run_s, layout)
         for i in keep_order:
             mn = chargers[i].config.min_current
@@ -961,7 +962,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
                 for c, k in ui:
                     load[c] += k * mn
                 continue
-            if site.cap_stop_s <= 0:
+            if cap_stop_s <= 0:
                 # No capacity grace: whatever is violated, the charger pauses.
                 paused_now.add(i)
                 bound[i] = "shortage"
