@@ -18,6 +18,7 @@ from typing import Any
 from evpilot.config import MainsMeter
 from evpilot.core.charger import Charger, ChargerConfig, ErrorFlag, WorkState
 from evpilot.core.iec61851 import DRAW_THRESHOLD_A, PilotState
+from evpilot.core.profiles import Limit
 from evpilot.core.session import LimitReached
 from evpilot.core.site import CircuitConfig, SiteConfig
 from evpilot.core.units import Phases
@@ -101,6 +102,8 @@ class ChargerView:
     lifetime_kwh: float
     # Since when a solar charger has been short of sun (its solar stop timer runs), else None.
     solar_short_since: float | None
+    # The OCPP charging profile limit in force (amps, source, absolute time of its next change).
+    profile: Limit | None = None
 
     @property
     def charging(self) -> bool:
@@ -174,6 +177,7 @@ def charger_raw(
         None if s is None else (s.id, s.energy_kwh, s.charging_s, s.peak_power_w, s.id_tag),
         frozenset(ch.errors) if ch.errors else _NO_ERRORS,
         tuple((k, v.value, v.expires_at, v.watts) for k, v in ch.leases.items()) if ch.leases else (),
+        None if ch.profile_cap is None else ch.profile_cap.last,
     )
 
 
@@ -231,6 +235,7 @@ def charger_key(
         round(ch.lifetime_kwh, 3),
         ch.letter,
         solar_short_since,
+        None if ch.profile_cap is None else ch.profile_cap.last,
     )
 
 
@@ -283,6 +288,7 @@ def charger_view(ch: Charger, key: tuple[Any, ...]) -> ChargerView:
         session,
         ch.lifetime_kwh,
         key[37],
+        key[38],
     )
 
 
@@ -449,12 +455,25 @@ def charger_doc(v: ChargerView, now: float) -> dict[str, Any]:
                 }
                 for lease in v.leases
             },
+            "profiles": _profiles(v.profile, now),
         },
         "caps": {"energy_kwh": v.energy_cap_kwh, "time_min": v.time_cap_min},
         "limit_reached": None if v.limit_reached is None else v.limit_reached.value,
         "errors": sorted(e.value for e in v.errors),
         "session": session,
         "lifetime_kwh": round(v.lifetime_kwh, 3),
+    }
+
+
+def _profiles(limit: Limit | None, now: float) -> dict[str, Any]:
+    if limit is None:
+        return {}
+    nxt = limit.next_change
+    return {
+        limit.source: {
+            "amps": round(limit.amps, 1),
+            "next_change_in_s": None if nxt is None else round(nxt - now, 1),
+        }
     }
 
 

@@ -16,6 +16,7 @@ from evpilot.core.iec61851 import (
     pilot_state,
     quantize_current,
 )
+from evpilot.core.profiles import ConnectorCap
 from evpilot.core.session import LimitReached, Session, SessionRecord, StopReason, cap_reached
 from evpilot.core.units import NOMINAL_VOLTAGE, PhaseMap, PhaseRotation, phase_map
 from evpilot.core.units import ZERO3 as ZERO3
@@ -158,6 +159,8 @@ class Charger:
     user_limit: float | None = None
     override: float | None = None
     leases: dict[str, Lease] = field(default_factory=dict)
+    # OCPP charging profiles set by a backend: a schedule cap with source `ocpp:<purpose>`.
+    profile_cap: ConnectorCap | None = None
     energy_cap_kwh: float | None = None
     time_cap_min: float | None = None
     under_power_w: float | None = None
@@ -383,6 +386,10 @@ class Charger:
                     lease.value = self._power_amps(lease.watts)
                 if lease.value < best:
                     best, source = lease.value, name
+        if self.profile_cap is not None:
+            scheduled = self.profile_cap.limit_at(now, self.active_phases)
+            if scheduled is not None and scheduled.amps < best:
+                best, source = max(0.0, scheduled.amps), scheduled.source
         if _TEMPERATURE_HIGH in self.errors:
             best, source = 0.0, "temperature"
         return best, source
