@@ -670,6 +670,72 @@ def fallback_overloads(config: AppConfig) -> list[str]:
     return problems
 
 
+OCPP_MEASURANDS = (
+    "Energy.Active.Import.Register",
+    "Power.Active.Import",
+    "Current.Import",
+    "Voltage",
+    "Current.Offered",
+    "SoC",
+)
+_OCPP_ID = r"^[A-Za-z0-9._:*+|@-]{1,48}$"
+
+
+class OcppModel(_Model):
+    """evpilot as an OCPP charge point that a backend (CSMS) manages."""
+
+    url: str | None = Field(
+        default=None, description="ws://host:port/path/ or wss://...; the id is appended; none = OCPP off"
+    )
+    id: str = Field(default="EVPILOT-01", pattern=_OCPP_ID, description="charge point identity")
+    version: Literal["1.6", "2.0.1"] = "1.6"
+    password: str | None = Field(
+        default=None, min_length=1, max_length=40, description="security profile 1/2: HTTP basic auth"
+    )
+    ca_file: Path | None = Field(default=None, description="CA file for wss:// (default: system CAs)")
+    heartbeat_s: int = Field(default=300, ge=1, le=86_400)
+    stations: dict[str, str] = Field(
+        default_factory=dict,
+        description="charger id -> station id: a station per charger (default: one, a connector each)",
+    )
+    measurands: list[str] = Field(
+        default_factory=lambda: ["Energy.Active.Import.Register", "Power.Active.Import", "Current.Import"],
+        description="MeterValuesSampledData at first start",
+    )
+    meter_sample_s: int = Field(
+        default=60, ge=0, le=86_400, description="MeterValueSampleInterval at first start"
+    )
+    clock_aligned_s: int = Field(
+        default=900, ge=0, le=86_400, description="ClockAlignedDataInterval at first start"
+    )
+    id_tag: str = Field(
+        default="evpilot", min_length=1, max_length=20, description="idTag of a session without one"
+    )
+    vendor: str = Field(default="evpilot", min_length=1, max_length=20)
+    model: str = Field(default="evpilot", min_length=1, max_length=20)
+    response_timeout_s: float = Field(default=30, gt=0, le=300)
+    reconnect_min_s: float = Field(default=1, gt=0, le=60)
+    reconnect_max_s: float = Field(default=60, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _check(self) -> OcppModel:
+        if self.url is not None:
+            parts = urlsplit(self.url)
+            if parts.scheme not in ("ws", "wss") or not parts.hostname:
+                raise KeyedError("url", "must be ws://host[:port]/path/ or wss://...")
+        for m in self.measurands:
+            if m not in OCPP_MEASURANDS:
+                raise KeyedError("measurands", f"{m!r} is not one of {', '.join(OCPP_MEASURANDS)}")
+        for cid, sid in self.stations.items():
+            if not re.fullmatch(_OCPP_ID[1:-1], sid):
+                raise KeyedError(
+                    "stations", f"station id of {cid!r} must be 1-48 of A-Z a-z 0-9 . _ - : * + | @"
+                )
+        if len(set(self.stations.values())) != len(self.stations):
+            raise KeyedError("stations", "station ids must be unique")
+        return self
+
+
 class AppConfig(_Model):
     """The whole evpilot configuration file."""
 
@@ -681,12 +747,16 @@ class AppConfig(_Model):
     esp32evse: Esp32EvseModel = Field(default_factory=Esp32EvseModel)
     mqtt: MqttModel = Field(default_factory=MqttModel)
     shelly: ShellyModel = Field(default_factory=ShellyModel)
+    ocpp: OcppModel = Field(default_factory=OcppModel)
 
     @model_validator(mode="after")
     def _refs(self) -> AppConfig:
         ids = [c.id for c in self.chargers]
         if len(set(ids)) != len(ids):
             raise KeyedError("chargers", "charger ids must be unique")
+        for cid in self.ocpp.stations:
+            if cid not in ids:
+                raise KeyedError("ocpp.stations", _unknown("charger", cid, ids))
         circuits = [c.name for c in self.site.circuits]
         for i, c in enumerate(self.chargers):
             if c.circuit is not None and c.circuit not in circuits:

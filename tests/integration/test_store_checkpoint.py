@@ -24,7 +24,8 @@ def test_a_version_1_database_is_migrated_and_keeps_its_sessions(tmp_path: Path)
         db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
         db.execute("INSERT INTO sessions VALUES ('s1','cp1',100,200,1.5,7000,'user',NULL)")
     store = Store(path)
-    assert store.schema_version == SCHEMA_VERSION == 2
+    assert store.schema_version == SCHEMA_VERSION == 3
+    assert store.outbox("ocpp") == []
     assert [s.id for s in store.sessions()] == ["s1"]
     assert store.open_sessions() == [] and store.high_water() == 200
     store.close()
@@ -117,3 +118,17 @@ def test_a_scaled_clock_moves_forward_only() -> None:
     assert clock.now() < now + 50
     clock.not_before(now + 1000)
     assert clock.now() >= now + 1000
+
+
+def test_the_outbox_keeps_its_order_across_a_reopen(tmp_path: Path) -> None:
+    store = Store(tmp_path / "evpilot.sqlite3")
+    for i in range(5):
+        store.outbox_push("ocpp:A", {"n": i})
+    store.outbox_push("ocpp:B", {"n": 99})
+    (first, _), *_ = store.outbox("ocpp:A")
+    store.outbox_drop("ocpp:A", first)
+    store.close()
+    again = Store(tmp_path / "evpilot.sqlite3")
+    assert [body["n"] for _, body in again.outbox("ocpp:A")] == [1, 2, 3, 4]
+    assert [body["n"] for _, body in again.outbox("ocpp:B")] == [99]
+    again.close()

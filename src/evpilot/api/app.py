@@ -57,9 +57,21 @@ def create_app(rt: Runtime, manage_runtime: bool = True) -> FastAPI:
             bridge = MqttBridge(rt, rt.config.mqtt)
             await bridge.start()
         app.state.mqtt = bridge
+        ocpp = None
+        if manage_runtime and rt.config.ocpp.url is not None:
+            from evpilot.api.ocpp import OcppService
+
+            ocpp = OcppService(rt)
+            await ocpp.start()
+        app.state.ocpp = ocpp
         try:
             yield
         finally:
+            if ocpp is not None:
+                try:
+                    await ocpp.stop()
+                except Exception:
+                    log.exception("stopping the OCPP link failed")
             # The runtime saves sessions and counters even if the bridge fails to stop.
             if bridge is not None:
                 try:

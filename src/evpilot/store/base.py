@@ -37,6 +37,15 @@ class SessionStore(Protocol):
     def open_sessions(self) -> list[SessionCheckpoint]:
         """The checkpointed open sessions."""
 
+    def outbox(self, queue: str) -> list[tuple[int, Any]]:
+        """The messages waiting in `queue`, oldest first, each with its sequence number."""
+
+    def outbox_push(self, queue: str, body: Any) -> None:
+        """Append a message to `queue` (kept until `outbox_drop`, across restarts)."""
+
+    def outbox_drop(self, queue: str, seq: int) -> None:
+        """Remove a delivered message from `queue`."""
+
     def high_water(self) -> float:
         """The latest clock time stored so far (0 if none)."""
 

@@ -15,7 +15,7 @@ from evpilot.core.session import SessionCheckpoint, SessionRecord
 
 log = logging.getLogger("evpilot.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE sessions (
@@ -43,6 +43,14 @@ _MIGRATIONS: dict[int, str] = {
         id_tag TEXT,
         checkpoint_at REAL NOT NULL
     );
+    """,
+    3: """
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        queue TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX outbox_queue ON outbox(queue, seq);
     """,
 }
 # Writes waiting for the writer thread; beyond this the caller waits (nothing is dropped).
@@ -187,7 +195,29 @@ class Store:
             values.append(float(ended[0][0]))
         return max(values, default=0.0)
 
+    def outbox(self, queue: str) -> list[tuple[int, Any]]:
+        """The messages waiting in `queue`, oldest first, each with its sequence number."""
+        rows = self._read("SELECT seq, body FROM outbox WHERE queue = ? ORDER BY seq", (queue,))
+        return [(int(seq), json.loads(body)) for seq, body in rows]
+
     # ---- writes (queued) ----------------------------------------------------------------------
+
+    def outbox_push(self, queue: str, body: Any) -> None:
+        """Append a message to `queue` (kept until `outbox_drop`, across restarts)."""
+        text = json.dumps(body)
+
+        def job(db: sqlite3.Connection) -> None:
+            db.execute("INSERT INTO outbox(queue, body) VALUES(?, ?)", (queue, text))
+
+        self._submit(job)
+
+    def outbox_drop(self, queue: str, seq: int) -> None:
+        """Remove a delivered message from `queue`."""
+
+        def job(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM outbox WHERE queue = ? AND seq = ?", (queue, seq))
+
+        self._submit(job)
 
     def add_session(self, rec: SessionRecord) -> None:
         """Store an ended session and drop its checkpoint, in one transaction."""
