@@ -182,7 +182,10 @@ class Backend:
                 value = check()
                 if value:
                     return value
-                await self.changed.wait()
+                # Also polls: a condition may hang on the charge point's state, not on a message.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.05):
+                        await self.changed.wait()
 
     async def station(self, cid: str, timeout: float = 10.0) -> Any:
         """The connected station `cid` (after its boot)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from ocpp.v16 import call
 
 from evpilot.sim.ev import CarSpec
 from evpilot.store.sqlite import Store
-from tests.helpers import free_port, make_config, serve
+from tests.helpers import evpilot_process, free_port, make_config, serve
 from tests.ocpp_backend import Backend
 
 pytestmark = pytest.mark.asyncio
@@ -42,10 +42,6 @@ async def backend() -> AsyncIterator[Backend]:
     await b.start()
     yield b
     await b.stop()
-
-
-def iso_in(seconds: float) -> str:
-    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
 
 
 async def test_boot_retry_status_transaction_meter_values_and_remote_stop(
@@ -204,3 +200,201 @@ async def test_basic_auth_security_profile_1(tmp_path: Path) -> None:
             await backend.station("EVPILOT-01")
     finally:
         await backend.stop()
+
+
+# ---- smart charging through the wire (the CTT cases) ------------------------------------------------
+
+
+def _profile(
+    pid: int, purpose: str, periods: list[tuple[int, float]], start: str | None, **extra: Any
+) -> dict[str, Any]:
+    schedule: dict[str, Any] = {
+        "chargingRateUnit": extra.pop("unit", "A"),
+        "chargingSchedulePeriod": [{"startPeriod": s, "limit": lim} for s, lim in periods],
+    }
+    if start is not None:
+        schedule["startSchedule"] = start
+    if "duration" in extra:
+        schedule["duration"] = extra.pop("duration")
+    return {
+        "chargingProfileId": pid,
+        "stackLevel": extra.pop("level", 0),
+        "chargingProfilePurpose": purpose,
+        "chargingProfileKind": extra.pop("kind", "Absolute"),
+        "chargingSchedule": schedule,
+        **extra,
+    }
+
+
+def _periods(result: Any) -> list[tuple[int, float]]:
+    return [
+        (p["start_period"], float(p["limit"])) for p in result.charging_schedule["charging_schedule_period"]
+    ]
+
+
+async def test_smart_charging_cases_through_the_wire(backend: Backend) -> None:
+    async with serve(make_config(ocpp_config(backend.port)), speed=1.0) as (base, rt):
+        cs = await backend.station("EVPILOT-01")
+        now = datetime.fromtimestamp(rt.clock.now(), UTC).isoformat().replace("+00:00", "Z")
+        tx_profile = _profile(2, "TxProfile", [(0, 8.0), (50, 10.0)], now, duration=100)
+        refused = await cs.call(call.SetChargingProfile(connector_id=1, cs_charging_profiles=tx_profile))
+        assert refused.status == "Rejected"  # no transaction yet
+        rt.sim_plug("cp1", CarSpec())
+        start = (await backend.wait(lambda: backend.of("StartTransaction")))[0]
+
+        # TC_066: a TxDefaultProfile and a TxProfile, then the composite schedule.
+        default = _profile(1, "TxDefaultProfile", [(0, 16.0)], now, duration=300)
+        assert (
+            await cs.call(call.SetChargingProfile(connector_id=1, cs_charging_profiles=default))
+        ).status == "Accepted"
+        tx_profile["transactionId"] = start["transaction_id"]
+        assert (
+            await cs.call(call.SetChargingProfile(connector_id=1, cs_charging_profiles=tx_profile))
+        ).status == "Accepted"
+        composite = await cs.call(call.GetCompositeSchedule(connector_id=1, duration=300))
+        assert composite.status == "Accepted"
+        assert _periods(composite) == [(0, 8.0), (50, 10.0), (100, 16.0)]
+        async with httpx.AsyncClient(base_url=base) as client:
+            doc = await _poll(
+                client, lambda d: "ocpp:TxProfile" in (d["limit_source"], d["available_source"])
+            )
+            assert doc["current"]["allocated"] <= 8.0
+            (limit,) = doc["limits"]["profiles"].items()
+            assert limit[0] == "ocpp:TxProfile" and limit[1]["amps"] == 8.0
+            assert 45 <= limit[1]["next_change_in_s"] <= 50
+
+            # TC_067: clear by id; an unknown id is Unknown.
+            assert (await cs.call(call.ClearChargingProfile(id=2))).status == "Accepted"
+            assert (await cs.call(call.ClearChargingProfile(id=2))).status == "Unknown"
+            composite = await cs.call(call.GetCompositeSchedule(connector_id=1, duration=300))
+            assert _periods(composite)[0] == (0, 16.0)
+
+            # TC_072: a higher stack level for 120 s over the TxDefaultProfile.
+            higher = _profile(3, "TxDefaultProfile", [(0, 10.0)], now, duration=120, level=1)
+            assert (
+                await cs.call(call.SetChargingProfile(connector_id=1, cs_charging_profiles=higher))
+            ).status == "Accepted"
+            composite = await cs.call(call.GetCompositeSchedule(connector_id=1, duration=300))
+            assert _periods(composite)[:2] == [(0, 10.0), (120, 16.0)]
+
+            # TC_058_1: a ChargePointMaxProfile on connector 0 caps the station.
+            cp_max = _profile(4, "ChargePointMaxProfile", [(0, 6.0)], None, kind="Relative")
+            assert (
+                await cs.call(call.SetChargingProfile(connector_id=0, cs_charging_profiles=cp_max))
+            ).status == "Accepted"
+            composite = await cs.call(call.GetCompositeSchedule(connector_id=0, duration=60))
+            assert _periods(composite) == [(0, 6.0)]
+            cp_max_source = "ocpp:ChargePointMaxProfile"
+            doc = await _poll(client, lambda d: cp_max_source in (d["limit_source"], d["available_source"]))
+            assert doc["current"]["allocated"] <= 6.0
+            wrong = _profile(5, "ChargePointMaxProfile", [(0, 6.0)], None, kind="Relative")
+            assert (
+                await cs.call(call.SetChargingProfile(connector_id=1, cs_charging_profiles=wrong))
+            ).status == "Rejected"
+            # Cleared by criteria: the charger is free of profiles again.
+            assert (await cs.call(call.ClearChargingProfile())).status == "Accepted"
+            doc = await _poll(client, lambda d: not d["limits"]["profiles"])
+            assert not doc["limit_source"].startswith("ocpp:") and not doc["available_source"].startswith(
+                "ocpp:"
+            )
+
+
+async def _poll(client: httpx.AsyncClient, ok: Any) -> dict[str, Any]:
+    import asyncio
+
+    doc: dict[str, Any] = {}
+    for _ in range(200):
+        doc = (await client.get("/api/chargers/cp1")).json()
+        if ok(doc):
+            return doc
+        await asyncio.sleep(0.05)
+    raise AssertionError(doc)
+
+
+# ---- the offline queue ----------------------------------------------------------------------------------
+
+
+async def test_backend_outage_queues_transaction_messages_in_order(backend: Backend, tmp_path: Path) -> None:
+    store = Store(tmp_path / "evpilot.sqlite3")
+    try:
+        config = ocpp_config(backend.port, meter_sample_s=10)
+        async with serve(make_config(config), speed=SPEED, store=store) as (_, rt):
+            await backend.station("EVPILOT-01")
+            await backend.stop()  # the backend dies before the session starts
+            rt.sim_plug("cp1", CarSpec())
+            ch = rt.charger("cp1")
+            await backend.wait(lambda: ch.session is not None and ch.session.energy_kwh > 0.05, timeout=15)
+            rt.sim_unplug("cp1")
+            await backend.wait(lambda: len(store.outbox("ocpp:EVPILOT-01")) >= 4)
+            queued = [body for _, body in store.outbox("ocpp:EVPILOT-01")]
+            assert queued[0]["action"] == "StartTransaction" and queued[-1]["action"] == "StopTransaction"
+            back_at = rt.clock.now()
+            await backend.start()
+            stop = (await backend.wait(lambda: backend.of("StopTransaction"), timeout=15))[0]
+            await backend.wait(lambda: not store.outbox("ocpp:EVPILOT-01"))
+        sent = [
+            (a, p)
+            for _, a, p in backend.messages
+            if a in ("StartTransaction", "MeterValues", "StopTransaction")
+        ]
+        assert [a for a, _ in sent] == [b["action"] for b in queued]
+        start = sent[0][1]
+        times = [start["timestamp"]] + [
+            p["meter_value"][0]["timestamp"] for a, p in sent if a == "MeterValues"
+        ]
+        times.append(stop["timestamp"])
+        assert times == sorted(times)
+        # The original times: everything happened before the backend came back.
+        assert all(datetime.fromisoformat(t).timestamp() < back_at for t in times)
+        assert all(p["transaction_id"] == start["transaction_id"] for a, p in sent[1:])
+        assert stop["meter_stop"] - start["meter_start"] >= 50
+        assert stop["reason"] == "EVDisconnected"
+    finally:
+        store.close()
+
+
+async def test_kill_9_mid_transaction_keeps_the_queued_messages(backend: Backend, tmp_path: Path) -> None:
+    import asyncio
+
+    data = tmp_path / "data"
+    config = ocpp_config(backend.port, meter_sample_s=10)
+    # Started from a thread: the backend in this loop must answer while the process comes up.
+    first = evpilot_process(tmp_path, config, speed=SPEED, data_dir=data)
+    base, proc = await asyncio.to_thread(first.__enter__)
+    try:
+        await backend.station("EVPILOT-01", timeout=15)
+        async with httpx.AsyncClient(base_url=base) as client:
+            assert (await client.post("/api/sim/chargers/cp1/plug")).status_code == 200
+        await backend.wait(lambda: backend.of("StartTransaction"), timeout=15)
+        # Let its answer reach evpilot (else the start is queued again, as OCPP wants).
+        await asyncio.sleep(0.5)
+        await backend.stop()
+        # ~40 clock seconds offline: a few sampled MeterValues go to the outbox only.
+        await asyncio.sleep(2.0)
+        proc.kill()
+        proc.wait()
+    finally:
+        await asyncio.to_thread(first.__exit__, None, None, None)
+    store = Store(data / "evpilot.sqlite3")
+    queued = [body for _, body in store.outbox("ocpp:EVPILOT-01")]
+    store.close()
+    if queued and queued[0]["action"] == "StartTransaction":
+        queued = queued[1:]
+    assert len(queued) >= 2 and all(b["action"] == "MeterValues" for b in queued)
+    before = len(backend.messages)
+    await backend.start()
+    second = evpilot_process(tmp_path, config, speed=SPEED, data_dir=data)
+    await asyncio.to_thread(second.__enter__)
+    try:
+        await backend.wait(lambda: len(backend.of("MeterValues")) >= len(queued), timeout=15)
+        stop = (await backend.wait(lambda: backend.of("StopTransaction"), timeout=15))[0]
+    finally:
+        await asyncio.to_thread(second.__exit__, None, None, None)
+    start = backend.of("StartTransaction")[-1]
+    after = [(a, p) for _, a, p in backend.messages[before:] if a in ("MeterValues", "StopTransaction")]
+    delivered = [p["meter_value"][0]["timestamp"] for a, p in after if a == "MeterValues"]
+    expected = [b["payload"]["meter_value"][0]["timestamp"] for b in queued]
+    assert delivered[: len(expected)] == expected
+    assert delivered == sorted(delivered)
+    assert all(p["transaction_id"] == start["transaction_id"] for _, p in after)
+    assert stop["meter_stop"] >= start["meter_start"]

@@ -416,7 +416,7 @@ class ProfileSet:
         while t < end and steps < MAX_STEPS:
             amps, _, boundary = self._evaluate(t, connector, phases, True)
             value = amps if amps is not None else default
-            if value is not None:
+            if value is not None and round(t - now) < duration_s:
                 if unit is RateUnit.W:
                     value = value * NOMINAL_VOLTAGE * phases
                 value = round(value, 1)
