@@ -398,3 +398,96 @@ async def test_kill_9_mid_transaction_keeps_the_queued_messages(backend: Backend
     assert delivered == sorted(delivered)
     assert all(p["transaction_id"] == start["transaction_id"] for _, p in after)
     assert stop["meter_stop"] >= start["meter_start"]
+
+
+# ---- 2.0.1 ------------------------------------------------------------------------------------------------
+
+
+async def test_ocpp_201_transaction_events_variables_and_profiles(backend: Backend) -> None:
+    from ocpp.v201 import call as call201
+
+    async with serve(
+        make_config(ocpp_config(backend.port, version="2.0.1", meter_sample_s=10)), speed=SPEED
+    ) as (
+        base,
+        rt,
+    ):
+        cs = await backend.station("EVPILOT-01")
+        boot = backend.of("BootNotification")[0]
+        assert boot["charging_station"] == {"model": "evpilot", "vendor_name": "evpilot"}
+        await backend.wait(lambda: backend.of("StatusNotification"))
+        assert backend.of("StatusNotification")[0]["connector_status"] == "Available"
+
+        got = await cs.call(
+            call201.GetVariables(
+                get_variable_data=[
+                    {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"}},
+                    {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "Nope"}},
+                    {"component": {"name": "NoSuchCtrlr"}, "variable": {"name": "X"}},
+                ]
+            )
+        )
+        statuses = [r["attribute_status"] for r in got.get_variable_result]
+        assert statuses == ["Accepted", "UnknownVariable", "UnknownComponent"]
+        assert got.get_variable_result[0]["attribute_value"] == "300"
+        put = await cs.call(
+            call201.SetVariables(
+                set_variable_data=[
+                    {
+                        "component": {"name": "SampledDataCtrlr"},
+                        "variable": {"name": "TxUpdatedInterval"},
+                        "attributeValue": "5",
+                    },
+                    {
+                        "component": {"name": "SmartChargingCtrlr"},
+                        "variable": {"name": "Entries"},
+                        "attributeValue": "5",
+                    },
+                ]
+            )
+        )
+        assert [r["attribute_status"] for r in put.set_variable_result] == ["Accepted", "Rejected"]
+
+        rt.charger("cp1").set_auto_charge(False)
+        rt.sim_plug("cp1", CarSpec())
+        started = await cs.call(
+            call201.RequestStartTransaction(
+                id_token={"idToken": "TAG-9", "type": "Central"}, remote_start_id=77
+            )
+        )
+        assert started.status == "Accepted"
+        events = await backend.wait(lambda: backend.of("TransactionEvent"))
+        first = events[0]
+        assert first["event_type"] == "Started" and first["transaction_info"]["remote_start_id"] == 77
+        tx_id = first["transaction_info"]["transaction_id"]
+
+        profile = {
+            "id": 5,
+            "stackLevel": 0,
+            "chargingProfilePurpose": "TxProfile",
+            "chargingProfileKind": "Relative",
+            "transactionId": tx_id,
+            "chargingSchedule": [
+                {
+                    "id": 1,
+                    "chargingRateUnit": "W",
+                    "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 4140.0}],
+                }
+            ],
+        }
+        assert (
+            await cs.call(call201.SetChargingProfile(evse_id=1, charging_profile=profile))
+        ).status == "Accepted"
+        async with httpx.AsyncClient(base_url=base) as client:
+            doc = await _poll(client, lambda d: "ocpp:TxProfile" in d["limits"]["profiles"])
+        assert doc["limits"]["profiles"]["ocpp:TxProfile"]["amps"] == 6.0  # 4140 W on 3 phases
+
+        await backend.wait(lambda: any(e["event_type"] == "Updated" for e in backend.of("TransactionEvent")))
+        stopped = await cs.call(call201.RequestStopTransaction(transaction_id=tx_id))
+        assert stopped.status == "Accepted"
+        ended = await backend.wait(
+            lambda: [e for e in backend.of("TransactionEvent") if e["event_type"] == "Ended"]
+        )
+        assert ended[0]["transaction_info"]["stopped_reason"] == "Remote"
+        seqs = [e["seq_no"] for e in backend.of("TransactionEvent")]
+        assert seqs == list(range(len(seqs)))

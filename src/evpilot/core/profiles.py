@@ -96,7 +96,8 @@ class ChargingProfile:
     recurrency: Recurrency | None = None
     valid_from: float | None = None
     valid_to: float | None = None
-    transaction_id: int | None = None
+    # 1.6 numbers transactions, 2.0.1 names them.
+    transaction_id: int | str | None = None
     min_rate: float | None = None
 
     def check(self) -> ChargingProfile:
@@ -245,7 +246,7 @@ class SchedulePeriod:
 class Transaction:
     """A transaction running on a connector: its id and start (the anchor of Relative profiles)."""
 
-    id: int
+    id: int | str
     started_at: float
 
 
@@ -308,7 +309,7 @@ class ProfileSet:
             self.version += 1
         return gone
 
-    def start_transaction(self, connector: int, tx_id: int, started_at: float) -> None:
+    def start_transaction(self, connector: int, tx_id: int | str, started_at: float) -> None:
         """A transaction started on `connector` (TxProfiles may now be set for it)."""
         self.transactions[connector] = Transaction(tx_id, started_at)
         self.version += 1
@@ -445,7 +446,8 @@ class ProfileSet:
             return out
         for c, pair in dict(doc.get("transactions") or {}).items():
             try:
-                out.transactions[int(c)] = Transaction(int(pair[0]), float(pair[1]))
+                tx_id = pair[0] if isinstance(pair[0], str) else int(pair[0])
+                out.transactions[int(c)] = Transaction(tx_id, float(pair[1]))
             except (TypeError, ValueError, IndexError):
                 continue
         for raw in list(doc.get("profiles") or []):

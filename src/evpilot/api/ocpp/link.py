@@ -86,7 +86,9 @@ class Link:
         """Ask the backend about an id tag: its status."""
         raise NotImplementedError
 
-    async def meter_values(self, connector: int, values: list[dict[str, Any]], tx_id: int | None) -> None:
+    async def meter_values(
+        self, connector: int, values: list[dict[str, Any]], tx_id: int | str | None
+    ) -> None:
         """Meter values sent at once (not queued)."""
         raise NotImplementedError
 

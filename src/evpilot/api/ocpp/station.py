@@ -84,8 +84,10 @@ class Transaction:
     meter_start: int
     started_at: float
     id_tag: str
-    tx_id: int | None = None
+    tx_id: int | str | None = None
     stopped: bool = False
+    # 2.0.1's seqNo of the transaction's next TransactionEvent.
+    seq: int = 0
 
     def doc(self) -> dict[str, Any]:
         """Plain JSON for the store."""
@@ -97,6 +99,7 @@ class Transaction:
             "id_tag": self.id_tag,
             "tx_id": self.tx_id,
             "stopped": self.stopped,
+            "seq": self.seq,
         }
 
 
@@ -208,7 +211,7 @@ class Station:
                 return tx
         return None
 
-    def by_tx_id(self, tx_id: int) -> Transaction | None:
+    def by_tx_id(self, tx_id: int | str) -> Transaction | None:
         """The open transaction with the backend's id `tx_id`."""
         for tx in self.transactions.values():
             if tx.tx_id == tx_id and not tx.stopped:

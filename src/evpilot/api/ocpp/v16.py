@@ -346,7 +346,9 @@ class Link16(Link):
         resp = await self.send(call.Authorize(id_tag=id_tag))
         return str(resp.id_tag_info["status"])
 
-    async def meter_values(self, connector: int, values: list[dict[str, Any]], tx_id: int | None) -> None:
+    async def meter_values(
+        self, connector: int, values: list[dict[str, Any]], tx_id: int | str | None
+    ) -> None:
         """A MeterValues not tied to the outbox (clock-aligned without a transaction, triggered)."""
         await self.send(call.MeterValues(connector_id=connector, meter_value=values, transaction_id=tx_id))
 
