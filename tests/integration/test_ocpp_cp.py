@@ -491,3 +491,64 @@ async def test_ocpp_201_transaction_events_variables_and_profiles(backend: Backe
         assert ended[0]["transaction_info"]["stopped_reason"] == "Remote"
         seqs = [e["seq_no"] for e in backend.of("TransactionEvent")]
         assert seqs == list(range(len(seqs)))
+
+
+# ---- several chargers ---------------------------------------------------------------------------------------
+
+TWO = [{"id": "cp1", "name": "Left"}, {"id": "cp2", "name": "Right", "phase": 2, "phases": 1}]
+
+
+async def test_one_station_two_connectors_share_the_charge_point_max_profile(backend: Backend) -> None:
+    config = ocpp_config(backend.port)
+    config["chargers"] = TWO
+    async with serve(make_config(config), speed=SPEED) as (_, rt):
+        cs = await backend.station("EVPILOT-01")
+        await backend.wait(lambda: {s["connector_id"] for s in backend.of("StatusNotification")} == {0, 1, 2})
+        conf = await cs.call(call.GetConfiguration(key=["NumberOfConnectors"]))
+        assert conf.configuration_key[0]["value"] == "2"
+        cp_max = _profile(1, "ChargePointMaxProfile", [(0, 10.0)], None, kind="Relative")
+        assert (
+            await cs.call(call.SetChargingProfile(connector_id=0, cs_charging_profiles=cp_max))
+        ).status == "Accepted"
+        # Both connectors together: a cap on the chargers' total, not on each one.
+        await backend.wait(lambda: "ocpp:ChargePointMaxProfile" in rt.engine.site_caps)
+        assert rt.engine.site_caps["ocpp:ChargePointMaxProfile"].amps == 10.0
+        assert rt.charger("cp1").own_limit(rt.clock.now())[1] == "max"
+        assert (await cs.call(call.ClearChargingProfile(id=1))).status == "Accepted"
+        await backend.wait(lambda: "ocpp:ChargePointMaxProfile" not in rt.engine.site_caps)
+
+
+async def test_a_station_per_charger(backend: Backend) -> None:
+    config = ocpp_config(backend.port, stations={"cp1": "WB-LEFT", "cp2": "WB-RIGHT"})
+    config["chargers"] = TWO
+    async with serve(make_config(config), speed=SPEED) as (_, rt):
+        await backend.station("WB-LEFT")
+        right = await backend.station("WB-RIGHT")
+        rt.sim_plug("cp2", CarSpec(phases=1))
+        start = (await backend.wait(lambda: backend.of("StartTransaction", "WB-RIGHT")))[0]
+        assert start["connector_id"] == 1 and backend.of("StartTransaction", "WB-LEFT") == []
+        cp_max = _profile(1, "ChargePointMaxProfile", [(0, 2300.0)], None, kind="Relative", unit="W")
+        assert (
+            await right.call(call.SetChargingProfile(connector_id=0, cs_charging_profiles=cp_max))
+        ).status == "Accepted"
+        # One connector: the station's cap is the charger's own, in W at the phases in use (1 here).
+        assert rt.charger("cp2").own_limit(rt.clock.now()) == (10.0, "ocpp:ChargePointMaxProfile")
+
+
+@pytest.mark.parametrize(
+    ("ocpp", "key"),
+    [
+        ({"url": "http://host/ocpp/"}, "ocpp.url"),
+        ({"version": "2.1"}, "ocpp.version"),
+        ({"measurands": ["Temperature"]}, "ocpp.measurands"),
+        ({"stations": {"nope": "X"}}, "ocpp.stations"),
+        ({"stations": {"cp1": "bad id with spaces"}}, "ocpp.stations"),
+        ({"heartbeat_s": 0}, "ocpp.heartbeat_s"),
+    ],
+)
+async def test_bad_ocpp_config_is_refused_naming_the_key(ocpp: dict[str, Any], key: str) -> None:
+    from evpilot.config import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        make_config({"ocpp": ocpp})
+    assert key in str(info.value)
