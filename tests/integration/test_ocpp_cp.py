@@ -493,7 +493,7 @@ async def test_ocpp_201_transaction_events_variables_and_profiles(backend: Backe
         assert seqs == list(range(len(seqs)))
 
 
-# ---- several chargers ---------------------------------------------------------------------------------------
+# ---- several chargers ------------------------------------------------------------------------------------
 
 TWO = [{"id": "cp1", "name": "Left"}, {"id": "cp2", "name": "Right", "phase": 2, "phases": 1}]
 

@@ -292,3 +292,10 @@ def test_profile_cap_binds_in_the_chargers_own_limit() -> None:
     assert ch.own_limit(T0 + 61) == (0.0, "ocpp:TxProfile")
     ch.set_user_limit(8.0)
     assert ch.own_limit(T0) == (8.0, "user")
+
+
+def test_a_charger_with_a_profile_cap_is_never_quiet() -> None:
+    ch = Charger.create(ChargerConfig(id="c1"))
+    assert ch.quiet_key() is not None
+    ch.profile_cap = ConnectorCap(ProfileSet(), 1)
+    assert ch.quiet_key() is None

@@ -628,9 +628,9 @@ class Charger:
         """What this charger's next tick depends on while it is quiet, or None when it is not.
 
         Quiet: nothing drawn, signaled or commanded, contactor open and no stop pending, no phase
-        switch, fault, lease, cap or under-power timer. Then a tick whose reading `observe_quiet`
-        accepts and whose allocation is the last one changes only the measurements and the lease
-        (see `apply_quiet`), as long as this key stays equal.
+        switch, fault, lease, OCPP profile, cap or under-power timer. Then a tick whose reading
+        `observe_quiet` accepts and whose allocation is the last one changes only the measurements and
+        the lease (see `apply_quiet`), as long as this key stays equal.
         """
         c = self.currents
         if (
@@ -645,6 +645,8 @@ class Charger:
             or self.errors
             or self.reported_errors
             or self.leases
+            # A profile's limit changes with time and with the backend's messages: never take it as read.
+            or self.profile_cap is not None
             or self.energy_cap_kwh
             or self.time_cap_min
             or self.under_power_w is not None
