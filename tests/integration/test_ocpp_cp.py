@@ -102,9 +102,7 @@ async def _core_flow(backend: Backend, store: Store) -> None:
         stop = (await backend.wait(lambda: backend.of("StopTransaction")))[0]
         assert stop["transaction_id"] == start["transaction_id"] and stop["reason"] == "Remote"
         assert stop["meter_stop"] >= start["meter_start"]
-        await backend.wait(
-            lambda: backend.of("StatusNotification")[-1]["status"] in ("Finishing", "SuspendedEVSE")
-        )
+        await backend.wait(lambda: backend.of("StatusNotification")[-1]["status"] == "Finishing")
         async with httpx.AsyncClient(base_url=base) as client:
             doc = (await client.get("/api/chargers/cp1")).json()
         assert doc["limits"]["profiles"] == {}

@@ -411,6 +411,7 @@ class Link:
     def session_ended(self, n: int, record: dict[str, Any]) -> None:
         """A session closed: its transaction stops with the session's real meter stop."""
         st = self.station
+        st.finished.discard(str(record["id"]))
         tx = st.transactions.get(str(record["id"]))
         if tx is not None and not tx.stopped:
             meter_stop = tx.meter_start + round(float(record["energy_kwh"]) * 1000)
@@ -427,6 +428,9 @@ class Link:
         if tx.stopped:
             return
         tx.stopped = True
+        session = st.charger(tx.connector).session
+        if session is not None and session.id == tx.session:
+            st.finished.add(tx.session)
         st.outbox.push(self.stop_message(tx, meter_stop, at, reason))
         st.save_transactions()
         st.profiles.end_transaction(tx.connector)

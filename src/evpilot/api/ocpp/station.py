@@ -121,6 +121,8 @@ class Station:
     statuses: dict[int, str] = field(default_factory=dict)
     # Connectors the backend made unavailable while a session ran: applied when it ends.
     pending_unavailable: set[int] = field(default_factory=set)
+    # Sessions whose transaction the backend (or a reset) ended while the car stays plugged in.
+    finished: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         c = self.config
@@ -242,12 +244,11 @@ class Station:
             return "Unavailable"
         if not ch.plugged:
             return "Available"
-        tx = self.open_transaction(connector)
+        if ch.session is not None and ch.session.id in self.finished:
+            return "Finishing"
         if work is WorkState.CHARGING:
             return "Charging"
-        if ch.session is None or (
-            tx is None and any(t.connector == connector for t in self.transactions.values())
-        ):
+        if ch.session is None:
             return "Finishing" if ch.has_charged or work is WorkState.END else "Preparing"
         if work is WorkState.END:
             return "SuspendedEV"
