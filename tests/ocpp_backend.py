@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -126,8 +127,11 @@ class Central201(Cp201):  # type: ignore[misc]
 class Backend:
     """A CSMS on 127.0.0.1:`port` at /ocpp/<id>, speaking 1.6 or 2.0.1 as the station asks."""
 
-    def __init__(self, port: int, password: str | None = None, interval: int = 300) -> None:
+    def __init__(
+        self, port: int, password: str | None = None, interval: int = 300, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.port = port
+        self.tls = tls
         self.password = password
         self.interval = interval
         self.messages: list[tuple[str, str, dict[str, Any]]] = []
@@ -146,6 +150,7 @@ class Backend:
             "127.0.0.1",
             self.port,
             subprotocols=[Subprotocol("ocpp1.6"), Subprotocol("ocpp2.0.1")],
+            ssl=self.tls,
         )
 
     async def stop(self) -> None:
