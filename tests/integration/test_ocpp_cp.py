@@ -616,3 +616,42 @@ async def test_tls_security_profile_2(tmp_path: Path) -> None:
             assert boot is not None
     finally:
         await backend.stop()
+
+
+async def test_heartbeats_clock_aligned_values_remote_start_profile_and_hard_reset(backend: Backend) -> None:
+    backend.interval = 5  # the heartbeat interval the backend asks for
+    config = ocpp_config(backend.port)
+    config["chargers"] = [{"id": "cp1", "name": "Garage", "auto_charge": False}]
+    async with serve(make_config(config), speed=SPEED) as (_, rt):
+        cs = await backend.station("EVPILOT-01")
+        await backend.wait(lambda: len(backend.of("Heartbeat")) >= 2)
+        conf = await cs.call(call.GetConfiguration(key=["HeartbeatInterval"]))
+        assert conf.configuration_key[0]["value"] == "5"
+
+        assert (
+            await cs.call(call.ChangeConfiguration(key="ClockAlignedDataInterval", value="10"))
+        ).status == "Accepted"
+        aligned = await backend.wait(lambda: backend.of("MeterValues"))
+        value = aligned[0]["meter_value"][0]
+        assert value["sampled_value"][0]["context"] == "Sample.Clock"
+        assert datetime.fromisoformat(value["timestamp"]).timestamp() % 10 == 0
+        assert "transaction_id" not in aligned[0]
+
+        rt.sim_plug("cp1", CarSpec())
+        profile = _profile(9, "TxProfile", [(0, 7.0)], None, kind="Relative")
+        started = await cs.call(
+            call.RemoteStartTransaction(id_tag="TAG-2", connector_id=1, charging_profile=profile)
+        )
+        assert started.status == "Accepted"
+        start = (await backend.wait(lambda: backend.of("StartTransaction")))[0]
+        await backend.wait(lambda: "ocpp:TxProfile" in rt.charger_doc("cp1")["limits"]["profiles"])
+        assert rt.charger("cp1").profile_cap is not None
+        composite = await cs.call(call.GetCompositeSchedule(connector_id=1, duration=60))
+        assert _periods(composite) == [(0, 7.0)]
+
+        assert (await cs.call(call.Reset(type="Hard"))).status == "Accepted"
+        stop = (await backend.wait(lambda: backend.of("StopTransaction")))[0]
+        assert stop["reason"] == "HardReset" and stop["transaction_id"] == start["transaction_id"]
+        # The transaction's profile went with it.
+        await backend.wait(lambda: not rt.charger_doc("cp1")["limits"]["profiles"])
+        await backend.wait(lambda: len(backend.of("BootNotification")) >= 2)

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from evpilot.api.ocpp.link import Link
 from evpilot.api.ocpp.station import Station
 from evpilot.control.runtime import Runtime
@@ -16,6 +18,8 @@ class OcppService:
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        # The library logs every frame at INFO; evpilot's own log says what matters.
+        logging.getLogger("ocpp").setLevel(logging.WARNING)
         config = rt.config.ocpp
         if config.stations:
             self.stations = [Station(rt, config, sid, {1: cid}) for cid, sid in config.stations.items()]
