@@ -69,6 +69,8 @@ async def _core_flow(backend: Backend, store: Store) -> None:
         assert (
             await cs.call(call.ChangeConfiguration(key="MeterValueSampleInterval", value="10"))
         ).status == "Accepted"
+        stop_data = call.ChangeConfiguration(key="StopTxnSampledData", value="Energy.Active.Import.Register")
+        assert (await cs.call(stop_data)).status == "Accepted"
         assert (
             await cs.call(call.ChangeConfiguration(key="NumberOfConnectors", value="3"))
         ).status == "Rejected"
@@ -102,6 +104,8 @@ async def _core_flow(backend: Backend, store: Store) -> None:
         stop = (await backend.wait(lambda: backend.of("StopTransaction")))[0]
         assert stop["transaction_id"] == start["transaction_id"] and stop["reason"] == "Remote"
         assert stop["meter_stop"] >= start["meter_start"]
+        (end,) = stop["transaction_data"][0]["sampled_value"]
+        assert end["context"] == "Transaction.End" and end["value"] == str(stop["meter_stop"])
         await backend.wait(lambda: backend.of("StatusNotification")[-1]["status"] == "Finishing")
         async with httpx.AsyncClient(base_url=base) as client:
             doc = (await client.get("/api/chargers/cp1")).json()

@@ -190,10 +190,11 @@ class Link:
                     await self._serve(ws)
             except (OSError, TimeoutError, WebSocketException) as exc:
                 log.info("%s: backend unreachable (%s), retrying in %.1f s", self.station.id, exc, delay)
-            except Exception as exc:
-                if not self.is_call_error(exc):
-                    raise
-                log.warning("%s: the backend refused a message: %s", self.station.id, exc)
+            except Exception as exc:  # the link must outlive any one bad exchange
+                if self.is_call_error(exc):
+                    log.warning("%s: the backend refused a message: %s", self.station.id, exc)
+                else:
+                    log.exception("%s: the connection failed", self.station.id)
             finally:
                 self._ws = None
                 self.connected = self.accepted = False
@@ -284,9 +285,13 @@ class Link:
             seq, body = items[0]
             try:
                 await self.deliver(body)
+            except (OSError, TimeoutError, WebSocketException):
+                raise  # not delivered: sent again after the reconnect
             except Exception as exc:
                 if not self.is_call_error(exc):
-                    raise
+                    log.exception("%s: queued %s cannot be sent: dropped", st.id, body.get("action"))
+                    outbox.drop(seq)
+                    continue
                 self._attempts += 1
                 if self._attempts < st.keys.number("TransactionMessageAttempts"):
                     log.warning("%s: %s refused (%s), retrying", st.id, body["action"], exc)

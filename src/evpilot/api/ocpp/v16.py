@@ -366,7 +366,20 @@ class Link16(Link):
 
     def stop_message(self, tx: Transaction, meter_stop: int, at: float, reason: str) -> dict[str, Any]:
         """The queued StopTransaction of `tx`."""
-        payload = {"meter_stop": meter_stop, "timestamp": iso(at), "reason": reason, "id_tag": tx.id_tag}
+        payload: dict[str, Any] = {
+            "meter_stop": meter_stop,
+            "timestamp": iso(at),
+            "reason": reason,
+            "id_tag": tx.id_tag,
+        }
+        measurands = self.station.keys.csl("StopTxnSampledData")
+        if measurands:
+            # The end values: the register as the session counted it, the rest as measured now.
+            sampled = self.station.sample(tx.connector, measurands, "Transaction.End")
+            for v in sampled:
+                if v["measurand"] == "Energy.Active.Import.Register":
+                    v["value"] = str(meter_stop)
+            payload["transaction_data"] = [{"timestamp": iso(at), "sampledValue": sampled}]
         return {"action": "StopTransaction", "session": tx.session, "payload": payload}
 
     def meter_message(self, tx: Transaction, values: list[dict[str, Any]]) -> dict[str, Any]:
