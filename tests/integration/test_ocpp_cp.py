@@ -659,3 +659,36 @@ async def test_heartbeats_clock_aligned_values_remote_start_profile_and_hard_res
         # The transaction's profile went with it.
         await backend.wait(lambda: not rt.charger_doc("cp1")["limits"]["profiles"])
         await backend.wait(lambda: len(backend.of("BootNotification")) >= 2)
+
+
+async def test_profiles_and_keys_survive_a_restart(backend: Backend, tmp_path: Path) -> None:
+    store = Store(tmp_path / "evpilot.sqlite3")
+    try:
+        config = make_config(ocpp_config(backend.port))
+        async with serve(config, speed=SPEED) as _:
+            pass  # a run without a store keeps nothing
+        async with serve(config, speed=SPEED, store=store) as (_, rt):
+            cs = await backend.station("EVPILOT-01")
+            daily = _profile(
+                3,
+                "TxDefaultProfile",
+                [(0, 9.0)],
+                "2026-01-01T00:00:00Z",
+                kind="Recurring",
+                recurrencyKind="Daily",
+            )
+            assert (
+                await cs.call(call.SetChargingProfile(connector_id=0, cs_charging_profiles=daily))
+            ).status == "Accepted"
+            assert (
+                await cs.call(call.ChangeConfiguration(key="HeartbeatInterval", value="77"))
+            ).status == "Accepted"
+        backend.interval = 0  # the boot answer keeps the stored interval
+        async with serve(config, speed=SPEED, store=store) as (_, rt):
+            assert rt.charger_doc("cp1")["limits"]["profiles"]["ocpp:TxDefaultProfile"]["amps"] == 9.0
+            await backend.wait(lambda: len(backend.of("BootNotification")) >= 3)
+            cs = backend.stations["EVPILOT-01"]
+            conf = await cs.call(call.GetConfiguration(key=["HeartbeatInterval"]))
+            assert conf.configuration_key[0]["value"] == "77"
+    finally:
+        store.close()
