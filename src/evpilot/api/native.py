@@ -189,8 +189,15 @@ class LeaseDoc(_Doc):
     expires_in_s: float | None
 
 
+class ProfileLimitDoc(_Doc):
+    """The OCPP charging profile limit in force: A, and seconds until it next changes (null: never)."""
+
+    amps: float
+    next_change_in_s: float | None
+
+
 class ChargerLimitsDoc(_Doc):
-    """A charger's own limits in A; leases by source."""
+    """A charger's own limits in A; leases by source; the OCPP profile limit by `ocpp:<purpose>`."""
 
     max_current: float
     min_current: float
@@ -198,6 +205,7 @@ class ChargerLimitsDoc(_Doc):
     user: float | None
     override: float | None
     leases: dict[str, LeaseDoc]
+    profiles: dict[str, ProfileLimitDoc]
 
 
 class CapsDoc(_Doc):
