@@ -221,7 +221,69 @@ class SimLinkModel(_Model):
     type: Literal["simlink"]
 
 
-CHARGER_DRIVERS: dict[str, type[_Model]] = {"simlink": SimLinkModel}
+class LinkSpec(_Model):
+    """What every networked charger driver takes besides its `type` and address."""
+
+    poll_s: float = Field(default=1, ge=0.1, le=60, description="seconds between two reads of the charger")
+    timeout_s: float | None = Field(
+        default=None, gt=0, le=60, description="give up on one request after this (default: 2 s)"
+    )
+
+
+class Esp32EvseDriverModel(LinkSpec):
+    """An ESP32-EVSE through its REST API (`/api/v1/state`), HTTP Basic auth when credentials are set."""
+
+    type: Literal["esp32evse"]
+    host: Host
+    port: Port = 80
+    username: str | None = Field(default=None, min_length=1, max_length=64)
+    password: str | None = Field(default=None, max_length=64)
+
+    @model_validator(mode="after")
+    def _credentials(self) -> Esp32EvseDriverModel:
+        if self.password is not None and self.username is None:
+            raise KeyedError("username", "a password needs a username (HTTP Basic auth sends both)")
+        return self
+
+
+class ShellyDriverModel(LinkSpec):
+    """A Shelly Top AC through Gen2 RPC; digest auth (SHA-256, user admin) when a password is set."""
+
+    type: Literal["shelly"]
+    host: Host
+    port: Port = 80
+    password: str | None = Field(default=None, min_length=1, max_length=64)
+    websocket: bool = Field(
+        default=True, description="take NotifyStatus over the /rpc WebSocket when it opens"
+    )
+
+
+class SmartEvseDriverModel(LinkSpec):
+    """A SmartEVSE through its REST API (`host`) or its MQTT topics on the broker (`mqtt_prefix`)."""
+
+    type: Literal["smartevse"]
+    host: Host | None = None
+    port: Port = 80
+    mqtt_prefix: str | None = Field(
+        default=None, min_length=1, max_length=128, pattern=r"^[^#+\s]+$", description="e.g. SmartEVSE/1234"
+    )
+
+    @model_validator(mode="after")
+    def _transport(self) -> SmartEvseDriverModel:
+        if (self.host is None) == (self.mqtt_prefix is None):
+            raise KeyedError("host", "set exactly one of host (REST) or mqtt_prefix (MQTT)")
+        if self.mqtt_prefix is not None and self.mqtt_prefix.endswith("/"):
+            raise KeyedError("mqtt_prefix", "no trailing '/': the topics are <prefix>/<Name>")
+        return self
+
+
+CHARGER_DRIVERS: dict[str, type[_Model]] = {
+    "simlink": SimLinkModel,
+    "esp32evse": Esp32EvseDriverModel,
+    "shelly": ShellyDriverModel,
+    "smartevse": SmartEvseDriverModel,
+}
+NetworkDriver = Esp32EvseDriverModel | ShellyDriverModel | SmartEvseDriverModel
 
 
 def _driver_tag(value: Any) -> str | None:
@@ -230,13 +292,17 @@ def _driver_tag(value: Any) -> str | None:
     if isinstance(value, dict):
         kind = value.get("type")
         return kind if isinstance(kind, str) and kind in CHARGER_DRIVERS else None
-    if isinstance(value, SimLinkModel):
-        return "simlink"
+    if isinstance(value, SimLinkModel | Esp32EvseDriverModel | ShellyDriverModel | SmartEvseDriverModel):
+        return value.type
     return None
 
 
 ChargerDriver = Annotated[
-    Annotated[Literal["sim"], Tag(_NAMED)] | Annotated[SimLinkModel, Tag("simlink")],
+    Annotated[Literal["sim"], Tag(_NAMED)]
+    | Annotated[SimLinkModel, Tag("simlink")]
+    | Annotated[Esp32EvseDriverModel, Tag("esp32evse")]
+    | Annotated[ShellyDriverModel, Tag("shelly")]
+    | Annotated[SmartEvseDriverModel, Tag("smartevse")],
     Discriminator(
         _driver_tag,
         custom_error_type="driver_setting",
@@ -809,6 +875,20 @@ class AppConfig(_Model):
                     f"{meter.poll_s:g} s is not below site.meter_timeout_s ({timeout:g} s):"
                     " every reading would be stale before the next one",
                 )
+        for i, ch in enumerate(self.chargers):
+            if isinstance(ch.driver, LinkSpec) and ch.driver.poll_s >= timeout:
+                raise KeyedError(
+                    f"chargers.{i}.driver.poll_s",
+                    f"{ch.driver.poll_s:g} s is not below site.meter_timeout_s ({timeout:g} s):"
+                    " every reading of the charger would be stale before the next one",
+                )
+            mqtt_driver = isinstance(ch.driver, SmartEvseDriverModel) and ch.driver.mqtt_prefix is not None
+            if mqtt_driver and self.mqtt.url is None:
+                raise KeyedError(
+                    f"chargers.{i}.driver.mqtt_prefix",
+                    f"charger {ch.id!r}: the SmartEVSE MQTT driver uses the configured broker,"
+                    " and mqtt.url is not set",
+                )
         if self.sim.modbus_twins:
             self._twins()
         if self.sim.enabled:
@@ -825,8 +905,9 @@ class AppConfig(_Model):
                 raise KeyedError(
                     f"chargers.{i}.driver",
                     f"charger {ch.id!r}: driver {name} needs the simulator, and sim.enabled is false;"
-                    " with the simulator off a charger needs a hardware driver (none is available in"
-                    " this version yet), so leave the charger out (chargers: []) to run meters only",
+                    " with the simulator off a charger needs a device driver such as"
+                    " {type: esp32evse, host: ...}, {type: shelly, host: ...}"
+                    " or {type: smartevse, host: ...}",
                 )
         if self.sim.cars:
             raise KeyedError("sim.cars", "simulated cars need the simulator, and sim.enabled is false")

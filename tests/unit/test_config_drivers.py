@@ -9,10 +9,13 @@ import pytest
 
 from evpilot.config import (
     ConfigError,
+    Esp32EvseDriverModel,
     HomeWizardMeterModel,
     ModbusMeterModel,
+    ShellyDriverModel,
     ShellyMeterModel,
     SimLinkModel,
+    SmartEvseDriverModel,
     json_schema,
     parse_config,
 )
@@ -185,11 +188,18 @@ def test_custom_register_map() -> None:
         ),
         (
             {"chargers": [{"id": "cp1", "driver": {"type": "ocpp"}}]},
-            ("chargers.0.driver", "unknown driver type 'ocpp' (known: simlink)"),
+            (
+                "chargers.0.driver",
+                "unknown driver type 'ocpp' (known: simlink, esp32evse, shelly, smartevse)",
+            ),
         ),
         (
             {"chargers": [{"id": "cp1", "driver": "pilot"}]},
-            ("chargers.0.driver", "expected sim, or a mapping with a type (simlink); got the text 'pilot'"),
+            (
+                "chargers.0.driver",
+                "expected sim, or a mapping with a type (simlink, esp32evse, shelly, smartevse);"
+                " got the text 'pilot'",
+            ),
         ),
     ],
 )
@@ -203,8 +213,8 @@ def test_without_the_simulator_every_sim_driver_is_refused() -> None:
         (
             "chargers.0.driver",
             "charger 'cp1': driver sim needs the simulator, and sim.enabled is false; with the simulator off"
-            " a charger needs a hardware driver (none is available in this version yet), so leave the charger"
-            " out (chargers: []) to run meters only",
+            " a charger needs a device driver such as {type: esp32evse, host: ...}, {type: shelly, host: ...}"
+            " or {type: smartevse, host: ...}",
         )
     ]
     assert errors({"sim": {"enabled": False}, "chargers": []})[0][0] == "site.mains_meter"
@@ -220,3 +230,67 @@ def test_schema_describes_the_meter_mappings() -> None:
     defs = schema["$defs"]
     assert {"ModbusMeterModel", "HomeWizardMeterModel", "ShellyMeterModel", "SimLinkModel"} <= set(defs)
     assert defs["ModbusMeterModel"]["properties"]["port"]["default"] == 502
+
+
+OFF = {"sim": {"enabled": False}, "site": {"mains_meter": "api"}}
+
+
+def test_device_drivers_parse_without_the_simulator() -> None:
+    cfg = parse_config(
+        {
+            **OFF,
+            "chargers": [
+                {
+                    "id": "a",
+                    "driver": {"type": "esp32evse", "host": "10.0.0.2", "username": "u", "password": "p"},
+                },
+                {"id": "b", "driver": {"type": "shelly", "host": "topac.local", "password": "pw"}},
+                {"id": "c", "driver": {"type": "smartevse", "host": "::1", "port": 8080}},
+            ],
+        }
+    )
+    a, b, c = (ch.driver for ch in cfg.chargers)
+    assert isinstance(a, Esp32EvseDriverModel) and (a.port, a.username, a.poll_s, a.timeout_s) == (
+        80,
+        "u",
+        1,
+        None,
+    )
+    assert isinstance(b, ShellyDriverModel) and b.password == "pw" and b.websocket is True
+    assert isinstance(c, SmartEvseDriverModel) and (c.host, c.port, c.mqtt_prefix) == ("::1", 8080, None)
+
+
+@pytest.mark.parametrize(
+    ("driver", "key", "message"),
+    [
+        ({"type": "esp32evse"}, "chargers.0.driver.host", "Field required"),
+        ({"type": "esp32evse", "host": "http://x"}, "chargers.0.driver.host", "expected a host name"),
+        (
+            {"type": "esp32evse", "host": "x", "password": "p"},
+            "chargers.0.driver.username",
+            "a password needs",
+        ),
+        ({"type": "shelly", "host": "x", "port": 0}, "chargers.0.driver.port", "Input should be greater"),
+        ({"type": "shelly", "host": "x", "user": "admin"}, "chargers.0.driver.user", "unknown key 'user'"),
+        ({"type": "smartevse"}, "chargers.0.driver.host", "set exactly one of host (REST) or mqtt_prefix"),
+        (
+            {"type": "smartevse", "host": "x", "mqtt_prefix": "SmartEVSE/1"},
+            "chargers.0.driver.host",
+            "set exactly one of host",
+        ),
+        (
+            {"type": "smartevse", "mqtt_prefix": "SmartEVSE/#"},
+            "chargers.0.driver.mqtt_prefix",
+            "String should",
+        ),
+        (
+            {"type": "smartevse", "mqtt_prefix": "SmartEVSE/1"},
+            "chargers.0.driver.mqtt_prefix",
+            "charger 'cp1'",
+        ),
+        ({"type": "smartevse", "host": "x", "poll_s": 20}, "chargers.0.driver.poll_s", "20 s is not below"),
+    ],
+)
+def test_device_driver_refusals(driver: dict[str, Any], key: str, message: str) -> None:
+    found = errors({**OFF, "chargers": [{"id": "cp1", "driver": driver}]})
+    assert any(k == key and m.startswith(message) for k, m in found), found

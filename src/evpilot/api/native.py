@@ -227,6 +227,22 @@ class SessionDoc(_Doc):
     id_tag: str | None
 
 
+class LinkDoc(_Doc):
+    """A charger driven at setpoint level through a device driver: how its link is doing."""
+
+    driver: str = Field(description="the driver's config type")
+    address: str
+    online: bool = Field(description="the last exchange with the device succeeded")
+    last_seen_s: float | None = Field(description="seconds since the device last answered; null: never")
+    errors: int = Field(description="failed exchanges so far")
+    error_counts: dict[str, int] = Field(description="failed exchanges by kind")
+    last_error: str | None
+    commanded_a: float | None = Field(description="the last current written to the device (0: stopped)")
+    assumed_a: float | None = Field(
+        description="what it is assumed to draw: measured while online, the last command while silent"
+    )
+
+
 class ChargerDoc(_Doc):
     """One charger: pilot and work state, flags, mode, the current chain, measurements, limits, session."""
 
@@ -258,6 +274,9 @@ class ChargerDoc(_Doc):
     errors: list[ErrorFlag]
     session: SessionDoc | None
     lifetime_kwh: float
+    link: LinkDoc | None = Field(
+        default=None, description="device drivers only (esp32evse, shelly, smartevse, simlink); null for sim"
+    )
 
 
 class ChargingDoc(_Doc):

@@ -907,7 +907,31 @@ class Runtime:
 
     def charger_doc(self, cid: str) -> dict[str, Any]:
         """The native API's full view of one charger."""
-        return vw.charger_doc(self.charger_view(cid), self.clock.now())
+        now = self.clock.now()
+        doc = vw.charger_doc(self.charger_view(cid), now)
+        if cid in self.links:
+            doc["link"] = self.link_doc(cid, now)
+        return doc
+
+    def link_doc(self, cid: str, now: float) -> dict[str, Any]:
+        """`link` of a charger driven at setpoint level: driver, online, seconds since it answered, errors."""
+        link = self.links[cid]
+        status = getattr(link, "status", None)
+        if callable(status):
+            doc: dict[str, Any] = status(now)
+            return doc
+        r = link.latest()
+        return {
+            "driver": link.driver,
+            "address": link.address,
+            "online": bool(getattr(link, "online", True)),
+            "last_seen_s": None if r is None else round(max(0.0, now - r.taken_at), 1),
+            "errors": 0,
+            "error_counts": {},
+            "last_error": None,
+            "commanded_a": None,
+            "assumed_a": None,
+        }
 
     def site_doc(self) -> dict[str, Any]:
         """The native API's view of the site."""

@@ -68,6 +68,36 @@ def _simlink(charger: ChargerConfig, spec: Any, ctx: LinkContext) -> ChargerLink
     return SimLink(charger.id, ctx.sim.pilots[charger.id])
 
 
+def _esp32evse(charger: ChargerConfig, spec: Any, ctx: LinkContext) -> ChargerLink:
+    from evpilot.devices.http_links import Esp32EvseLink
+
+    timeout = spec.timeout_s or HTTP_TIMEOUT_S
+    return Esp32EvseLink(
+        charger.id, spec.host, ctx.clock, spec.port, spec.username, spec.password, spec.poll_s, timeout
+    )
+
+
+def _shelly_link(charger: ChargerConfig, spec: Any, ctx: LinkContext) -> ChargerLink:
+    from evpilot.devices.http_links import ShellyTopAcLink
+
+    timeout = spec.timeout_s or HTTP_TIMEOUT_S
+    return ShellyTopAcLink(
+        charger.id, spec.host, ctx.clock, spec.port, spec.password, spec.poll_s, timeout, spec.websocket
+    )
+
+
+def _smartevse(charger: ChargerConfig, spec: Any, ctx: LinkContext) -> ChargerLink:
+    if spec.host is None:
+        raise DriverUnavailable(
+            f"charger {charger.id!r}: the SmartEVSE MQTT driver (mqtt_prefix) is not available in this"
+            " version; use host for its REST API"
+        )
+    from evpilot.devices.http_links import SmartEvseLink
+
+    timeout = spec.timeout_s or HTTP_TIMEOUT_S
+    return SmartEvseLink(charger.id, spec.host, ctx.clock, spec.port, spec.poll_s, timeout)
+
+
 METER_DRIVERS: dict[str, MeterFactory] = {
     "modbus": _modbus,
     "homewizard": _homewizard,
@@ -75,6 +105,9 @@ METER_DRIVERS: dict[str, MeterFactory] = {
 }
 LINK_DRIVERS: dict[str, LinkFactory] = {
     "simlink": _simlink,
+    "esp32evse": _esp32evse,
+    "shelly": _shelly_link,
+    "smartevse": _smartevse,
 }
 
 
@@ -111,4 +144,12 @@ def unavailable(config: AppConfig) -> list[tuple[str, str]]:
         kind = getattr(ch.driver, "type", None)
         if kind is not None and kind not in LINK_DRIVERS:
             problems.append((f"chargers.{i}.driver", _missing(f"charger {ch.id!r}", kind, LINK_DRIVERS)))
+        elif kind == "smartevse" and getattr(ch.driver, "mqtt_prefix", None) is not None:
+            problems.append(
+                (
+                    f"chargers.{i}.driver.mqtt_prefix",
+                    f"charger {ch.id!r}: the SmartEVSE MQTT driver is not available in this version;"
+                    " use host for its REST API",
+                )
+            )
     return problems

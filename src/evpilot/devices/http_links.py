@@ -1,0 +1,415 @@
+"""Charger drivers over the devices' own HTTP APIs: ESP32-EVSE REST, Shelly Top AC RPC, SmartEVSE REST."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+import httpx
+
+from evpilot.devices.base import LinkReading
+from evpilot.devices.meter import Clock
+from evpilot.devices.netlink import DeviceState, LinkError, LinkFault, NetLink, number
+from evpilot.inputs import JsonError, read_json
+
+log = logging.getLogger("evpilot.links")
+WS_PER_KWH = 3_600_000.0
+JSON = {"content-type": "application/json"}
+
+
+def _client(host: str, port: int, timeout_s: float, auth: httpx.Auth | None = None) -> httpx.AsyncClient:
+    host_part = f"[{host}]" if ":" in host else host
+    return httpx.AsyncClient(
+        base_url=f"http://{host_part}:{port}", timeout=httpx.Timeout(timeout_s), trust_env=False, auth=auth
+    )
+
+
+async def _request(client: httpx.AsyncClient, method: str, path: str, answer: bool = True, **kw: Any) -> Any:
+    """One HTTP exchange; its JSON answer when `answer` (else the body is not read); LinkError on failure."""
+    try:
+        resp = await client.request(method, path, **kw)
+    except httpx.TimeoutException:
+        raise LinkError(LinkFault.TIMEOUT, f"{method} {path}: no answer in time") from None
+    except httpx.HTTPError as exc:
+        raise LinkError(LinkFault.UNREACHABLE, f"{method} {path}: {exc.__class__.__name__}: {exc}") from None
+    if resp.status_code in (401, 403):
+        raise LinkError(LinkFault.AUTH, f"{method} {path}: HTTP {resp.status_code} (check the credentials)")
+    if resp.status_code >= 400:
+        text = resp.text[:120].strip()
+        raise LinkError(LinkFault.REFUSED, f"{method} {path}: HTTP {resp.status_code} {text}")
+    if not answer or not resp.content.strip():
+        return None
+    try:
+        return read_json(resp.content)
+    except JsonError as exc:
+        raise LinkError(LinkFault.PROTOCOL, f"{method} {path}: invalid JSON: {exc}") from None
+
+
+def _triple(doc: dict[str, Any], key: str, where: str, default: float | None) -> tuple[float, float, float]:
+    value = doc.get(key)
+    if value is None and default is not None:
+        return (default, default, default)
+    if not isinstance(value, list) or not 1 <= len(value) <= 3:
+        raise LinkError(LinkFault.PROTOCOL, f"{where}: {key!r} is not a list of 1 to 3 numbers")
+    out = [number({key: v}, key, where) for v in value]
+    out += [0.0] * (3 - len(out))
+    return (out[0], out[1], out[2])
+
+
+# ---- ESP32-EVSE ---------------------------------------------------------------------------------
+
+ESP32_STATE = "/api/v1/state"
+ESP32_LETTERS = frozenset("ABCDEF")
+
+
+def parse_esp32_state(doc: Any, taken_at: float) -> DeviceState:
+    """`GET /api/v1/state` as a reading; energy from the lifetime counter (Ws)."""
+    where = ESP32_STATE
+    if not isinstance(doc, dict):
+        raise LinkError(LinkFault.PROTOCOL, f"{where} did not return an object")
+    state = doc.get("state")
+    if not isinstance(state, str) or not state or state[0] not in ESP32_LETTERS:
+        raise LinkError(LinkFault.PROTOCOL, f"{where}: unknown state {state!r}")
+    enabled = doc.get("enabled")
+    if not isinstance(enabled, bool):
+        raise LinkError(LinkFault.PROTOCOL, f"{where}: 'enabled' is not true/false")
+    current = number(doc, "chargingCurrent", where)
+    total = number(doc, "totalConsumption", where) if doc.get("totalConsumption") is not None else None
+    reading = LinkReading(
+        taken_at,
+        state[0],
+        _triple(doc, "current", where, None),
+        None if total is None else total / WS_PER_KWH,
+        _triple(doc, "voltage", where, 230.0),
+    )
+    return DeviceState(reading, current if enabled else 0.0)
+
+
+class Esp32EvseLink(NetLink):
+    """An ESP32-EVSE: reads `/api/v1/state`, writes `state/enabled` and `state/charging-current` (0.1 A)."""
+
+    driver_type = "esp32evse"
+
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        clock: Clock,
+        port: int = 80,
+        username: str | None = None,
+        password: str | None = None,
+        poll_s: float = 1.0,
+        timeout_s: float = 2.0,
+    ) -> None:
+        super().__init__(name, clock, poll_s, timeout_s)
+        self.host = host
+        self.port = port
+        auth = httpx.BasicAuth(username, password or "") if username is not None else None
+        self._client = _client(host, port, timeout_s, auth)
+        self.session_kwh: float | None = None
+        self._enabled: bool | None = None
+
+    @property
+    def address(self) -> str:
+        """`host:port`."""
+        return f"{self.host}:{self.port}"
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+    async def fetch(self) -> DeviceState:
+        """One `GET /api/v1/state`."""
+        doc = await _request(self._client, "GET", ESP32_STATE)
+        state = parse_esp32_state(doc, self.clock())
+        assert isinstance(doc, dict)
+        self._enabled = doc["enabled"]
+        consumption = doc.get("consumption")
+        if isinstance(consumption, int | float) and not isinstance(consumption, bool):
+            self.session_kwh = consumption / WS_PER_KWH
+        return state
+
+    async def _post(self, what: str, body: bytes) -> None:
+        await _request(self._client, "POST", f"{ESP32_STATE}/{what}", False, content=body, headers=JSON)
+
+    async def deliver(self, amps: float) -> None:
+        """Disable for 0; otherwise set the current (0.1 A steps) and enable."""
+        if amps <= 0:
+            await self._post("enabled", b"false")
+            self._enabled = False
+            return
+        body = json.dumps(round(amps, 1)).encode()
+        await self._post("charging-current", body)
+        if self._enabled is not True:
+            await self._post("enabled", b"true")
+            self._enabled = True
+
+
+# ---- Shelly Top AC ------------------------------------------------------------------------------
+
+# The Top AC's virtual components (seed 000): work state, current limit, phase info, start/stop.
+SHELLY_WORK_STATE = "enum:200"
+SHELLY_LIMIT = "number:200"
+SHELLY_PHASES = "object:200"
+SHELLY_START = "boolean:200"
+SHELLY_SESSION = "number:201"
+WORK_LETTER = {
+    "charger_free": "A",
+    "charger_insert": "B",
+    "charger_wait": "B",
+    "charger_pause": "B",
+    "charger_end": "B",
+    "charger_charging": "C",
+    "charger_fault": "F",
+}
+
+
+def _value(status: dict[str, Any], key: str) -> Any:
+    comp = status.get(key)
+    if not isinstance(comp, dict) or "value" not in comp:
+        raise LinkError(LinkFault.PROTOCOL, f"Shelly.GetStatus: no {key} (is this a Top AC?)")
+    return comp["value"]
+
+
+def parse_shelly_status(status: Any, taken_at: float) -> DeviceState:
+    """`Shelly.GetStatus` of a Top AC as a reading."""
+    if not isinstance(status, dict):
+        raise LinkError(LinkFault.PROTOCOL, "Shelly.GetStatus did not return an object")
+    work = _value(status, SHELLY_WORK_STATE)
+    letter = WORK_LETTER.get(work) if isinstance(work, str) else None
+    if letter is None:
+        raise LinkError(LinkFault.PROTOCOL, f"Shelly.GetStatus: unknown work_state {work!r}")
+    info = _value(status, SHELLY_PHASES)
+    where = "phase_info"
+    if not isinstance(info, dict):
+        raise LinkError(LinkFault.PROTOCOL, f"{where} is not an object")
+    currents, volts = [], []
+    for name in ("phase_a", "phase_b", "phase_c"):
+        phase = info.get(name)
+        currents.append(number(phase, "current", f"{where}.{name}"))
+        v = number(phase, "voltage", f"{where}.{name}")
+        volts.append(v if v > 0 else 230.0)
+    energy = info.get("total_act_energy")
+    kwh = float(energy) if isinstance(energy, int | float) and not isinstance(energy, bool) else None
+    limit = _value(status, SHELLY_LIMIT)
+    start = _value(status, SHELLY_START)
+    if isinstance(limit, bool) or not isinstance(limit, int | float):
+        raise LinkError(LinkFault.PROTOCOL, f"Shelly.GetStatus: current_limit is {limit!r}")
+    reading = LinkReading(
+        taken_at,
+        letter,
+        (currents[0], currents[1], currents[2]),
+        kwh,
+        (volts[0], volts[1], volts[2]),
+    )
+    return DeviceState(reading, float(limit) if start is True else 0.0)
+
+
+class ShellyTopAcLink(NetLink):
+    """A Shelly Top AC through Gen2 RPC over HTTP: `Shelly.GetStatus`, `Number.Set`, `Boolean.Set`.
+
+    With `websocket`, the `/rpc` WebSocket is kept open and every `NotifyStatus` it pushes refreshes
+    the reading between polls; when it cannot open the link polls over HTTP alone.
+    """
+
+    driver_type = "shelly"
+
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        clock: Clock,
+        port: int = 80,
+        password: str | None = None,
+        poll_s: float = 1.0,
+        timeout_s: float = 2.0,
+        websocket: bool = True,
+    ) -> None:
+        super().__init__(name, clock, poll_s, timeout_s)
+        self.host = host
+        self.port = port
+        auth = httpx.DigestAuth("admin", password) if password is not None else None
+        self._client = _client(host, port, timeout_s, auth)
+        self._ids = 0
+        self._status: dict[str, Any] = {}
+        self.use_websocket = websocket and password is None
+        self.notifications = 0
+
+    @property
+    def address(self) -> str:
+        """`host:port`."""
+        return f"{self.host}:{self.port}"
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+    async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        """One RPC frame over `POST /rpc`; an RPC error is a refusal."""
+        self._ids += 1
+        frame: dict[str, Any] = {"id": self._ids, "src": "evpilot", "method": method}
+        if params is not None:
+            frame["params"] = params
+        doc = await _request(self._client, "POST", "/rpc", content=json.dumps(frame).encode(), headers=JSON)
+        if not isinstance(doc, dict):
+            raise LinkError(LinkFault.PROTOCOL, f"{method}: the answer is not an RPC frame")
+        if "error" in doc:
+            err = doc["error"]
+            code = err.get("code") if isinstance(err, dict) else None
+            message = err.get("message") if isinstance(err, dict) else err
+            fault = LinkFault.AUTH if code == 401 else LinkFault.REFUSED
+            raise LinkError(fault, f"{method}: error {code}: {message}")
+        return doc.get("result")
+
+    async def fetch(self) -> DeviceState:
+        """One `Shelly.GetStatus`."""
+        status = await self.call("Shelly.GetStatus")
+        if isinstance(status, dict):
+            self._status = status
+        return parse_shelly_status(status, self.clock())
+
+    async def deliver(self, amps: float) -> None:
+        """Stop for 0; otherwise set the current limit and start."""
+        if amps <= 0:
+            await self.call("Boolean.Set", {"id": 200, "value": False})
+            return
+        await self.call("Number.Set", {"id": 200, "value": round(amps, 1)})
+        await self.call("Boolean.Set", {"id": 200, "value": True})
+
+    def notify(self, params: Any) -> None:
+        """Merge a `NotifyStatus` into the last status and take it as a fresh reading."""
+        if not isinstance(params, dict) or not self._status:
+            return
+        merged = dict(self._status)
+        for key, change in params.items():
+            if isinstance(change, dict) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **change}
+        try:
+            state = parse_shelly_status(merged, self.clock())
+        except LinkError:
+            return
+        self._status = merged
+        self._state = state
+        self.notifications += 1
+        self._answered()
+
+    async def _listen(self) -> None:
+        import websockets
+
+        host_part = f"[{self.host}]" if ":" in self.host else self.host
+        url = f"ws://{host_part}:{self.port}/rpc"
+        while True:
+            try:
+                async with websockets.connect(url, open_timeout=self.timeout_s) as ws:
+                    # A first frame registers this client for notifications (Shelly's convention).
+                    await ws.send(
+                        json.dumps({"id": 0, "src": "evpilot-ws", "method": "Shelly.GetDeviceInfo"})
+                    )
+                    async for raw in ws:
+                        with contextlib.suppress(JsonError, TypeError):
+                            doc = read_json(raw if isinstance(raw, str) else bytes(raw))
+                            if isinstance(doc, dict) and doc.get("method") == "NotifyStatus":
+                                self.notify(doc.get("params"))
+            except Exception as exc:  # any failure means: poll only, retry later
+                log.debug("charger %s: Shelly WebSocket closed: %s", self.name, exc)
+            await asyncio.sleep(self.backoff_cap_s)
+
+    async def run(self) -> None:
+        """Poll (and listen on the WebSocket when asked) until cancelled."""
+        listener = asyncio.create_task(self._listen()) if self.use_websocket else None
+        try:
+            await super().run()
+        finally:
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
+
+
+# ---- SmartEVSE ----------------------------------------------------------------------------------
+
+SMARTEVSE_SETTINGS = "/settings"
+# `evse.state_id` of the firmware (see the SmartEVSE facade's vocabulary) to the IEC 61851 letter.
+SMARTEVSE_LETTER = {0: "A", 1: "B", 2: "C", 3: "D", 9: "B", 10: "C"}
+# `mode` values of `POST /settings`: 0 off, 1 normal.
+SMARTEVSE_OFF, SMARTEVSE_NORMAL = 0, 1
+
+
+def parse_smartevse_settings(doc: Any, taken_at: float) -> DeviceState:
+    """`GET /settings` as a reading: EV meter currents (dA), lifetime energy, override current."""
+    if not isinstance(doc, dict):
+        raise LinkError(LinkFault.PROTOCOL, f"{SMARTEVSE_SETTINGS} did not return an object")
+    evse = doc.get("evse")
+    settings = doc.get("settings")
+    if not isinstance(evse, dict) or not isinstance(settings, dict):
+        raise LinkError(LinkFault.PROTOCOL, f"{SMARTEVSE_SETTINGS}: no 'evse' or 'settings' object")
+    state_id = number(evse, "state_id", "evse")
+    letter = SMARTEVSE_LETTER.get(int(state_id), "A")
+    if number(evse, "error_id", "evse") > 0 and letter == "A":
+        letter = "F"
+    meter = doc.get("ev_meter")
+    currents = (0.0, 0.0, 0.0)
+    kwh: float | None = None
+    if isinstance(meter, dict) and isinstance(meter.get("currents"), dict):
+        c = meter["currents"]
+        currents = (
+            number(c, "L1", "ev_meter.currents") / 10,
+            number(c, "L2", "ev_meter.currents") / 10,
+            number(c, "L3", "ev_meter.currents") / 10,
+        )
+        total = meter.get("total_kwh")
+        if isinstance(total, int | float) and not isinstance(total, bool):
+            kwh = float(total)
+    temp = evse.get("temp")
+    temperature = float(temp) if isinstance(temp, int | float) and not isinstance(temp, bool) else None
+    override = number(settings, "override_current", "settings") / 10
+    mode = doc.get("mode_id")
+    off = mode == 0 or (isinstance(doc.get("mode"), str) and doc["mode"].upper() == "OFF")
+    reading = LinkReading(taken_at, letter, currents, kwh, temperature=temperature)
+    return DeviceState(reading, 0.0 if off else override)
+
+
+class SmartEvseLink(NetLink):
+    """A SmartEVSE through `GET /settings` and `POST /settings?mode=...&override_current=...` (dA)."""
+
+    driver_type = "smartevse"
+
+    def __init__(
+        self, name: str, host: str, clock: Clock, port: int = 80, poll_s: float = 1.0, timeout_s: float = 2.0
+    ) -> None:
+        super().__init__(name, clock, poll_s, timeout_s)
+        self.host = host
+        self.port = port
+        self._client = _client(host, port, timeout_s)
+        self._off: bool | None = None
+
+    @property
+    def address(self) -> str:
+        """`host:port`."""
+        return f"{self.host}:{self.port}"
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+    async def fetch(self) -> DeviceState:
+        """One `GET /settings`."""
+        doc = await _request(self._client, "GET", SMARTEVSE_SETTINGS)
+        state = parse_smartevse_settings(doc, self.clock())
+        self._off = state.offered == 0
+        return state
+
+    async def deliver(self, amps: float) -> None:
+        """Mode OFF for 0; otherwise mode NORMAL with the override current in dA."""
+        if amps <= 0:
+            params = {"mode": str(SMARTEVSE_OFF)}
+        else:
+            params = {"mode": str(SMARTEVSE_NORMAL), "override_current": str(round(amps * 10))}
+            if self._off is False:
+                # Already on: a repeated mode change would restart the firmware's mode timers.
+                del params["mode"]
+        await _request(self._client, "POST", SMARTEVSE_SETTINGS, False, params=params)
+        self._off = amps <= 0
