@@ -150,12 +150,15 @@ class Esp32EvseLink(NetLink):
 
 # ---- Shelly Top AC ------------------------------------------------------------------------------
 
-# The Top AC's virtual components (seed 000): work state, current limit, phase info, start/stop.
-SHELLY_WORK_STATE = "enum:200"
-SHELLY_LIMIT = "number:200"
-SHELLY_PHASES = "object:200"
-SHELLY_START = "boolean:200"
-SHELLY_SESSION = "number:201"
+# The Top AC's virtual components (seed 000), by role; their keys as evpilot's facade numbers them
+# until `Shelly.GetComponents` names the device's own.
+OWNER = "service:0"
+ROLES = {
+    "work_state": "enum:200",
+    "current_limit": "number:200",
+    "phase_info": "object:200",
+    "start_charging": "boolean:200",
+}
 WORK_LETTER = {
     "charger_free": "A",
     "charger_insert": "B",
@@ -167,6 +170,19 @@ WORK_LETTER = {
 }
 
 
+def component_keys(result: Any) -> dict[str, str]:
+    """role -> component key from a `Shelly.GetComponents` page (components of owner service:0)."""
+    keys = dict(ROLES)
+    comps = result.get("components") if isinstance(result, dict) else None
+    for comp in comps if isinstance(comps, list) else []:
+        if not isinstance(comp, dict) or not isinstance(comp.get("key"), str):
+            continue
+        config = comp.get("config")
+        if isinstance(config, dict) and config.get("owner") == OWNER and config.get("role") in ROLES:
+            keys[config["role"]] = comp["key"]
+    return keys
+
+
 def _value(status: dict[str, Any], key: str) -> Any:
     comp = status.get(key)
     if not isinstance(comp, dict) or "value" not in comp:
@@ -174,15 +190,16 @@ def _value(status: dict[str, Any], key: str) -> Any:
     return comp["value"]
 
 
-def parse_shelly_status(status: Any, taken_at: float) -> DeviceState:
-    """`Shelly.GetStatus` of a Top AC as a reading."""
+def parse_shelly_status(status: Any, taken_at: float, keys: dict[str, str] | None = None) -> DeviceState:
+    """`Shelly.GetStatus` of a Top AC as a reading (`keys`: role -> component key)."""
+    keys = keys or ROLES
     if not isinstance(status, dict):
         raise LinkError(LinkFault.PROTOCOL, "Shelly.GetStatus did not return an object")
-    work = _value(status, SHELLY_WORK_STATE)
+    work = _value(status, keys["work_state"])
     letter = WORK_LETTER.get(work) if isinstance(work, str) else None
     if letter is None:
         raise LinkError(LinkFault.PROTOCOL, f"Shelly.GetStatus: unknown work_state {work!r}")
-    info = _value(status, SHELLY_PHASES)
+    info = _value(status, keys["phase_info"])
     where = "phase_info"
     if not isinstance(info, dict):
         raise LinkError(LinkFault.PROTOCOL, f"{where} is not an object")
@@ -194,8 +211,8 @@ def parse_shelly_status(status: Any, taken_at: float) -> DeviceState:
         volts.append(v if v > 0 else 230.0)
     energy = info.get("total_act_energy")
     kwh = float(energy) if isinstance(energy, int | float) and not isinstance(energy, bool) else None
-    limit = _value(status, SHELLY_LIMIT)
-    start = _value(status, SHELLY_START)
+    limit = _value(status, keys["current_limit"])
+    start = _value(status, keys["start_charging"])
     if isinstance(limit, bool) or not isinstance(limit, int | float):
         raise LinkError(LinkFault.PROTOCOL, f"Shelly.GetStatus: current_limit is {limit!r}")
     reading = LinkReading(
@@ -237,6 +254,7 @@ class ShellyTopAcLink(NetLink):
         self._status: dict[str, Any] = {}
         self.use_websocket = websocket and password is None
         self.notifications = 0
+        self.keys: dict[str, str] | None = None
 
     @property
     def address(self) -> str:
@@ -265,19 +283,22 @@ class ShellyTopAcLink(NetLink):
         return doc.get("result")
 
     async def fetch(self) -> DeviceState:
-        """One `Shelly.GetStatus`."""
+        """One `Shelly.GetStatus` (after `Shelly.GetComponents` once, to find the components by role)."""
+        if self.keys is None:
+            page = await self.call("Shelly.GetComponents", {"dynamic_only": True, "include": ["config"]})
+            self.keys = component_keys(page)
         status = await self.call("Shelly.GetStatus")
         if isinstance(status, dict):
             self._status = status
-        return parse_shelly_status(status, self.clock())
+        return parse_shelly_status(status, self.clock(), self.keys)
 
     async def deliver(self, amps: float) -> None:
         """Stop for 0; otherwise set the current limit and start."""
         if amps <= 0:
-            await self.call("Boolean.Set", {"id": 200, "value": False})
+            await self.call("Boolean.Set", {"owner": OWNER, "role": "start_charging", "value": False})
             return
-        await self.call("Number.Set", {"id": 200, "value": round(amps, 1)})
-        await self.call("Boolean.Set", {"id": 200, "value": True})
+        await self.call("Number.Set", {"owner": OWNER, "role": "current_limit", "value": round(amps, 1)})
+        await self.call("Boolean.Set", {"owner": OWNER, "role": "start_charging", "value": True})
 
     def notify(self, params: Any) -> None:
         """Merge a `NotifyStatus` into the last status and take it as a fresh reading."""
@@ -288,7 +309,7 @@ class ShellyTopAcLink(NetLink):
             if isinstance(change, dict) and isinstance(merged.get(key), dict):
                 merged[key] = {**merged[key], **change}
         try:
-            state = parse_shelly_status(merged, self.clock())
+            state = parse_shelly_status(merged, self.clock(), self.keys)
         except LinkError:
             return
         self._status = merged
