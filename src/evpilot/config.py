@@ -383,6 +383,31 @@ class SiteModel(_Model):
         return self
 
 
+class ThingsBoardModel(_Model):
+    """This charger as a ThingsBoard device over MQTT: telemetry every interval_s, RPC commands."""
+
+    url: str = Field(description="the ThingsBoard MQTT broker, mqtt://host:1883 or mqtts://host:8883")
+    token: str = Field(
+        min_length=1,
+        max_length=256,
+        pattern=r"^\S+$",
+        description="the device's access token (MQTT username)",
+    )
+    interval_s: float = Field(
+        default=60, ge=1, le=86400, description="seconds between two telemetry messages"
+    )
+
+    @model_validator(mode="after")
+    def _url(self) -> ThingsBoardModel:
+        try:
+            _tls, _host, _port, user, password = parse_mqtt_url(self.url)
+        except ValueError as exc:
+            raise KeyedError("url", str(exc)) from None
+        if user is not None or password is not None:
+            raise KeyedError("url", "no user or password in the URL: ThingsBoard takes the token as user")
+        return self
+
+
 class ChargerModel(_Model):
     """One charge point."""
 
@@ -411,6 +436,9 @@ class ChargerModel(_Model):
     ev_meter: EvMeter = Field(
         default="api",
         description="api: the charger's own meter, replaced by API-fed values while fresh; or a mapping",
+    )
+    thingsboard: ThingsBoardModel | None = Field(
+        default=None, description="publish this charger to ThingsBoard as its own device (its own token)"
     )
 
     @model_validator(mode="after")

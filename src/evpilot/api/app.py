@@ -64,9 +64,22 @@ def create_app(rt: Runtime, manage_runtime: bool = True) -> FastAPI:
             ocpp = OcppService(rt)
             await ocpp.start()
         app.state.ocpp = ocpp
+        boards = []
+        if manage_runtime and any(ch.thingsboard for ch in rt.config.chargers):
+            from evpilot.api.thingsboard import devices
+
+            boards = devices(rt)
+            for board in boards:
+                await board.start()
+        app.state.thingsboard = boards
         try:
             yield
         finally:
+            for board in boards:
+                try:
+                    await board.stop()
+                except Exception:
+                    log.exception("stopping the ThingsBoard connection of %s failed", board.cid)
             if ocpp is not None:
                 try:
                     await ocpp.stop()
