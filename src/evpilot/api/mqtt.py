@@ -21,6 +21,7 @@ from typing import Any
 
 import aiomqtt
 
+from evpilot.api.esp32evse.discovery import bridge_discovery
 from evpilot.api.esp32evse.mqtt import Esp32Topics
 from evpilot.api.ha_discovery import discovery_configs, node_slug
 from evpilot.api.mqtt_payload import (
@@ -245,6 +246,11 @@ class MqttBridge:
     async def _announce(self, client: aiomqtt.Client) -> None:
         """Publish discovery configs and clear the ones announced before that no longer exist."""
         configs = discovery_configs(self.rt.engine.chargers, self.cfg) if self.cfg.discovery else {}
+        if self.cfg.discovery and self.cfg.esp32evse:
+            # The ESP32-EVSE bridge announces its own device, as its script does.
+            configs.update(
+                bridge_discovery(self.rt.engine.chargers, self.cfg.esp32evse, self.cfg.discovery_prefix)
+            )
         store = self.rt.store
         before = self._announced
         if before is None and store is not None:
