@@ -51,7 +51,7 @@ def assemble(
         sim = SimSite(config.sim.params([c.id for c in cfgs]), cfgs, start)
     if clock is None:
         clock = (lambda: sim.now) if sim is not None else time.time
-    ctx = LinkContext(clock, sim)
+    ctx = LinkContext(clock, sim, config.mqtt)
     meters: dict[str, MeterDriver] = {}
     for _, name, spec in config.meters():
         if isinstance(spec, MeterSpec):

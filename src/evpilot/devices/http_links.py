@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 from typing import Any
 
 import httpx
@@ -434,3 +435,160 @@ class SmartEvseLink(NetLink):
                 del params["mode"]
         await _request(self._client, "POST", SMARTEVSE_SETTINGS, False, params=params)
         self._off = amps <= 0
+
+
+# ---- SmartEVSE over MQTT ------------------------------------------------------------------------
+
+# The firmware's `State` names (its web state names) to the IEC 61851 letter.
+SMARTEVSE_STATE_LETTER = {
+    "Ready to Charge": "A",
+    "Connected to EV": "B",
+    "Charging Stopped": "B",
+    "Charging": "C",
+    "Stop Charging": "C",
+    "D": "D",
+}
+# A device that published nothing for this long counts as silent even if its `connected` says online
+# (the firmware republishes its live topics every few seconds while it runs).
+MQTT_SILENCE_S = 90.0
+
+
+class SmartEvseMqttLink(NetLink):
+    """A SmartEVSE through its MQTT topics: reads `<prefix>/<Name>`, writes `<prefix>/Set/<Name>`.
+
+    It keeps its own connection to the configured broker; a reading is the last value of each topic,
+    fresh while the device's `connected` topic is not `offline` and it published within
+    MQTT_SILENCE_S. Stop is `Set/Mode Off`; a current is `Set/CurrentOverride` in dA (with
+    `Set/Mode Normal` when the device was off).
+    """
+
+    driver_type = "smartevse"
+
+    def __init__(
+        self,
+        name: str,
+        prefix: str,
+        broker: tuple[bool, str, int, str | None, str | None],
+        clock: Clock,
+        poll_s: float = 1.0,
+        timeout_s: float = 2.0,
+    ) -> None:
+        super().__init__(name, clock, poll_s, timeout_s)
+        self.prefix = prefix
+        self.tls, self.host, self.port, self.username, self.password = broker
+        self.values: dict[str, str] = {}
+        self.heard_at: float | None = None
+        self._client: Any = None
+        self._subscribed = asyncio.Event()
+
+    @property
+    def address(self) -> str:
+        """`mqtt://host:port/<prefix>`."""
+        return f"mqtt://{self.host}:{self.port}/{self.prefix}"
+
+    def take(self, topic: str, payload: bytes) -> None:
+        """Keep one message of the device's topics."""
+        if not topic.startswith(self.prefix + "/") or topic.startswith(self.prefix + "/Set/"):
+            return
+        self.values[topic[len(self.prefix) + 1 :]] = payload.decode("utf-8", "replace").strip()
+        self.heard_at = self.clock()
+
+    def _da(self, name: str) -> float:
+        text = self.values.get(name)
+        try:
+            value = float(text) if text is not None else math.nan
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise LinkError(LinkFault.PROTOCOL, f"{self.prefix}/{name}: not a number: {text!r}")
+        return value / 10
+
+    async def fetch(self) -> DeviceState:
+        """The reading the device's last messages make up; a fault while it is silent or offline."""
+        if self._client is None:
+            raise LinkError(LinkFault.UNREACHABLE, f"not connected to the broker {self.host}:{self.port}")
+        now = self.clock()
+        if self.values.get("connected") == "offline":
+            raise LinkError(LinkFault.UNREACHABLE, f"{self.prefix}/connected is offline")
+        if self.heard_at is None or now - self.heard_at > MQTT_SILENCE_S:
+            raise LinkError(LinkFault.TIMEOUT, f"nothing on {self.prefix}/# for {MQTT_SILENCE_S:g} s")
+        state = self.values.get("State")
+        letter = SMARTEVSE_STATE_LETTER.get(state or "")
+        if letter is None:
+            raise LinkError(LinkFault.PROTOCOL, f"{self.prefix}/State: unknown state {state!r}")
+        if self.values.get("EVPlugState") == "Disconnected":
+            letter = "A"
+        currents = tuple(
+            self._da(f"EVCurrentL{i}") if f"EVCurrentL{i}" in self.values else 0.0 for i in (1, 2, 3)
+        )
+        wh = self.values.get("EVTotalEnergyCharged")
+        kwh = float(wh) / 1000 if wh is not None and wh.lstrip("-").isdigit() else None
+        temp = self.values.get("ESPTemp")
+        temperature = float(temp) if temp is not None and temp.lstrip("-").isdigit() else None
+        off = self.values.get("Mode") == "Off"
+        override = self._da("ChargeCurrentOverride") if "ChargeCurrentOverride" in self.values else None
+        reading = LinkReading(
+            self.heard_at, letter, (currents[0], currents[1], currents[2]), kwh, temperature=temperature
+        )
+        return DeviceState(reading, 0.0 if off else override)
+
+    async def deliver(self, amps: float) -> None:
+        """`Set/Mode Off` for 0; otherwise `Set/CurrentOverride` (dA), and `Set/Mode Normal` if it was off."""
+        client = self._client
+        if client is None:
+            raise LinkError(LinkFault.UNREACHABLE, "not connected to the broker")
+        import aiomqtt
+
+        try:
+            if amps <= 0:
+                await client.publish(f"{self.prefix}/Set/Mode", "Off", qos=1)
+                return
+            await client.publish(f"{self.prefix}/Set/CurrentOverride", str(round(amps * 10)), qos=1)
+            if self.values.get("Mode") in (None, "Off"):
+                await client.publish(f"{self.prefix}/Set/Mode", "Normal", qos=1)
+        except aiomqtt.MqttError as exc:
+            raise LinkError(LinkFault.UNREACHABLE, f"publish failed: {exc}") from None
+
+    async def _connection(self) -> None:
+        import ssl
+
+        import aiomqtt
+
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    self.host,
+                    self.port,
+                    username=self.username,
+                    password=self.password,
+                    identifier=f"evpilot-link-{self.name}",
+                    tls_context=ssl.create_default_context() if self.tls else None,
+                    timeout=self.timeout_s,
+                ) as client:
+                    await client.subscribe(f"{self.prefix}/#", qos=1)
+                    self._client = client
+                    self._subscribed.set()
+                    async for message in client.messages:
+                        payload = message.payload
+                        data = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
+                        self.take(str(message.topic), bytes(data))
+            except aiomqtt.MqttError as exc:
+                log.debug("charger %s: MQTT %s:%d: %s", self.name, self.host, self.port, exc)
+            finally:
+                self._client = None
+            await asyncio.sleep(min(self.backoff_cap_s, 2.0))
+
+    async def run(self) -> None:
+        """Keep the broker connection and exchange until cancelled."""
+        connection = asyncio.create_task(self._connection())
+        try:
+            # The first read waits for the subscription's retained topics (at most timeout_s).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.timeout_s):
+                    await self._subscribed.wait()
+                    await asyncio.sleep(min(0.2, self.poll_s))
+            await super().run()
+        finally:
+            connection.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await connection

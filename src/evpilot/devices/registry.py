@@ -27,6 +27,8 @@ class LinkContext:
 
     clock: Clock
     sim: Any = None
+    # The configured MQTT client settings (`mqtt:`), for drivers that talk over the site's broker.
+    mqtt: Any = None
 
 
 # factory(charger config, the config mapping, context) -> the charger's setpoint-level link.
@@ -87,14 +89,18 @@ def _shelly_link(charger: ChargerConfig, spec: Any, ctx: LinkContext) -> Charger
 
 
 def _smartevse(charger: ChargerConfig, spec: Any, ctx: LinkContext) -> ChargerLink:
+    timeout = spec.timeout_s or HTTP_TIMEOUT_S
     if spec.host is None:
-        raise DriverUnavailable(
-            f"charger {charger.id!r}: the SmartEVSE MQTT driver (mqtt_prefix) is not available in this"
-            " version; use host for its REST API"
-        )
+        from evpilot.config import parse_mqtt_url
+        from evpilot.devices.http_links import SmartEvseMqttLink
+
+        if ctx.mqtt is None or ctx.mqtt.url is None:
+            raise DriverUnavailable(f"charger {charger.id!r}: the SmartEVSE MQTT driver needs mqtt.url")
+        tls, host, port, user, password = parse_mqtt_url(ctx.mqtt.url)
+        broker = (tls, host, port, ctx.mqtt.username or user, ctx.mqtt.password or password)
+        return SmartEvseMqttLink(charger.id, spec.mqtt_prefix, broker, ctx.clock, spec.poll_s, timeout)
     from evpilot.devices.http_links import SmartEvseLink
 
-    timeout = spec.timeout_s or HTTP_TIMEOUT_S
     return SmartEvseLink(charger.id, spec.host, ctx.clock, spec.port, spec.poll_s, timeout)
 
 
@@ -144,12 +150,4 @@ def unavailable(config: AppConfig) -> list[tuple[str, str]]:
         kind = getattr(ch.driver, "type", None)
         if kind is not None and kind not in LINK_DRIVERS:
             problems.append((f"chargers.{i}.driver", _missing(f"charger {ch.id!r}", kind, LINK_DRIVERS)))
-        elif kind == "smartevse" and getattr(ch.driver, "mqtt_prefix", None) is not None:
-            problems.append(
-                (
-                    f"chargers.{i}.driver.mqtt_prefix",
-                    f"charger {ch.id!r}: the SmartEVSE MQTT driver is not available in this version;"
-                    " use host for its REST API",
-                )
-            )
     return problems
