@@ -299,3 +299,31 @@ async def test_malformed_answers_are_protocol_faults(
             assert link.latest() is None
         finally:
             await link.close()
+
+
+async def test_a_refused_current_is_counted_once_and_not_retried() -> None:
+    state = recorded("esp32evse_state.json")
+    posts: list[bytes] = []
+
+    def answer(req: Request) -> tuple[int, bytes]:
+        if req.method == "GET":
+            return 200, json.dumps(state).encode()
+        posts.append(req.body)
+        if float(req.body) > 16:
+            return 400, b'{"chargingCurrent": "out of range"}'
+        state["chargingCurrent"] = float(req.body)
+        return 200, b""
+
+    async with device(answer) as dev:
+        link = Esp32EvseLink("cp1", "127.0.0.1", clock, dev.port)
+        try:
+            link.send(sp(20))
+            for _ in range(3):
+                assert await link.exchange()  # the device answers: it is not silent
+            assert posts == [b"20"] and link.errors == {LinkFault.REFUSED: 1} and link.online
+            assert link.last_error is not None and "HTTP 400" in link.last_error
+            link.send(sp(12))
+            assert await link.exchange()
+            assert posts == [b"20", b"12"] and state["chargingCurrent"] == 12
+        finally:
+            await link.close()

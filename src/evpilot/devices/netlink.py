@@ -84,6 +84,8 @@ class NetLink:
         self.backoff_cap_s = max(BACKOFF_CAP_S, poll_s)
         self.setpoint: Setpoint | None = None
         self.delivered: float | None = None
+        # A target the device refused: not written again until the engine asks for another one.
+        self.refused: float | None = None
         self.phases = 3
         self.failures = 0
         self.errors: dict[LinkFault, int] = {}
@@ -188,14 +190,29 @@ class NetLink:
             if self.setpoint is not None:
                 target = target_of(self.setpoint)
                 drifted = state.offered is not None and abs(state.offered - target) > SETTING_SLACK_A
-                if target != self.delivered or drifted:
-                    await self._timed(self.deliver(target))
-                    self.delivered = target
+                if (target != self.delivered or drifted) and target != self.refused:
+                    await self._deliver(target)
         except LinkError as exc:
             self._failed(exc)
             return False
         self._answered()
         return True
+
+    async def _deliver(self, target: float) -> None:
+        """Write a target; a value the device refuses is counted and logged once, not retried, and
+        does not make the device count as silent (it answered)."""
+        try:
+            await self._timed(self.deliver(target))
+        except LinkError as exc:
+            if exc.fault is not LinkFault.REFUSED:
+                raise
+            self.refused = target
+            self.errors[exc.fault] = self.errors.get(exc.fault, 0) + 1
+            self.last_error = exc.message
+            log.warning("charger %s (%s %s): %s", self.name, self.driver_type, self.address, exc.message)
+            return
+        self.delivered = target
+        self.refused = None
 
     def next_delay(self) -> float:
         """Seconds to the next exchange: poll_s, doubled per failure in a row up to the cap."""
