@@ -64,5 +64,6 @@ def phase_map(wired: int, first: int) -> PhaseMap:
         raise ValueError(f"no phase map for {wired} phases starting at index {first}")
     return PhaseMap((first, (first + 1) % 3, (first + 2) % 3), wired)
 
+
 # Nominal phase voltage (V) for turning power into current.
 NOMINAL_VOLTAGE = 230.0
