@@ -69,7 +69,7 @@ class _ConfigInfo:
 
 _INFO: dict[str, _ConfigInfo] = {}
 # Per site object and charger count: the configs of the last tick and their derived data.
-_LAYOUTS: dict[tuple[int, int], _Layout] = {}
+_LAYOUTS: dict[tuple[int, int], tuple[SiteConfig, _Layout]] = {}
 _UNPLUGGED: tuple[float | None, bool, int | None, int] = (None, False, None, 0)
 _UNSEEN = _UNPLUGGED
 _SEEN_3P: tuple[float | None, bool, int | None, int] = (None, False, 3, 0)
@@ -131,13 +131,14 @@ def _layout(site: SiteConfig, chargers: tuple[ChargerInput, ...]) -> _Layout:
     """The `_Layout` of these chargers, reused while their configs are the same as last tick."""
     cfgs = [ci.config for ci in chargers]
     key = (id(site), len(cfgs))
-    hit = _LAYOUTS.get(key)
+    kept = _LAYOUTS.get(key)
     # Lists compare by identity first: an unchanged site costs one pass of pointer checks.
-    if hit is not None and hit.cfgs == cfgs:
-        return hit
+    if kept is not None and kept[0] is site and kept[1].cfgs == cfgs:
+        return kept[1]
     if len(_LAYOUTS) > 64:
         _LAYOUTS.clear()
-    lay = _LAYOUTS[key] = _Layout(cfgs)
+    lay = _Layout(cfgs)
+    _LAYOUTS[key] = (site, lay)
     return lay
 
 
@@ -315,7 +316,8 @@ class _ShapeEntry:
 
 # Per site object and flags: the last shapes built, newest first (reused while candidates, phases and
 # configs match).
-_SHAPES: dict[tuple[int, int, bool, bool, int], list[_ShapeEntry]] = {}
+# The site object is kept beside its entries: while it is alive its id() cannot name another site.
+_SHAPES: dict[tuple[int, int, bool, bool, int], tuple[SiteConfig, list[_ShapeEntry]]] = {}
 _SHAPES_KEPT = 3
 
 
@@ -332,11 +334,12 @@ def _shape(
     """`_structure` for this tick, reused while the candidates, their phases and configs stay the same."""
     eff = eff_phases if len(candidates) == len(chargers) else [eff_phases[i] for i in candidates]
     key = (id(site), len(chargers), cap_on, relay, site_limits)
-    recent = _SHAPES.get(key)
-    if recent is None:
+    kept = _SHAPES.get(key)
+    if kept is None or kept[0] is not site:
         if len(_SHAPES) > 64:
             _SHAPES.clear()
-        recent = _SHAPES[key] = []
+        kept = _SHAPES[key] = (site, [])
+    recent = kept[1]
     for hit in recent:
         if hit.candidates == candidates and hit.eff == eff:
             # The same `_infos` token: every config is the same as when the entry was checked.
@@ -826,7 +829,6 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             m = memo_in[i]
             share = s_alloc[pos]
             solar_share[i] = share
-            ci = chargers[idx]
             mn = ci.config.min_current
             if ci.mode == "min+solar":
                 if share < caps[i] - _EPS:
