@@ -72,9 +72,21 @@ def create_app(rt: Runtime, manage_runtime: bool = True) -> FastAPI:
             for board in boards:
                 await board.start()
         app.state.thingsboard = boards
+        modbus = None
+        if manage_runtime and rt.config.modbus.enabled:
+            from evpilot.api.modbus import ModbusFacade
+
+            modbus = ModbusFacade(rt, rt.config.modbus)
+            await modbus.start()
+        app.state.modbus = modbus
         try:
             yield
         finally:
+            if modbus is not None:
+                try:
+                    await modbus.stop()
+                except Exception:
+                    log.exception("stopping the Modbus server failed")
             for board in boards:
                 try:
                     await board.stop()
