@@ -6,14 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusTcpClient, ModbusTcpClient
 
 from evpilot import __version__
 from evpilot.control.runtime import Runtime
-from tests.helpers import free_port, make_config, serve
+from tests.helpers import evpilot_process, free_port, make_config, serve
 from tests.integration.modbus_helpers import FreezableClock, client, rtu_line
 
 UNITS = {"cp1": 3, "cp2": 5}
@@ -340,5 +341,20 @@ async def test_watchdog_over_tcp_in_the_runtime_clock() -> None:
                     break
                 await asyncio.sleep(0.01)
             assert "modbus_failsafe" in ch.leases and rt.clock.now() - last >= 20
+        finally:
+            c.close()
+
+
+def test_cli_modbus_flag_serves_the_teltonika_map(tmp_path: Path) -> None:
+    """`evpilot run --modbus HOST:PORT` starts the server (reads work; writes need allow_writes)."""
+    port = free_port()
+    with evpilot_process(tmp_path, extra=["--modbus", f"127.0.0.1:{port}"]):
+        c = ModbusTcpClient("127.0.0.1", port=port, timeout=3, retries=0)
+        assert c.connect()
+        try:
+            r = c.read_holding_registers(9, count=1, device_id=1)
+            assert r.registers == [21571]
+            r = c.write_register(15, 10, device_id=1)
+            assert r.isError() and r.exception_code == 1
         finally:
             c.close()
