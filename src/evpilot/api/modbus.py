@@ -22,6 +22,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 
 from evpilot.config import ModbusModel
 from evpilot.control.runtime import Runtime
+from evpilot.core.errors import CommandError
 
 log = logging.getLogger("evpilot.modbus")
 
@@ -128,10 +129,10 @@ class _Context(ModbusServerContext):
             return ExcCodes.ILLEGAL_FUNCTION
         try:
             self.regs.write(cid, address, [int(v) for v in values])
-        except Refused as exc:
+        except (Refused, CommandError) as exc:
             self.refusals += 1
             log.info("modbus: unit %d write %d%s refused: %s", device_id, address, list(values), exc)
-            return exc.code
+            return exc.code if isinstance(exc, Refused) else ExcCodes.ILLEGAL_VALUE
         self.requests += 1
         self.regs.heard(cid)
         return None
