@@ -358,3 +358,12 @@ def test_cli_modbus_flag_serves_the_teltonika_map(tmp_path: Path) -> None:
             assert r.isError() and r.exception_code == 1
         finally:
             c.close()
+
+
+def test_a_serial_device_that_cannot_be_opened_stops_the_start(tmp_path: Path) -> None:
+    missing = tmp_path / "ttyNOPE"
+    with (
+        pytest.raises(RuntimeError, match=f"Modbus: cannot listen on {missing}"),
+        evpilot_process(tmp_path, config={"modbus": {"serial": str(missing)}}),
+    ):
+        pass

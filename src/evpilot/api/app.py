@@ -48,6 +48,19 @@ def create_app(rt: Runtime, manage_runtime: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        modbus = None
+        if manage_runtime and rt.config.modbus.enabled:
+            from evpilot.api.modbus import ModbusFacade
+
+            # Before the runtime starts: a port or serial device that cannot be opened leaves no
+            # session behind.
+            modbus = ModbusFacade(rt, rt.config.modbus)
+            try:
+                await modbus.start()
+            except OSError as exc:
+                log.error("%s", exc)
+                raise
+        app.state.modbus = modbus
         if manage_runtime:
             await rt.start()
         bridge = None
@@ -72,13 +85,6 @@ def create_app(rt: Runtime, manage_runtime: bool = True) -> FastAPI:
             for board in boards:
                 await board.start()
         app.state.thingsboard = boards
-        modbus = None
-        if manage_runtime and rt.config.modbus.enabled:
-            from evpilot.api.modbus import ModbusFacade
-
-            modbus = ModbusFacade(rt, rt.config.modbus)
-            await modbus.start()
-        app.state.modbus = modbus
         try:
             yield
         finally:
