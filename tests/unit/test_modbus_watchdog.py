@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from evpilot.api.esp32evse.modbus import error_bits
@@ -11,6 +13,7 @@ from evpilot.api.teltonika.vocab import LimitCause, limit_cause, words
 from evpilot.config import ConfigError, parse_config
 from evpilot.control.clock import ManualClock
 from evpilot.control.runtime import Runtime
+from evpilot.store.sqlite import Store
 from tests.helpers import make_config
 
 
@@ -124,3 +127,36 @@ def test_duplicate_unit_ids_refused() -> None:
             }
         )
     assert "unique" in str(err.value)
+
+
+def test_kept_settings_and_a_failsafe_survive_a_restart(tmp_path: Path) -> None:
+    clock = ManualClock()
+    config = make_config({"chargers": [{"id": "cp1"}], "modbus": {"port": 0}})
+    store = Store(tmp_path / "evpilot.sqlite3")
+    rt = Runtime(config, clock, store)
+    regs = TeltonikaMap(rt, ["cp1"])
+    regs.write("cp1", 18, [1, 45, 0])  # always locked, 45 s, failsafe 0 A
+    clock.advance(46)
+    regs.watch()
+    assert rt.charger("cp1").leases[FAILSAFE_LEASE].value == 0
+    rt.tick()
+    store.close()
+
+    store = Store(tmp_path / "evpilot.sqlite3")
+    try:
+        rt = Runtime(config, clock, store)
+        regs = TeltonikaMap(rt, ["cp1"])
+        assert regs.read("cp1", 18, 3) == [1, 45, 0]
+        assert rt.charger("cp1").leases[FAILSAFE_LEASE].value == 0  # still no link
+        regs.heard("cp1")
+        assert FAILSAFE_LEASE not in rt.charger("cp1").leases
+        regs.write("cp1", 21, [1])  # reboot: defaults, kept as such
+        rt.tick()
+    finally:
+        store.close()
+    store = Store(tmp_path / "evpilot.sqlite3")
+    try:
+        regs = TeltonikaMap(Runtime(config, clock, store), ["cp1"])
+        assert regs.read("cp1", 18, 3) == [0, 30, 6]
+    finally:
+        store.close()

@@ -29,6 +29,9 @@ log = logging.getLogger("evpilot.modbus")
 LEASE = "modbus"
 FAILSAFE_LEASE = "modbus_failsafe"
 _CENTI_KWH = 100.0
+# Settings a primary writes that are kept over a restart (register -> field), under `modbus:<charger>`.
+KEPT = {18: "lock", 19: "timeout_s", 20: "failsafe_a"}
+_KEY = "modbus:"
 
 Action = Callable[[Charger], None]
 
@@ -56,6 +59,29 @@ class TeltonikaMap:
         # The watchdog runs from the start: a primary that never shows up is a lost link too.
         self.units = {cid: UnitState(last_valid=now, status_since=now) for cid in chargers}
         self.serials = {cid: zlib.crc32(cid.encode()) % 1_000_000_000 for cid in chargers}
+        for cid, unit in self.units.items():
+            self._restore(cid, unit)
+
+    def _restore(self, cid: str, unit: UnitState) -> None:
+        """The kept settings (18-20) as stored, each dropped alone if no longer valid; a failsafe
+        lease kept over a restart stays until valid communication returns."""
+        unit.tripped = FAILSAFE_LEASE in self.rt.charger(cid).leases
+        saved = self.rt.store.get_setting(_KEY + cid) if self.rt.store is not None else None
+        if not isinstance(saved, dict):
+            return
+        for address, name in KEPT.items():
+            value = saved.get(name)
+            if (
+                isinstance(value, int)
+                and not isinstance(value, bool)
+                and vocab.BY_ADDRESS[address].allows(value)
+            ):
+                setattr(unit, name, value)
+
+    def _save(self, cid: str) -> None:
+        if self.rt.store is not None:
+            unit = self.units[cid]
+            self.rt.store.set_setting(_KEY + cid, {name: getattr(unit, name) for name in KEPT.values()})
 
     # ---- reads ------------------------------------------------------------------------------
 
@@ -178,6 +204,8 @@ class TeltonikaMap:
             unit.failsafe_a = settings[20]
         if settings.get(21) == 1:
             self._reboot(cid, unit)
+        if settings.keys() & {18, 19, 20, 21}:
+            self._save(cid)
 
     def _action(self, ch: Charger, addr: int, value: int) -> Action | None:
         """The core command a valid value asks for (03 when the charger cannot do it)."""
