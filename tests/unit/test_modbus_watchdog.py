@@ -160,3 +160,16 @@ def test_kept_settings_and_a_failsafe_survive_a_restart(tmp_path: Path) -> None:
         assert regs.read("cp1", 18, 3) == [0, 30, 6]
     finally:
         store.close()
+
+
+def test_forced_unlock_lasts_until_the_socket_is_free() -> None:
+    rt, clock, regs = setup()
+    regs.write("cp1", 18, [2])
+    assert regs.read("cp1", 18, 1) == [2] and regs.read("cp1", 30, 1) == [0]
+    rt.sim_unplug("cp1")
+    for _ in range(3):
+        clock.advance(1)
+        rt.tick()
+    assert regs.read("cp1", 18, 1) == [0] and regs.read("cp1", 30, 1) == [0]
+    regs.write("cp1", 18, [1])
+    assert regs.read("cp1", 30, 1) == [1]

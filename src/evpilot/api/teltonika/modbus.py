@@ -32,6 +32,7 @@ _CENTI_KWH = 100.0
 # Settings a primary writes that are kept over a restart (register -> field), under `modbus:<charger>`.
 KEPT = {18: "lock", 19: "timeout_s", 20: "failsafe_a"}
 _KEY = "modbus:"
+LOCK_FORCE_UNLOCK = 2
 
 Action = Callable[[Charger], None]
 
@@ -136,7 +137,7 @@ class TeltonikaMap:
             vocab.PRODUCT_CODE,
             *vocab.words(self.serials[cid], 2),
             vocab.version_number(__version__),
-            int(self._charge_point_state(ch)),
+            int(charge_point_state(ch)),
             vocab.uint16(rt.engine.site.mains_limit),
             vocab.uint16(ch.user_limit if ch.user_limit is not None else cfg.max_current),
             1 if locked else 0,
@@ -157,13 +158,11 @@ class TeltonikaMap:
     def _status(self, cid: str, ch: Charger, now: float) -> St:
         status = evse_status(ch)
         unit = self.units[cid]
+        if unit.lock == LOCK_FORCE_UNLOCK and status is St.A:
+            unit.lock = 0  # a forced unlock lasts until the socket is free (state A)
         if status != unit.status:
             unit.status, unit.status_since = status, now
         return status
-
-    @staticmethod
-    def _charge_point_state(ch: Charger) -> Cp:
-        return charge_point_state(ch)
 
     # ---- writes -----------------------------------------------------------------------------
 
