@@ -55,7 +55,7 @@ def test_watchdog_trips_after_the_timeout_and_ends_amps_to_use() -> None:
     assert FAILSAFE_LEASE not in ch.leases and ch.leases[LEASE].value == 16
     run(rt, clock, regs, 1, polled=("cp2",))
     assert ch.leases[FAILSAFE_LEASE].value == 6 and LEASE not in ch.leases
-    assert ch.commanded <= 6 and ch.available_source == FAILSAFE_LEASE
+    assert ch.commanded <= 6 and str(ch.available_source) == FAILSAFE_LEASE
     assert limit_cause(ch.available_source) is LimitCause.LOAD_BALANCE
     assert FAILSAFE_LEASE not in rt.charger("cp2").leases
     # Valid communication returns: the failsafe ends; amps to use is not restored by itself.
