@@ -16,6 +16,7 @@ import pytest
 
 from evpilot import __version__
 from evpilot.control.runtime import Runtime
+from evpilot.core.charger import ErrorFlag
 from tests.helpers import free_port, make_config, serve
 from tests.integration.modbus_helpers import FreezableClock, client, crc16, rtu_line
 
@@ -212,9 +213,9 @@ async def test_every_register_reads_and_writes(kind: str) -> None:
         ch.set_authorized(False)
         await ok(112, [1])
         assert ch.authorized
-        ch.request_stop(rt.clock.now())
+        ch.errors.add(ErrorFlag.DIODE_SHORT)
         await ok(421, [1])
-        assert not ch.paused
+        assert not ch.faulted
         r = await c.read_holding_registers(106, count=6, device_id=1)
         assert r.registers == [105, 1, 0, 0, 3600, 500]
 

@@ -301,10 +301,8 @@ class TeltonikaMap:
 
 
 def restart(ch: Charger) -> None:
-    """Restart the state machine: latched faults cleared, a stop request withdrawn."""
+    """Restart the charger's state machine: latched faults cleared (the leases are the map's own)."""
     ch.reset_faults()
-    ch.paused = False
-    ch.start_requested = False
 
 
 def evse_status(ch: Charger) -> St:
