@@ -114,10 +114,10 @@ def make_config(data: dict[str, Any] | None = None) -> AppConfig:
 
 @contextlib.asynccontextmanager
 async def serve(
-    config: AppConfig, speed: float = 1.0, store: Store | None = None
+    config: AppConfig, speed: float = 1.0, store: Store | None = None, clock: ScaledClock | None = None
 ) -> AsyncIterator[tuple[str, Runtime]]:
     """Run a runtime and its HTTP app in this event loop on a free port; yields (base URL, runtime)."""
-    rt = Runtime(config, ScaledClock(speed), store)
+    rt = Runtime(config, clock or ScaledClock(speed), store)
     app = create_app(rt)
     port = free_port()
     server = uvicorn.Server(server_config(app, "127.0.0.1", port))

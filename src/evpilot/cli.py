@@ -59,6 +59,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--mqtt", type=_mqtt_url, metavar="URL", help="MQTT broker: mqtt[s]://[user:password@]host[:port]"
     )
+    run.add_argument(
+        "--modbus",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="serve Modbus TCP (config `modbus`) on HOST:PORT",
+    )
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     cfg = sub.add_parser("config", help="check a config file or print its schema")
     csub = cfg.add_subparsers(dest="config_cmd", required=True)
@@ -111,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.mqtt:
         config = config.model_copy(update={"mqtt": config.mqtt.model_copy(update={"url": args.mqtt})})
+    if args.modbus:
+        host, port = args.modbus
+        modbus = config.modbus.model_copy(update={"host": host, "port": port, "serial": None})
+        config = config.model_copy(update={"modbus": modbus})
     return run(config, args.data_dir, args.http, args.speed)
 
 

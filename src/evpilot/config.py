@@ -576,6 +576,44 @@ class ShellyModel(_Model):
     )
 
 
+class ModbusModel(_Model):
+    """The Modbus server facade (evpilot as a secondary a site controller or PLC drives)."""
+
+    host: str = Field(default="127.0.0.1", description="address the Modbus TCP server listens on")
+    port: int | None = Field(
+        default=None, ge=0, le=65535, description="Modbus TCP port (502 is usual); none and no serial = off"
+    )
+    serial: str | None = Field(
+        default=None,
+        min_length=1,
+        description="serial device for Modbus RTU (e.g. /dev/ttyUSB0) instead of TCP",
+    )
+    baudrate: int = Field(default=9600, ge=300, le=921600)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    map: Literal["teltonika", "esp32evse"] = Field(default="teltonika", description="the register map served")
+    units: dict[str, int] = Field(
+        default_factory=dict,
+        description="charger id -> Modbus unit id 1-247 (default: the chargers in order from 1);"
+        " chargers left out are not served",
+    )
+    allow_writes: bool = Field(default=False, description="accept register writes (else exception 01)")
+
+    @model_validator(mode="after")
+    def _check(self) -> ModbusModel:
+        for cid, unit in self.units.items():
+            if not 1 <= unit <= 247:
+                raise ValueError(f"unit id of {cid!r} must be 1-247, got {unit}")
+        if len(set(self.units.values())) != len(self.units):
+            raise ValueError("Modbus unit ids must be unique")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """A server is configured (a TCP port or a serial device)."""
+        return self.port is not None or self.serial is not None
+
+
 class ControlModel(_Model):
     """The runtime's timing."""
 
@@ -842,6 +880,7 @@ class AppConfig(_Model):
     mqtt: MqttModel = Field(default_factory=MqttModel)
     shelly: ShellyModel = Field(default_factory=ShellyModel)
     ocpp: OcppModel = Field(default_factory=OcppModel)
+    modbus: ModbusModel = Field(default_factory=ModbusModel)
 
     @model_validator(mode="after")
     def _refs(self) -> AppConfig:
@@ -867,6 +906,9 @@ class AppConfig(_Model):
             for cid in table:
                 if cid not in ids:
                     raise KeyedError(f"mqtt.{where}", _unknown("charger", cid, ids))
+        for cid in self.modbus.units:
+            if cid not in ids:
+                raise KeyedError("modbus.units", _unknown("charger", cid, ids))
         if self.mqtt.url is not None and "site" in ids:
             raise KeyedError("chargers", "mqtt: charger id 'site' is reserved for the site's topics")
         self._drivers()

@@ -48,6 +48,19 @@ def create_app(rt: Runtime, manage_runtime: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        modbus = None
+        if manage_runtime and rt.config.modbus.enabled:
+            from evpilot.api.modbus import ModbusFacade
+
+            # Before the runtime starts: a port or serial device that cannot be opened leaves no
+            # session behind.
+            modbus = ModbusFacade(rt, rt.config.modbus)
+            try:
+                await modbus.start()
+            except OSError as exc:
+                log.error("%s", exc)
+                raise
+        app.state.modbus = modbus
         if manage_runtime:
             await rt.start()
         bridge = None
@@ -75,6 +88,11 @@ def create_app(rt: Runtime, manage_runtime: bool = True) -> FastAPI:
         try:
             yield
         finally:
+            if modbus is not None:
+                try:
+                    await modbus.stop()
+                except Exception:
+                    log.exception("stopping the Modbus server failed")
             for board in boards:
                 try:
                     await board.stop()
