@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 
+from evpilot.core import sources
 from evpilot.core.balancer import compute
 from evpilot.core.charger import ChargerConfig
 from evpilot.core.site import (
@@ -75,7 +76,7 @@ def build(n: int, shortage: bool = False) -> tuple[SiteConfig, list[ChargerInput
                 mode="smart",
                 demand=2,
                 limit=32.0,
-                limit_source="max",
+                limit_source=sources.parse("max"),
                 measured=(0.0, 0.0, 0.0),
                 phase_mode="not_present",
                 active_phases=cfg.phases,
@@ -142,7 +143,7 @@ def bench(n: int, calls: int, warmup: int, shortage: bool = False) -> Timing:
         if k >= warmup:
             times.append(dt)
             cpu.append(dc)
-            now_paused = {cid for cid, a in alloc.chargers.items() if a.source == "shortage"}
+            now_paused = {cid for cid, a in alloc.chargers.items() if a.source.text == "shortage"}
             paused.append(len(now_paused))
             old = state.chargers
             memo = alloc.state.chargers

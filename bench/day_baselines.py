@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from evpilot.core import sources
 from evpilot.core.balancer import circuit_paths as balancer_paths
 from evpilot.core.charger import ChargerConfig, Phases
 from evpilot.core.site import (
@@ -83,7 +84,8 @@ def _allocation(snapshot: Snapshot, currents: dict[str, float], source: str) -> 
         ci.config.id: ChargerAllocation(
             round(currents.get(ci.config.id, 0.0), 2) if ci.demand > 0 and ci.mode != "off" else 0.0,
             fixed_phases(ci),
-            source,
+            # A baseline's own reason (`static`, `slow`), outside the core's kinds.
+            sources.named(sources.SourceKind.NONE, source),
         )
         for ci in snapshot.chargers
     }

@@ -281,7 +281,7 @@ class Recorder:
                 self.last_change[i] = t
                 self.signaled[i] = ch.signaled
             if alloc is not None and car is not None and car.wants_charge:
-                src = alloc.chargers[self.ids[i]].source
+                src = alloc.chargers[self.ids[i]].source.text
                 self.sources[i][src] = self.sources[i].get(src, 0) + 1
             # fairness: only chargers that want more than they get compete for a share
             if self.win_ok[i]:

@@ -393,7 +393,7 @@ def run(scenario: dict[str, Any], allocator: Callable[[Snapshot, float], Allocat
                 "t": t,
                 "mains": [round(x, 2) for x in mains],
                 **{
-                    cid: (a.current, a.source, a.phases, engine.chargers[cid].signaled)
+                    cid: (a.current, a.source.text, a.phases, engine.chargers[cid].signaled)
                     for cid, a in alloc.chargers.items()
                 },
             }
@@ -428,7 +428,7 @@ def run(scenario: dict[str, Any], allocator: Callable[[Snapshot, float], Allocat
                         actual = ch.signaled
                         ok = _close(actual, v, tol)
                     elif k == "source":
-                        actual = a.source
+                        actual = a.source.text
                         ok = actual == v if isinstance(v, str) else actual in v
                     elif k == "phases":
                         actual = a.phases

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from evpilot.core import sources
 from evpilot.core.balancer import compute
 from evpilot.core.site import Allocation, ChargerAllocation, Snapshot
 from tests.scenario_runner import SCENARIO_DIR, all_scenarios, load, run
@@ -27,7 +28,7 @@ def _everyone_at_max(snapshot: Snapshot, now: float) -> Allocation:
     """An allocator that ignores every fuse: what the runner's node checks must catch."""
     out = compute(snapshot, now)
     chargers = {
-        ci.config.id: ChargerAllocation(ci.config.max_current, out.chargers[ci.config.id].phases, "max")
+        ci.config.id: ChargerAllocation(ci.config.max_current, out.chargers[ci.config.id].phases, sources.MAX)
         for ci in snapshot.chargers
     }
     return replace(out, chargers=chargers)

@@ -178,6 +178,24 @@ def test_enable_disable(api: Api) -> None:
     until(lambda: api.charger()["work_state"] == "charger_charging", what="charging again")
 
 
+def test_applied_commands_are_listed_with_their_origin(api: Api) -> None:
+    # cp2 starts on command (auto_charge off in the config) and is left so.
+    api.ok("PUT", "/api/chargers/{cid}/auto_charge", {"auto_charge": True}, cid="cp2")
+    api.ok("PUT", "/api/chargers/{cid}/auto_charge", {"auto_charge": False}, cid="cp2")
+    bad = api.call("PUT", "/api/chargers/{cid}/current_limit", {"current": 17}, cid="cp2")
+    assert bad.status_code == 400
+    recent = api.ok("GET", "/api/commands")
+    last_two = [{k: c[k] for k in ("origin", "command", "fields")} for c in recent[-2:]]
+    expected = {"origin": "rest:native", "command": "set_auto_charge"}
+    assert last_two == [
+        expected | {"fields": {"charger": "cp2", "auto_charge": True}},
+        expected | {"fields": {"charger": "cp2", "auto_charge": False}},
+    ]
+    assert all(set(c) == {"at", "origin", "command", "fields"} for c in recent)
+    assert all(isinstance(c["at"], float | int) for c in recent)
+    assert len(api.http.get("/api/commands", params={"limit": 1}).json()) == 1
+
+
 def test_stop_pauses_an_auto_charge_charger_until_start(api: Api) -> None:
     api.ok("POST", "/api/chargers/{cid}/stop", cid="cp1")
     doc = api.wait(lambda d: d["work_state"] == "charger_pause")

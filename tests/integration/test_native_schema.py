@@ -10,6 +10,7 @@ import httpx
 import jsonschema_rs
 import pytest
 
+from evpilot.core import commands as cmd
 from evpilot.store.sqlite import Store
 from tests.helpers import make_config, serve
 
@@ -104,6 +105,7 @@ CALLS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("POST", "/api/sim/chargers/{cid}/unplug", "/api/sim/chargers/cp1/unplug", None),
     ("POST", "/api/sim/chargers/{cid}/plug", "/api/sim/chargers/cp1/plug", {"soc": 50}),
     ("GET", "/api/sessions", "/api/sessions", None),
+    ("GET", "/api/commands", "/api/commands", None),
     ("GET", "/api/meters", "/api/meters", None),
     # Once more with the state the calls above left: a session, leases, caps, a stored session.
     ("GET", "/api/site", "/api/site", None),
@@ -134,7 +136,7 @@ async def test_native_responses_match_their_schemas(tmp_path: Path) -> None:
         ):
             doc = (await client.get("/openapi.json")).json()
             ops = native_operations(doc)
-            rt.command("cp1", lambda ch: ch.set_lease("secc", 16.0, rt.clock.now() + 60))
+            rt.apply(cmd.SetLease("cp1", "secc", 16.0, rt.clock.now() + 60), "test")
             seen: set[tuple[str, str]] = set()
             for method, template, path, body in CALLS:
                 response = await client.request(method, path, json=body)
@@ -143,6 +145,7 @@ async def test_native_responses_match_their_schemas(tmp_path: Path) -> None:
                 assert problems == [], (method, path, problems)
                 seen.add((method, template))
             sessions = (await client.get("/api/sessions")).json()
+            commands = (await client.get("/api/commands")).json()
             charger = (await client.get("/api/chargers/cp1")).json()
             site = (await client.get("/api/site")).json()
     finally:
@@ -150,6 +153,17 @@ async def test_native_responses_match_their_schemas(tmp_path: Path) -> None:
     assert seen == set(ops), sorted(set(ops) - seen)
     # The calls above reached the parts of the documents that are often empty.
     assert sessions and sessions[0]["charger_id"] == "cp1"
+    assert commands[0] == {
+        "at": commands[0]["at"],
+        "origin": "test",
+        "command": "set_lease",
+        "fields": {
+            "charger": "cp1",
+            "name": "secc",
+            "amps": 16.0,
+            "expires_at": commands[0]["fields"]["expires_at"],
+        },
+    }
     assert charger["limits"]["leases"]["secc"]["amps"] == 16.0
     assert charger["session"] is not None and charger["name"] == "Garage Süd"
     assert site["site_limits"]["lease"]["expires_in_s"] is not None and "sim" in site

@@ -534,7 +534,8 @@ async def test_a_station_per_charger(backend: Backend) -> None:
             await right.call(call.SetChargingProfile(connector_id=0, cs_charging_profiles=cp_max))
         ).status == "Accepted"
         # One connector: the station's cap is the charger's own, in W at the phases in use (1 here).
-        assert rt.charger("cp2").own_limit(rt.clock.now()) == (10.0, "ocpp:ChargePointMaxProfile")
+        amps, source = rt.charger("cp2").own_limit(rt.clock.now())
+        assert (amps, source.text) == (10.0, "ocpp:ChargePointMaxProfile")
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import pytest
 
 from evpilot.control.clock import ManualClock
 from evpilot.control.runtime import Runtime, UnknownCharger
+from evpilot.core import commands as cmd
 from evpilot.core.errors import CommandError
 from evpilot.core.session import SessionRecord
 from evpilot.sim.ev import CarSpec
@@ -58,9 +59,9 @@ def test_store_refuses_a_newer_schema(tmp_path: Path) -> None:
 def test_settings_survive_a_restart_and_a_stale_one_is_dropped_alone(tmp_path: Path) -> None:
     store = Store(tmp_path / "evpilot.sqlite3")
     rt = Runtime(make_config(QUIET), ManualClock(), store)
-    rt.command("cp1", lambda ch: ch.set_user_limit(20.0))
-    rt.command("cp1", lambda ch: ch.set_energy_cap(12.0))
-    rt.command("cp1", lambda ch: ch.set_mode("solar"))
+    rt.apply(cmd.SetUserLimit("cp1", 20.0), "test")
+    rt.apply(cmd.SetEnergyCap("cp1", 12.0), "test")
+    rt.apply(cmd.SetMode("cp1", "solar"), "test")
     rt.set_site_mode("normal")
     again = Runtime(make_config(QUIET), ManualClock(), store)
     ch = again.charger("cp1")
@@ -78,12 +79,12 @@ def test_refused_command_changes_nothing_and_unknown_charger_raises(tmp_path: Pa
     store = Store(tmp_path / "evpilot.sqlite3")
     try:
         rt = Runtime(make_config(QUIET), ManualClock(), store)
-        rt.command("cp1", lambda ch: ch.set_user_limit(10.0))
+        rt.apply(cmd.SetUserLimit("cp1", 10.0), "test")
         with pytest.raises(CommandError):
-            rt.command("cp1", lambda ch: ch.set_user_limit(5.9))
+            rt.apply(cmd.SetUserLimit("cp1", 5.9), "test")
         assert rt.charger("cp1").user_limit == 10.0
         with pytest.raises(UnknownCharger):
-            rt.command("nope", lambda ch: ch.set_enabled(False))
+            rt.apply(cmd.SetEnabled("nope", False), "test")
         with pytest.raises(CommandError):
             rt.set_site_mode("turbo")
     finally:

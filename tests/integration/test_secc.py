@@ -8,6 +8,8 @@ import json
 import httpx
 import websockets
 
+from evpilot.core import commands as cmd
+from evpilot.core import sources
 from tests.helpers import CHARGING_FIELDS, make_config, poll, serve
 
 
@@ -33,7 +35,7 @@ async def test_limit_is_a_lease_that_lapses_and_null_hands_back() -> None:
         assert r.json()["amperageLimit"] == 8 and 299_000 <= r.json()["timeout"] <= 300_000
         doc = await poll(c, "/api/v1/charging", lambda d: d["availableAmperage"] == 8)
         assert doc["availableAmperage"] == 8 and doc["signaledAmperage"] <= 8
-        assert rt.charger("cp1").available_source == "lease"
+        assert rt.charger("cp1").available_source.text == "lease"
 
         r = await c.put("/api/v1/limits", json={"amperageLimit": None})
         assert r.json()["amperageLimit"] is None
@@ -116,9 +118,9 @@ async def test_power_limit_is_converted_with_the_phases_in_use() -> None:
         r = await c.put("/api/v1/limits", json={"powerLimit": 4140})
         assert r.status_code == 200 and r.json()["powerLimit"] == 4140
         await poll(c, "/api/v1/transaction", lambda d: d["usedPhasesSession"] == 3)
-        assert ch.own_limit(rt.clock.now()) == (6.0, "lease_power")
+        assert ch.own_limit(rt.clock.now()) == (6.0, sources.lease("lease_power"))
         # Switched to one phase, the same 4,140 W is 18 A on that phase, not 6 A.
-        rt.command("cp1", lambda x: x.set_phase_mode("always_1p"))
+        rt.apply(cmd.SetPhaseMode("cp1", "always_1p"), "test")
         await poll(c, "/api/v1/transaction", lambda d: d["usedPhasesSession"] == 1)
-        assert ch.own_limit(rt.clock.now()) == (18.0, "lease_power")
+        assert ch.own_limit(rt.clock.now()) == (18.0, sources.lease("lease_power"))
         assert (await c.get("/api/v1/limits")).json()["powerLimit"] == 4140

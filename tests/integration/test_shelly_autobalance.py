@@ -93,7 +93,7 @@ async def test_auto_balance_keeps_the_site_under_max_current(tmp_path: Path) -> 
             await _until(lambda: 0 < ch.signaled <= 16 - max(sim.house_currents) + 0.6)
             await _until(lambda: max(sim.mains_currents) <= 16.7)
             # the one balancer binds the charger at its node; no lease or second loop is involved
-            await _until(lambda: ch.allocation_source == f"circuit:{NODE}")
+            await _until(lambda: ch.allocation_source.text == f"circuit:{NODE}")
             assert "auto_balance" not in ch.leases
             # the meter sees the house and the EV (8 A each)
             await _until(lambda: max(balance.status("cp1").get("em_currents") or [0.0]) > 15)
@@ -119,7 +119,7 @@ async def test_auto_balance_keeps_the_site_under_max_current(tmp_path: Path) -> 
                 raise AssertionError(
                     f"auto_balance never went stale: {balance.status('cp1')}, tasks {rt.supervisor.health()}"
                 ) from None
-            await _until(lambda: ch.allocation_source == f"stale:{NODE}")
+            await _until(lambda: ch.allocation_source.text == f"stale:{NODE}")
             assert ch.allocated <= rt.engine.site.fallback_current
             assert balance.status("cp1")["error"]
 
@@ -170,7 +170,7 @@ async def test_the_node_sits_between_the_charger_and_its_circuit_which_the_facad
         node = next(c for c in rt.engine.site.circuits if c.name == NODE)
         assert (node.parent, node.limit, node.fuse) == ("garage", 20, 32)
         await _until(lambda: rt.auto_balance.status("cp1")["reason"] == "no_reading")
-        await _until(lambda: rt.charger("cp1").allocation_source == f"stale:{NODE}")
+        await _until(lambda: rt.charger("cp1").allocation_source.text == f"stale:{NODE}")
         # SmartEVSE's CIRCUIT and SECC's circuit are the configured one, not the node above the charger.
         r = await client.post("/settings?current_max_circuit=30")
         assert r.status_code == 200, r.text

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from evpilot.control.runtime import Runtime
+from evpilot.core import commands as cmd
 from evpilot.store.sqlite import Store
 from tests.helpers import make_config, poll, serve
 
@@ -77,7 +78,7 @@ async def test_refusals_name_the_parameter_and_the_reason_and_change_nothing() -
         assert r.status_code == 400 and "on no circuit" in r.json()["current_max_circuit"]
 
         # Lowering MAX below a user limit is refused, as MIN above MAX is.
-        rt.command("cp1", lambda ch: ch.set_user_limit(20))
+        rt.apply(cmd.SetUserLimit("cp1", 20), "test")
         r = await c.post("/settings?current_max=16")
         assert (r.status_code, r.json()) == (400, {"current_max": "16 A is below cp1's user limit (20 A)"})
         r = await c.post("/settings?current_min=12")

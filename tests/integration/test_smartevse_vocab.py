@@ -13,6 +13,7 @@ from evpilot.api.app import create_app
 from evpilot.api.mqtt import MqttBridge
 from evpilot.api.smartevse import settings_doc
 from evpilot.control.runtime import Runtime
+from evpilot.core import sources
 from evpilot.core.charger import ErrorFlag
 from tests.integration.mqtt_helpers import Broker, mqtt_config, recorder, running, until
 from tests.integration.test_mqtt_compat import pub
@@ -68,17 +69,32 @@ async def test_state_names_are_the_firmwares_on_both(
 async def test_waiting_for_solar_and_errors_read_the_same(broker: Broker) -> None:
     async with both(broker) as (rt, bridge, _c):
         ch = rt.charger("cp1")
-        ch.letter, ch.signaled, ch.commanded, ch.allocation_source = "B", 0.0, 0.0, "solar"
+        ch.letter, ch.signaled, ch.commanded, ch.allocation_source = "B", 0.0, 0.0, sources.SOLAR
         evse = settings_doc(rt, "cp1")["evse"]
         waiting = ("Charging Stopped - Waiting for Solar", "None", 0)
         assert (evse["state"], evse["error"], evse["error_id"]) == waiting
         view = mqtt_view(bridge, "cp1")
         assert (view["State"], view["Error"]) == (evse["state"], evse["error"])
 
-        ch.allocation_source = "circuit"
-        evse = settings_doc(rt, "cp1")["evse"]
-        assert (evse["error"], evse["error_id"]) == ("No Power Available", 1)
-        assert mqtt_view(bridge, "cp1")["Error"] == "No Power Available"
+        # Each source maps to the firmware's own code: the solar budget (however fed) is NO_SUN, a
+        # stale meter's fallback CT_NOCOMM, a fuse, cap or shortage LESS_6A.
+        codes = {
+            sources.IMPORT: (waiting[0], "None"),
+            sources.BATTERY: (waiting[0], "None"),
+            sources.stale("garage"): ("Charging Stopped", "Communication Error"),
+            sources.FALLBACK: ("Charging Stopped", "Communication Error"),
+            sources.circuit("garage"): ("Charging Stopped", "No Power Available"),
+            sources.site("user"): ("Charging Stopped", "No Power Available"),
+            sources.SHORTAGE: ("Charging Stopped", "No Power Available"),
+        }
+        for source, (state, error) in codes.items():
+            ch.allocation_source = source
+            evse = settings_doc(rt, "cp1")["evse"]
+            assert (evse["state"], evse["error"]) == (state, error), source
+            view = mqtt_view(bridge, "cp1")
+            assert (view["State"], view["Error"]) == (state, error), source
+
+        ch.allocation_source = sources.circuit("garage")
 
         ch.errors = ch.errors | {ErrorFlag.TEMPERATURE_HIGH, ErrorFlag.RCM_TRIGGERED}
         evse = settings_doc(rt, "cp1")["evse"]

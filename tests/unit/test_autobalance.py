@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from evpilot.control.autobalance import node_name, node_reading
+from evpilot.core import sources
 from evpilot.core.balancer import compute
 from evpilot.core.charger import ChargerConfig, Phases
 from evpilot.core.site import (
@@ -35,7 +36,7 @@ def allocate(
     cfg = ChargerConfig(id="cp1", max_current=32.0, phases=phases, circuit=NODE)
     node = CircuitConfig(NODE, limit, metered=True, fuse=200.0)
     site = SiteConfig(mains_limit=200.0, circuits=(node,), ramp_step=80.0, ev_headroom=50.0)
-    charger = ChargerInput(cfg, "smart", 2, 32.0, "max", ev, charging=max(ev) > 0, measured_at=NOW - 1)
+    charger = ChargerInput(cfg, "smart", 2, 32.0, sources.MAX, ev, charging=max(ev) > 0, measured_at=NOW - 1)
     memo = ChargerMemo(current=before, phases=phases, running_since=NOW - 1000)
     snap = Snapshot(
         site=site,
@@ -45,7 +46,7 @@ def allocate(
         state=BalancerState({"cp1": memo}),
     )
     out = compute(snap, NOW).chargers["cp1"]
-    return out.current, out.source
+    return out.current, out.source.text
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from dataclasses import replace
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from evpilot.core import sources
 from evpilot.core.balancer import compute, phases_of
 from evpilot.core.charger import ChargerConfig
 from evpilot.core.site import (
@@ -54,7 +55,7 @@ def sites(draw: st.DrawFn, circuits: bool = True, priorities: bool = True) -> Sn
                 mode="smart",
                 demand=draw(st.sampled_from([0, 2, 2, 2])),
                 limit=limit,
-                limit_source="user",
+                limit_source=sources.parse("user"),
                 measured=(0.0, 0.0, 0.0),
                 session_kwh=draw(st.floats(0, 50)),
             )
@@ -104,8 +105,8 @@ def test_more_available_current_never_lowers_an_allocation(snap: Snapshot, relie
     # The same extra current on every phase (a lighter house, or export).
     lighter = tuple(b - relief for b in snap.mains.currents)
     after = compute(replace(snap, mains=Reading((lighter[0], lighter[1], lighter[2]), NOW - 1)), NOW)
-    paused_before = {k for k, v in before.chargers.items() if v.source == "shortage"}
-    paused_after = {k for k, v in after.chargers.items() if v.source == "shortage"}
+    paused_before = {k for k, v in before.chargers.items() if v.source.text == "shortage"}
+    paused_after = {k for k, v in after.chargers.items() if v.source.text == "shortage"}
     # A charger brought back from a shortage pause takes MIN from the others by design; the
     # property is about the same set of charging cars sharing more current.
     assume(paused_before == paused_after)

@@ -210,7 +210,7 @@ def test_user_limit_accepts_6_to_max_in_tenths(amps: float) -> None:
     rig.ch.set_user_limit(amps)
     assert rig.ch.user_limit == amps
     rig.charge(2)
-    assert rig.ch.signaled == amps and rig.ch.available_source == ("user" if amps < 32 else "max")
+    assert rig.ch.signaled == amps and rig.ch.available_source.text == ("user" if amps < 32 else "max")
 
 
 @pytest.mark.parametrize("amps", [5.9, 0.0, -1.0, 32.1, 80.0, 6.05, 16.01, float("nan"), "16", True])
@@ -235,7 +235,7 @@ def test_cable_limit_binds_unless_the_cable_is_fixed() -> None:
     rig = Rig(ChargerConfig(id="cp", fixed_cable=False))
     rig.cable = 20.0
     rig.charge(2)
-    assert rig.ch.signaled == 20.0 and rig.ch.available_source == "cable"
+    assert rig.ch.signaled == 20.0 and rig.ch.available_source.text == "cable"
     fixed = Rig(ChargerConfig(id="cp", fixed_cable=True))
     fixed.cable = 13.0
     fixed.charge(2)
@@ -246,10 +246,10 @@ def test_override_and_leases_bind_and_lapse() -> None:
     rig = Rig()
     rig.ch.set_override(20)
     rig.charge(2)
-    assert rig.ch.signaled == 20.0 and rig.ch.available_source == "override"
+    assert rig.ch.signaled == 20.0 and rig.ch.available_source.text == "override"
     rig.ch.set_lease("ems", 10.0, rig.now + 30)
     rig.tick(follow=True)
-    assert rig.ch.signaled == 10.0 and rig.ch.available_source == "ems"
+    assert rig.ch.signaled == 10.0 and rig.ch.available_source.text == "ems"
     rig.ch.set_lease("ems", 0.0, rig.now + 30)
     rig.tick(follow=True)
     assert rig.ch.signaled == 0.0
@@ -452,7 +452,7 @@ def test_temperature_stops_at_max_and_resumes_at_55() -> None:
     rig.temp = 65.0
     assert rig.tick(follow=True).signaled == 0.0
     assert ErrorFlag.TEMPERATURE_HIGH in rig.ch.errors
-    assert rig.ch.available_source == "temperature"
+    assert rig.ch.available_source.text == "temperature"
     rig.tick(follow=True)
     assert not rig.ch.contactor
     assert rig.ch.work_state() is WorkState.PAUSE  # not a latched fault
@@ -518,7 +518,7 @@ def test_lapsed_allocation_lease_falls_back_to_safe_current() -> None:
     assert out is not None and out.fallback_at == rig.now + LEASE_S and out.safe_current == 8.0
     assert rig.ch.advance(rig.now + 1).signaled == 32.0
     late = rig.ch.advance(rig.now + LEASE_S)
-    assert late.signaled == 8.0 and rig.ch.allocation_source == "lease"
+    assert late.signaled == 8.0 and rig.ch.allocation_source.text == "lease"
 
 
 def test_safe_current_below_6_a_stops_on_fallback() -> None:

@@ -145,7 +145,7 @@ def test_shortage_site_pauses_and_readmits() -> None:
     for k in range(1, 1000):
         alloc = engine.step(START + k)
         for cid, a in alloc.chargers.items():
-            if a.source == "shortage":
+            if a.source.text == "shortage":
                 paused.add(cid)
             elif cid in paused and a.current > 0:
                 readmitted.add(cid)

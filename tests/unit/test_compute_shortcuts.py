@@ -14,7 +14,7 @@ from dataclasses import fields, replace
 from hypothesis import given
 from hypothesis import strategies as st
 
-from evpilot.core import balancer
+from evpilot.core import balancer, sources
 from evpilot.core.charger import ChargerConfig
 from evpilot.core.fill import FillCache, Problem, fill
 from evpilot.core.site import (
@@ -88,7 +88,7 @@ def _charger(i: int, prio: int, kwh: float, phases: int) -> ChargerInput:
         mode="smart",
         demand=2,
         limit=16.0,
-        limit_source="max",
+        limit_source=sources.MAX,
         measured=(0.0, 0.0, 0.0),
         session_kwh=kwh,
     )
@@ -172,7 +172,12 @@ def test_kept_data_changes_no_decision_in_a_shortage() -> None:
         )
         chargers.append(
             ChargerInput(
-                config=cfg, mode="smart", demand=2, limit=16.0, limit_source="max", measured=(0.0, 0.0, 0.0)
+                config=cfg,
+                mode="smart",
+                demand=2,
+                limit=16.0,
+                limit_source=sources.MAX,
+                measured=(0.0, 0.0, 0.0),
             )
         )
     warm_state = cold_state = BalancerState()
@@ -209,4 +214,4 @@ def test_kept_data_changes_no_decision_in_a_shortage() -> None:
             for a in (warm.chargers[ci.config.id].current,)
         ]
     # The run went through pauses (and chargers paused again after one).
-    assert any(a.source == "shortage" for a in warm.chargers.values())
+    assert any(a.source is sources.SHORTAGE for a in warm.chargers.values())

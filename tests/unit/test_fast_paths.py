@@ -157,7 +157,7 @@ def test_shortcuts_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
             b = slow.engine.step(now)
         assert a == b, f"tick {k}"
         assert state_of(fast) == state_of(slow), f"tick {k}"
-        sources.update(x.source for x in a.chargers.values())
+        sources.update(x.source.text for x in a.chargers.values())
         sources.update(a.rejected)
     # The run took the shortcuts often (the idle path of `compute`, settled chargers left out of it
     # while others charge, all of them left out) and went through what it must not disturb.

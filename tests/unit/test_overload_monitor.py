@@ -7,6 +7,7 @@ from dataclasses import replace
 from evpilot.control.clock import ManualClock
 from evpilot.control.overload import OverloadMonitor
 from evpilot.control.runtime import Runtime
+from evpilot.core import sources
 from evpilot.core.balancer import compute
 from evpilot.core.site import Allocation, ChargerAllocation, Snapshot
 from tests.helpers import make_config
@@ -72,7 +73,7 @@ CIRCUIT = {
 def _everyone_at_max(snapshot: Snapshot, now: float) -> Allocation:
     out = compute(snapshot, now)
     chargers = {
-        ci.config.id: ChargerAllocation(ci.config.max_current, out.chargers[ci.config.id].phases, "max")
+        ci.config.id: ChargerAllocation(ci.config.max_current, out.chargers[ci.config.id].phases, sources.MAX)
         for ci in snapshot.chargers
     }
     return replace(out, chargers=chargers)

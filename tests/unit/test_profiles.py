@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from evpilot.core import sources
 from evpilot.core.charger import Charger, ChargerConfig
 from evpilot.core.profiles import (
     DAY_S,
@@ -286,12 +287,13 @@ def test_profile_cap_binds_in_the_chargers_own_limit() -> None:
     ch = Charger.create(ChargerConfig(id="c1", max_current=32.0))
     ps = with_tx()
     ch.profile_cap = ConnectorCap(ps, 1)
-    assert ch.own_limit(T0) == (32.0, "max")
+    assert ch.own_limit(T0) == (32.0, sources.MAX)
     ps.install(prof(1, Purpose.TX, [(0, 10.0), (60, 0.0)]))
-    assert ch.own_limit(T0) == (10.0, "ocpp:TxProfile")
-    assert ch.own_limit(T0 + 61) == (0.0, "ocpp:TxProfile")
+    assert ch.own_limit(T0) == (10.0, sources.ocpp("TxProfile"))
+    assert str(ch.own_limit(T0 + 61)[1]) == "ocpp:TxProfile"
+    assert ch.own_limit(T0 + 61) == (0.0, sources.ocpp("TxProfile"))
     ch.set_user_limit(8.0)
-    assert ch.own_limit(T0) == (8.0, "user")
+    assert ch.own_limit(T0) == (8.0, sources.USER)
 
 
 def test_a_charger_with_a_profile_cap_is_never_quiet() -> None:

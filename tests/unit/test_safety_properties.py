@@ -18,6 +18,7 @@ from typing import TypeVar
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
+from evpilot.core import sources
 from evpilot.core.balancer import circuit_paths, compute, phases_of
 from evpilot.core.charger import ChargerConfig, mains_draw
 from evpilot.core.iec61851 import DRAW_THRESHOLD_A
@@ -135,7 +136,7 @@ def sites(draw: st.DrawFn, priorities: bool = True, modes: tuple[str, ...] = MOD
                 mode=_pick(draw, modes),
                 demand=_pick(draw, (0, 1, 2, 2, 2)),
                 limit=limit,
-                limit_source="max" if limit == mx else "user",
+                limit_source=sources.MAX if limit == mx else sources.USER,
                 measured=measured,
                 session_kwh=_num(draw, 0, 50),
                 phase_mode=phase_mode,
@@ -330,7 +331,7 @@ _SINGLE_CAR_CLEARED = Snapshot(
             mode="smart",
             demand=1,
             limit=10.0,
-            limit_source="max",
+            limit_source=sources.MAX,
             measured=(1.5, 0.0, 0.0),
             active_phases=3,
             charging=True,
@@ -530,13 +531,13 @@ def test_fallback_currents_sum_within_every_node(snap: Snapshot, how: str, stale
 @given(sites())
 def test_a_lower_priority_charger_never_keeps_a_higher_one_paused(snap: Snapshot) -> None:
     out = compute(snap, NOW)
-    assume(all(a.source != "phase_switch" for a in out.chargers.values()))
+    assume(all(a.source.text != "phase_switch" for a in out.chargers.values()))
     by_id = {ci.config.id: ci for ci in snap.chargers}
     # A charger held at 0 A by the raise interval ("ramp") was admitted: its MIN is reserved.
     admitted = [
         ci
         for ci in snap.chargers
-        if (out.chargers[ci.config.id].current > 0 or out.chargers[ci.config.id].source == "ramp")
+        if (out.chargers[ci.config.id].current > 0 or out.chargers[ci.config.id].source.text == "ramp")
         and not out.fallback
     ]
     all_nodes = nodes(snap)
@@ -544,7 +545,7 @@ def test_a_lower_priority_charger_never_keeps_a_higher_one_paused(snap: Snapshot
         a = out.chargers[hi.config.id]
         memo = snap.state.chargers[hi.config.id]
         # Newly paused for a shortage this tick (one paused earlier waits out its 60 s).
-        if a.source != "shortage" or memo.paused_until > NOW:
+        if a.source.text != "shortage" or memo.paused_until > NOW:
             continue
         for lo in admitted:
             if lo.config.priority >= hi.config.priority:
@@ -589,16 +590,16 @@ def _keep_key(snap: Snapshot, ci: ChargerInput, phases: int) -> tuple[int, bool,
 @given(sites())
 def test_a_charger_is_paused_only_if_its_min_does_not_fit_after_those_kept_before_it(snap: Snapshot) -> None:
     out = compute(snap, NOW)
-    assume(all(a.source != "phase_switch" for a in out.chargers.values()))
+    assume(all(a.source.text != "phase_switch" for a in out.chargers.values()))
     admitted = [
         ci
         for ci in snap.chargers
-        if out.chargers[ci.config.id].current > 0 or out.chargers[ci.config.id].source == "ramp"
+        if out.chargers[ci.config.id].current > 0 or out.chargers[ci.config.id].source.text == "ramp"
     ]
     all_nodes = nodes(snap)
     for h in snap.chargers:
         a = out.chargers[h.config.id]
-        if a.source != "shortage" or snap.state.chargers[h.config.id].paused_until > NOW:
+        if a.source.text != "shortage" or snap.state.chargers[h.config.id].paused_until > NOW:
             continue
         # Those kept before it; a tie (the id decides) counts as before, so this never over-blames.
         key = _keep_key(snap, h, a.phases)

@@ -15,6 +15,7 @@ from dataclasses import replace
 from hypothesis import event, given
 from hypothesis import strategies as st
 
+from evpilot.core import sources
 from evpilot.core.balancer import compute
 from evpilot.core.charger import ChargerConfig
 from evpilot.core.site import (
@@ -55,7 +56,7 @@ def sites(draw: st.DrawFn) -> Snapshot:
                 "off" if why == "off" else draw(st.sampled_from(["smart", "normal", "solar", "min+solar"])),
                 2 if charging else 0 if why == "demand" else draw(st.integers(0, 2)),
                 draw(st.floats(0, 5.9)) if why == "limit" else 32.0,
-                "user",
+                sources.USER,
                 (drawn, drawn if phases == 3 else 0.0, drawn if phases == 3 else 0.0),
                 draw(st.floats(0, 50)),
                 draw(st.sampled_from(["not_present", "always_3p", "always_1p"])),
@@ -145,16 +146,18 @@ def test_leaving_settled_chargers_out_changes_nothing(
 
 def test_settled_needs_a_fixed_point_at_zero() -> None:
     cfg = ChargerConfig(id="a")
-    ci = ChargerInput(cfg, "smart", 0, 32.0, "max", (0.0, 0.0, 0.0), 0.0, "not_present", 3, False, NOW, True)
+    ci = ChargerInput(
+        cfg, "smart", 0, 32.0, sources.MAX, (0.0, 0.0, 0.0), 0.0, "not_present", 3, False, NOW, True
+    )
     m = ChargerMemo()
-    idle = ChargerAllocation(0.0, 3, "idle")
+    idle = ChargerAllocation(0.0, 3, sources.IDLE)
     assert settled(ci, m, m, idle)
     # A memo `compute` changed, a trip, current given, a draw, a demand that returns by itself (a
     # shortage pause ends) or a solar start pending: not settled.
     assert not settled(ci, m, replace(m), idle)
     assert not settled(ci, None, None, idle)
-    assert not settled(ci, m, m, ChargerAllocation(0.0, 3, "trip"))
-    assert not settled(ci, m, m, ChargerAllocation(6.0, 3, "mains"))
+    assert not settled(ci, m, m, ChargerAllocation(0.0, 3, sources.TRIP))
+    assert not settled(ci, m, m, ChargerAllocation(6.0, 3, sources.MAINS))
     assert not settled(replace(ci, measured=(0.0, 1.0, 0.0)), m, m, idle)
     assert not idle_input(replace(ci, demand=2))
     solar = replace(m, solar_started=NOW)

@@ -10,6 +10,7 @@ from evpilot.config import parse_config
 from evpilot.control.clock import ManualClock
 from evpilot.control.runtime import Runtime, ViewChanges
 from evpilot.control.views import ChargerView, charger_doc
+from evpilot.core import commands as cmd
 
 
 def runtime() -> tuple[Runtime, ManualClock, list[ViewChanges]]:
@@ -49,7 +50,7 @@ def test_time_passing_alone_changes_no_charger_view() -> None:
 
 def test_a_command_is_in_the_next_read_and_published_at_the_next_tick() -> None:
     rt, clock, seen = runtime()
-    rt.command("cp2", lambda ch: ch.set_user_limit(10.0))
+    rt.apply(cmd.SetUserLimit("cp2", 10.0), "test")
     view = rt.charger_view("cp2")
     assert view.user_limit == 10.0
     assert charger_doc(view, clock.now())["limits"]["user"] == 10.0
@@ -78,7 +79,7 @@ def test_only_the_changed_charger_is_published() -> None:
     queue = rt.subscribe()
     while not queue.empty():
         queue.get_nowait()
-    rt.command("cp1", lambda ch: ch.set_enabled(False))
+    rt.apply(cmd.SetEnabled("cp1", False), "test")
     clock.advance(1.0)
     rt.tick()
     while not queue.empty():

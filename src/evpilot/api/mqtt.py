@@ -39,8 +39,9 @@ from evpilot.api.smartevse.mqtt import SmartEvseTopics
 from evpilot.config import MqttModel, parse_mqtt_url
 from evpilot.control import views as vw
 from evpilot.control.runtime import Runtime, UnknownCharger, ViewChanges
-from evpilot.core.charger import MODES, Charger
-from evpilot.core.errors import CommandError, check_range
+from evpilot.core import commands as cmd
+from evpilot.core.charger import MODES
+from evpilot.core.errors import CommandError
 from evpilot.devices.evmeter import ApiFedEvMeter
 
 log = logging.getLogger("evpilot.mqtt")
@@ -74,6 +75,8 @@ NATIVE_COMMANDS = (
     "reset",
 )
 SITE_COMMANDS = ("mode", "capacity")
+# The origin of the commands sent on this bridge's own topics (device topics name their device).
+ORIGIN = "mqtt:native"
 
 # ---- the bridge ----------------------------------------------------------------------------------
 
@@ -539,48 +542,47 @@ class MqttBridge:
 
     # ---- command tables --------------------------------------------------------------------
 
-    def _apply(self, cid: str | None, action: Callable[[Charger], None], persist: bool = True) -> None:
-        assert cid is not None
-        self.rt.command(cid, action, persist=persist)
+    def _apply(self, command: cmd.Command, what: str) -> None:
+        """Apply a command from this bridge's own topics; a refusal names the topic's command."""
+        try:
+            self.rt.apply(command, ORIGIN)
+        except CommandError as exc:
+            raise CommandError(what, exc.message, exc.allowed) from None
 
     def _native(self, cid: str | None, what: str, text: str) -> None:
-        now = self.rt.clock.now
+        assert cid is not None
+        command: cmd.Command
         if what == "enabled":
-            on = parse_bool(text, what)
-            self._apply(cid, lambda ch: ch.set_enabled(on))
+            command = cmd.SetEnabled(cid, parse_bool(text, what))
         elif what == "auto_charge":
-            on = parse_bool(text, what)
-            self._apply(cid, lambda ch: ch.set_auto_charge(on))
+            command = cmd.SetAutoCharge(cid, parse_bool(text, what))
         elif what == "current":
             amps = None if text.lower() in ("none", "null") else parse_number(text, what)
-            self._apply(cid, lambda ch: ch.set_user_limit(amps))
+            command = cmd.SetUserLimit(cid, amps)
         elif what == "mode":
             mode = None if text in ("site", "null", "none") else text
             if mode is not None and mode not in MODES:
                 raise Rejected(f"mode: {text!r} is not one of site, {', '.join(MODES)}")
-            self._apply(cid, lambda ch: ch.set_mode(mode))
+            command = cmd.SetMode(cid, mode)
         elif what == "phases":
-            phase_mode = {"1": "always_1p", "3": "always_3p"}.get(text, text)
-            self._apply(cid, lambda ch: ch.set_phase_mode(phase_mode))
+            command = cmd.SetPhaseMode(cid, {"1": "always_1p", "3": "always_3p"}.get(text, text))
         elif what == "energy_cap":
-            kwh = check_range("energy_cap", parse_number(text, what), 0, 1000, " kWh")
-            self._apply(cid, lambda ch: ch.set_energy_cap(kwh or None))
+            command = cmd.SetEnergyCap(cid, parse_number(text, what) or None)
         elif what == "time_cap":
-            minutes = check_range("time_cap", parse_number(text, what), 0, 1440, " min")
-            self._apply(cid, lambda ch: ch.set_time_cap(minutes or None))
+            command = cmd.SetTimeCap(cid, parse_number(text, what) or None)
         else:
             if text.upper() not in BUTTON_PAYLOADS:
                 raise Rejected(f"{what}: payload must be empty or PRESS, got {text[:40]!r}")
             if what == "start":
-                self._apply(cid, lambda ch: ch.request_start(now()), persist=False)
+                command = cmd.Start(cid)
             elif what == "stop":
-                self._apply(cid, lambda ch: ch.request_stop(now()), persist=False)
+                command = cmd.Stop(cid)
             else:
-                self._apply(cid, lambda ch: ch.reset_faults(), persist=False)
+                command = cmd.ResetFaults(cid)
+        self._apply(command, what)
 
     def _site(self, what: str, text: str) -> None:
         if what == "mode":
-            self.rt.set_site_mode(text)
+            self._apply(cmd.SetSiteMode(text), what)
         else:
-            amps = parse_number(text, what)
-            self.rt.set_capacity_limit(amps or None)
+            self._apply(cmd.SetCapacityLimit(parse_number(text, what) or None), what)

@@ -11,9 +11,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from evpilot.api import secc
 from evpilot.api.facade import JsonRoute
-from evpilot.control.runtime import Runtime, session_dict
+from evpilot.control.runtime import RECENT_COMMANDS, Runtime, session_dict
 from evpilot.control.supervisor import OverallHealth
-from evpilot.core.charger import Charger, ErrorFlag, WorkState
+from evpilot.core import commands as cmd
+from evpilot.core.charger import ErrorFlag, WorkState
 from evpilot.core.errors import CommandError, check_range
 from evpilot.core.iec61851 import PilotState
 from evpilot.core.session import LimitReached
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
     from evpilot.sim.site import SimSite
 
 SIM_OFF = "the simulator is off (sim.enabled: false): /api/sim/ routes are not available"
+
+# The origin of the commands this API sends (the log line's `origin=` and `GET /api/commands`).
+ORIGIN = "rest:native"
 
 # JSON arrays of exactly three numbers (L1, L2, L3); strict mode would refuse a tuple type.
 Three = Annotated[list[float], Field(min_length=3, max_length=3)]
@@ -455,6 +459,17 @@ class MeterOnlineDoc(_Doc):
     online: bool
 
 
+class AppliedCommandDoc(_Doc):
+    """One applied command: when (clock s), from which face, its kind and its fields."""
+
+    at: float
+    origin: str = Field(description="rest:native, ws, mqtt:native, mqtt:smartevse, rpc:shelly, ...")
+    command: str = Field(description="the command's kind (set_enabled, set_lease, ...)")
+    fields: dict[str, bool | float | str | list[str] | None] = Field(
+        description="the command's fields by name (charger, amps, ...)"
+    )
+
+
 class TaskErrorDoc(_Doc):
     """A task's last unexpected exception; `at` in clock seconds."""
 
@@ -557,6 +572,9 @@ def build_router(rt: Runtime) -> APIRouter:
     async def get_charging(cid: str) -> Response:
         return _out(rt.charging_doc(cid))
 
+    def apply(commands: cmd.Command | list[cmd.Command]) -> None:
+        rt.apply(commands, ORIGIN)
+
     @r.post(
         "/chargers/{cid}/start",
         tags=["commands"],
@@ -564,19 +582,14 @@ def build_router(rt: Runtime) -> APIRouter:
         response_model=ChargerDoc,
     )
     async def start(cid: str, body: StartBody | None = None) -> Response:
-        def act(ch: Charger) -> None:
-            if body is not None and body.id_tag is not None:
-                ch.set_authorized(True, body.id_tag)
-            ch.request_start(rt.clock.now())
-
-        rt.command(cid, act, persist=False)
+        apply(cmd.Start(cid, None if body is None else body.id_tag))
         return _out(doc(cid))
 
     @r.post(
         "/chargers/{cid}/stop", tags=["commands"], summary="Stop (pause) charging", response_model=ChargerDoc
     )
     async def stop(cid: str) -> Response:
-        rt.command(cid, lambda ch: ch.request_stop(rt.clock.now()), persist=False)
+        apply(cmd.Stop(cid))
         return _out(doc(cid))
 
     @r.put(
@@ -586,7 +599,7 @@ def build_router(rt: Runtime) -> APIRouter:
         response_model=ChargerDoc,
     )
     async def put_enabled(cid: str, body: EnabledBody) -> Response:
-        rt.command(cid, lambda ch: ch.set_enabled(body.enabled))
+        apply(cmd.SetEnabled(cid, body.enabled))
         return _out(doc(cid))
 
     @r.put(
@@ -597,7 +610,7 @@ def build_router(rt: Runtime) -> APIRouter:
     )
     async def put_limit(cid: str, body: CurrentLimitBody) -> Response:
         try:
-            rt.command(cid, lambda ch: ch.set_user_limit(body.current))
+            apply(cmd.SetUserLimit(cid, body.current))
         except CommandError as exc:
             raise CommandError("current", exc.message, exc.allowed) from None  # the body's field name
         return _out(doc(cid))
@@ -610,16 +623,13 @@ def build_router(rt: Runtime) -> APIRouter:
     )
     async def put_caps(cid: str, body: CapsBody) -> Response:
         fields = body.model_fields_set
-
-        def act(ch: Charger) -> None:
-            if "energy_kwh" in fields and body.energy_kwh is not None:
-                check_range("energy_kwh", body.energy_kwh, 0, 1000, " kWh")
-            if "energy_kwh" in fields:
-                ch.set_energy_cap(body.energy_kwh or None)
-            if "time_min" in fields:
-                ch.set_time_cap(body.time_min or None)
-
-        rt.command(cid, act)
+        commands: list[cmd.Command] = []
+        if "energy_kwh" in fields:
+            commands.append(cmd.SetEnergyCap(cid, body.energy_kwh or None))
+        if "time_min" in fields:
+            commands.append(cmd.SetTimeCap(cid, body.time_min or None))
+        rt.charger(cid)
+        apply(commands)
         return _out(doc(cid))
 
     @r.put(
@@ -629,7 +639,7 @@ def build_router(rt: Runtime) -> APIRouter:
         response_model=ChargerDoc,
     )
     async def put_auto(cid: str, body: AutoChargeBody) -> Response:
-        rt.command(cid, lambda ch: ch.set_auto_charge(body.auto_charge))
+        apply(cmd.SetAutoCharge(cid, body.auto_charge))
         return _out(doc(cid))
 
     @r.put(
@@ -639,7 +649,7 @@ def build_router(rt: Runtime) -> APIRouter:
         response_model=ChargerDoc,
     )
     async def put_mode(cid: str, body: ModeBody) -> Response:
-        rt.command(cid, lambda ch: ch.set_mode(body.mode))
+        apply(cmd.SetMode(cid, body.mode))
         return _out(doc(cid))
 
     @r.put(
@@ -649,15 +659,26 @@ def build_router(rt: Runtime) -> APIRouter:
         response_model=ChargerDoc,
     )
     async def put_phase_mode(cid: str, body: PhaseModeBody) -> Response:
-        rt.command(cid, lambda ch: ch.set_phase_mode(body.phase_mode))
+        apply(cmd.SetPhaseMode(cid, body.phase_mode))
         return _out(doc(cid))
 
     @r.post(
         "/chargers/{cid}/reset", tags=["commands"], summary="Clear latched faults", response_model=ChargerDoc
     )
     async def reset(cid: str) -> Response:
-        rt.command(cid, lambda ch: ch.reset_faults(), persist=False)
+        apply(cmd.ResetFaults(cid))
         return _out(doc(cid))
+
+    @r.get(
+        "/commands",
+        tags=["commands"],
+        summary="The commands applied lately, oldest first, with their origin",
+        response_model=list[AppliedCommandDoc],
+    )
+    async def recent_commands(
+        limit: Annotated[QueryInt, Query(ge=1, le=RECENT_COMMANDS)] = 50,
+    ) -> Response:
+        return _out(list(rt.recent_commands)[-limit:])
 
     @r.get(
         "/sessions",
@@ -692,7 +713,7 @@ def build_router(rt: Runtime) -> APIRouter:
 
     @r.put("/settings", tags=["settings"], summary="Change site settings", response_model=SettingsDoc)
     async def put_settings(body: SiteSettingsBody) -> Response:
-        rt.set_site_mode(body.mode)
+        apply(cmd.SetSiteMode(body.mode))
         return await get_settings()
 
     @r.put(
@@ -737,8 +758,7 @@ def build_router(rt: Runtime) -> APIRouter:
     async def put_site_limit(body: SiteLimitBody) -> Response:
         now = rt.clock.now()
         expires = None if body.timeout_s is None else now + body.timeout_s
-        rt.engine.set_site_cap(body.source, body.amps, expires)
-        rt.recompute()
+        apply(cmd.SetSiteCap(body.source, body.amps, expires))
         return _out({"source": body.source, "amps": body.amps, "timeout_s": body.timeout_s})
 
     @r.put(
@@ -748,8 +768,7 @@ def build_router(rt: Runtime) -> APIRouter:
         response_model=RelayDoc,
     )
     async def put_relay(body: RelayBody) -> Response:
-        rt.engine.grid_relay_open = body.open
-        rt.recompute()
+        apply(cmd.SetGridRelay(body.open))
         return _out({"open": body.open})
 
     @r.get(

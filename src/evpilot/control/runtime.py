@@ -7,7 +7,8 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -18,6 +19,7 @@ from evpilot.config import (
     ConfigError,
     MeterSpec,
     SiteModel,
+    SolarModel,
     field_bounds,
     with_fuses,
 )
@@ -40,8 +42,9 @@ from evpilot.control.views import (
     charger_raw,
     charger_view,
 )
+from evpilot.core import commands as cmd
 from evpilot.core import events as ev
-from evpilot.core.charger import MODES, Charger
+from evpilot.core.charger import Charger, ChargerConfig
 from evpilot.core.errors import CommandError, check_range
 from evpilot.core.schedule import DAY_S, Schedule, ScheduleAction, due
 from evpilot.core.session import SessionCheckpoint, SessionRecord, StopReason
@@ -76,6 +79,8 @@ _SETTING_KEYS = (
     "mode",
     "phase_mode",
 )
+# Applied commands kept for `recent_commands` (the native API's `GET /api/commands`).
+RECENT_COMMANDS = 200
 # Site settings that hold fuses changed at run time: restored through their validating setters.
 _FUSE_KEYS = ("mains_limit", "max_current", "circuit_limits")
 
@@ -215,6 +220,7 @@ class Runtime:
         self.tick_times: list[float] = []
         self.overloads = OverloadMonitor()
         self.schedules: dict[str, Schedule] = {}
+        self.recent_commands: deque[dict[str, Any]] = deque(maxlen=RECENT_COMMANDS)
         if store is not None:
             self._restore(store)
         # Shelly auto_balance: metered circuit nodes with their EM drivers (started with the runtime).
@@ -674,14 +680,131 @@ class Runtime:
         except KeyError:
             raise UnknownCharger(cid) from None
 
-    def command(self, cid: str, action: Callable[[Charger], None], persist: bool = True) -> Charger:
-        """Run a validated command on a charger, persist its settings and recompute at once."""
-        ch = self.charger(cid)
-        action(ch)
-        if persist:
+    def apply(self, commands: cmd.Command | Sequence[cmd.Command], origin: str) -> None:
+        """Check every command, then apply them all, log each with its origin and tick at once.
+
+        A refusal (CommandError, UnknownCharger) comes before any change: a batch is all or nothing.
+        `origin` names the face that sent it (`rest:native`, `ws`, `mqtt:smartevse`, ...).
+        """
+        batch: Sequence[cmd.Command] = commands if isinstance(commands, list | tuple) else (commands,)
+        # Later commands are checked against the MIN and MAX the earlier ones set.
+        pending: dict[str, ChargerConfig] = {}
+        try:
+            for command in batch:
+                self.check(command, pending)
+        except (CommandError, UnknownCharger) as exc:
+            log.debug("command refused origin=%s: %s", origin, exc)
+            raise
+        now = self.clock.now()
+        touched: dict[str, Charger] = {}
+        for command in batch:
+            doc = cmd.to_json(command)
+            self._apply(command, now, touched)
+            log.info("command %s origin=%s", doc, origin)
+            self.recent_commands.append(
+                {
+                    "at": round(now, 3),
+                    "origin": origin,
+                    "command": doc["command"],
+                    "fields": {k: v for k, v in doc.items() if k != "command"},
+                }
+            )
+        for ch in touched.values():
             self._persist(ch)
         self.recompute()
-        return ch
+
+    def check(self, c: cmd.Command, pending: dict[str, ChargerConfig] | None = None) -> None:
+        """Refuse a command the site or its charger cannot take now (CommandError, UnknownCharger).
+
+        `pending` holds the charger configs as the batch's earlier commands leave them (MIN, MAX);
+        a command that changes them updates it.
+        """
+        configs = {} if pending is None else pending
+
+        def config(cid: str) -> ChargerConfig:
+            return configs.get(cid) or self.charger(cid).config
+
+        match c:
+            case cmd.SetSiteMode(mode=mode):
+                cmd.site_mode(mode)
+            case cmd.SetCapacityLimit(amps=amps):
+                cmd.capacity_limit(amps)
+            case cmd.SetCapStop(seconds=seconds):
+                low, high = field_bounds(SiteModel, "cap_stop_min")
+                check_range("cap_stop_s", seconds, low * 60, high * 60, " s")
+            case cmd.SetSolar():
+                for name in ("start_current", "stop_min", "max_import"):
+                    value = getattr(c, name)
+                    if value is not None:
+                        check_range(name, value, *field_bounds(SolarModel, name))
+            case cmd.SetMinCurrent(amps=amps):
+                value = self._check_min_current(amps)
+                for cid in self.engine.chargers:
+                    configs[cid] = replace(config(cid), min_current=value)
+            case cmd.SetFuses(charger=cid, max_current=max_current):
+                self.set_fuses(**self._fuses(c), dry_run=True)
+                if cid is not None and max_current is not None:
+                    configs[cid] = replace(config(cid), max_current=float(max_current))
+            case cmd.SetSiteCap(source=source, amps=amps):
+                if source not in cmd.SITE_CAP_SOURCES:
+                    raise CommandError(
+                        "source", f"{source!r} is not one of {', '.join(cmd.SITE_CAP_SOURCES)}"
+                    )
+                if amps is not None:
+                    check_range("amps", amps, 0.0, cmd.MAX_SITE_CAP_A, " A")
+            case cmd.SetGridRelay(open=is_open):
+                if not isinstance(is_open, bool):
+                    raise CommandError("open", "must be true or false")
+            case cmd.SetSchedule(charger=cid, start_at=start, stop_at=stop, repeat=repeat):
+                cmd.check(c, config(cid))
+                self.check_schedule(start, stop, repeat)
+            case _:
+                target = cmd.charger_of(c)
+                assert target is not None
+                cmd.check(c, config(target))
+
+    @staticmethod
+    def _fuses(c: cmd.SetFuses) -> dict[str, Any]:
+        fuses: dict[str, Any] = {}
+        if c.mains is not None:
+            fuses["mains"] = c.mains
+        if c.circuit is not None and c.circuit_limit is not None:
+            fuses["circuit"] = (c.circuit, c.circuit_limit)
+        if c.charger is not None and c.max_current is not None:
+            fuses["charger"] = (c.charger, c.max_current)
+        return fuses
+
+    def _apply(self, c: cmd.Command, now: float, touched: dict[str, Charger]) -> None:
+        """Apply one checked command (site setters persist and recompute themselves)."""
+        match c:
+            case cmd.SetSiteMode(mode=mode):
+                self.set_site_mode(mode)
+            case cmd.SetCapacityLimit(amps=amps):
+                self.set_capacity_limit(amps)
+            case cmd.SetCapStop(seconds=seconds):
+                self.update_site(cap_stop_s=float(seconds))
+            case cmd.SetSolar():
+                names = ("start_current", "stop_min", "max_import")
+                self.update_site(solar={k: float(getattr(c, k)) for k in names if getattr(c, k) is not None})
+            case cmd.SetMinCurrent(amps=amps):
+                self.set_min_current(amps)
+            case cmd.SetFuses():
+                self.set_fuses(**self._fuses(c))
+            case cmd.SetSiteCap(source=source, amps=amps, expires_at=expires):
+                self.engine.set_site_cap(source, amps, expires)
+            case cmd.SetGridRelay(open=is_open):
+                self.engine.grid_relay_open = bool(is_open)
+            case cmd.SetSchedule(charger=cid, start_at=start, stop_at=stop, repeat=repeat):
+                self.set_schedule(cid, start, stop, repeat)
+            case cmd.ClearStart(charger=cid):
+                self.clear_start(cid)
+            case _:
+                target = cmd.charger_of(c)
+                assert target is not None
+                ch = self.charger(target)
+                _apply_charger(ch, c, now)
+                if getattr(c, "persist", False):
+                    touched[target] = ch
 
     def update_site(self, **changes: Any) -> SiteConfig:
         """Replace site settings (already range-checked by the caller); a dict updates a nested group."""
@@ -710,12 +833,16 @@ class Runtime:
                 merged[key] = value
         self.store.set_setting("site", merged)
 
-    def set_min_current(self, amps: float) -> None:
-        """Set MIN (A per phase, 6-16) of every charger; refused if above a charger's MAX."""
-        value = check_range("current_min", amps, 6.0, 16.0, " A")
+    def _check_min_current(self, amps: float) -> float:
+        value = check_range("current_min", amps, *cmd.MIN_CURRENT_RANGE, " A")
         for ch in self.engine.chargers.values():
             if value > ch.config.max_current:
                 raise CommandError("current_min", f"{value} A is above {ch.config.id}'s MAX")
+        return value
+
+    def set_min_current(self, amps: float) -> None:
+        """Set MIN (A per phase, 6-16) of every charger; refused if above a charger's MAX."""
+        value = self._check_min_current(amps)
         for ch in self.engine.chargers.values():
             ch.config = replace(ch.config, min_current=value)
         self._save_site(min_current=value)
@@ -723,15 +850,14 @@ class Runtime:
 
     def set_site_mode(self, mode: str) -> None:
         """Set the site's default mode."""
-        if mode not in MODES:
-            raise CommandError("mode", f"{mode!r} is not one of {', '.join(MODES)}")
+        cmd.site_mode(mode)
         self.engine.site = replace(self.engine.site, mode=mode)
         self._save_site(mode=mode)
         self.recompute()
 
     def set_capacity_limit(self, amps: float | None) -> None:
         """Set the CAPACITY limit (A summed over the phases, 10-600); None or 0 removes it."""
-        value = None if not amps else check_range("capacity_limit", amps, 10.0, 600.0, " A")
+        value = cmd.capacity_limit(amps)
         self.engine.site = replace(self.engine.site, capacity_limit=value)
         self._save_site(capacity_limit=value)
         self.recompute()
@@ -1078,6 +1204,54 @@ def _meter_doc(
         "errors": {k.value: v for k, v in sorted(health.errors.items())},
         "last_error": health.last_error,
     }
+
+
+def _apply_charger(ch: Charger, c: cmd.ChargerCommand, now: float) -> None:
+    """Apply one checked charger command."""
+    match c:
+        case cmd.SetEnabled(enabled=on):
+            ch.set_enabled(on)
+        case cmd.SetAvailable(available=on):
+            ch.set_available(on)
+        case cmd.Authorize(authorized=on, id_tag=tag):
+            ch.set_authorized(on, tag)
+        case cmd.Start(id_tag=tag):
+            if tag is not None:
+                ch.set_authorized(True, tag)
+            ch.request_start(now)
+        case cmd.Stop():
+            ch.request_stop(now)
+        case cmd.SetUserLimit(amps=amps):
+            ch.set_user_limit(amps)
+        case cmd.SetOverride(amps=amps):
+            ch.set_override(amps)
+        case cmd.SetLease(name=name, amps=amps, expires_at=expires):
+            ch.set_lease(name, amps, expires)
+        case cmd.SetPowerLease(name=name, watts=watts, expires_at=expires):
+            ch.set_power_lease(name, watts, expires)
+        case cmd.RenewLeases(names=names, expires_at=expires):
+            for name in names:
+                lease = ch.leases.get(name)
+                if lease is not None:
+                    lease.expires_at = expires
+        case cmd.SetEnergyCap(kwh=kwh):
+            ch.set_energy_cap(kwh)
+        case cmd.SetTimeCap(minutes=minutes):
+            ch.set_time_cap(minutes)
+        case cmd.SetUnderPower(watts=watts):
+            ch.set_under_power_limit(watts)
+        case cmd.SetAutoCharge(auto_charge=on):
+            ch.set_auto_charge(on)
+        case cmd.SetMode(mode=mode):
+            ch.set_mode(mode)
+        case cmd.SetPhaseMode(phase_mode=mode):
+            ch.set_phase_mode(mode)
+        case cmd.ResetFaults():
+            ch.reset_faults()
+        case cmd.ResetLifetime():
+            ch.reset_lifetime()
+        case _:
+            raise AssertionError(f"not a charger command: {c!r}")
 
 
 def _rec(r: SessionRecord) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from evpilot.core.iec61851 import DRAW_THRESHOLD_A, PilotState
 from evpilot.core.profiles import Limit
 from evpilot.core.session import LimitReached
 from evpilot.core.site import CircuitConfig, SiteConfig
+from evpilot.core.sources import Source
 from evpilot.core.units import Phases
 
 _CHARGING = WorkState.CHARGING
@@ -82,8 +83,8 @@ class ChargerView:
     available_current: float
     commanded: float
     signaled: float
-    limit_source: str
-    available_source: str
+    limit_source: Source
+    available_source: Source
     currents: Phases
     voltages: Phases
     power_w: float
@@ -436,8 +437,8 @@ def charger_doc(v: ChargerView, now: float) -> dict[str, Any]:
             "commanded": round(v.commanded, 1),
             "signaled": round(v.signaled, 1),
         },
-        "limit_source": v.limit_source,
-        "available_source": v.available_source,
+        "limit_source": v.limit_source.text,
+        "available_source": v.available_source.text,
         "amperage": [round(a[0], 2), round(a[1], 2), round(a[2], 2)],
         "voltage": [round(u[0], 1), round(u[1], 1), round(u[2], 1)],
         "power_w": round(v.power_w, 1),

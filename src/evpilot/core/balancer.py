@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 
+from evpilot.core import sources as src_
 from evpilot.core.charger import ChargerConfig, Phases
 from evpilot.core.fill import FillCache, Problem, fill
 from evpilot.core.site import (
@@ -21,6 +22,7 @@ from evpilot.core.site import (
     SiteConfig,
     Snapshot,
 )
+from evpilot.core.sources import Source
 from evpilot.core.units import PhaseMap
 
 SOLAR_MODES = ("solar", "min+solar")
@@ -32,6 +34,25 @@ TRIP_FACTOR = 2.0
 ABSURD_A = 1000.0
 ABSURD_FACTOR = 3.0
 _NEW_MEMO = ChargerMemo()
+# Sources by module-level name: a module attribute lookup per use is measurable at 1,000 chargers.
+_S_BATTERY = src_.BATTERY
+_S_CAPACITY = src_.CAPACITY
+_S_EV = src_.EV
+_S_FALLBACK = src_.FALLBACK
+_S_GRID_RELAY = src_.GRID_RELAY
+_S_IDLE = src_.IDLE
+_S_IMPORT = src_.IMPORT
+_S_MAINS = src_.MAINS
+_S_MIN = src_.MIN
+_S_NONE = src_.NONE
+_S_OFF = src_.OFF
+_S_PHASE_SWITCH = src_.PHASE_SWITCH
+_S_RAMP = src_.RAMP
+_S_SHORTAGE = src_.SHORTAGE
+_S_SITE = src_.SITE
+_S_SOLAR = src_.SOLAR
+_S_STALE_CHARGER = src_.STALE_CHARGER
+_S_TRIP = src_.TRIP
 # Each field's slot setter, in field order: a changed memo is filled slot by slot (what the frozen
 # dataclass's __init__ does through object.__setattr__, at about half the cost).
 _MEMO_SLOTS = tuple(getattr(ChargerMemo, f.name).__set__ for f in fields(ChargerMemo))
@@ -74,9 +95,11 @@ _UNPLUGGED: tuple[float | None, bool, int | None, int] = (None, False, None, 0)
 _UNSEEN = _UNPLUGGED
 _SEEN_3P: tuple[float | None, bool, int | None, int] = (None, False, 3, 0)
 # Decisions are immutable values that repeat tick after tick: shared instead of built anew.
-_ALLOCS: dict[tuple[float, int, str], ChargerAllocation] = {}
+# Keyed by the source's id, not the source (hashing it is a Python call): safe, as the stored
+# allocation keeps that source alive, so no other object can take its id while the entry is there.
+_ALLOCS: dict[tuple[float, int, int], ChargerAllocation] = {}
 # The same, keyed by the value before rounding: a repeated decision skips the rounding.
-_ALLOCS_BY_VALUE: dict[tuple[float, int, str], ChargerAllocation] = {}
+_ALLOCS_BY_VALUE: dict[tuple[float, int, int], ChargerAllocation] = {}
 # (id of a memo, new pause end) -> (that memo, the memo with only the pause end changed).
 _PAUSED_MEMOS: dict[tuple[int, float], tuple[ChargerMemo, ChargerMemo]] = {}
 
@@ -204,7 +227,7 @@ class _Shape:
     """The constraint structure of a site for one set of charging chargers (cached)."""
 
     keys: tuple[tuple[str, int], ...]
-    sources: tuple[str, ...]
+    sources: tuple[Source, ...]
     members: list[list[tuple[int, float]]]
     uses: list[list[tuple[int, float]]]
     weights: tuple[float, ...]
@@ -223,11 +246,11 @@ def _structure(
     paths = circuit_paths(circuits)
     names = {c.name for c in circuits}
     keys: list[tuple[str, int]] = []
-    sources: list[str] = []
+    sources: list[Source] = []
     index: dict[tuple[str, int], int] = {}
     uses: list[list[tuple[int, float]]] = [[] for _ in range(n)]
 
-    def con(key: tuple[str, int], source: str) -> int:
+    def con(key: tuple[str, int], source: Source) -> int:
         c = index.get(key)
         if c is None:
             c = len(keys)
@@ -242,14 +265,14 @@ def _structure(
             if node and node not in names:
                 continue
             for p in used:
-                uses[idx].append((con((node, p), f"circuit:{node}" if node else "mains"), 1.0))
+                uses[idx].append((con((node, p), src_.circuit(node) if node else _S_MAINS), 1.0))
         if capacity:
-            uses[idx].append((con(("#capacity", 0), "capacity"), float(len(used))))
+            uses[idx].append((con(("#capacity", 0), _S_CAPACITY), float(len(used))))
         if relay:
-            uses[idx].append((con(("#relay", 0), "grid_relay"), float(len(used))))
+            uses[idx].append((con(("#relay", 0), _S_GRID_RELAY), float(len(used))))
         for k in range(site_limits):
             for p in used:
-                uses[idx].append((con((f"#site{k}", p), "site"), 1.0))
+                uses[idx].append((con((f"#site{k}", p), _S_SITE), 1.0))
     members: list[list[tuple[int, float]]] = [[] for _ in keys]
     for idx, lst in enumerate(uses):
         for c, coef in lst:
@@ -527,10 +550,10 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     car_seen: list[tuple[float | None, bool, int | None, int]] = [_UNSEEN] * n
     caps = [0.0] * n
     ev_limited = [False] * n
-    cap_src = ["idle"] * n
+    cap_src: list[Source] = [_S_IDLE] * n
     eff_phases = [1] * n
     # Per charger: the fallback cap and its source when a reading it depends on is missing.
-    fb_cap: dict[int, tuple[float, str]] = {}
+    fb_cap: dict[int, tuple[float, Source]] = {}
     candidates: list[int] = []
     # Candidates in a solar mode, and chargers in solar mode whose memo holds a solar start.
     solar_ids: list[int] = []
@@ -629,20 +652,20 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             eff = 1
         eff_phases[idx] = eff
         if ci.mode == "off":
-            cap_src[idx] = "off"
+            cap_src[idx] = _S_OFF
             continue
         if ci.limit < cfg.min_current - _EPS:
             cap_src[idx] = ci.limit_source
             continue
         if ci.demand == 0:
-            cap_src[idx] = "idle"
+            cap_src[idx] = _S_IDLE
             continue
         if m.paused_until > now:
-            cap_src[idx] = "shortage"
+            cap_src[idx] = _S_SHORTAGE
             continue
         cap, src = ci.limit, ci.limit_source
         if ci.demand == 1 and cfg.min_current < cap:
-            cap, src = cfg.min_current, "ev"
+            cap, src = cfg.min_current, _S_EV
         elif ci.charging and m.current > 0 and not stale:
             # A car drawing clearly less than offered (after it had time to follow the last
             # raise) is capped near its draw; the cap lifts once it uses what it has.
@@ -656,23 +679,23 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             if limited:
                 need = max(cfg.min_current, drawn + ev_headroom)
                 if need < cap:
-                    cap, src = need, "ev"
+                    cap, src = need, _S_EV
                     ev_limited[idx] = True
         caps[idx] = cap
         cap_src[idx] = src
         # A stale or refused reading never raises a setpoint: at most what the charger had before.
-        fb: tuple[float, str] | None = None
+        fb: tuple[float, Source] | None = None
         if not fresh:
-            fb = (min(fallback_current, m.current), "fallback")
+            fb = (min(fallback_current, m.current), _S_FALLBACK)
         elif stale_circuits and cfg.circuit is not None:
             for name in paths.get(cfg.circuit, ()):
                 if name in stale_circuits:
-                    fb = (min(fallback_current, m.current), f"stale:{name}")
+                    fb = (min(fallback_current, m.current), src_.stale(name))
                     break
         if stale:
             value = min(cfg.safe_current, m.current)
             if fb is None or value < fb[0]:
-                fb = (value, "stale:charger")
+                fb = (value, _S_STALE_CHARGER)
         if fb is not None:
             fb_cap[idx] = fb
         candidates.append(idx)
@@ -716,7 +739,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     if tripped:
         for idx, ci in enumerate(chargers):
             m = memo_in[idx]
-            out[ci.config.id] = ChargerAllocation(0.0, phases[idx], "trip")
+            out[ci.config.id] = ChargerAllocation(0.0, phases[idx], _S_TRIP)
             stopped_at = now if m.current > 0 else m.stopped_at
             new_memos[ci.config.id] = replace(m, current=0.0, phases=phases[idx], stopped_at=stopped_at)
         return Allocation(
@@ -755,14 +778,14 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     if solar_ids and surplus is not None:
         budget = surplus + site.solar.max_import
         sp = Problem()
-        con = sp.add_constraint(budget, "solar")
+        con = sp.add_constraint(budget, _S_SOLAR)
         for _ in solar_ids:
             sp.add_charger()
         index = {i: j for j, i in enumerate(solar_ids)}
         for i in solar_ids:
             sp.link(index[i], con, float(eff_phases[i]))
         s_alloc = [0.0] * len(solar_ids)
-        s_bound = [""] * len(solar_ids)
+        s_bound = [_S_NONE] * len(solar_ids)
         s_caps = [caps[i] for i in solar_ids]
         s_src = [cap_src[i] for i in solar_ids]
         # Admission: a charger waiting to start joins only when the budget still covers MIN for
@@ -821,9 +844,10 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
                 taken += need
         fill(sp, running + sorted(admitted), s_caps, s_src, s_alloc, s_bound)
         solar_left = sp.residual(con)
-        solar_src = "import" if site.solar.max_import > 0 and surplus < budget - solar_left else "solar"
-        if battery < 0 and solar_src == "solar":
-            solar_src = "battery"
+        short = site.solar.max_import > 0 and surplus < budget - solar_left
+        solar_src = _S_IMPORT if short else _S_SOLAR
+        if battery < 0 and solar_src is _S_SOLAR:
+            solar_src = _S_BATTERY
         for pos, i in enumerate(solar_ids):
             ci = chargers[i]
             m = memo_in[i]
@@ -833,7 +857,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             if ci.mode == "min+solar":
                 if share < caps[i] - _EPS:
                     caps[i] = max(mn, share)
-                    cap_src[i] = solar_src if share >= mn else "min"
+                    cap_src[i] = solar_src if share >= mn else _S_MIN
                 continue
             started = m.solar_started
             solar_phases = m.solar_phases
@@ -881,7 +905,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             )
     fallback = bool(fb_cap)
     for idx, (value, why) in fb_cap.items():
-        if value < caps[idx] - _EPS or (value <= caps[idx] + _EPS and cap_src[idx] != "ev"):
+        if value < caps[idx] - _EPS or (value <= caps[idx] + _EPS and cap_src[idx] is not _S_EV):
             caps[idx] = min(caps[idx], value)
             cap_src[idx] = why
 
@@ -919,7 +943,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     if snapshot.site_limits:
         for pos2, key in enumerate(shape.keys):
             if key[0].startswith("#site"):
-                sources[pos2] = snapshot.site_limits[int(key[0][5:])].source
+                sources[pos2] = src_.site(snapshot.site_limits[int(key[0][5:])].source)
     prob = Problem(
         capacity=capacity,
         used=[0.0] * len(capacity),
@@ -967,20 +991,20 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             if cap_stop_s <= 0:
                 # No capacity grace: whatever is violated, the charger pauses.
                 paused_now.add(i)
-                bound[i] = "shortage"
+                bound[i] = _S_SHORTAGE
                 continue
             violated = [c for c, k in ui if load[c] + k * mn > cap_list[c] + _EPS]
-            if site.cap_stop_s > 0 and all(prob.source[c] == "capacity" for c in violated):
+            if site.cap_stop_s > 0 and all(prob.source[c] is _S_CAPACITY for c in violated):
                 capacity_short = True
                 if over_since is None:
                     over_since = now
             if (
                 not capacity_short
                 or now - (over_since or now) >= site.cap_stop_s
-                or any(prob.source[c] != "capacity" for c in violated)
+                or any(prob.source[c] is not _S_CAPACITY for c in violated)
             ):
                 paused_now.add(i)
-                bound[i] = "shortage"
+                bound[i] = _S_SHORTAGE
                 continue
             active.append(i)
             for c, k in ui:
@@ -1042,7 +1066,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
                 last_raise = now
             else:
                 value = current
-                src = "ramp"
+                src = _S_RAMP
         paused_until = m.paused_until
         if paused_now and idx in paused_now:
             paused_until = now + site.shortage_pause_s
@@ -1083,21 +1107,22 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
                 else:
                     up_since = None
             if ph != phases[idx]:
-                value, src = 0.0, "phase_switch"
+                value, src = 0.0, _S_PHASE_SWITCH
                 switches += 1
         else:
             down_since = up_since = None
-        rkey = (value, ph if not single_car else 1, src)
+        ph_out = ph if not single_car else 1
+        rkey = (value, ph_out, id(src))
         decided = by_value.get(rkey)
         if decided is None:
             # Rounded down so a reported allocation never exceeds what the limits allow.
             shown = floor(value * 100.0 + 1e-6) / 100.0
-            akey = (shown, rkey[1], src)
+            akey = (shown, ph_out, rkey[2])
             decided = allocs.get(akey)
             if decided is None:
                 if len(allocs) > 10_000:
                     allocs.clear()
-                decided = allocs[akey] = ChargerAllocation(*akey)
+                decided = allocs[akey] = ChargerAllocation(shown, ph_out, src)
             if len(by_value) > 10_000:
                 by_value.clear()
             by_value[rkey] = decided
@@ -1271,7 +1296,7 @@ def _hold_raises_for_lag(
     alloc: list[float],
     memo_in: list[ChargerMemo],
     eff_phases: list[int],
-    bound: list[str],
+    bound: list[Source],
     paths: dict[str, tuple[str, ...]],
     circuit_base: dict[str, Phases],
     lag_err: dict[str, list[float]],
@@ -1284,7 +1309,7 @@ def _hold_raises_for_lag(
     """
     chargers = snapshot.chargers
     limits = {c.name: c.limit for c in snapshot.site.circuits}
-    factor: dict[int, tuple[float, str]] = {}
+    factor: dict[int, tuple[float, Source]] = {}
     for name, err in lag_err.items():
         base = circuit_base[name]
         room = [limits[name] - base[p] - err[p] for p in range(3)]
@@ -1307,8 +1332,8 @@ def _hold_raises_for_lag(
                 f = min(f, max(0.0, room[p]) / rises[p])
         if f < 1.0:
             for idx in below:
-                if f < factor.get(idx, (1.0, ""))[0]:
-                    factor[idx] = (f, f"circuit:{name}")
+                if f < factor.get(idx, (1.0, _S_NONE))[0]:
+                    factor[idx] = (f, src_.circuit(name))
     for idx, (f, src) in factor.items():
         held = min(alloc[idx], memo_in[idx].current)
         if alloc[idx] > held + _EPS:
@@ -1324,7 +1349,7 @@ def _hold_raises_for_followers(
     alloc: list[float],
     memo_in: list[ChargerMemo],
     eff_phases: list[int],
-    bound: list[str],
+    bound: list[Source],
     stale_ev: list[bool],
 ) -> None:
     """Hold raises back while a charger under the same node still draws more than its new setpoint.
@@ -1378,7 +1403,7 @@ def _hold_raises_for_followers(
                 beyond[c] = beyond.get(c, 0.0) + total
     if not beyond:
         return
-    factor: dict[int, tuple[float, str]] = {}
+    factor: dict[int, tuple[float, Source]] = {}
     for c, extra in beyond.items():
         load = 0.0
         rises = 0.0
@@ -1392,14 +1417,14 @@ def _hold_raises_for_followers(
             continue
         f = max(0.0, (rises - deficit) / rises)
         for i, _k in prob.members[c]:
-            if alloc[i] > memo_in[i].current + _EPS and f < factor.get(i, (1.0, ""))[0]:
+            if alloc[i] > memo_in[i].current + _EPS and f < factor.get(i, (1.0, _S_NONE))[0]:
                 factor[i] = (f, prob.source[c])
     for i, (f, src) in factor.items():
         held = memo_in[i].current
         value = held + f * (alloc[i] - held)
         if value < chargers[i].config.min_current - _EPS and held < chargers[i].config.min_current - _EPS:
             # A start waits (admitted, not paused): reported like an increase held by pacing.
-            value, src = 0.0, "ramp"
+            value, src = 0.0, _S_RAMP
         alloc[i] = max(value, held)
         bound[i] = src
 
@@ -1419,7 +1444,7 @@ def _idle_allocation(
     chargers: tuple[ChargerInput, ...],
     memo_in: list[ChargerMemo],
     phases: list[int],
-    cap_src: list[str],
+    cap_src: list[Source],
     car_seen: list[tuple[float | None, bool, int | None, int]],
     trip_at: float | None,
     fresh: bool,
@@ -1442,12 +1467,13 @@ def _idle_allocation(
         src = cap_src[idx]
         one_since, single_car, car_phases, switches = car_seen[idx]
         ph = phases[idx]
-        akey = (0.0, ph if not single_car else 1, src)
+        ph_out = ph if not single_car else 1
+        akey = (0.0, ph_out, id(src))
         decided = _ALLOCS.get(akey)
         if decided is None:
             if len(_ALLOCS) > 10_000:
                 _ALLOCS.clear()
-            decided = _ALLOCS[akey] = ChargerAllocation(*akey)
+            decided = _ALLOCS[akey] = ChargerAllocation(0.0, ph_out, src)
         cid = ci.config.id
         out[cid] = decided
         if (

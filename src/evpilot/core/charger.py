@@ -5,8 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from evpilot.core import commands as rules
 from evpilot.core import events as ev
-from evpilot.core.errors import CommandError, check_range
+from evpilot.core import sources as src_
+from evpilot.core.commands import MODES as MODES
+from evpilot.core.commands import PHASE_MODES as PHASE_MODES
 from evpilot.core.iec61851 import (
     DRAW_THRESHOLD_A,
     STOP_DEADLINE_S,
@@ -18,6 +21,7 @@ from evpilot.core.iec61851 import (
 )
 from evpilot.core.profiles import ConnectorCap
 from evpilot.core.session import LimitReached, Session, SessionRecord, StopReason, cap_reached
+from evpilot.core.sources import Source
 from evpilot.core.units import NOMINAL_VOLTAGE, PhaseMap, PhaseRotation, phase_map
 from evpilot.core.units import ZERO3 as ZERO3
 from evpilot.core.units import Phases as Phases
@@ -28,8 +32,6 @@ CABLE_LIMITS = (13.0, 20.0, 32.0, 63.0)
 # Charging power must stay under the under-power limit this long before the session is stopped,
 # so that a car ramping up or balancing its cells is not cut off at once.
 UNDER_POWER_S = 60.0
-MODES = ("off", "normal", "smart", "solar", "min+solar")
-PHASE_MODES = ("not_present", "always_1p", "always_3p", "solar_1p", "auto")
 
 
 class WorkState(StrEnum):
@@ -178,12 +180,12 @@ class Charger:
     power_w: float = 0.0
     # chain
     allocated: float = 0.0
-    allocation_source: str = "none"
+    allocation_source: Source = src_.NONE
     allocation_expires: float = 0.0
     active_phases: int = 3
     target_phases: int = 3
     available_current: float = 0.0
-    available_source: str = "max"
+    available_source: Source = src_.MAX
     commanded: float = 0.0
     signaled: float = 0.0
     last_increase_at: float = -1e18
@@ -254,35 +256,26 @@ class Charger:
 
     def set_user_limit(self, amps: float | None) -> None:
         """User current limit, 6 A to MAX in 0.1 A steps; None removes it."""
-        if amps is None:
-            self.user_limit = None
-            return
-        value = check_range("current_limit", amps, 6.0, self.config.max_current, " A")
-        if abs(round(value * 10) - value * 10) > 1e-6:
-            raise CommandError("current_limit", f"{amps} A is not a multiple of 0.1 A")
-        self.user_limit = round(value, 1)
+        self.user_limit = rules.user_limit(amps, self.config)
 
     def set_override(self, amps: float | None) -> None:
         """Override current (0 = off, else 6 A to MAX)."""
-        if amps is None or amps == 0:
-            self.override = None
-            return
-        self.override = check_range("override_current", amps, 6.0, self.config.max_current, " A")
+        self.override = rules.override(amps, self.config)
 
     def set_lease(self, source: str, amps: float | None, expires_at: float | None) -> None:
         """A leased external cap in A (0 stops charging); None hands control back."""
-        if amps is None:
+        value = rules.lease_amps(source, amps)
+        if value is None:
             self.leases.pop(source, None)
             return
-        value = check_range(source, amps, 0.0, 80.0, " A")
         self.leases[source] = Lease(value, expires_at)
 
     def set_power_lease(self, source: str, watts: float | None, expires_at: float | None) -> None:
         """A leased power cap in W, turned into A with the phases in use at every tick; None hands back."""
-        if watts is None:
+        value = rules.lease_watts(source, watts)
+        if value is None:
             self.leases.pop(source, None)
             return
-        value = check_range(source, watts, 0.0, 80.0 * NOMINAL_VOLTAGE * 3, " W")
         self.leases[source] = Lease(self._power_amps(value), expires_at, value)
 
     def _power_amps(self, watts: float) -> float:
@@ -290,24 +283,19 @@ class Charger:
 
     def set_energy_cap(self, kwh: float | None) -> None:
         """Session energy cap, 0-1000 kWh (None or 0 = none)."""
-        self.energy_cap_kwh = (
-            None if kwh is None else check_range("global_charge_limit", kwh, 0.0, 1000.0, " kWh")
-        )
+        self.energy_cap_kwh = rules.energy_cap(kwh)
         if self.limit_reached == LimitReached.ENERGY:
             self.limit_reached = None
 
     def set_time_cap(self, minutes: float | None) -> None:
         """Session duration cap, 0-1440 min (None or 0 = none)."""
-        self.time_cap_min = (
-            None if minutes is None else check_range("global_time_limit", minutes, 0.0, 1440.0, " min")
-        )
+        self.time_cap_min = rules.time_cap(minutes)
         if self.limit_reached == LimitReached.TIME:
             self.limit_reached = None
 
     def set_under_power_limit(self, watts: float | None) -> None:
         """Stop the session once charging power stays below `watts` (0-100,000 W; None or 0 = off)."""
-        value = None if watts is None else check_range("under_power_limit", watts, 0.0, 100_000.0, " W")
-        self.under_power_w = value or None
+        self.under_power_w = rules.under_power(watts)
         self.under_power_since = None
         if self.limit_reached == LimitReached.UNDER_POWER:
             self.limit_reached = None
@@ -318,17 +306,11 @@ class Charger:
 
     def set_mode(self, mode: str | None) -> None:
         """Charging mode (off, normal, smart, solar, min+solar); None follows the site."""
-        if mode is not None and mode not in MODES:
-            raise CommandError("mode", f"{mode!r} is not one of {', '.join(MODES)}")
-        self.mode = mode
+        self.mode = rules.mode(mode)
 
     def set_phase_mode(self, mode: str) -> None:
         """Second-contactor mode (not_present, always_1p, always_3p, solar_1p, auto)."""
-        if mode not in PHASE_MODES:
-            raise CommandError("phase_mode", f"{mode!r} is not one of {', '.join(PHASE_MODES)}")
-        if self.config.phases == 1 and mode not in ("not_present", "always_1p"):
-            raise CommandError("phase_mode", "a 1-phase charger cannot switch phases")
-        self.phase_mode = mode
+        self.phase_mode = rules.phase_mode(mode, self.config)
 
     def reset_faults(self) -> None:
         """Clear latched faults (the hardware re-raises any that persist)."""
@@ -367,15 +349,15 @@ class Charger:
             return 2
         return 0 if self.ev_done else 1
 
-    def own_limit(self, now: float) -> tuple[float, str]:
+    def own_limit(self, now: float) -> tuple[float, Source]:
         """The lowest of this charger's own caps and the source that binds."""
-        best, source = self.config.max_current, "max"
+        best, source = self.config.max_current, src_.MAX
         if self.cable_limit is not None and self.cable_limit < best:
-            best, source = self.cable_limit, "cable"
+            best, source = self.cable_limit, src_.CABLE
         if self.user_limit is not None and self.user_limit < best:
-            best, source = self.user_limit, "user"
+            best, source = self.user_limit, src_.USER
         if self.override is not None and self.override < best:
-            best, source = self.override, "override"
+            best, source = self.override, src_.OVERRIDE
         if self.leases:
             for name, lease in self.leases.items():
                 if lease.expires_at is not None and now >= lease.expires_at:
@@ -385,13 +367,13 @@ class Charger:
                     # draw three times the current for the same power.
                     lease.value = self._power_amps(lease.watts)
                 if lease.value < best:
-                    best, source = lease.value, name
+                    best, source = lease.value, src_.lease(name)
         if self.profile_cap is not None:
             scheduled = self.profile_cap.limit_at(now, self.active_phases)
             if scheduled is not None and scheduled.amps < best:
-                best, source = max(0.0, scheduled.amps), scheduled.source
+                best, source = max(0.0, scheduled.amps), src_.parse(scheduled.source)
         if _TEMPERATURE_HIGH in self.errors:
-            best, source = 0.0, "temperature"
+            best, source = 0.0, src_.TEMPERATURE
         return best, source
 
     def drop_expired_leases(self, now: float) -> list[str]:
@@ -535,7 +517,7 @@ class Charger:
             self.limit_reached = LimitReached.UNDER_POWER
             self.events.append(ev.LimitReached(self.config.id, now, LimitReached.UNDER_POWER))
 
-    def apply(self, now: float, allocated: float, source: str, phases: int, lease_s: float) -> PilotOutput:
+    def apply(self, now: float, allocated: float, source: Source, phases: int, lease_s: float) -> PilotOutput:
         """Run the current chain for a new allocation and decide PWM and contactor."""
         self.allocated = allocated
         self.allocation_source = source
@@ -546,7 +528,7 @@ class Charger:
     def fallback(self, now: float) -> PilotOutput:
         """The allocation lease lapsed: drive at the configured safe current."""
         self.allocated = min(self.allocated, self.config.safe_current)
-        self.allocation_source = "lease"
+        self.allocation_source = src_.LAPSED
         return self._drive(now)
 
     def advance(self, now: float) -> PilotOutput:

@@ -6,6 +6,8 @@ import heapq
 import math
 from dataclasses import dataclass, field
 
+from evpilot.core.sources import Source
+
 _EPS = 1e-9
 ACTIVE, FROZEN = 1, 2
 # Whole floats below this are exact, and so is any sum or difference of two of them.
@@ -60,13 +62,13 @@ class Problem:
 
     capacity: list[float] = field(default_factory=list)
     used: list[float] = field(default_factory=list)
-    source: list[str] = field(default_factory=list)
+    source: list[Source] = field(default_factory=list)
     members: list[list[tuple[int, float]]] = field(default_factory=list)
     uses: list[list[tuple[int, float]]] = field(default_factory=list)
     # Shared by problems with the same members/uses (see `FillCache`); None: nothing cached.
     cache: FillCache | None = None
 
-    def add_constraint(self, capacity: float, source: str) -> int:
+    def add_constraint(self, capacity: float, source: Source) -> int:
         """Add a constraint and return its index."""
         self.capacity.append(capacity)
         self.used.append(0.0)
@@ -90,7 +92,12 @@ class Problem:
 
 
 def _fill_one(
-    problem: Problem, i: int, caps: list[float], cap_source: list[str], alloc: list[float], bound: list[str]
+    problem: Problem,
+    i: int,
+    caps: list[float],
+    cap_source: list[Source],
+    alloc: list[float],
+    bound: list[Source],
 ) -> None:
     """`fill` for one charger (most sites, most priority groups): no heap needed."""
     capacity = problem.capacity
@@ -124,9 +131,9 @@ def fill(
     problem: Problem,
     members: list[int],
     caps: list[float],
-    cap_source: list[str],
+    cap_source: list[Source],
     alloc: list[float],
-    bound: list[str],
+    bound: list[Source],
     weights: list[float] | None = None,
 ) -> None:
     """Raise `members` together (equal per-phase level) until a cap or constraint binds.

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from evpilot.core.charger import ChargerConfig, Phases
+from evpilot.core.sources import Source
 from evpilot.core.units import NOMINAL_VOLTAGE as NOMINAL_VOLTAGE
 
 # §14a EnWG: while the grid operator's relay is open, charging may draw at most 4.2 kW.
@@ -87,7 +88,7 @@ class ChargerInput:
     mode: str
     demand: int
     limit: float
-    limit_source: str
+    limit_source: Source
     measured: Phases
     session_kwh: float = 0.0
     phase_mode: str = "not_present"
@@ -178,7 +179,7 @@ class ChargerAllocation:
 
     current: float
     phases: int
-    source: str
+    source: Source
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from evpilot.core.site import (
     Reading,
     SiteConfig,
 )
+from evpilot.core.sources import SourceKind
 
 _EPS = 1e-6
 
@@ -48,7 +49,7 @@ def settled(
         before is not None
         and after is before
         and decision.current == 0.0
-        and decision.source != "trip"
+        and decision.source.kind is not SourceKind.TRIP
         and idle_input(ci)
         and not (ci.mode in SOLAR_MODES and before.solar_started is not None)
     )

@@ -9,8 +9,11 @@ from evpilot.api.esp32evse import vocab
 from evpilot.api.mqtt_payload import Misrouted, Out, parse_bool, parse_number
 from evpilot.control.runtime import Runtime
 from evpilot.control.views import ChargerView
+from evpilot.core import commands as cmd
 
 COMMANDS = ("enabled", "current")
+# The origin of the commands sent on these topics.
+ORIGIN = "mqtt:esp32evse"
 
 
 class Esp32Topics:
@@ -60,8 +63,6 @@ class Esp32Topics:
     def handle(self, cid: str, what: str, text: str) -> None:
         """Validate and apply one command; raises Rejected (or CommandError)."""
         if what == "enabled":
-            on = parse_bool(text, what)
-            self.rt.command(cid, lambda ch: ch.set_enabled(on))
+            self.rt.apply(cmd.SetEnabled(cid, parse_bool(text, what)), ORIGIN)
         else:
-            amps = vocab.tenths(parse_number(text, what))
-            self.rt.command(cid, lambda ch: ch.set_user_limit(amps))
+            self.rt.apply(cmd.SetUserLimit(cid, vocab.tenths(parse_number(text, what))), ORIGIN)

@@ -18,9 +18,6 @@ from starlette.responses import PlainTextResponse, Response
 from evpilot import __version__
 from evpilot.api.edge import Problem, Refusal, boolean, json_response, number, read_json_body
 from evpilot.api.esp32evse.vocab import (
-    MAX_CONSUMPTION_WS,
-    MAX_TIME_LIMIT_S,
-    MAX_UNDER_POWER_W,
     WS_PER_KWH,
     charging_current,
     shown_state,
@@ -28,8 +25,9 @@ from evpilot.api.esp32evse.vocab import (
 )
 from evpilot.api.facade import CHARGER_PREFIX, BodyLimit, Routes
 from evpilot.control.runtime import Runtime, UnknownCharger
+from evpilot.core import commands as cmd
 from evpilot.core.charger import Charger
-from evpilot.core.errors import CommandError, check_range
+from evpilot.core.errors import CommandError
 
 # The firmware refuses request bodies over 50 KB.
 MAX_BODY = 50 * 1024
@@ -40,7 +38,8 @@ TEXT_400 = "Server unable to understand request due to invalid syntax"
 TEXT_401 = "This request requires authentication"
 TEXT_404 = "This URI does not exist"
 
-Action = Callable[[Charger], None]
+# The origin of the commands this API sends.
+ORIGIN = "rest:esp32evse"
 
 
 # The firmware's plain-text body for each refusal status; 400 adds the problems.
@@ -59,40 +58,57 @@ def _too_large() -> Response:
     return PlainTextResponse(TEXT_413, status_code=413)
 
 
-# Each converter validates one value in the firmware's units and returns the core command for it.
-def _enabled(value: Any, ch: Charger) -> Action:
-    flag = boolean("enabled", value)
-    return lambda c: c.set_enabled(flag)
+# Each converter reads one value in the firmware's units and returns the core command for it; the
+# runtime checks its range (`check`), and a refusal is given back in the firmware's name and unit.
+def _enabled(cid: str, value: Any) -> cmd.Command:
+    return cmd.SetEnabled(cid, boolean("enabled", value))
 
 
-def _available(value: Any, ch: Charger) -> Action:
-    flag = boolean("available", value)
-    return lambda c: c.set_available(flag)
+def _available(cid: str, value: Any) -> cmd.Command:
+    return cmd.SetAvailable(cid, boolean("available", value))
 
 
-def _charging_current(value: Any, ch: Charger) -> Action:
-    amps = check_range(
-        "chargingCurrent", tenths(number("chargingCurrent", value)), 6.0, ch.config.max_current, " A"
-    )
-    return lambda c: c.set_user_limit(amps)
+def _charging_current(cid: str, value: Any) -> cmd.Command:
+    return cmd.SetUserLimit(cid, tenths(number("chargingCurrent", value)))
 
 
-def _consumption_limit(value: Any, ch: Charger) -> Action:
-    ws = number("consumptionLimit", value, 0.0, MAX_CONSUMPTION_WS, " Ws")
-    return lambda c: c.set_energy_cap(ws / WS_PER_KWH or None)
+def _consumption_limit(cid: str, value: Any) -> cmd.Command:
+    return cmd.SetEnergyCap(cid, number("consumptionLimit", value) / WS_PER_KWH or None)
 
 
-def _charging_time_limit(value: Any, ch: Charger) -> Action:
-    s = number("chargingTimeLimit", value, 0.0, MAX_TIME_LIMIT_S, " s")
-    return lambda c: c.set_time_cap(s / 60.0 or None)
+def _charging_time_limit(cid: str, value: Any) -> cmd.Command:
+    return cmd.SetTimeCap(cid, number("chargingTimeLimit", value) / 60.0 or None)
 
 
-def _under_power_limit(value: Any, ch: Charger) -> Action:
-    w = number("underPowerLimit", value, 0.0, MAX_UNDER_POWER_W, " W")
-    return lambda c: c.set_under_power_limit(w or None)
+def _under_power_limit(cid: str, value: Any) -> cmd.Command:
+    return cmd.SetUnderPower(cid, number("underPowerLimit", value) or None)
 
 
-STATE_FIELDS: dict[str, Callable[[Any, Charger], Action]] = {
+# Firmware units per core unit, and the unit's name, of the fields whose range the core checks.
+UNITS = {
+    "chargingCurrent": (1.0, " A"),
+    "consumptionLimit": (WS_PER_KWH, " Ws"),
+    "chargingTimeLimit": (60.0, " s"),
+    "underPowerLimit": (1.0, " W"),
+}
+
+
+def check(rt: Runtime, field: str, value: Any, command: cmd.Command) -> cmd.Command:
+    """`command` if the runtime takes it, else a CommandError in the firmware's name and unit."""
+    try:
+        rt.check(command)
+    except CommandError as exc:
+        if exc.allowed is None or field not in UNITS:
+            raise CommandError(field, exc.message) from None
+        scale, unit = UNITS[field]
+        low, high = exc.allowed[0] * scale, exc.allowed[1] * scale
+        shown = f"{value:g}{unit}" if isinstance(value, int | float) else repr(value)
+        message = f"{shown} is out of range (allowed {low:g} to {high:g}{unit})"
+        raise CommandError(field, message, (low, high)) from None
+    return command
+
+
+STATE_FIELDS: dict[str, Callable[[str, Any], cmd.Command]] = {
     "available": _available,
     "enabled": _enabled,
     "chargingCurrent": _charging_current,
@@ -221,9 +237,9 @@ def mount(app: FastAPI, rt: Runtime) -> None:
         convert = STATE_FIELDS[field]
 
         async def set_one(request: Request, cid: str) -> Response:
-            ch = charger(cid)
-            action = convert(await read_json_body(request, MAX_BODY), ch)
-            rt.command(cid, action)
+            charger(cid)
+            value = await read_json_body(request, MAX_BODY)
+            rt.apply(check(rt, field, value, convert(cid, value)), ORIGIN)
             return PlainTextResponse("OK")
 
         set_one.__name__ = f"set_{field}"
@@ -238,30 +254,24 @@ def mount(app: FastAPI, rt: Runtime) -> None:
         return json_response(info_doc(rt, cid))
 
     async def set_state(request: Request, cid: str) -> Response:
-        ch = charger(cid)
+        charger(cid)
         body = await read_json_body(request, MAX_BODY)
         if not isinstance(body, dict):
             raise Refusal.invalid("body", "must be a JSON object")
         known = [k for k in body if k in STATE_FIELDS]
         if not known:
             raise Refusal.invalid("body", f"no known field (one of {', '.join(STATE_FIELDS)})")
-        actions = [STATE_FIELDS[k](body[k], ch) for k in known]
-
-        def apply_all(c: Charger) -> None:
-            for action in actions:
-                action(c)
-
-        rt.command(cid, apply_all)
+        rt.apply([check(rt, k, body[k], STATE_FIELDS[k](cid, body[k])) for k in known], ORIGIN)
         return PlainTextResponse("OK")
 
     async def authorize_session(request: Request, cid: str) -> Response:
         charger(cid)
-        rt.command(cid, lambda c: c.set_authorized(True), persist=False)
+        rt.apply(cmd.Authorize(cid), ORIGIN)
         return PlainTextResponse("OK")
 
     async def reset_total_consumption(request: Request, cid: str) -> Response:
         charger(cid)
-        rt.command(cid, lambda c: c.reset_lifetime(), persist=False)
+        rt.apply(cmd.ResetLifetime(cid), ORIGIN)
         return PlainTextResponse("OK")
 
     routes = Routes(rt, "ESP32-EVSE")

@@ -11,10 +11,6 @@ import math
 from evpilot.control.views import ChargerView
 
 WS_PER_KWH = 3_600_000.0
-# Core caps, in the firmware's units.
-MAX_CONSUMPTION_WS = 1000 * WS_PER_KWH
-MAX_TIME_LIMIT_S = 1440 * 60
-MAX_UNDER_POWER_W = 100_000.0
 # Pilot states in which the firmware says it is charging.
 CHARGING_STATES = frozenset({"C2", "D2"})
 

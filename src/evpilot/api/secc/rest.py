@@ -22,6 +22,8 @@ from evpilot.core.charger import Charger
 from evpilot.core.errors import CommandError
 
 MAX_BODY = 16 * 1024
+# The origin of the commands this API sends.
+ORIGIN = "rest:secc"
 
 
 def mount(app: FastAPI, rt: Runtime) -> None:
@@ -65,7 +67,7 @@ def mount(app: FastAPI, rt: Runtime) -> None:
                 for err in exc.errors()
             ]
             raise Refusal(400, "invalid", problems) from None
-        set_limits(rt, cid, limits)
+        set_limits(rt, cid, limits, ORIGIN)
         return json_response(limits_doc(rt, cid))
 
     routes = Routes(rt, "SECC")
@@ -121,4 +123,4 @@ def mount(app: FastAPI, rt: Runtime) -> None:
         if cid not in rt.engine.chargers:
             await socket.close(code=4404)
             return
-        await run_socket(socket, rt, cid, charging_frame(cid))
+        await run_socket(socket, rt, cid, charging_frame(cid), origin="ws:secc")

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from evpilot import __version__
 from evpilot.control.runtime import Runtime
 from evpilot.control.views import LeaseView
-from evpilot.core.charger import Charger
+from evpilot.core import commands as cmd
 from evpilot.core.site import NOMINAL_VOLTAGE
 
 AMPS_LEASE = "lease"
@@ -96,7 +96,7 @@ def transaction_doc(rt: Runtime, cid: str) -> dict[str, Any]:
         "commandedAmperage": round(ch.commanded, 1),
         "availableAmperage": round(ch.available_current, 1),
         "signaledAmperage": round(ch.signaled, 1),
-        "limitSource": ch.limit_source,
+        "limitSource": ch.limit_source.text,
     }
 
 
@@ -129,25 +129,25 @@ def power_limit(lease: LeaseView | None) -> int | None:
     return round(lease.watts) if lease.watts is not None else None
 
 
-def set_limits(rt: Runtime, cid: str, body: LimitsBody) -> None:
-    """Apply a validated limits request: leases that lapse after `timeout` ms (clock time)."""
-    rt.charger(cid)
+def limits_commands(cid: str, body: LimitsBody, now: float) -> list[cmd.Command]:
+    """The commands a limits request stands for: leases that lapse after `timeout` ms (clock time)."""
     fields = body.model_fields_set
     timeout_ms = body.timeout if body.timeout is not None else DEFAULT_TIMEOUT_MS
-    expires = rt.clock.now() + timeout_ms / 1000.0
+    expires = now + timeout_ms / 1000.0
+    commands: list[cmd.Command] = []
+    if "enabled" in fields and body.enabled is not None:
+        commands.append(cmd.SetEnabled(cid, body.enabled))
+    if "amperageLimit" in fields:
+        commands.append(cmd.SetLease(cid, AMPS_LEASE, body.amperageLimit, expires))
+    if "powerLimit" in fields:
+        commands.append(cmd.SetPowerLease(cid, POWER_LEASE, body.powerLimit, expires))
+    if "timeout" in fields and not fields & {"amperageLimit", "powerLimit"}:
+        # A timeout alone re-arms the limits already set (a keep-alive).
+        commands.append(cmd.RenewLeases(cid, (AMPS_LEASE, POWER_LEASE), expires))
+    return commands
 
-    def act(c: Charger) -> None:
-        if "enabled" in fields and body.enabled is not None:
-            c.set_enabled(body.enabled)
-        if "amperageLimit" in fields:
-            c.set_lease(AMPS_LEASE, body.amperageLimit, expires)
-        if "powerLimit" in fields:
-            c.set_power_lease(POWER_LEASE, body.powerLimit, expires)
-        if "timeout" in fields and not fields & {"amperageLimit", "powerLimit"}:
-            # A timeout alone re-arms the limits already set (a keep-alive).
-            for name in (AMPS_LEASE, POWER_LEASE):
-                lease = c.leases.get(name)
-                if lease is not None:
-                    c.set_lease(name, lease.value, expires)
 
-    rt.command(cid, act, persist="enabled" in fields)
+def set_limits(rt: Runtime, cid: str, body: LimitsBody, origin: str) -> None:
+    """Apply a validated limits request (see `limits_commands`)."""
+    rt.charger(cid)
+    rt.apply(limits_commands(cid, body, rt.clock.now()), origin)

@@ -10,16 +10,18 @@ from typing import Any
 
 from fastapi import WebSocket, WebSocketDisconnect
 
-from evpilot.api.secc.vocab import MAX_AMPS, LimitsBody, set_limits
+from evpilot.api.secc.vocab import LimitsBody, set_limits
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.errors import CommandError
 from evpilot.inputs import NumberError, parse_float
 
+# The origin of the commands a socket sends (`/api/ws`; the per-charger SECC socket says `ws:secc`).
+ORIGIN = "ws"
 # Seconds a WebSocket close may wait for a client that does not read.
 CLOSE_WAIT_S = 10.0
 
 
-def ws_command(rt: Runtime, cid: str, text: str) -> str | None:
+def ws_command(rt: Runtime, cid: str, text: str, origin: str = ORIGIN) -> str | None:
     """Run one text command (`setEnabled\\ntrue|false`, `setCurrentLimit\\n<A>`); returns an error or None."""
     name, sep, arg = text.strip().partition("\n")
     arg = arg.strip(" \t\r\n")
@@ -29,15 +31,16 @@ def ws_command(rt: Runtime, cid: str, text: str) -> str | None:
         if name == "setEnabled":
             if arg.lower() not in ("true", "false"):
                 return "setEnabled takes true or false"
-            set_limits(rt, cid, LimitsBody(enabled=arg.lower() == "true"))
+            set_limits(rt, cid, LimitsBody(enabled=arg.lower() == "true"), origin)
         elif name == "setCurrentLimit":
             try:
                 amps = parse_float(arg)
             except NumberError:
                 return "setCurrentLimit takes a number of amperes"
-            if not 0 <= amps <= MAX_AMPS:
-                return f"setCurrentLimit must be between 0 and {MAX_AMPS:g} A"
-            set_limits(rt, cid, LimitsBody(amperageLimit=amps))
+            try:
+                set_limits(rt, cid, LimitsBody.model_construct(amperageLimit=amps), origin)
+            except CommandError as exc:
+                return f"setCurrentLimit: {exc.message}"
         else:
             return f"unknown command {name[:40]!r}"
     except (CommandError, UnknownCharger) as exc:
@@ -49,7 +52,11 @@ Frame = dict[str, Any]
 
 
 async def run_socket(
-    socket: WebSocket, rt: Runtime, cid: str, translate: Callable[[Frame], Frame | None] | None = None
+    socket: WebSocket,
+    rt: Runtime,
+    cid: str,
+    translate: Callable[[Frame], Frame | None] | None = None,
+    origin: str = ORIGIN,
 ) -> None:
     """Push state frames (through `translate`) and take text commands until the client goes away.
 
@@ -66,7 +73,7 @@ async def run_socket(
             if msg["type"] == "websocket.disconnect":
                 return
             text = msg.get("text")
-            error = "binary frames are not accepted" if text is None else ws_command(rt, cid, text)
+            error = "binary frames are not accepted" if text is None else ws_command(rt, cid, text, origin)
             if error is not None:
                 frame = {"topic": "error", "message": {"command": (text or "")[:64], "detail": error}}
                 q.offer({"raw": frame})

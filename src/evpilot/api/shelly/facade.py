@@ -41,9 +41,11 @@ from evpilot.api.shelly.rpc import (
 from evpilot.control.autobalance import AutoBalanceSettings
 from evpilot.control.runtime import Runtime, UnknownCharger, ViewChanges
 from evpilot.control.views import ChargerView
-from evpilot.core.charger import Charger
+from evpilot.core import commands as cmd
 from evpilot.core.errors import CommandError
 
+# The origin of the commands this facade sends (RPC over HTTP and WebSocket alike).
+ORIGIN = "rpc:shelly"
 # Shelly.GetComponents answers at most this many components per page; clients page with `offset`.
 PAGE_SIZE = 4
 
@@ -285,18 +287,15 @@ class ShellyFacade:
             if "value" not in params:
                 raise invalid("Argument 'value' is missing")
             value = params["value"]
-            action: Callable[[Charger], None]
+            command: cmd.Command
             if comp.role == "current_limit":
-                action = _set_limit(number_arg("Argument 'value'", value))
-                persist = True
+                command = cmd.SetUserLimit(dev.cid, number_arg("Argument 'value'", value))
             else:
                 if not isinstance(value, bool):
                     raise invalid("Argument 'value' must be a boolean")
-                now = self.rt.clock.now()
-                action = _start(now) if value else _stop(now)
-                persist = False
+                command = cmd.Start(dev.cid) if value else cmd.Stop(dev.cid)
             try:
-                self.rt.command(dev.cid, action, persist=persist)
+                self.rt.apply(command, ORIGIN)
             except CommandError as exc:
                 raise refused(exc) from None
             self.refresh(dev, source)
@@ -308,6 +307,14 @@ class ShellyFacade:
         if "id" in params and int_arg(params, "id") != 0:
             raise RpcError(NOT_FOUND, f"Argument 'id', value {params['id']} not found!")
         return fn(dev)
+
+    def _checked_cap(self, command: cmd.Command) -> cmd.Command:
+        """A session cap the runtime takes, else an invalid-argument error naming `config.<key>`."""
+        try:
+            self.rt.check(command)
+        except CommandError as exc:
+            raise invalid(f"config.{exc.field} {exc.message}") from None
+        return command
 
     def service_set_config(self, dev: Device, params: dict[str, Any], source: str) -> Any:
         """`Service.SetConfig` with `{id, config:{...}}` (or the config's fields flat, as evcc sends)."""
@@ -338,19 +345,16 @@ class ShellyFacade:
             balance = _merge_balance(balance, config["auto_balance"])
         if "auto_charge" in config and not isinstance(config["auto_charge"], bool):
             raise invalid("config.auto_charge must be a boolean")
-        energy = _cap(config, "global_charge_limit", 1000.0)
-        minutes = _cap(config, "global_time_limit", 1440.0)
-
-        def act(ch: Charger) -> None:
-            if "auto_charge" in config:
-                ch.set_auto_charge(config["auto_charge"])
-            if "global_charge_limit" in config:
-                ch.set_energy_cap(energy)
-            if "global_time_limit" in config:
-                ch.set_time_cap(minutes)
-
+        cid = dev.cid
+        commands: list[cmd.Command] = []
+        if "auto_charge" in config:
+            commands.append(cmd.SetAutoCharge(cid, config["auto_charge"]))
+        if "global_charge_limit" in config:
+            commands.append(self._checked_cap(cmd.SetEnergyCap(cid, _cap(config, "global_charge_limit"))))
+        if "global_time_limit" in config:
+            commands.append(self._checked_cap(cmd.SetTimeCap(cid, _cap(config, "global_time_limit"))))
         try:
-            self.rt.command(dev.cid, act)
+            self.rt.apply(commands, ORIGIN)
         except CommandError as exc:
             raise refused(exc) from None
         if "auto_balance" in config:
@@ -368,22 +372,10 @@ class ShellyFacade:
         return handler(dev, params_dict(params), source)
 
 
-def _set_limit(amps: float) -> Callable[[Charger], None]:
-    return lambda ch: ch.set_user_limit(amps)
-
-
-def _start(now: float) -> Callable[[Charger], None]:
-    return lambda ch: ch.request_start(now)
-
-
-def _stop(now: float) -> Callable[[Charger], None]:
-    return lambda ch: ch.request_stop(now)
-
-
-def _cap(config: Mapping[str, Any], key: str, high: float) -> float | None:
+def _cap(config: Mapping[str, Any], key: str) -> float | None:
     if key not in config or config[key] is None:
         return None
-    return number_arg(f"config.{key}", config[key], 0.0, high)
+    return number_arg(f"config.{key}", config[key])
 
 
 def _merge_balance(current: AutoBalanceSettings, patch: object) -> AutoBalanceSettings:

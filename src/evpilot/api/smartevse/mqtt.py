@@ -13,9 +13,12 @@ from evpilot.api.mqtt_payload import Misrouted, Out, Rejected, parse_int, parse_
 from evpilot.api.smartevse import vocab
 from evpilot.control.runtime import Runtime
 from evpilot.control.views import ChargerView, SiteView
-from evpilot.core.errors import check_range
+from evpilot.core import commands as cmd
+from evpilot.core.errors import CommandError, check_range
 from evpilot.devices.evmeter import ApiFedEvMeter, EvMeterReading
 
+# The origin of the commands sent on these topics.
+ORIGIN = "mqtt:smartevse"
 # Firmware settings evpilot has no counterpart for: refused by name.
 UNSUPPORTED = frozenset(
     {
@@ -126,24 +129,28 @@ class SmartEvseTopics:
     def handle(self, cid: str, what: str, text: str, ev_meters: Mapping[str, ApiFedEvMeter]) -> None:
         """Validate and apply one `Set/<what>` command; raises Rejected (or CommandError)."""
         rt = self.rt
-        ch = rt.charger(cid)
+        rt.charger(cid)
         now = rt.clock.now()
         if what == "Mode":
             mode = vocab.MODE_BY_NAME.get(text)
             if mode is None:
                 raise Rejected(f"Mode: {text!r} is not one of {', '.join(vocab.MODE_BY_NAME)}")
-            rt.command(cid, lambda c: vocab.apply_mode(c, mode))
+            rt.apply(vocab.mode_commands(cid, mode), ORIGIN)
         elif what == "CurrentOverride":
             da = parse_int(text, what)
-            low, high = ch.config.min_current * 10, ch.config.max_current * 10
-            if da != 0 and not low <= da <= high:
-                raise Rejected(f"CurrentOverride: {da} dA is outside 0 or {low:g}-{high:g} dA")
-            rt.command(cid, lambda c: c.set_override(da / 10 if da else None), persist=False)
+            try:
+                rt.apply(cmd.SetOverride(cid, da / 10 if da else None), ORIGIN)
+            except CommandError as exc:
+                low, high = exc.allowed or (0.0, 0.0)
+                allowed = f"0 or {low * 10:g}-{high * 10:g} dA"
+                raise Rejected(f"CurrentOverride: {da} dA is outside {allowed}") from None
         elif what == "CurrentMaxSumMains":
             amps = parse_int(text, what)
-            if amps != 0 and not 10 <= amps <= 600:
-                raise Rejected(f"CurrentMaxSumMains: {amps} A is outside 0 or 10-600 A")
-            rt.set_capacity_limit(amps or None)
+            try:
+                rt.apply(cmd.SetCapacityLimit(amps or None), ORIGIN)
+            except CommandError as exc:
+                low, high = exc.allowed or (0.0, 0.0)
+                raise Rejected(f"CurrentMaxSumMains: {amps} A is outside 0 or {low:g}-{high:g} A") from None
         elif what == "MainsMeter":
             l1, l2, l3 = parse_ints(text, 3, what, "L1:L2:L3")
             for x in (l1, l2, l3):
@@ -181,8 +188,7 @@ class SmartEvseTopics:
                 index = names.index(text)
             else:
                 raise Rejected(f"EnableC2: {text!r} is not 0-4 or one of {', '.join(names)}")
-            phase_mode = vocab.C2_PHASE_MODES[index]
-            rt.command(cid, lambda c: c.set_phase_mode(phase_mode))
+            rt.apply(cmd.SetPhaseMode(cid, vocab.C2_PHASE_MODES[index]), ORIGIN)
         elif what in UNSUPPORTED:
             raise Rejected(f"SmartEVSE setting {what!r} is not supported by evpilot")
         else:

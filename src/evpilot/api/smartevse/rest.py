@@ -8,7 +8,6 @@ the query string as the firmware takes them. A refused value is answered in the 
 
 from __future__ import annotations
 
-import copy
 import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from evpilot.api.edge import Problem, Refusal, json_response
 from evpilot.api.facade import CHARGER_PREFIX, BodyLimit, Routes
 from evpilot.api.smartevse import vocab
 from evpilot.control.runtime import Runtime, UnknownCharger
+from evpilot.core import commands as cmd
 from evpilot.core.charger import Charger
 from evpilot.core.errors import CommandError
 from evpilot.core.iec61851 import duty_for_current
@@ -31,6 +31,8 @@ from evpilot.devices.evmeter import EvMeterReading
 from evpilot.inputs import NumberError
 
 NOT_ALLOWED = "Value not allowed!"
+# The origin of the commands this API sends.
+ORIGIN = "rest:smartevse"
 MAX_BODY = 16 * 1024
 # A measured current in dA may be at most ±1000 A, as in the native API.
 MAX_DECIAMPS = 10_000
@@ -297,10 +299,11 @@ def mount(app: FastAPI, rt: Runtime) -> None:
         q = request.query_params
         errors: dict[str, Any] = {}
         done: dict[str, Any] = {}
-        charger_actions: list[Callable[[Charger], None]] = []
-        site: dict[str, Any] = {}
+        # In the order they apply: fuses, the charger's settings, MIN, site settings, the schedule.
+        fuse_commands: list[cmd.Command] = []
+        charger_commands: list[cmd.Command] = []
+        site_commands: list[cmd.Command] = []
         solar: dict[str, float] = {}
-        min_current: int | None = None
 
         def number(name: str, low: int, high: int, off: int | None = None) -> int | None:
             if name not in q:
@@ -311,14 +314,16 @@ def mount(app: FastAPI, rt: Runtime) -> None:
                 return None
             return value
 
-        def probe(name: str, action: Callable[[Charger], None]) -> None:
-            # Dry-run the core command on a copy: a value the core refuses is refused here too.
+        def probe(name: str, commands: list[cmd.Command], into: list[cmd.Command]) -> bool:
+            # The runtime's own check: a value it refuses is refused here, by the firmware's name.
             try:
-                action(copy.deepcopy(ch))
+                for command in commands:
+                    rt.check(command)
             except CommandError:
                 errors[name] = NOT_ALLOWED
-                return
-            charger_actions.append(action)
+                return False
+            into.extend(commands)
+            return True
 
         mode = rt.engine.mode_of(ch)
         if "mode" in q:
@@ -328,7 +333,7 @@ def mount(app: FastAPI, rt: Runtime) -> None:
                 errors["mode"] = NOT_ALLOWED
             else:
                 mode = chosen.core_mode or mode
-                probe("mode", lambda c: vocab.apply_mode(c, chosen))
+                probe("mode", vocab.mode_commands(cid, chosen), charger_commands)
                 done["mode"] = q["mode"]
         if "override_current" in q:
             value = number("override_current", 0, 10 * round(ch.config.max_current))
@@ -336,31 +341,28 @@ def mount(app: FastAPI, rt: Runtime) -> None:
                 if mode not in ("normal", "smart"):
                     errors["override_current"] = NOT_ALLOWED
                 else:
-                    amps = value / 10.0 or None
-                    probe("override_current", lambda c: c.set_override(amps))
-                    done["override_current"] = value
+                    override: list[cmd.Command] = [cmd.SetOverride(cid, value / 10.0 or None)]
+                    if probe("override_current", override, charger_commands):
+                        done["override_current"] = value
         if "disable_override_current" in q:
-            charger_actions.append(lambda c: c.set_override(None))
+            charger_commands.append(cmd.SetOverride(cid, None))
             done["disable_override_current"] = "OK"
         if "enable_C2" in q:
             c2 = number("enable_C2", 0, len(vocab.C2_PHASE_MODES) - 1)
             if c2 is not None:
                 phase_mode = vocab.C2_PHASE_MODES[c2]
-                probe("enable_C2", lambda c: c.set_phase_mode(phase_mode))
-                done.setdefault("settings", {})["enable_C2"] = vocab.C2_NAME[phase_mode]
+                if probe("enable_C2", [cmd.SetPhaseMode(cid, phase_mode)], charger_commands):
+                    done.setdefault("settings", {})["enable_C2"] = vocab.C2_NAME[phase_mode]
         value = number("current_min", 6, 16)
-        if value is not None:
-            if any(value > c.config.max_current for c in rt.engine.chargers.values()):
-                errors["current_min"] = NOT_ALLOWED
-            else:
-                min_current = done["current_min"] = value
+        if value is not None and probe("current_min", [cmd.SetMinCurrent(value)], site_commands):
+            done["current_min"] = value
         value = number("current_max_sum_mains", 10, 600, off=0)
         if value is not None:
-            site["capacity_limit"] = float(value) or None
+            site_commands.append(cmd.SetCapacityLimit(float(value) or None))
             done["current_max_sum_mains"] = value
         value = number("max_sum_mains_timer", 0, 60)
         if value is not None:
-            site["cap_stop_s"] = value * 60.0
+            site_commands.append(cmd.SetCapStop(value * 60.0))
             done["max_sum_mains_time"] = value
         value = number("stop_timer", 0, 60)
         if "stop_timer" in errors:
@@ -374,6 +376,8 @@ def mount(app: FastAPI, rt: Runtime) -> None:
             if value is not None:
                 solar[key] = float(value)
                 done[name] = value
+        if solar:
+            site_commands.append(cmd.SetSolar(**solar))
         # MAINS, MAX and CIRCUIT: ranges and the fallback rule are the runtime's (the config's) checks,
         # tried together first so that a refusal names the reason and changes nothing.
         fuses: dict[str, Any] = {}
@@ -386,7 +390,7 @@ def mount(app: FastAPI, rt: Runtime) -> None:
             fuses["mains"] = done["current_main"] = value
         value = wanted.get("current_max")
         if value is not None:
-            fuses["charger"] = (cid, value)
+            fuses["charger"], fuses["max_current"] = cid, value
             done["current_max"] = value
         value = wanted.get("current_max_circuit")
         home = rt.auto_balance.home(cid)
@@ -396,11 +400,12 @@ def mount(app: FastAPI, rt: Runtime) -> None:
                     f"charger {cid!r} is on no circuit: its CIRCUIT is MAINS (set current_main)"
                 )
             else:
-                fuses["circuit"] = (home, value)
+                fuses["circuit"], fuses["circuit_limit"] = home, value
                 done["current_max_circuit"] = value
         if fuses and not any(n in errors for n in FUSE_PARAMS.values()):
             try:
-                rt.set_fuses(**fuses, dry_run=True)
+                rt.check(cmd.SetFuses(**fuses))
+                fuse_commands.append(cmd.SetFuses(**fuses))
             except CommandError as exc:
                 for field in exc.field.split(","):
                     errors[FUSE_PARAMS.get(field, field)] = exc.message
@@ -410,23 +415,9 @@ def mount(app: FastAPI, rt: Runtime) -> None:
                 errors[name] = REFUSED.get(name, UNKNOWN)
         if errors:
             raise refused(errors)
-        if fuses:
-            rt.set_fuses(**fuses)
-
-        def apply_all(c: Charger) -> None:
-            for action in charger_actions:
-                action(c)
-
-        if charger_actions:
-            rt.command(cid, apply_all)
-        if min_current is not None:
-            rt.set_min_current(min_current)
-        if solar:
-            site["solar"] = solar
-        if site:
-            rt.update_site(**site)
+        commands = fuse_commands + charger_commands + site_commands
         if schedule is not None:
-            rt.set_schedule(cid, schedule.start_at or 0.0, schedule.stop_at, schedule.repeat)
+            commands.append(cmd.SetSchedule(cid, schedule.start_at or 0.0, schedule.stop_at, schedule.repeat))
             done["starttime"] = round(schedule.start_at or 0)
             if "stoptime" in q:
                 done["stoptime"] = round(schedule.stop_at or 0)
@@ -434,7 +425,11 @@ def mount(app: FastAPI, rt: Runtime) -> None:
                 done["repeat"] = int(schedule.repeat)
         elif "mode" in q:
             # The firmware: a mode set without a starttime ends the wait for a delayed start.
-            rt.clear_start(cid)
+            commands.append(cmd.ClearStart(cid))
+        try:
+            rt.apply(commands, ORIGIN)
+        except CommandError as exc:
+            raise refused({exc.field: exc.message}) from None
         return json_response(done)
 
     async def post_currents(request: Request, cid: str) -> Response:

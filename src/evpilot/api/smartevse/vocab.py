@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 from evpilot.control.runtime import Runtime
 from evpilot.control.views import ChargerView, SiteView
-from evpilot.core.charger import Charger, ErrorFlag
+from evpilot.core import commands as cmd
+from evpilot.core.charger import ErrorFlag
+from evpilot.core.sources import SourceKind
 
 # The firmware's web state names (`StrStateNameWeb`) and State numbers, by IEC 61851 pilot state.
 # B1 and C1 are the firmware's STATE_B1 / STATE_C1; D1 (ventilation, no PWM) is asked to stop like C1,
@@ -43,6 +45,17 @@ NO_POWER = ("No Power Available", 1)
 # CT_NOCOMM: the mains data went stale and the site runs on its fallback currents.
 COMM_ERROR = ("Communication Error", 2)
 WAITING_FOR_SOLAR = "Waiting for Solar"
+# Why a charger that may charge gets no current, as the firmware says it: by the kind of source that
+# bound it. The solar budget (whatever fed it) is the firmware's NO_SUN, shown in the state text; a
+# stale meter's fallback is CT_NOCOMM; every fuse, cap or shortage is LESS_6A (no power available).
+NO_SUN = "no_sun"
+SOURCE_CODE: dict[SourceKind, tuple[str, int] | str] = {
+    SourceKind.SOLAR: NO_SUN,
+    SourceKind.IMPORT: NO_SUN,
+    SourceKind.BATTERY: NO_SUN,
+    SourceKind.STALE: COMM_ERROR,
+    SourceKind.FALLBACK: COMM_ERROR,
+}
 # The firmware takes at most eight modules on one mains (one master, nodes 2 to 8).
 MAX_LOADBL = 8
 # enable_C2 / EnableC2 by number: the firmware's names and evpilot's phase modes.
@@ -86,16 +99,16 @@ def mode_of(v: ChargerView) -> Mode:
     return {"normal": Mode.NORMAL, "smart": Mode.SMART}.get(v.mode, Mode.SOLAR)
 
 
-def apply_mode(ch: Charger, mode: Mode) -> None:
+def mode_commands(cid: str, mode: Mode) -> list[cmd.Command]:
     """`Set/Mode` and `/settings?mode=`: OFF disables; SMART and SOLAR clear the override (firmware)."""
     core = mode.core_mode
     if core is None:
-        ch.set_enabled(False)
-        return
-    ch.set_mode(core)
+        return [cmd.SetEnabled(cid, False)]
+    commands: list[cmd.Command] = [cmd.SetMode(cid, core)]
     if mode is not Mode.NORMAL:
-        ch.set_override(None)
-    ch.set_enabled(True)
+        commands.append(cmd.SetOverride(cid, None))
+    commands.append(cmd.SetEnabled(cid, True))
+    return commands
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,11 +134,12 @@ def status(v: ChargerView, site: SiteView) -> Status:
         if site.fallback:
             error = COMM_ERROR
         elif v.plugged and v.permitted and v.commanded == 0:
-            if v.limit_source == "solar":
+            code = SOURCE_CODE.get(v.limit_source.kind, NO_POWER)
+            if isinstance(code, str):
                 # The firmware's /settings moves NO_SUN from the error into the state text.
                 state = f"{state} - {WAITING_FOR_SOLAR}"
             else:
-                error = NO_POWER
+                error = code
     return Status(state_id, state, error[0], error[1])
 
 
