@@ -8,16 +8,17 @@ Settings 300-317 come from the config file and are read-only here (a write gets 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from pymodbus.constants import ExcCodes
 
 from evpilot import __version__
 from evpilot.api.esp32evse.rest import info_doc, state_doc
-from evpilot.api.esp32evse.vocab import MAX_CONSUMPTION_WS, MAX_TIME_LIMIT_S, WS_PER_KWH
+from evpilot.api.esp32evse.vocab import WS_PER_KWH
 from evpilot.api.modbus import Refused
 from evpilot.api.teltonika.modbus import restart
 from evpilot.control.runtime import Runtime
+from evpilot.core import commands as cmd
 from evpilot.core.charger import Charger, ErrorFlag
 
 # The firmware's error bits; `ev_not_stopping` is evpilot's own (bit 8).
@@ -39,7 +40,7 @@ VERSION_AT, VERSION_WORDS = 405, 16
 METER_MODE = 2
 AC_VOLTAGE = 230
 
-Action = Callable[[Charger], None]
+ORIGIN = "modbus:esp32evse"
 
 
 def hi_lo(value: float) -> list[int]:
@@ -131,7 +132,7 @@ class Esp32EvseMap:
     def write(self, cid: str, address: int, values: Sequence[int]) -> None:
         """Check every value first, then apply all (02 not writable, 03 out of range)."""
         ch = self.rt.charger(cid)
-        actions: list[Action] = []
+        actions: list[cmd.Command] = []
         i = 0
         while i < len(values):
             addr, value = address + i, values[i]
@@ -140,39 +141,28 @@ class Esp32EvseMap:
                     raise Refused(
                         ExcCodes.ILLEGAL_ADDRESS, f"register {addr} takes two words ({addr}-{addr + 1})"
                     )
-                actions.append(self._pair(addr, value << 16 | values[i + 1]))
+                actions.append(self._pair(ch.config.id, addr, value << 16 | values[i + 1]))
                 i += 2
                 continue
-            actions.append(self._single(ch, addr, value))
+            actions += self._single(ch, addr, value)
             i += 1
-
-        def apply(c: Charger) -> None:
-            for action in actions:
-                action(c)
-
-        self.rt.command(cid, apply)
+        self.rt.apply(actions, ORIGIN)
 
     @staticmethod
-    def _pair(addr: int, value: int) -> Action:
+    def _pair(cid: str, addr: int, value: int) -> cmd.Command:
+        # The ranges are the commands' own (a refusal is exception 03).
         if addr == 107:
-            if value > MAX_CONSUMPTION_WS:
-                raise Refused(
-                    ExcCodes.ILLEGAL_VALUE, f"consumption limit {value} Ws is over {MAX_CONSUMPTION_WS:.0f}"
-                )
-            kwh = value / WS_PER_KWH or None
-            return lambda c: c.set_energy_cap(kwh)
-        if value > MAX_TIME_LIMIT_S:
-            raise Refused(ExcCodes.ILLEGAL_VALUE, f"charging time limit {value} s is over {MAX_TIME_LIMIT_S}")
-        minutes = value / 60.0 or None
-        return lambda c: c.set_time_cap(minutes)
+            return cmd.SetEnergyCap(cid, value / WS_PER_KWH or None)
+        return cmd.SetTimeCap(cid, value / 60.0 or None)
 
     @staticmethod
-    def _single(ch: Charger, addr: int, value: int) -> Action:
+    def _single(ch: Charger, addr: int, value: int) -> list[cmd.Command]:
+        cid = ch.config.id
         if addr in (103, 104):
             if value > 1:
                 raise Refused(ExcCodes.ILLEGAL_VALUE, f"register {addr} is 0 or 1")
             flag = value == 1
-            return (lambda c: c.set_enabled(flag)) if addr == 103 else (lambda c: c.set_available(flag))
+            return [cmd.SetEnabled(cid, flag) if addr == 103 else cmd.SetAvailable(cid, flag)]
         if addr == 106:
             amps = value / 10.0
             if not 6.0 <= amps <= ch.config.max_current:
@@ -180,14 +170,13 @@ class Esp32EvseMap:
                     ExcCodes.ILLEGAL_VALUE,
                     f"charging current {value} is not 60-{round(ch.config.max_current * 10)}",
                 )
-            return lambda c: c.set_user_limit(amps)
+            return [cmd.SetUserLimit(cid, amps)]
         if addr == 111:
-            watts = float(value)
-            return lambda c: c.set_under_power_limit(watts or None)
+            return [cmd.SetUnderPower(cid, float(value) or None)]
         if addr in (112, 421):
             if value != 1:
                 raise Refused(ExcCodes.ILLEGAL_VALUE, f"register {addr} takes 1")
-            return (lambda c: c.set_authorized(True)) if addr == 112 else restart
+            return [cmd.Authorize(cid)] if addr == 112 else restart(cid)
         raise Refused(ExcCodes.ILLEGAL_ADDRESS, f"register {addr} is not writable")
 
     def heard(self, cid: str) -> None:

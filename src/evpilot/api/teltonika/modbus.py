@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pymodbus.constants import ExcCodes
@@ -21,6 +21,7 @@ from evpilot.api.teltonika import vocab
 from evpilot.api.teltonika.vocab import ChargePointState as Cp
 from evpilot.api.teltonika.vocab import EvseStatus as St
 from evpilot.control.runtime import Runtime
+from evpilot.core import commands as cmd
 from evpilot.core.charger import Charger, WorkState
 from evpilot.core.iec61851 import PilotState
 
@@ -34,7 +35,7 @@ KEPT = {18: "lock", 19: "timeout_s", 20: "failsafe_a"}
 _KEY = "modbus:"
 LOCK_FORCE_UNLOCK = 2
 
-Action = Callable[[Charger], None]
+ORIGIN = "modbus:teltonika"
 
 
 @dataclass(slots=True)
@@ -170,7 +171,7 @@ class TeltonikaMap:
         """Check every register first (02 not writable, 03 out of range or impossible), then apply all."""
         ch = self.rt.charger(cid)
         unit = self.units[cid]
-        actions: list[Action] = []
+        actions: list[cmd.Command] = []
         settings: dict[int, int] = {}
         for i, value in enumerate(values):
             addr = address + i
@@ -182,17 +183,11 @@ class TeltonikaMap:
             if not reg.allows(value):
                 spans = ", ".join(f"{lo}-{hi}" if lo != hi else str(lo) for lo, hi in reg.spans)
                 raise Refused(ExcCodes.ILLEGAL_VALUE, f"{reg.name}: {value} is not in {spans}")
-            action = self._action(ch, addr, value)
-            if action is not None:
-                actions.append(action)
+            actions += self._commands(ch, addr, value)
             settings[addr] = value
-
-        def apply(c: Charger) -> None:
-            for action in actions:
-                action(c)
-
         if actions:
-            self.rt.command(cid, apply)
+            # Checked as a batch before any change (a refusal raises CommandError: exception 03).
+            self.rt.apply(actions, ORIGIN)
         if 16 in settings:
             unit.stop_request = settings[16]
         if 18 in settings:
@@ -206,35 +201,29 @@ class TeltonikaMap:
         if settings.keys() & {18, 19, 20, 21}:
             self._save(cid)
 
-    def _action(self, ch: Charger, addr: int, value: int) -> Action | None:
-        """The core command a valid value asks for (03 when the charger cannot do it)."""
+    def _commands(self, ch: Charger, addr: int, value: int) -> list[cmd.Command]:
+        """The core commands a valid value asks for (03 when the charger cannot do it)."""
+        cid = ch.config.id
         if addr == 14:
-            return self._phases(ch, value)
+            mode = self._phases(ch, value)
+            return [] if mode is None else [cmd.SetPhaseMode(cid, mode)]
         if addr == 15:
-            amps = float(value)
-            return lambda c: c.set_lease(LEASE, amps, None)
-        if addr == 16:
-            now = self.rt.clock.now()
-            if value == 1:
-                return lambda c: c.request_stop(now)
-            if value == 2:
-                return lambda c: c.request_start(now)
-            return None
-        if addr == 17:
-            if value == 1:
-                return lambda c: c.set_authorized(True)
-            return None
+            return [cmd.SetLease(cid, LEASE, float(value))]
+        if addr == 16 and value:
+            return [cmd.Stop(cid) if value == 1 else cmd.Start(cid)]
+        if addr == 17 and value == 1:
+            return [cmd.Authorize(cid)]
         if addr == 21 and value == 1:
-            return restart
-        return None
+            return restart(cid)
+        return []
 
-    def _phases(self, ch: Charger, value: int) -> Action | None:
+    def _phases(self, ch: Charger, value: int) -> str | None:
         cfg = ch.config
         switchable = cfg.phases == 3 and ch.phase_mode != "not_present"
         if value == vocab.PHASE_3:
             if cfg.phases != 3:
                 raise Refused(ExcCodes.ILLEGAL_VALUE, f"{cfg.id} is a 1-phase charger")
-            return (lambda c: c.set_phase_mode("always_3p")) if switchable else None
+            return "always_3p" if switchable else None
         if value == cfg.phase_map.single[0]:
             if cfg.phases == 1:
                 return None
@@ -242,7 +231,7 @@ class TeltonikaMap:
                 raise Refused(
                     ExcCodes.ILLEGAL_VALUE, f"{cfg.id} has no second contactor to switch to 1 phase"
                 )
-            return lambda c: c.set_phase_mode("always_1p")
+            return "always_1p"
         raise Refused(
             ExcCodes.ILLEGAL_VALUE,
             f"phase to use {value}: {cfg.id} runs on mains phase L{cfg.phase_map.single[0] + 1}"
@@ -253,12 +242,7 @@ class TeltonikaMap:
         """The charger's state machine restarts: the primary's settings are back at their defaults."""
         fresh = UnitState(last_valid=unit.last_valid, status_since=self.rt.clock.now())
         self.units[cid] = fresh
-
-        def drop(c: Charger) -> None:
-            c.set_lease(LEASE, None, None)
-            c.set_lease(FAILSAFE_LEASE, None, None)
-
-        self.rt.command(cid, drop, persist=False)
+        self.rt.apply([cmd.SetLease(cid, LEASE, None), cmd.SetLease(cid, FAILSAFE_LEASE, None)], ORIGIN)
         log.info("%s: restarted by a Modbus request", cid)
 
     # ---- the watchdog ---------------------------------------------------------------------
@@ -269,7 +253,7 @@ class TeltonikaMap:
         unit.last_valid = self.rt.clock.now()
         if unit.tripped:
             unit.tripped = False
-            self.rt.command(cid, lambda c: c.set_lease(FAILSAFE_LEASE, None, None), persist=False)
+            self.rt.apply(cmd.SetLease(cid, FAILSAFE_LEASE, None), ORIGIN)
             log.info("%s: Modbus communication is back: failsafe ended", cid)
 
     def watch(self) -> None:
@@ -287,22 +271,14 @@ class TeltonikaMap:
                 unit.timeout_s,
                 unit.failsafe_a,
             )
-            self._failsafe(cid, ch)
-
-    def _failsafe(self, cid: str, ch: Charger) -> None:
-        amps = float(self.units[cid].failsafe_a)
-
-        def fall(c: Charger) -> None:
             # Amps to use was the primary's lease: the lost link ends it.
-            c.set_lease(LEASE, None, None)
-            c.set_lease(FAILSAFE_LEASE, amps, None)
-
-        self.rt.command(cid, fall, persist=False)
+            amps = float(unit.failsafe_a)
+            self.rt.apply([cmd.SetLease(cid, LEASE, None), cmd.SetLease(cid, FAILSAFE_LEASE, amps)], ORIGIN)
 
 
-def restart(ch: Charger) -> None:
+def restart(cid: str) -> list[cmd.Command]:
     """Restart the charger's state machine: latched faults cleared (the leases are the map's own)."""
-    ch.reset_faults()
+    return [cmd.ResetFaults(cid)]
 
 
 def evse_status(ch: Charger) -> St:
