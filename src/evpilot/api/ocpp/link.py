@@ -400,9 +400,8 @@ class Link:
             if status is None:
                 status = "Accepted" if st.keys.flag("AllowOfflineTxForUnknownId") else "Invalid"
             if status != "Accepted":
-                now = self.rt.clock.now()
                 log.info("%s: id tag %s is %s: charging stopped", st.id, id_tag, status)
-                self.rt.command(st.connectors[n], lambda c: c.request_stop(now), persist=False)
+                st.stop(n)
                 return
         ch = st.charger(n)
         energy = ch.session.energy_kwh if ch.session is not None and ch.session.id == session else 0.0
@@ -425,7 +424,7 @@ class Link:
             )
         if n in st.pending_unavailable:
             st.pending_unavailable.discard(n)
-            self.rt.command(st.connectors[n], lambda c: c.set_available(False))
+            st.set_available(n, False)
 
     def stop_transaction(self, tx: Transaction, meter_stop: int, at: float, reason: str) -> None:
         """Queue the end of `tx` (once) and drop its TxProfiles."""
@@ -480,7 +479,7 @@ class Link:
         st = self.station
         now = self.rt.clock.now()
         for tx in [t for t in st.transactions.values() if not t.stopped]:
-            self.rt.command(st.connectors[tx.connector], lambda c: c.request_stop(now), persist=False)
+            st.stop(tx.connector)
             self.stop_transaction(tx, st.register_wh(tx.connector), now, f"{kind}Reset")
         await st.outbox.settle()
         if self._ws is not None:

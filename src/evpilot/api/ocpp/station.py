@@ -14,12 +14,15 @@ from typing import Any
 from evpilot.api.ocpp.keys import Configuration, defaults
 from evpilot.config import OcppModel
 from evpilot.control.runtime import Runtime
+from evpilot.core import commands as cmd
 from evpilot.core.charger import Charger, WorkState
 from evpilot.core.profiles import ConnectorCap, ProfileSet
 from evpilot.core.units import NOMINAL_VOLTAGE
 
 # The site cap a station-wide ChargePointMaxProfile sets when a station has several connectors.
 STATION_CAP = "ocpp:ChargePointMaxProfile"
+# The origin of the commands the backend sends (the runtime's log and GET /api/commands).
+ORIGIN = "ocpp"
 
 
 def iso(t: float) -> str:
@@ -192,6 +195,20 @@ class Station:
         amps = None if limit is None or math.isinf(limit.amps) else min(600.0, limit.amps)
         self.rt.engine.set_site_cap(STATION_CAP, amps)
         return None if limit is None else limit.next_change
+
+    # ---- commands ------------------------------------------------------------------------------
+
+    def stop(self, connector: int) -> None:
+        """Stop charging on `connector` (a typed command from the backend)."""
+        self.rt.apply(cmd.Stop(self.connectors[connector]), ORIGIN)
+
+    def start(self, connector: int, id_tag: str) -> None:
+        """Authorize `id_tag` on `connector` and start charging."""
+        self.rt.apply(cmd.Start(self.connectors[connector], id_tag), ORIGIN)
+
+    def set_available(self, connector: int, available: bool) -> None:
+        """Put `connector` in or out of service."""
+        self.rt.apply(cmd.SetAvailable(self.connectors[connector], available), ORIGIN)
 
     # ---- lookups -------------------------------------------------------------------------------
 

@@ -95,13 +95,7 @@ class ChargePoint16(ChargePoint):  # type: ignore[misc]
             if charging_profile.get("charging_profile_purpose") != "TxProfile":
                 return call_result.RemoteStartTransaction(status="Rejected")
             self.link.pending_profiles[connector_id] = charging_profile
-        now = st.rt.clock.now()
-
-        def start(c: Any) -> None:
-            c.set_authorized(True, id_tag)
-            c.request_start(now)
-
-        st.rt.command(st.connectors[connector_id], start, persist=False)
+        st.start(connector_id, id_tag)
         return call_result.RemoteStartTransaction(status="Accepted")
 
     @on(Action.remote_stop_transaction)
@@ -110,7 +104,7 @@ class ChargePoint16(ChargePoint):  # type: ignore[misc]
         if tx is None:
             return call_result.RemoteStopTransaction(status="Rejected")
         now = self.st.rt.clock.now()
-        self.st.rt.command(self.st.connectors[tx.connector], lambda c: c.request_stop(now), persist=False)
+        self.st.stop(tx.connector)
         self.link.stop_transaction(tx, self.st.register_wh(tx.connector), now, "Remote")
         return call_result.RemoteStopTransaction(status="Accepted")
 
@@ -142,7 +136,7 @@ class ChargePoint16(ChargePoint):  # type: ignore[misc]
                 scheduled = True
                 continue
             st.pending_unavailable.discard(n)
-            st.rt.command(st.connectors[n], lambda c: c.set_available(operative))
+            st.set_available(n, operative)
         self.link.status_changed.set()
         return call_result.ChangeAvailability(status="Scheduled" if scheduled else "Accepted")
 
@@ -162,7 +156,7 @@ class ChargePoint16(ChargePoint):  # type: ignore[misc]
         tx = st.open_transaction(connector_id)
         if tx is not None:
             now = st.rt.clock.now()
-            st.rt.command(st.connectors[connector_id], lambda c: c.request_stop(now), persist=False)
+            st.stop(connector_id)
             self.link.stop_transaction(tx, st.register_wh(connector_id), now, "UnlockCommand")
         return call_result.UnlockConnector(status="Unlocked")
 
@@ -410,7 +404,7 @@ class Link16(Link):
                 st.save_transactions()
                 if status != "Accepted" and not tx.stopped and st.keys.flag("StopTransactionOnInvalidId"):
                     now = st.rt.clock.now()
-                    st.rt.command(st.connectors[tx.connector], lambda c: c.request_stop(now), persist=False)
+                    st.stop(tx.connector)
                     self.stop_transaction(tx, st.register_wh(tx.connector), now, "DeAuthorized")
             return
         if tx is None or tx.tx_id is None:

@@ -160,14 +160,7 @@ class ChargePoint201(ChargePoint):  # type: ignore[misc]
         if not ch.available or ch.faulted or st.open_transaction(evse_id) is not None:
             return call_result.RequestStartTransaction(status="Rejected")
         self.link.remote_ids[evse_id] = remote_start_id
-        now = st.rt.clock.now()
-        tag = str(id_token["id_token"])
-
-        def start(c: Any) -> None:
-            c.set_authorized(True, tag)
-            c.request_start(now)
-
-        st.rt.command(st.connectors[evse_id], start, persist=False)
+        st.start(evse_id, str(id_token["id_token"]))
         return call_result.RequestStartTransaction(status="Accepted")
 
     @on(Action.request_stop_transaction)
@@ -177,7 +170,7 @@ class ChargePoint201(ChargePoint):  # type: ignore[misc]
         if tx is None:
             return call_result.RequestStopTransaction(status="Rejected")
         now = st.rt.clock.now()
-        st.rt.command(st.connectors[tx.connector], lambda c: c.request_stop(now), persist=False)
+        st.stop(tx.connector)
         self.link.stop_transaction(tx, st.register_wh(tx.connector), now, "Remote")
         return call_result.RequestStopTransaction(status="Accepted")
 
@@ -446,7 +439,7 @@ class Link201(Link):
             info = resp.id_token_info or {}
             if info.get("status", "Accepted") != "Accepted" and st.keys.flag("StopTransactionOnInvalidId"):
                 now = self.rt.clock.now()
-                st.rt.command(st.connectors[tx.connector], lambda c: c.request_stop(now), persist=False)
+                st.stop(tx.connector)
                 self.stop_transaction(tx, st.register_wh(tx.connector), now, "DeAuthorized")
         if payload["event_type"] == "Ended" and tx is not None:
             del st.transactions[tx.session]
