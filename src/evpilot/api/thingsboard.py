@@ -19,6 +19,7 @@ import aiomqtt
 from evpilot.api.esp32evse import vocab
 from evpilot.config import ThingsBoardModel, parse_mqtt_url
 from evpilot.control.runtime import Runtime
+from evpilot.core import commands as cmd
 from evpilot.core.errors import CommandError
 from evpilot.inputs import JsonError, read_json
 
@@ -28,6 +29,8 @@ RPC_REQUEST = "v1/devices/me/rpc/request/"
 RPC_RESPONSE = "v1/devices/me/rpc/response/"
 # Reconnect after a lost connection: this first, doubled per failure up to the cap (seconds).
 RECONNECT_MIN_S = 1.0
+# The origin of RPC commands (the runtime's log and GET /api/commands).
+ORIGIN = "thingsboard"
 RECONNECT_MAX_S = 60.0
 METHODS = ("getEnabled", "setEnabled", "getChargingCurrent", "setChargingCurrent")
 
@@ -89,11 +92,11 @@ def answer_rpc(rt: Runtime, cid: str, request: Any) -> dict[str, Any]:
             return {"value": vocab.charging_current(ch.user_limit, ch.config.max_current)}
         if method == "setEnabled":
             on = _bool_param(params)
-            rt.command(cid, lambda c: c.set_enabled(on))
+            rt.apply(cmd.SetEnabled(cid, on), ORIGIN)
             return {"value": on}
         if method == "setChargingCurrent":
             amps = _amps_param(params)
-            rt.command(cid, lambda c: c.set_user_limit(amps))
+            rt.apply(cmd.SetUserLimit(cid, amps), ORIGIN)
             return {"value": vocab.charging_current(ch.user_limit, ch.config.max_current)}
     except RpcRefused as exc:
         return {"error": f"{method}: {exc}"}
