@@ -208,6 +208,11 @@ async def test_every_register_reads_and_writes(kind: str) -> None:
         assert not ch.enabled
         await ok(103, [1, 0])  # enabled and available together
         assert ch.enabled and not ch.available
+        # One typed command per register, logged with the map's origin.
+        assert [(c["origin"], c["command"], c["fields"]) for c in list(rt.recent_commands)[-2:]] == [
+            ("modbus:esp32evse", "set_enabled", {"charger": "cp1", "enabled": True}),
+            ("modbus:esp32evse", "set_available", {"charger": "cp1", "available": False}),
+        ]
         await ok(104, [1])
         assert ch.available
         ch.set_authorized(False)
@@ -238,6 +243,7 @@ async def test_every_register_reads_and_writes(kind: str) -> None:
             r = await c.write_registers(address, values, device_id=1)
             assert r.isError() and r.exception_code == code, (address, values, r)
             assert (ch.enabled, ch.available, ch.user_limit, ch.energy_cap_kwh, ch.time_cap_min) == before
+        assert rt.recent_commands[-1]["command"] == "reset_faults"  # refused writes logged nothing
 
 
 async def test_dragino_reads_decode_to_the_rest_state() -> None:

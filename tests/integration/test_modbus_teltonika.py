@@ -323,6 +323,11 @@ async def test_watchdog_over_tcp_in_the_runtime_clock() -> None:
             assert 19.5 <= tripped_at - last <= 20 + 5
             assert ch.leases["modbus_failsafe"].value == 8
             assert "modbus" not in ch.leases  # amps to use ended
+            tripped = [(c["origin"], c["fields"]["name"], c["fields"]["amps"]) for c in rt.recent_commands]
+            assert tripped[-2:] == [
+                ("modbus:teltonika", "modbus", None),
+                ("modbus:teltonika", "modbus_failsafe", 8.0),
+            ]
             assert "modbus_failsafe" not in rt.charger("cp2").leases
             for _ in range(200):
                 if rt.charger_doc("cp1")["limit_source"] == "modbus_failsafe":

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from ocpp.v16 import call
 
+from evpilot.core import sources
 from evpilot.sim.ev import CarSpec
 from evpilot.store.sqlite import Store
 from tests.helpers import evpilot_process, free_port, make_config, serve
@@ -127,6 +128,9 @@ async def test_remote_start_authorize_and_the_core_commands(backend: Backend) ->
         start = (await backend.wait(lambda: backend.of("StartTransaction")))[0]
         assert start["id_tag"] == "TAG-1"
         assert backend.of("Authorize") == [{"id_tag": "TAG-1"}]
+        assert [(c["origin"], c["command"], c["fields"]) for c in rt.recent_commands] == [
+            ("ocpp", "start", {"charger": "cp1", "id_tag": "TAG-1"})
+        ]
 
         # Local list and cache.
         assert (await cs.call(call.GetLocalListVersion())).list_version == 0
@@ -515,7 +519,7 @@ async def test_one_station_two_connectors_share_the_charge_point_max_profile(bac
         # Both connectors together: a cap on the chargers' total, not on each one.
         await backend.wait(lambda: "ocpp:ChargePointMaxProfile" in rt.engine.site_caps)
         assert rt.engine.site_caps["ocpp:ChargePointMaxProfile"].amps == 10.0
-        assert rt.charger("cp1").own_limit(rt.clock.now())[1] == "max"
+        assert rt.charger("cp1").own_limit(rt.clock.now())[1] is sources.MAX
         assert (await cs.call(call.ClearChargingProfile(id=1))).status == "Accepted"
         await backend.wait(lambda: "ocpp:ChargePointMaxProfile" not in rt.engine.site_caps)
 

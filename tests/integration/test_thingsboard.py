@@ -87,6 +87,10 @@ async def test_rpc_methods_answer_and_bad_requests_change_nothing(broker: Broker
             assert await rpc(rec, client, 4, {"method": "getChargingCurrent"}) == {"value": 10.5}
             assert await rpc(rec, client, 5, {"method": "setEnabled", "params": False}) == {"value": False}
             assert ch.enabled is False
+            assert [(c["origin"], c["command"]) for c in rt.recent_commands] == [
+                ("thingsboard", "set_user_limit"),
+                ("thingsboard", "set_enabled"),
+            ]
             assert await rpc(rec, client, 6, {"method": "getEnabled"}) == {"value": False}
             # Bad params, unknown methods and garbage: an error response, nothing changed.
             for i, request in enumerate(
