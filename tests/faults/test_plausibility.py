@@ -78,9 +78,7 @@ async def test_smartevse_mains_beyond_three_times_the_limit_is_refused() -> None
 
 
 async def test_mqtt_mains_beyond_three_times_the_limit_is_refused() -> None:
-    config = parse_config(
-        {**API_MAINS, "mqtt": {"url": "mqtt://127.0.0.1:1", "smartevse": SE}}
-    )
+    config = parse_config({**API_MAINS, "mqtt": {"url": "mqtt://127.0.0.1:1", "smartevse": SE}})
     async with serve(config, speed=10) as (_base, rt):
         bridge = MqttBridge(rt, config.mqtt)
         await bridge.start()

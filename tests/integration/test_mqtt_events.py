@@ -14,7 +14,6 @@ from tests.integration.mqtt_helpers import Broker, mqtt_config, recorder
 async def test_unplug_and_plug_publish_typed_events_and_session_messages(broker: Broker) -> None:
     config = mqtt_config(broker)
     async with recorder(broker.port, "evpilot/+/event") as (rec, _c), serve(config, speed=20) as (base, rt):
-
         mark = 0  # messages before this index belong to an earlier step
 
         def on_topic() -> list[dict[str, Any]]:

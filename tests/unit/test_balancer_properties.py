@@ -151,9 +151,7 @@ def test_a_decrease_takes_effect_in_one_tick(snap: Snapshot, jump: float) -> Non
     assert snap.mains is not None
     first = compute(snap, NOW)
     heavier = tuple(b + jump for b in snap.mains.currents)
-    second_snap = replace(
-        snap, mains=Reading((heavier[0], heavier[1], heavier[2]), NOW), state=first.state
-    )
+    second_snap = replace(snap, mains=Reading((heavier[0], heavier[1], heavier[2]), NOW), state=first.state)
     second = compute(second_snap, NOW + 1)
     if "mains" in second.rejected:
         # Beyond 3 x the fuse the reading is refused as broken: fallback, never above before.

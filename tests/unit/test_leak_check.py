@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-PROBES = '''
+PROBES = """
 import asyncio, threading, time
 import pytest
 
@@ -33,7 +33,7 @@ async def background():
 
 async def test_a_fixture_that_stops_its_task(background):
     pass
-'''
+"""
 
 
 def test_leaked_tasks_and_threads_fail_the_test_by_name(tmp_path: Path) -> None:
