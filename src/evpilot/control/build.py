@@ -111,4 +111,8 @@ def assemble(
             engine.before_step = step
         else:
             engine.before_step = advance
+        # Steady stretches may be leapt over (`Engine.leap`) when the simulator is all the engine reads.
+        plain_mains = mains is None or mains is sim_meter or mains is api_meter
+        if not links and len(meters) == 0 and plain_mains and not engine.circuit_meters:
+            engine.sim_events = sim.next_event
     return Assembly(engine, sim, sim_meter, api_meter, meters, links)

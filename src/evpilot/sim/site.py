@@ -235,6 +235,16 @@ class SimSite:
         self.frequency = 50.0
         self.step_s = 1.0
 
+    def next_event(self) -> float:
+        """When a planned car plugs in or leaves next (inf: never); `now` when a pilot at 0 A may still
+        change by itself (a charger whose ambient is at or above its MAX temperature could heat up)."""
+        ambient = self.params.ambient_c
+        if any(p.config.max_temp <= ambient for p in self.pilots.values()):
+            return self.now
+        planned = self.planned
+        first = planned[0].at + self.start if planned else math.inf
+        return min(first, self._unplug_due)
+
     def tod(self, now: float) -> float:
         """Seconds into the simulated local day."""
         return (self.tod0 + (now - self.start)) % 86400.0
