@@ -86,6 +86,8 @@ class Engine:
         # Set by `assemble` when the simulator is all the engine reads (its pilots, its or an
         # API-fed mains meter): when the simulator plans its next change by itself (`leap`).
         self.sim_events: Callable[[], float] | None = None
+        # With `sim_events`: whether the mains reading now is within the bounds given on every phase.
+        self.mains_within: Callable[[float, float], bool] | None = None
         # The time of the last step that left every charger out and refused no reading.
         self._steady_at: float | None = None
 
@@ -338,10 +340,11 @@ class Engine:
         if self.circuit_meters or self.compute is not compute:
             return now
         event = events()
-        mains = self.mains
         limit = self.site.mains_limit
-        top = min(ABSURD_A, ABSURD_FACTOR * limit)
-        trip = TRIP_FACTOR * limit
+        # A reading the last step took is within these; one the simulator's meter gives at a later
+        # tick must be too: beyond them it would be refused or stop everyone (a full step).
+        top = min(ABSURD_A, ABSURD_FACTOR * limit, TRIP_FACTOR * limit)
+        within = self.mains_within
         t = now
         while True:
             nt = t + tick_s
@@ -351,14 +354,7 @@ class Engine:
                 self.step(nt)
                 return nt
             advance(nt)
-            reading = mains.latest() if mains is not None else None
-            if reading is not None:
-                a, b, c = reading.currents
-                # What `may_leave_out` and the absurd-reading check decide (a trip-level or refused
-                # reading is a full step).
-                if not (-ABSURD_A <= a <= top and -ABSURD_A <= b <= top and -ABSURD_A <= c <= top) or (
-                    a > trip or b > trip or c > trip
-                ):
-                    self.step(nt)
-                    return nt
+            if within is None or not within(-ABSURD_A, top):
+                self.step(nt)
+                return nt
             t = nt
