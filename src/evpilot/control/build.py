@@ -111,4 +111,16 @@ def assemble(
             engine.before_step = step
         else:
             engine.before_step = advance
+        # Steady stretches may be leapt over (`Engine.leap`) when the simulator is all the engine reads.
+        if not links and not meters and not engine.circuit_meters:
+            engine.sim_events = sim.next_event
+
+            def mains_within(lo: float, hi: float) -> bool:
+                m = engine.mains
+                if m is None or m is api_meter:
+                    # Pushed readings change only through a request, never inside a leap.
+                    return True
+                return sim_meter is not None and m is sim_meter and sim_meter.within(lo, hi)
+
+            engine.mains_within = mains_within
     return Assembly(engine, sim, sim_meter, api_meter, meters, links)

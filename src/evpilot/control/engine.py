@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from evpilot.core.balancer import compute
+from evpilot.core.balancer import ABSURD_A, ABSURD_FACTOR, TRIP_FACTOR, compute
 from evpilot.core.charger import Charger, PilotOutput
 from evpilot.core.errors import check_range
 from evpilot.core.iec61851 import DRAW_THRESHOLD_A
@@ -83,6 +83,13 @@ class Engine:
         self._quiet: dict[str, Quiet] = {}
         # The chargers left out and the allocation of the last tick that left every charger out.
         self._all_out: tuple[dict[str, Quiet], Allocation] | None = None
+        # Set by `assemble` when the simulator is all the engine reads (its pilots, its or an
+        # API-fed mains meter): when the simulator plans its next change by itself (`leap`).
+        self.sim_events: Callable[[], float] | None = None
+        # With `sim_events`: whether the mains reading now is within the bounds given on every phase.
+        self.mains_within: Callable[[float, float], bool] | None = None
+        # The time of the last step that left every charger out and refused no reading.
+        self._steady_at: float | None = None
 
     def mode_of(self, charger: Charger) -> str:
         """The charger's effective mode (its own, or the site's)."""
@@ -259,6 +266,7 @@ class Engine:
             alloc = merge(compute(snap, now), chargers, kept)
         else:
             alloc = self._all_left_out(snap, now, left_out)
+        self._steady_at = now if left_out and not snap.chargers and not alloc.rejected else None
         memos_before = snap.state.chargers
         self.state = alloc.state
         self.last = alloc
@@ -311,3 +319,42 @@ class Engine:
                 elif quiet:
                     quiet.pop(cid, None)
         return alloc
+
+    def leap(self, now: float, end: float, tick_s: float = 1.0) -> float:
+        """After `step(now)`: the ticks `now + tick_s`, `now + 2 tick_s`, ... up to `end` while the site
+        stays steady; returns the time of the last tick run (`now` if none).
+
+        Steady: the last step left every charger out of `compute` (all settled, no trip, no circuit
+        meter, no reading refused) and the simulator is all the engine reads. Each of those ticks
+        would read the same letters, decide the same and write the same outputs but for their
+        lease, which a pilot at 0 A never acts on; what moves is physics (house, PV, voltages,
+        temperatures) and the mains reading. So only the simulator runs for them, second by
+        second, and the mains reading is checked at each; the tick at which the simulator plans a
+        change (a car plugs in or leaves), whose reading could bring a charger back or be refused,
+        or at `end`, is a full `step`.
+        """
+        events = self.sim_events
+        advance = self.before_step
+        if self._steady_at != now or events is None or advance is None or not FAST_PATHS:
+            return now
+        if self.circuit_meters or self.compute is not compute:
+            return now
+        event = events()
+        limit = self.site.mains_limit
+        # A reading the last step took is within these; one the simulator's meter gives at a later
+        # tick must be too: beyond them it would be refused or stop everyone (a full step).
+        top = min(ABSURD_A, ABSURD_FACTOR * limit, TRIP_FACTOR * limit)
+        within = self.mains_within
+        t = now
+        while True:
+            nt = t + tick_s
+            if nt > end:
+                return t
+            if nt >= end or nt >= event:
+                self.step(nt)
+                return nt
+            advance(nt)
+            if within is None or not within(-ABSURD_A, top):
+                self.step(nt)
+                return nt
+            t = nt

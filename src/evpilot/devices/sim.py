@@ -25,6 +25,20 @@ class SimMainsMeter:
             self._last = Reading((round(m[0], 3), round(m[1], 3), round(m[2], 3)), self.site.now)
         return self._last
 
+    def within(self, lo: float, hi: float) -> bool:
+        """Every phase of the reading `latest` would give now is within [lo, hi] (without building it
+        where the simulator's currents are clear of the bounds by more than the rounding)."""
+        if self.enabled:
+            a, b, c = self.site.mains_currents
+            if (
+                lo + 0.001 <= a <= hi - 0.001
+                and lo + 0.001 <= b <= hi - 0.001
+                and lo + 0.001 <= c <= hi - 0.001
+            ):
+                return True
+        reading = self.latest()
+        return reading is None or all(lo <= x <= hi for x in reading.currents)
+
 
 class SimLink:
     """A simulated charger that runs its own pilot, driven at setpoint level (`driver: {type: simlink}`).

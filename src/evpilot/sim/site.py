@@ -232,8 +232,23 @@ class SimSite:
         self.phase_v: Phases = (NOMINAL_V, NOMINAL_V, NOMINAL_V)
         self.pv_w = 0.0
         self.battery_w = 0.0
-        self.frequency = 50.0
+        self._stepped = False
         self.step_s = 1.0
+
+    @property
+    def frequency(self) -> float:
+        """The grid frequency (Hz) at the last step (a function of its time alone, found when asked)."""
+        return 50.0 + 0.02 * math.sin(self.now / 37.0) if self._stepped else 50.0
+
+    def next_event(self) -> float:
+        """When a planned car plugs in or leaves next (inf: never); `now` when a pilot at 0 A may still
+        change by itself (a charger whose ambient is at or above its MAX temperature could heat up)."""
+        ambient = self.params.ambient_c
+        if any(p.config.max_temp <= ambient for p in self.pilots.values()):
+            return self.now
+        planned = self.planned
+        first = planned[0].at + self.start if planned else math.inf
+        return min(first, self._unplug_due)
 
     def tod(self, now: float) -> float:
         """Seconds into the simulated local day."""
@@ -292,7 +307,7 @@ class SimSite:
         v1 = NOMINAL_V + 2.0 - SAG_V_PER_A * mains[1]
         v2 = NOMINAL_V + 2.0 - SAG_V_PER_A * mains[2]
         self.phase_v = (v0, v1, v2)
-        self.frequency = 50.0 + 0.02 * math.sin(now / 37.0)
+        self._stepped = True
         power = mains[0] * v0 + mains[1] * v1 + mains[2] * v2
         if power >= 0:
             self.import_kwh += power * dt / 3.6e6
