@@ -221,6 +221,16 @@ class SimLinkModel(_Model):
     type: Literal["simlink"]
 
 
+class OcppDriverModel(_Model):
+    """An OCPP 1.6J wallbox that connects to evpilot's backend (`ocpp_server`) with this identity."""
+
+    type: Literal["ocpp"]
+    id: str = Field(
+        min_length=1, max_length=48, pattern=r"^[A-Za-z0-9_.:-]+$", description="the charge point identity"
+    )
+    connector: int = Field(default=1, ge=1, le=16, description="the wallbox's connector this charger is")
+
+
 class LinkSpec(_Model):
     """What every networked charger driver takes besides its `type` and address."""
 
@@ -282,6 +292,7 @@ CHARGER_DRIVERS: dict[str, type[_Model]] = {
     "esp32evse": Esp32EvseDriverModel,
     "shelly": ShellyDriverModel,
     "smartevse": SmartEvseDriverModel,
+    "ocpp": OcppDriverModel,
 }
 NetworkDriver = Esp32EvseDriverModel | ShellyDriverModel | SmartEvseDriverModel
 
@@ -292,7 +303,10 @@ def _driver_tag(value: Any) -> str | None:
     if isinstance(value, dict):
         kind = value.get("type")
         return kind if isinstance(kind, str) and kind in CHARGER_DRIVERS else None
-    if isinstance(value, SimLinkModel | Esp32EvseDriverModel | ShellyDriverModel | SmartEvseDriverModel):
+    if isinstance(
+        value,
+        SimLinkModel | Esp32EvseDriverModel | ShellyDriverModel | SmartEvseDriverModel | OcppDriverModel,
+    ):
         return value.type
     return None
 
@@ -302,7 +316,8 @@ ChargerDriver = Annotated[
     | Annotated[SimLinkModel, Tag("simlink")]
     | Annotated[Esp32EvseDriverModel, Tag("esp32evse")]
     | Annotated[ShellyDriverModel, Tag("shelly")]
-    | Annotated[SmartEvseDriverModel, Tag("smartevse")],
+    | Annotated[SmartEvseDriverModel, Tag("smartevse")]
+    | Annotated[OcppDriverModel, Tag("ocpp")],
     Discriminator(
         _driver_tag,
         custom_error_type="driver_setting",
@@ -621,6 +636,20 @@ class ControlModel(_Model):
     lease_ticks: float = Field(default=5, ge=1, le=100)
 
 
+class OcppServerModel(_Model):
+    """evpilot as the OCPP 1.6J backend (central system) its `type: ocpp` wallboxes connect to."""
+
+    host: str = Field(default="0.0.0.0", min_length=1)
+    port: int = Field(default=9000, ge=0, le=65535, description="0 = any free port")
+    path: str = Field(
+        default="/ocpp/", pattern=r"^/([A-Za-z0-9_.-]+/)*$", description="wallboxes connect to <path><id>"
+    )
+    accept_unknown: bool = Field(
+        default=False, description="accept identities no charger names (listed as unassigned)"
+    )
+    heartbeat_s: int = Field(default=300, ge=10, le=86400, description="heartbeat interval given at boot")
+
+
 class HttpModel(_Model):
     """Where the HTTP API listens."""
 
@@ -881,6 +910,9 @@ class AppConfig(_Model):
     shelly: ShellyModel = Field(default_factory=ShellyModel)
     ocpp: OcppModel = Field(default_factory=OcppModel)
     modbus: ModbusModel = Field(default_factory=ModbusModel)
+    ocpp_server: OcppServerModel | None = Field(
+        default=None, description="evpilot as the OCPP backend for `driver: {type: ocpp}` chargers"
+    )
 
     @model_validator(mode="after")
     def _refs(self) -> AppConfig:
@@ -912,6 +944,7 @@ class AppConfig(_Model):
         if self.mqtt.url is not None and "site" in ids:
             raise KeyedError("chargers", "mqtt: charger id 'site' is reserved for the site's topics")
         self._drivers()
+        self._ocpp_stations()
         if self.site.mains_meter == "none":
             held = [c.id for c in self.chargers if (c.mode or self.site.mode) != "off"]
             if held:
@@ -934,6 +967,26 @@ class AppConfig(_Model):
         for i, ch in enumerate(self.chargers):
             found.append((f"chargers.{i}.ev_meter", f"ev:{ch.id}", ch.ev_meter))
         return found
+
+    def _ocpp_stations(self) -> None:
+        """OCPP chargers need the backend, and each (identity, connector) names one charger."""
+        seen: dict[tuple[str, int], str] = {}
+        for i, ch in enumerate(self.chargers):
+            if not isinstance(ch.driver, OcppDriverModel):
+                continue
+            if self.ocpp_server is None:
+                raise KeyedError(
+                    f"chargers.{i}.driver",
+                    f"charger {ch.id!r}: driver ocpp needs the OCPP backend: add ocpp_server: {{port: 9000}}",
+                )
+            key = (ch.driver.id, ch.driver.connector)
+            if key in seen:
+                raise KeyedError(
+                    f"chargers.{i}.driver",
+                    f"charger {ch.id!r}: OCPP station {key[0]!r} connector {key[1]} is already"
+                    f" charger {seen[key]!r}",
+                )
+            seen[key] = ch.id
 
     def _drivers(self) -> None:
         """Drivers that need the simulator only with it; polls faster than readings go stale."""
