@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -272,7 +273,7 @@ async def test_profiles_carry_the_lease_and_are_renewed_before_it_ends() -> None
             await asyncio.sleep(4 * LEASE_S)
             live = cp.live()[first - 1 :]
             assert len(live) >= 4  # renewed about every half lease
-            for prev, nxt in zip(live, live[1:], strict=False):
+            for prev, nxt in itertools.pairwise(live):
                 valid_to = parse_time(prev.profile["validTo"])
                 valid_from = parse_time(prev.profile["validFrom"])
                 assert valid_to is not None and valid_from is not None
