@@ -416,3 +416,42 @@ def test_a_profile_is_one_absolute_period_in_amps() -> None:
             "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 10.0, "numberPhases": 3}],
         },
     }
+
+
+async def test_a_reconnecting_wallbox_gets_its_profiles_again() -> None:
+    async with (
+        serve(make_config(config())) as (base, rt),
+        httpx.AsyncClient(base_url=base, timeout=5) as client,
+        mains_feed(client, rt, [5.0, 5.0, 5.0]),
+    ):
+        port = await backend_port(rt)
+        async with wallbox(port) as cp:
+            await cp.status("Preparing")
+            await cp.wait_profile(lambda p: True)
+        assert rt.ocpp is not None
+        station = rt.ocpp.stations["WALLBOX-7"]
+        await until(lambda: station.session is None)
+        # Back without a new BootNotification (it booted earlier in this run): profiles resume, the
+        # standing fallback first, since a restarted wallbox may have lost it.
+        async with wallbox(port, boot=False) as cp:
+            await until(lambda: len(cp.profiles) >= 2, timeout=5)
+            assert cp.profiles[0].profile["stackLevel"] == 0
+            assert cp.profiles[1].profile["stackLevel"] == 1
+
+
+async def test_charging_before_any_meter_values_counts_as_its_limit() -> None:
+    async with (
+        serve(make_config(config())) as (base, rt),
+        httpx.AsyncClient(base_url=base, timeout=5) as client,
+        mains_feed(client, rt, [5.0, 5.0, 5.0]),
+    ):
+        port = await backend_port(rt)
+        async with wallbox(port) as cp:
+            await cp.status("Preparing")
+            ch = rt.engine.chargers["w7"]
+            await until(lambda: ch.letter == "B" and ch.allocation_source != "stale:charger")
+            await cp.status("Charging")
+            # Drawing, but how much is not known yet: stale, so the engine counts its limit.
+            await until(lambda: ch.letter == "C" and ch.allocation_source == "stale:charger")
+            await cp.meter(8.0, 100)
+            await until(lambda: ch.allocation_source != "stale:charger" and ch.currents == (8.0, 8.0, 8.0))

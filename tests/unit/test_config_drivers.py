@@ -187,17 +187,17 @@ def test_custom_register_map() -> None:
             ),
         ),
         (
-            {"chargers": [{"id": "cp1", "driver": {"type": "ocpp"}}]},
+            {"chargers": [{"id": "cp1", "driver": {"type": "teleport"}}]},
             (
                 "chargers.0.driver",
-                "unknown driver type 'ocpp' (known: simlink, esp32evse, shelly, smartevse)",
+                "unknown driver type 'teleport' (known: simlink, esp32evse, shelly, smartevse, ocpp)",
             ),
         ),
         (
             {"chargers": [{"id": "cp1", "driver": "pilot"}]},
             (
                 "chargers.0.driver",
-                "expected sim, or a mapping with a type (simlink, esp32evse, shelly, smartevse);"
+                "expected sim, or a mapping with a type (simlink, esp32evse, shelly, smartevse, ocpp);"
                 " got the text 'pilot'",
             ),
         ),

@@ -42,6 +42,8 @@ SUBPROTOCOL = "ocpp1.6"
 # A call the wallbox does not answer within this many seconds counts as failed (and is retried).
 CALL_TIMEOUT_S = 10.0
 NOMINAL_VOLTAGE = 230.0
+# The reading time of a draw not measured yet: always older than the meter timeout.
+UNKNOWN_AT = 0.0
 # Profile ids per connector: the standing fallback, and the live allocation (default / transaction).
 FALLBACK_ID, DEFAULT_ID, TX_ID = 1, 2, 3
 FALLBACK_LEVEL, LIVE_LEVEL = 0, 1
@@ -216,6 +218,10 @@ class Station:
         return self.connectors.setdefault(cid, Connector())
 
 
+class SessionEnded(ConnectionError):
+    """The wallbox's connection ended while evpilot waited for its answer."""
+
+
 class OcppOffline(RuntimeError):
     """The wallbox is not connected (or has not booted), so a command cannot reach it."""
 
@@ -227,6 +233,24 @@ class CentralSession(ChargePoint):  # type: ignore[misc]
         super().__init__(station.id, connection, response_timeout=CALL_TIMEOUT_S)
         self.station = station
         self.backend = backend
+        self.ended = asyncio.Event()
+
+    async def request(self, payload: Any) -> Any:
+        """`call`, given up (SessionEnded) as soon as the connection ends rather than at the timeout."""
+        if self.ended.is_set():
+            raise SessionEnded(f"{self.station.id}: the connection has ended")
+        answer = asyncio.ensure_future(self.call(payload))
+        ended = asyncio.ensure_future(self.ended.wait())
+        try:
+            await asyncio.wait({answer, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (answer, ended):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(answer, ended, return_exceptions=True)
+        if answer.cancelled():
+            raise SessionEnded(f"{self.station.id}: the connection ended before the answer")
+        return answer.result()
 
     async def route_message(self, raw_msg: str) -> None:
         """Note when the wallbox was last heard from, then answer."""
@@ -384,11 +408,13 @@ class OcppLink:
         """A status change: the state letter; outside Charging the draw is known to be zero."""
         self._state = STATUS_LETTER.get(status, "A")
         r = self._reading
-        if status == "Charging" and r is not None:
-            self._reading = LinkReading(r.taken_at, "C", r.currents, r.energy_kwh, r.voltages, r.temperature)
-        elif status != "Charging":
-            volts = r.voltages if r is not None else (NOMINAL_VOLTAGE,) * 3
-            temp = r.temperature if r is not None else None
+        volts = r.voltages if r is not None else (NOMINAL_VOLTAGE,) * 3
+        temp = r.temperature if r is not None else None
+        if status == "Charging":
+            if r is None or r.state != "C":
+                # The draw is unknown until the next MeterValues: stale, so it counts as the limit.
+                self._reading = LinkReading(UNKNOWN_AT, "C", (0.0, 0.0, 0.0), self._energy, volts, temp)
+        else:
             taken = self._clock_time(at)
             self._reading = LinkReading(taken, self._state, (0.0, 0.0, 0.0), self._energy, volts, temp)
         self.backend.changed()
@@ -503,7 +529,7 @@ class OcppLink:
                     self._failed = False
                 else:
                     self._failed = True
-            except (TimeoutError, ConnectionClosed) as exc:
+            except (TimeoutError, ConnectionClosed, SessionEnded) as exc:
                 self.failures += 1
                 self._failed = True
                 self.last_error = f"profile not delivered: {exc}"
@@ -511,7 +537,7 @@ class OcppLink:
 
     async def _set(self, session: CentralSession, profile: dict[str, Any]) -> bool:
         self.pushes += 1
-        res = await session.call(
+        res = await session.request(
             call.SetChargingProfile(connector_id=self.connector, cs_charging_profiles=profile)
         )
         status = getattr(res, "status", None)
@@ -530,8 +556,8 @@ class OcppLink:
         if session is None:
             raise OcppOffline(f"OCPP station {self.station_id!r} is not connected")
         try:
-            res = await session.call(payload)
-        except (TimeoutError, ConnectionClosed) as exc:
+            res = await session.request(payload)
+        except (TimeoutError, ConnectionClosed, SessionEnded) as exc:
             raise OcppOffline(f"OCPP station {self.station_id!r} did not answer: {exc}") from None
         status = getattr(res, "status", None)
         return "CallError" if status is None else str(status)
@@ -685,6 +711,7 @@ class OcppBackend:
         except ConnectionClosed:
             pass
         finally:
+            session.ended.set()
             if station.session is session:
                 station.session, station.booted = None, False
                 log.info("OCPP: %s disconnected", ident)
