@@ -296,6 +296,11 @@ async def test_unknown_identities_are_refused_at_the_handshake() -> None:
         with pytest.raises(InvalidStatus):
             async with connect(f"ws://127.0.0.1:{port}/other/WALLBOX-7", subprotocols=["ocpp1.6"]):  # type: ignore[list-item]
                 pass
+        # A known identity without the ocpp1.6 subprotocol: refused too.
+        with pytest.raises(InvalidStatus) as err:
+            async with connect(f"ws://127.0.0.1:{port}/ocpp/WALLBOX-7"):
+                pass
+        assert err.value.response.status_code == 400
         async with httpx.AsyncClient(base_url=base, timeout=5) as client:
             (st,) = (await client.get("/api/ocpp/stations")).json()
         assert st["id"] == "WALLBOX-7" and st["connected"] is False and st["boot"] is None

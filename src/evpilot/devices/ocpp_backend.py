@@ -51,6 +51,17 @@ FALLBACK_LEVEL, LIVE_LEVEL = 0, 1
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class _MessageLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The ocpp library logs every message at INFO; evpilot shows them only at DEBUG."""
+
+    def info(self, msg: object, *args: object, **kwargs: Any) -> None:
+        """Every sent and received message, at DEBUG."""
+        self.debug(msg, *args, **kwargs)
+
+
+MESSAGES = _MessageLog(logging.getLogger("evpilot.ocpp.messages"))
+
+
 def on(action: str) -> Callable[[F], F]:
     """The ocpp library's `on` route decorator, typed."""
     return cast(Callable[[F], F], _on(action))
@@ -230,7 +241,7 @@ class CentralSession(ChargePoint):  # type: ignore[misc]
     """One wallbox's WebSocket connection, answered as the central system."""
 
     def __init__(self, station: Station, connection: ServerConnection, backend: OcppBackend) -> None:
-        super().__init__(station.id, connection, response_timeout=CALL_TIMEOUT_S)
+        super().__init__(station.id, connection, response_timeout=CALL_TIMEOUT_S, logger=MESSAGES)
         self.station = station
         self.backend = backend
         self.ended = asyncio.Event()
@@ -725,7 +736,6 @@ class OcppBackend:
             s.port,
             subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
             process_request=self._check,
-            ping_interval=None,
         ) as server:
             self._server = server
             self.port = next(iter(server.sockets)).getsockname()[1]
