@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from ocpp.charge_point import snake_to_camel_case
-from ocpp.routing import on
+from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint, call, call_result
 from ocpp.v16.enums import Action
 from websockets.asyncio.client import ClientConnection, connect
@@ -67,6 +67,8 @@ class Wallbox(ChargePoint):  # type: ignore[misc]
         self.profiles: list[Received] = []
         self.commands: list[tuple[str, dict[str, Any]]] = []
         self.changed = asyncio.Event()
+        # What a triggered MeterValues reports (None: no triggered report).
+        self.trigger_amps: float | None = None
 
     @on(Action.set_charging_profile)
     def on_profile(self, connector_id: int, cs_charging_profiles: dict[str, Any]) -> Any:
@@ -84,6 +86,16 @@ class Wallbox(ChargePoint):  # type: ignore[misc]
     def on_remote_stop(self, transaction_id: int) -> Any:
         self.commands.append(("RemoteStopTransaction", {"transaction_id": transaction_id}))
         return call_result.RemoteStopTransaction(status="Accepted")
+
+    @on(Action.trigger_message)
+    def on_trigger(self, requested_message: str, connector_id: int | None = None) -> Any:
+        self.commands.append(("TriggerMessage", {"requested_message": requested_message}))
+        return call_result.TriggerMessage(status="Accepted")
+
+    @after(Action.trigger_message)
+    async def after_trigger(self, requested_message: str, connector_id: int | None = None) -> None:
+        if requested_message == "MeterValues" and self.trigger_amps is not None:
+            await self.meter(self.trigger_amps, 2000)
 
     @on(Action.unlock_connector)
     def on_unlock(self, connector_id: int) -> Any:
@@ -460,3 +472,34 @@ async def test_charging_before_any_meter_values_counts_as_its_limit() -> None:
             await until(lambda: ch.letter == "C" and ch.allocation_source == "stale:charger")
             await cp.meter(8.0, 100)
             await until(lambda: ch.allocation_source != "stale:charger" and ch.currents == (8.0, 8.0, 8.0))
+
+
+async def test_a_changed_limit_asks_the_wallbox_for_meter_values() -> None:
+    async with (
+        serve(make_config(config())) as (base, rt),
+        httpx.AsyncClient(base_url=base, timeout=5) as client,
+        mains_feed(client, rt, [5.0, 5.0, 5.0]) as house,
+    ):
+        port = await backend_port(rt)
+        async with wallbox(port) as cp:
+            await cp.status("Preparing")
+            start = await cp.call(
+                call.StartTransaction(connector_id=1, id_tag="CARD-1", meter_start=0, timestamp=now_iso())
+            )
+            await cp.status("Charging")
+            amps = [6.0]  # the car takes the 6 A offered in Preparing, then what it is given
+            meter_task = asyncio.create_task(metering(cp, amps, start.transaction_id))
+            ch = rt.engine.chargers["w7"]
+            try:
+                await cp.wait_profile(lambda p: _limit(p) == 16.0)
+                amps[0] = 16.0
+                await until(lambda: ch.currents == (16.0, 16.0, 16.0))
+            finally:
+                meter_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await meter_task
+            cp.trigger_amps = 11.0  # the car follows the lower limit; the wallbox reports only when asked
+            house[:] = [14.0, 14.0, 14.0]
+            await cp.wait_profile(lambda p: _limit(p) < 16.0)
+            await until(lambda: ("TriggerMessage", {"requested_message": "MeterValues"}) in cp.commands)
+            await until(lambda: ch.currents == (11.0, 11.0, 11.0))

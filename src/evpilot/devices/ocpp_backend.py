@@ -47,6 +47,9 @@ UNKNOWN_AT = 0.0
 # Profile ids per connector: the standing fallback, and the live allocation (default / transaction).
 FALLBACK_ID, DEFAULT_ID, TX_ID = 1, 2, 3
 FALLBACK_LEVEL, LIVE_LEVEL = 0, 1
+# Seconds after a changed limit when evpilot asks the wallbox for MeterValues (a car follows a
+# lower pilot current within 5 s; most are there well before).
+TRIGGER_AFTER_S = 3.0
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -389,7 +392,12 @@ class OcppLink:
         self.last_error: str | None = None
         self.pushes = 0
         self.failures = 0
+        # The connections the fallback and the live profile were last delivered on.
         self._fallback_on: CentralSession | None = None
+        self._live_on: CentralSession | None = None
+        # Ask for MeterValues (TriggerMessage) a little after a changed limit, until the wallbox refuses.
+        self.trigger = True
+        self._trigger_at: float | None = None
         self._failed = False
         self._wake = asyncio.Event()
         self._reading: LinkReading | None = None
@@ -472,16 +480,7 @@ class OcppLink:
     def send(self, setpoint: Setpoint) -> None:
         """Take the engine's lease; the link's task sends a profile when it changed or half its lease ran."""
         self.setpoint = setpoint
-        p = self.pushed
-        tx = self.transaction_id
-        if (
-            self._failed
-            or p is None
-            or p.limit != round(setpoint.current, 1)
-            or p.phases != setpoint.phases
-            or p.transaction_id != tx
-            or self.clock() >= p.sent_at + (p.valid_to - p.sent_at) / 2
-        ):
+        if self._due(setpoint):
             self._wake.set()
 
     @property
@@ -512,14 +511,23 @@ class OcppLink:
 
     async def run(self) -> None:
         """Deliver profiles to the wallbox whenever the setpoint calls for one, until cancelled."""
+        loop = asyncio.get_running_loop()
         while True:
-            await self._wake.wait()
+            if self._trigger_at is None:
+                await self._wake.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(self._trigger_at):
+                        await self._wake.wait()
             self._wake.clear()
             session = self.backend.ready(self.station_id)
             sp = self.setpoint
             if session is None or sp is None:
                 continue
             try:
+                if self._trigger_at is not None and loop.time() >= self._trigger_at:
+                    self._trigger_at = None
+                    await self._trigger_meter_values(session)
                 if self._fallback_on is not session:
                     fallback = charging_profile(
                         self.connector * 10 + FALLBACK_ID,
@@ -531,13 +539,25 @@ class OcppLink:
                     )
                     if await self._set(session, fallback):
                         self._fallback_on = session
+                if self._live_on is session and not self._due(sp):
+                    continue
                 now = self.clock()
                 tx = self.transaction_id
                 profile = self.profiles(sp, now)
                 if await self._set(session, profile):
+                    before = self.pushed
                     self.pushed = Pushed(round(sp.current, 1), sp.phases, tx, now, sp.expires_at)
                     self.acked_at = self.clock()
+                    self._live_on = session
                     self._failed = False
+                    if (
+                        tx is not None
+                        and self.trigger
+                        and (before is None or before.limit != self.pushed.limit)
+                    ):
+                        # The engine should see the car follow the new limit without waiting for
+                        # the wallbox's next sampled MeterValues.
+                        self._trigger_at = loop.time() + TRIGGER_AFTER_S
                 else:
                     self._failed = True
             except (TimeoutError, ConnectionClosed, SessionEnded) as exc:
@@ -545,6 +565,28 @@ class OcppLink:
                 self._failed = True
                 self.last_error = f"profile not delivered: {exc}"
                 log.warning("%s: profile not delivered: %s", self.address, exc)
+
+    def _due(self, setpoint: Setpoint) -> bool:
+        """Whether the setpoint calls for a new live profile."""
+        p = self.pushed
+        return (
+            self._failed
+            or p is None
+            or p.limit != round(setpoint.current, 1)
+            or p.phases != setpoint.phases
+            or p.transaction_id != self.transaction_id
+            or self.clock() >= p.sent_at + (p.valid_to - p.sent_at) / 2
+        )
+
+    async def _trigger_meter_values(self, session: CentralSession) -> None:
+        res = await session.request(
+            call.TriggerMessage(requested_message="MeterValues", connector_id=self.connector)
+        )
+        status = getattr(res, "status", None)
+        if status != "Accepted":
+            # Rejected or NotImplemented: this wallbox only reports on its own schedule.
+            self.trigger = False
+            log.info("%s: TriggerMessage(MeterValues) answered %s; not asked again", self.address, status)
 
     async def _set(self, session: CentralSession, profile: dict[str, Any]) -> bool:
         self.pushes += 1
