@@ -39,7 +39,7 @@ from typing import Any
 
 import httpx
 import yaml
-from ocpp.routing import on
+from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint, call, call_result
 from ocpp.v16.enums import Action
 from websockets.asyncio.client import ClientConnection, connect
@@ -76,6 +76,8 @@ class SimWallbox(ChargePoint):  # type: ignore[misc]
         self.acks: list[tuple[float, float]] = []  # (monotonic time, live limit)
         self.wh = 0
         self.meter_s = METER_S
+        self.answer_triggers = True
+        self.triggers = 0
 
     @on(Action.set_charging_profile)
     def on_profile(self, connector_id: int, cs_charging_profiles: dict[str, Any]) -> Any:
@@ -85,23 +87,35 @@ class SimWallbox(ChargePoint):  # type: ignore[misc]
             self.acks.append((time.monotonic(), self.limit))
         return call_result.SetChargingProfile(status="Accepted")
 
+    @on(Action.trigger_message)
+    def on_trigger(self, requested_message: str, connector_id: int | None = None) -> Any:
+        self.triggers += 1
+        ok = requested_message == "MeterValues" and self.answer_triggers
+        return call_result.TriggerMessage(status="Accepted" if ok else "Rejected")
+
+    @after(Action.trigger_message)
+    async def after_trigger(self, requested_message: str, connector_id: int | None = None) -> None:
+        if requested_message == "MeterValues" and self.answer_triggers:
+            await self.send_meter_values()
+
     def draw(self) -> float:
         return min(self.limit, CAR_MAX) if self.charging and self.limit >= 6 else 0.0
+
+    async def send_meter_values(self) -> None:
+        amps = self.draw()
+        self.wh += int(amps * 230 * self.meter_s / 3600)
+        sampled = [
+            {"value": str(self.wh), "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
+            {"value": f"{amps:.1f}", "measurand": "Current.Import", "phase": "L1", "unit": "A"},
+        ]
+        await self.call(
+            call.MeterValues(connector_id=1, meter_value=[{"timestamp": now_iso(), "sampledValue": sampled}])
+        )
 
     async def meter_loop(self, offset: float) -> None:
         await asyncio.sleep(offset)
         while True:
-            amps = self.draw()
-            self.wh += int(amps * 230 * self.meter_s / 3600)
-            sampled = [
-                {"value": str(self.wh), "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
-                {"value": f"{amps:.1f}", "measurand": "Current.Import", "phase": "L1", "unit": "A"},
-            ]
-            await self.call(
-                call.MeterValues(
-                    connector_id=1, meter_value=[{"timestamp": now_iso(), "sampledValue": sampled}]
-                )
-            )
+            await self.send_meter_values()
             await asyncio.sleep(self.meter_s)
 
 
@@ -145,7 +159,13 @@ def rss_mb(pid: int) -> tuple[float, float]:
 
 
 async def run_wallbox(
-    port: int, i: int, charging: bool, boxes: list[SimWallbox], ready: asyncio.Semaphore, meter_s: float
+    port: int,
+    i: int,
+    charging: bool,
+    boxes: list[SimWallbox],
+    ready: asyncio.Semaphore,
+    meter_s: float,
+    triggers: bool,
 ) -> None:
     url = f"ws://127.0.0.1:{port}/ocpp/CP-{i:03d}"
     async with ready:
@@ -163,6 +183,7 @@ async def run_wallbox(
         else:
             await cp.call(call.StatusNotification(connector_id=1, error_code="NoError", status="Available"))
         cp.meter_s = meter_s
+        cp.answer_triggers = triggers
         boxes.append(cp)
         await cp.meter_loop(i * meter_s / 200)
     finally:
@@ -213,7 +234,9 @@ async def bench(args: argparse.Namespace) -> int:
             for i in range(args.stations):
                 tasks.append(
                     asyncio.create_task(
-                        run_wallbox(ocpp_port, i, i < args.charging, boxes, gate, args.meter_s)
+                        run_wallbox(
+                            ocpp_port, i, i < args.charging, boxes, gate, args.meter_s, not args.no_trigger
+                        )
                     )
                 )
             while len(boxes) < args.stations:
@@ -288,7 +311,8 @@ async def bench(args: argparse.Namespace) -> int:
 
     print(
         f"stations {args.stations} ({args.charging} charging), MeterValues every {args.meter_s:g} s,"
-        f" lease {args.lease_ticks:g} ticks of 1 s"
+        f" lease {args.lease_ticks:g} ticks of 1 s,"
+        f" TriggerMessage {'rejected' if args.no_trigger else 'answered'}"
     )
     print(f"connected at the end {connected}, profiles sent {pushes}, failed {failures}")
     row("connect + boot of all wallboxes", connect_s, "s", None)
@@ -313,8 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--charging", type=int, default=60, help="wallboxes with a car charging")
     p.add_argument("--settle", type=float, default=15, help="seconds before the steady window")
     p.add_argument("--steady", type=float, default=30, help="seconds of steady state measured")
-    p.add_argument("--observe", type=float, default=6, help="seconds watched after the overload")
+    p.add_argument("--observe", type=float, default=10, help="seconds watched after the overload")
     p.add_argument("--meter-s", type=float, default=METER_S, help="MeterValues interval (s)")
+    p.add_argument("--no-trigger", action="store_true", help="wallboxes reject TriggerMessage")
     p.add_argument("--verbose", action="store_true", help="print every changed wallbox's acks")
     p.add_argument("--lease-ticks", type=float, default=5, help="control.lease_ticks (the profiles' validTo)")
     return asyncio.run(bench(p.parse_args(argv)))
