@@ -242,6 +242,10 @@ async def test_a_wallbox_boots_charges_and_follows_the_mains() -> None:
                 await until(lambda: ch.currents == (10.0, 10.0, 10.0) and ch.letter == "C")
                 doc = (await client.get("/api/chargers/w7")).json()
                 assert doc["amperage"] == [10.0, 10.0, 10.0] and doc["charging"] is True
+                link = doc["link"]
+                assert link["driver"] == "ocpp" and link["address"] == "ocpp:WALLBOX-7/1"
+                assert link["online"] is True and link["errors"] == 0
+                assert link["commanded_a"] in [_limit(r.profile) for r in cp.live()[-2:]]
                 # The mains changes: 14 A of house load leaves 11 A; the wallbox gets it as a profile.
                 house[:] = [14.0, 14.0, 14.0]
                 got = await cp.wait_profile(lambda p: _limit(p) == 11.0)

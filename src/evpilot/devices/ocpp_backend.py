@@ -643,7 +643,7 @@ class OcppLink:
         seen = station.last_seen if station is not None else None
         r = self._reading
         commanded = self.pushed.limit if self.pushed is not None else None
-        fresh = r is not None and r.taken_at > 0.0
+        fresh = r is not None and r.taken_at != UNKNOWN_AT
         return {
             "driver": self.driver,
             "address": self.address,
