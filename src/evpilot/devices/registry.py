@@ -104,6 +104,12 @@ def _smartevse(charger: ChargerConfig, spec: Any, ctx: LinkContext) -> ChargerLi
     return SmartEvseLink(charger.id, spec.host, ctx.clock, spec.port, spec.poll_s, timeout)
 
 
+def _modbus_link(charger: ChargerConfig, spec: Any, ctx: LinkContext) -> ChargerLink:
+    from evpilot.devices.modbus.charger import build
+
+    return build(charger, spec, ctx.clock)
+
+
 METER_DRIVERS: dict[str, MeterFactory] = {
     "modbus": _modbus,
     "homewizard": _homewizard,
@@ -114,6 +120,7 @@ LINK_DRIVERS: dict[str, LinkFactory] = {
     "esp32evse": _esp32evse,
     "shelly": _shelly_link,
     "smartevse": _smartevse,
+    "modbus": _modbus_link,
 }
 
 
