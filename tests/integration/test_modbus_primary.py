@@ -11,6 +11,9 @@ from typing import Any
 import pytest
 
 from evpilot.control.runtime import Runtime
+from evpilot.devices.base import Setpoint
+from evpilot.devices.modbus.bus import acquire, release
+from evpilot.devices.modbus.charger import ModbusChargerLink, whole_amps
 from tests.helpers import free_port, make_config, serve
 from tests.integration.modbus_helpers import client, rtu_line
 
@@ -165,3 +168,65 @@ async def test_esp32evse_secondary_gets_enabled_and_charging_current() -> None:
             return cp1.user_limit is None or cp1.user_limit < before or not cp1.enabled
 
         await until(overloaded)
+
+
+async def test_the_link_writes_phases_start_and_the_failsafe_once_the_setpoint_expires() -> None:
+    """The link alone (no primary engine) against the secondary: each register it writes, checked there."""
+    port = free_port()
+    spec = {"host": "127.0.0.1", "port": port, "unit": 1, "watchdog_s": 10}
+    switchable = {"contactor2": "auto", "safe_current": 6}
+    model = primary_config(spec, **switchable).chargers[0]
+    sec_cfg = make_config(
+        {
+            "chargers": [{"id": "cp1", "max_current": 32, "contactor2": "auto"}],
+            "sim": {"cars": [{"charger": "cp1"}], "first_spike_s": None},
+            "modbus": {"allow_writes": True, "port": port},
+        }
+    )
+    now = [1000.0]
+    link = ModbusChargerLink(model.core(), model.driver, lambda: now[0])
+    async with serve(sec_cfg) as (_, sec):
+        cp1 = sec.charger("cp1")
+        bus = acquire(link.endpoint)
+        try:
+            link.send(Setpoint(16.6, 3, 1005.0, 6.0))
+            await link.exchange(bus)
+            assert cp1.leases["modbus"].value == 16  # whole amperes, rounded down
+            assert link.latest() is not None and link.latest().taken_at == 1000.0  # type: ignore[union-attr]
+            # One phase: the mains phase of the charger's L1 (register 14), the secondary switches mode.
+            link.send(Setpoint(10, 1, 1005.0, 6.0))
+            await link.exchange(bus)
+            assert cp1.phase_mode == "always_1p" and cp1.leases["modbus"].value == 10
+            link.send(Setpoint(10, 3, 1005.0, 6.0))
+            await link.exchange(bus)
+            assert cp1.phase_mode == "always_3p"
+            # Stopped at the secondary: current allotted again starts it (register 16 = 2).
+            sec.command("cp1", lambda c: c.request_stop(sec.clock.now()))
+            assert cp1.paused
+            await link.exchange(bus)  # reads it back as stopped
+            await link.exchange(bus)
+            assert not cp1.paused and cp1.start_requested
+            # The engine stopped renewing: past expires_at the link itself writes the failsafe current.
+            now[0] = 1006.0
+            await link.exchange(bus)
+            assert cp1.leases["modbus"].value == 6
+            # Below 6 A: amps to use 0.
+            link.send(Setpoint(4.0, 3, 1010.0, 6.0))
+            await link.exchange(bus)
+            assert cp1.leases["modbus"].value == 0
+        finally:
+            release(bus)
+
+
+def test_whole_amps() -> None:
+    assert [whole_amps(a) for a in (0, 5.99, 6, 6.99, 16.0, 31.9, 40, float("nan"))] == [
+        0,
+        0,
+        6,
+        6,
+        16,
+        31,
+        32,
+        0,
+    ]
+    assert whole_amps(20, 16) == 16
