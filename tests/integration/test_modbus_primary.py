@@ -113,6 +113,9 @@ async def test_teltonika_secondary_is_balanced_by_the_primary(kind: str) -> None
         # The primary sees the secondary's currents and energy as a local charger's.
         await until(lambda: abs(max(far.currents) - max(cp1.currents)) < 1.0)
         assert far.meter_kwh is not None and abs(far.meter_kwh - cp1.lifetime_kwh) < 0.05
+        status = pri.charger_doc("far")["link"]
+        assert status["driver"] == "modbus" and status["online"] is True and status["errors"] == 0
+        assert status["commanded_a"] == cp1.leases["modbus"].value
         # A mains overload: the primary commands the secondary down through amps to use.
         before = cp1.leases["modbus"].value
         assert before >= 11

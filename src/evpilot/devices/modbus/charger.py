@@ -94,6 +94,32 @@ class ModbusChargerLink:
         """The last reading (its time is when it was read)."""
         return self._reading
 
+    def status(self, now: float) -> dict[str, Any]:
+        """`link` of the charger's API document; offline it is assumed at its failsafe current."""
+        r = self._reading
+        online = r is not None and not self._failing
+        raw = self._seen.get(15 if self.map == "teltonika" else esp.CHARGING_CURRENT)
+        amps: float | None = None if raw is None else float(raw)
+        if amps is not None and self.map != "teltonika":
+            amps = amps / 10.0 if self._seen.get(esp.ENABLED) else 0.0
+        if online and r is not None:
+            assumed: float = max(r.currents)
+        elif self.map == "teltonika":
+            assumed = float(self.failsafe_a)
+        else:
+            assumed = float(amps or 0.0)
+        return {
+            "driver": self.driver,
+            "address": self.address,
+            "online": online,
+            "last_seen_s": None if r is None else round(max(0.0, now - r.taken_at), 1),
+            "errors": self.failures,
+            "error_counts": {},
+            "last_error": self.last_error,
+            "commanded_a": amps,
+            "assumed_a": round(assumed, 1),
+        }
+
     async def run(self) -> None:
         """Poll and write until cancelled; a failed exchange is retried at the next poll."""
         self._bus = bus = acquire(self.endpoint)
