@@ -113,6 +113,12 @@ def _ocpp(charger: ChargerConfig, spec: Any, ctx: LinkContext) -> ChargerLink:
     return link
 
 
+def _modbus_link(charger: ChargerConfig, spec: Any, ctx: LinkContext) -> ChargerLink:
+    from evpilot.devices.modbus.charger import build
+
+    return build(charger, spec, ctx.clock)
+
+
 METER_DRIVERS: dict[str, MeterFactory] = {
     "modbus": _modbus,
     "homewizard": _homewizard,
@@ -124,6 +130,7 @@ LINK_DRIVERS: dict[str, LinkFactory] = {
     "shelly": _shelly_link,
     "smartevse": _smartevse,
     "ocpp": _ocpp,
+    "modbus": _modbus_link,
 }
 
 
