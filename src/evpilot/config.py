@@ -221,6 +221,75 @@ class SimLinkModel(_Model):
     type: Literal["simlink"]
 
 
+class OcppDriverModel(_Model):
+    """An OCPP 1.6J wallbox that connects to evpilot's backend (`ocpp_server`) with this identity."""
+
+    type: Literal["ocpp"]
+    id: str = Field(
+        min_length=1, max_length=48, pattern=r"^[A-Za-z0-9_.:-]+$", description="the charge point identity"
+    )
+    connector: int = Field(default=1, ge=1, le=16, description="the wallbox's connector this charger is")
+
+
+class ModbusChargerModel(_Model):
+    """A charger evpilot drives as its Modbus primary: TCP (`host`, `port`) or RTU (`serial`, ...)."""
+
+    type: Literal["modbus"]
+    map: Literal["teltonika", "esp32evse"] = Field(
+        default="teltonika", description="the secondary's registers: teltonika (seed 003) or esp32evse"
+    )
+    host: Host | None = None
+    port: Port = 502
+    serial: str | None = Field(default=None, min_length=1, max_length=256, description="serial device path")
+    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    unit: int = Field(default=1, ge=1, le=247, description="the secondary's Modbus unit (slave) id")
+    poll_s: float = Field(default=1, ge=0.05, le=60, description="seconds between two polls")
+    timeout_s: float = Field(default=1, gt=0, le=10, description="give up on one request after this")
+    watchdog_s: int = Field(
+        default=30,
+        ge=1,
+        le=600,
+        description="teltonika: communication timeout written to register 19 (the failsafe current,"
+        " register 20, is the charger's safe_current)",
+    )
+
+    @model_validator(mode="after")
+    def _transport(self) -> ModbusChargerModel:
+        if (self.host is None) == (self.serial is None):
+            raise KeyedError(
+                "host", "give either host (Modbus TCP) or serial (Modbus RTU), not both or neither"
+            )
+        set_ = self.model_fields_set
+        if self.host is not None:
+            wrong = [k for k in _SERIAL_KEYS if k in set_]
+            if wrong:
+                raise KeyedError(wrong[0], f"{wrong[0]} is for a serial (RTU) charger; this one has a host")
+        elif "port" in set_:
+            raise KeyedError(
+                "port", "port is for a TCP charger; a serial (RTU) charger has baudrate, parity, stopbits"
+            )
+        if self.map == "esp32evse" and "watchdog_s" in set_:
+            raise KeyedError(
+                "watchdog_s",
+                "the ESP32-EVSE registers have no communication watchdog (only map: teltonika has one)",
+            )
+        if self.map == "teltonika" and self.poll_s >= self.watchdog_s:
+            raise KeyedError(
+                "poll_s",
+                f"{self.poll_s:g} s is not below watchdog_s ({self.watchdog_s} s): the secondary would"
+                " fall to its failsafe current between two polls",
+            )
+        return self
+
+    @property
+    def where(self) -> tuple[str, int]:
+        """The bus (endpoint or serial device) and unit, to find two chargers at one address."""
+        bus = f"{self.host}:{self.port}" if self.host is not None else str(self.serial)
+        return bus, self.unit
+
+
 class LinkSpec(_Model):
     """What every networked charger driver takes besides its `type` and address."""
 
@@ -282,6 +351,8 @@ CHARGER_DRIVERS: dict[str, type[_Model]] = {
     "esp32evse": Esp32EvseDriverModel,
     "shelly": ShellyDriverModel,
     "smartevse": SmartEvseDriverModel,
+    "ocpp": OcppDriverModel,
+    "modbus": ModbusChargerModel,
 }
 NetworkDriver = Esp32EvseDriverModel | ShellyDriverModel | SmartEvseDriverModel
 
@@ -292,7 +363,15 @@ def _driver_tag(value: Any) -> str | None:
     if isinstance(value, dict):
         kind = value.get("type")
         return kind if isinstance(kind, str) and kind in CHARGER_DRIVERS else None
-    if isinstance(value, SimLinkModel | Esp32EvseDriverModel | ShellyDriverModel | SmartEvseDriverModel):
+    if isinstance(
+        value,
+        SimLinkModel
+        | Esp32EvseDriverModel
+        | ShellyDriverModel
+        | SmartEvseDriverModel
+        | OcppDriverModel
+        | ModbusChargerModel,
+    ):
         return value.type
     return None
 
@@ -302,7 +381,9 @@ ChargerDriver = Annotated[
     | Annotated[SimLinkModel, Tag("simlink")]
     | Annotated[Esp32EvseDriverModel, Tag("esp32evse")]
     | Annotated[ShellyDriverModel, Tag("shelly")]
-    | Annotated[SmartEvseDriverModel, Tag("smartevse")],
+    | Annotated[SmartEvseDriverModel, Tag("smartevse")]
+    | Annotated[OcppDriverModel, Tag("ocpp")]
+    | Annotated[ModbusChargerModel, Tag("modbus")],
     Discriminator(
         _driver_tag,
         custom_error_type="driver_setting",
@@ -431,7 +512,9 @@ class ChargerModel(_Model):
     contactor2: PhaseMode = "not_present"
     fixed_cable: bool = True
     driver: ChargerDriver = Field(
-        default="sim", description="sim (a pilot in the simulator) or a mapping such as {type: simlink}"
+        default="sim",
+        description="sim (a pilot in the simulator) or a mapping such as {type: simlink} or"
+        " {type: modbus, map: teltonika, host: ..., unit: ...}",
     )
     ev_meter: EvMeter = Field(
         default="api",
@@ -453,6 +536,20 @@ class ChargerModel(_Model):
             raise KeyedError(
                 "phase_rotation", f"charger {self.id!r}: a 1-phase charger names its mains phase with 'phase'"
             )
+        if isinstance(self.driver, ModbusChargerModel) and self.driver.map == "teltonika":
+            safe = self.safe_current
+            if not (safe == 0 or (6 <= safe <= 32 and safe == int(safe))):
+                raise KeyedError(
+                    "safe_current",
+                    f"charger {self.id!r}: {safe:g} A cannot be the Teltonika failsafe current"
+                    " (register 20 takes 0 or whole amperes 6-32)",
+                )
+            if self.max_current > 32:
+                raise KeyedError(
+                    "max_current",
+                    f"charger {self.id!r}: a Teltonika secondary takes at most 32 A"
+                    " (amps to use, register 15)",
+                )
         return self
 
     def core(self) -> ChargerConfig:
@@ -621,6 +718,20 @@ class ControlModel(_Model):
     lease_ticks: float = Field(default=5, ge=1, le=100)
 
 
+class OcppServerModel(_Model):
+    """evpilot as the OCPP 1.6J backend (central system) its `type: ocpp` wallboxes connect to."""
+
+    host: str = Field(default="0.0.0.0", min_length=1)
+    port: int = Field(default=9000, ge=0, le=65535, description="0 = any free port")
+    path: str = Field(
+        default="/ocpp/", pattern=r"^/([A-Za-z0-9_.-]+/)*$", description="wallboxes connect to <path><id>"
+    )
+    accept_unknown: bool = Field(
+        default=False, description="accept identities no charger names (listed as unassigned)"
+    )
+    heartbeat_s: int = Field(default=300, ge=10, le=86400, description="heartbeat interval given at boot")
+
+
 class HttpModel(_Model):
     """Where the HTTP API listens."""
 
@@ -771,12 +882,15 @@ def fallback_overloads(config: AppConfig) -> list[str]:
     nodes: list[tuple[str | None, float]] = [(None, site.mains_limit)]
     nodes += [(c.name, c.limit) for c in site.circuits]
     sums = {(node, kind): [0.0, 0.0, 0.0] for node, _ in nodes for kind in _FALLBACK_KINDS}
+    # The part of the safe_current sums that Modbus secondaries add (their failsafe current).
+    secondaries = {node: [0.0, 0.0, 0.0] for node, _ in nodes}
     for ch in config.chargers:
         used = ch.core().phase_map.used(3)
         values = {
-            "safe_current": min(ch.safe_current, ch.max_current),
+            "safe_current": min(failsafe_current(ch), ch.max_current),
             "fallback_current": min(site.fallback_current, ch.max_current),
         }
+        secondary = isinstance(ch.driver, ModbusChargerModel)
         path: list[str | None] = [None]
         node = ch.circuit
         while node is not None:
@@ -787,6 +901,9 @@ def fallback_overloads(config: AppConfig) -> list[str]:
                 acc = sums[(at, kind)]
                 for p in used:
                     acc[p] += value
+            if secondary:
+                for p in used:
+                    secondaries[at][p] += values["safe_current"]
     problems = []
     for node, limit in nodes:
         where = "mains" if node is None else f"circuit {node!r}"
@@ -795,11 +912,23 @@ def fallback_overloads(config: AppConfig) -> list[str]:
             worst = max(range(3), key=lambda p: acc[p])
             total = acc[worst]
             if total > limit + 1e-9:
+                part = secondaries[node][worst] if kind == "safe_current" else 0.0
+                of = f" (Modbus secondaries' failsafe current: {part:g} A)" if part else ""
                 problems.append(
-                    f"{where} {_PHASE_NAMES[worst]}: chargers' {kind} adds up to {total:g} A,"
+                    f"{where} {_PHASE_NAMES[worst]}: chargers' {kind} adds up to {total:g} A{of},"
                     f" above its {limit:g} A limit"
                 )
     return problems
+
+
+def failsafe_current(ch: ChargerModel) -> float:
+    """What a charger draws at most once evpilot stops talking to it: its safe_current, which a
+    Teltonika secondary gets as its failsafe current; an ESP32-EVSE secondary (no watchdog) keeps
+    its last current, up to its MAX."""
+    drv = ch.driver
+    if isinstance(drv, ModbusChargerModel) and drv.map == "esp32evse":
+        return ch.max_current
+    return ch.safe_current
 
 
 OCPP_MEASURANDS = (
@@ -881,6 +1010,9 @@ class AppConfig(_Model):
     shelly: ShellyModel = Field(default_factory=ShellyModel)
     ocpp: OcppModel = Field(default_factory=OcppModel)
     modbus: ModbusModel = Field(default_factory=ModbusModel)
+    ocpp_server: OcppServerModel | None = Field(
+        default=None, description="evpilot as the OCPP backend for `driver: {type: ocpp}` chargers"
+    )
 
     @model_validator(mode="after")
     def _refs(self) -> AppConfig:
@@ -912,6 +1044,7 @@ class AppConfig(_Model):
         if self.mqtt.url is not None and "site" in ids:
             raise KeyedError("chargers", "mqtt: charger id 'site' is reserved for the site's topics")
         self._drivers()
+        self._ocpp_stations()
         if self.site.mains_meter == "none":
             held = [c.id for c in self.chargers if (c.mode or self.site.mode) != "off"]
             if held:
@@ -934,6 +1067,26 @@ class AppConfig(_Model):
         for i, ch in enumerate(self.chargers):
             found.append((f"chargers.{i}.ev_meter", f"ev:{ch.id}", ch.ev_meter))
         return found
+
+    def _ocpp_stations(self) -> None:
+        """OCPP chargers need the backend, and each (identity, connector) names one charger."""
+        seen: dict[tuple[str, int], str] = {}
+        for i, ch in enumerate(self.chargers):
+            if not isinstance(ch.driver, OcppDriverModel):
+                continue
+            if self.ocpp_server is None:
+                raise KeyedError(
+                    f"chargers.{i}.driver",
+                    f"charger {ch.id!r}: driver ocpp needs the OCPP backend: add ocpp_server: {{port: 9000}}",
+                )
+            key = (ch.driver.id, ch.driver.connector)
+            if key in seen:
+                raise KeyedError(
+                    f"chargers.{i}.driver",
+                    f"charger {ch.id!r}: OCPP station {key[0]!r} connector {key[1]} is already"
+                    f" charger {seen[key]!r}",
+                )
+            seen[key] = ch.id
 
     def _drivers(self) -> None:
         """Drivers that need the simulator only with it; polls faster than readings go stale."""
@@ -959,6 +1112,23 @@ class AppConfig(_Model):
                     f"charger {ch.id!r}: the SmartEVSE MQTT driver uses the configured broker,"
                     " and mqtt.url is not set",
                 )
+        seen: dict[tuple[str, int], str] = {}
+        for i, ch in enumerate(self.chargers):
+            drv = ch.driver
+            if not isinstance(drv, ModbusChargerModel):
+                continue
+            if drv.poll_s >= timeout:
+                raise KeyedError(
+                    f"chargers.{i}.driver.poll_s",
+                    f"{drv.poll_s:g} s is not below site.meter_timeout_s ({timeout:g} s):"
+                    " every reading would be stale before the next one",
+                )
+            other = seen.setdefault(drv.where, ch.id)
+            if other != ch.id:
+                raise KeyedError(
+                    f"chargers.{i}.driver.unit",
+                    f"charger {ch.id!r}: unit {drv.unit} at {drv.where[0]} is charger {other!r} already",
+                )
         if self.sim.modbus_twins:
             self._twins()
         if self.sim.enabled:
@@ -976,8 +1146,8 @@ class AppConfig(_Model):
                     f"chargers.{i}.driver",
                     f"charger {ch.id!r}: driver {name} needs the simulator, and sim.enabled is false;"
                     " with the simulator off a charger needs a device driver such as"
-                    " {type: esp32evse, host: ...}, {type: shelly, host: ...}"
-                    " or {type: smartevse, host: ...}",
+                    " {type: esp32evse, host: ...}, {type: shelly, host: ...},"
+                    " {type: smartevse, host: ...} or {type: modbus, map: teltonika, host: ...}",
                 )
         if self.sim.cars:
             raise KeyedError("sim.cars", "simulated cars need the simulator, and sim.enabled is false")

@@ -456,6 +456,13 @@ def test_oversized_body_is_refused(api: Api) -> None:
     assert r.status_code == 413 and r.json()["error"] == "too_large"
 
 
+def test_ocpp_routes_on_a_site_without_ocpp_wallboxes(api: Api) -> None:
+    # The OCPP flows themselves are in test_ocpp_backend.py (a real wallbox over a WebSocket).
+    assert api.ok("GET", "/api/ocpp/stations") == []
+    r = api.call("POST", "/api/chargers/{cid}/unlock", cid="cp1")
+    assert r.status_code == 409 and r.json()["error"] == "not_supported", r.text
+
+
 def test_unknown_path_is_json_404(api: Api) -> None:
     r = api.http.get("/api/nothing-here")
     assert r.status_code == 404 and r.json()["error"] == "http"

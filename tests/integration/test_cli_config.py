@@ -266,3 +266,31 @@ def test_a_meter_driver_the_installation_lacks_is_refused_at_check_and_at_start(
     assert r.returncode == 2
     assert r.stderr.startswith(f"config error: {expected} (available: ")
     assert evpilot("config", "check", str(path)).returncode == 0
+
+
+def test_config_check_refuses_secondaries_whose_failsafe_currents_overload_the_shared_fuse(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "primary.yaml"
+    site = {"mains_limit": 20, "mains_meter": "api", "fallback_current": 0}
+    chargers = [
+        {
+            "id": f"node{i}",
+            "safe_current": 6,
+            "driver": {"type": "modbus", "host": f"192.168.1.{30 + i}", "unit": 1, "watchdog_s": 10},
+        }
+        for i in range(4)
+    ]
+    doc = {"site": site, "sim": {"enabled": False}, "chargers": chargers}
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    r = evpilot("config", "check", str(path))
+    assert r.returncode != 0 and "ok" not in r.stdout
+    assert r.stderr.strip().splitlines() == [
+        f"{path}: site: mains L1: chargers' safe_current adds up to 24 A (Modbus secondaries' failsafe"
+        " current: 24 A), above its 20 A limit",
+    ]
+    # A failsafe current of 0 on one node (it stops on a lost link) makes the rest fit.
+    chargers[3]["safe_current"] = 0
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    r = evpilot("config", "check", str(path))
+    assert r.returncode == 0 and r.stdout.strip() == f"{path}: ok", r.stderr

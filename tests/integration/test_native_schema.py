@@ -107,6 +107,7 @@ CALLS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("GET", "/api/sessions", "/api/sessions", None),
     ("GET", "/api/commands", "/api/commands", None),
     ("GET", "/api/meters", "/api/meters", None),
+    ("GET", "/api/ocpp/stations", "/api/ocpp/stations", None),
     # Once more with the state the calls above left: a session, leases, caps, a stored session.
     ("GET", "/api/site", "/api/site", None),
     ("GET", "/api/chargers", "/api/chargers", None),
@@ -150,7 +151,8 @@ async def test_native_responses_match_their_schemas(tmp_path: Path) -> None:
             site = (await client.get("/api/site")).json()
     finally:
         store.close()
-    assert seen == set(ops), sorted(set(ops) - seen)
+    # OCPP-only operations are exercised by test_ocpp_responses_match_their_schemas.
+    assert seen | {op for op, _ in OCPP_CALLS} == set(ops), sorted(set(ops) - seen)
     # The calls above reached the parts of the documents that are often empty.
     assert sessions and sessions[0]["charger_id"] == "cp1"
     assert commands[0] == {
@@ -186,3 +188,37 @@ async def test_a_wrong_body_fails_the_charger_schema(body: dict[str, Any]) -> No
     assert _validate(doc, schema, good) == []
     assert _validate(doc, schema, {**good, **body}) != []
     assert re.search("Charger", schema.get("$ref", ""))
+
+
+# Operations that answer differently (or only) for an OCPP charger with its wallbox connected.
+OCPP_CALLS: list[tuple[tuple[str, str], dict[str, Any] | None]] = [
+    (("POST", "/api/chargers/{cid}/start"), {"id_tag": "card-1"}),
+    (("POST", "/api/chargers/{cid}/stop"), None),
+    (("PUT", "/api/chargers/{cid}/enabled"), {"enabled": True}),
+    (("POST", "/api/chargers/{cid}/unlock"), None),
+    (("GET", "/api/ocpp/stations"), None),
+]
+
+
+async def test_ocpp_responses_match_their_schemas() -> None:
+    from tests.integration.test_ocpp_backend import backend_port, config, wallbox
+
+    async with (
+        serve(make_config(config()), speed=1) as (base, rt),
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+        doc = (await client.get("/openapi.json")).json()
+        ops = native_operations(doc)
+        async with wallbox(await backend_port(rt)) as cp:
+            await cp.status("Preparing")
+            await cp.wait_profile(lambda p: True)
+            for (method, template), body in OCPP_CALLS:
+                path = template.replace("{cid}", "w7")
+                response = await client.request(method, path, json=body)
+                assert response.status_code == 200, (method, path, response.text)
+                answer = response.json()
+                assert _validate(doc, ops[(method, template)], answer) == [], (method, path)
+                if "chargers" in template:
+                    assert answer["ocpp"]["status"] in ("Accepted", "Unlocked", "NoTransaction"), answer
+                else:
+                    assert answer[0]["connectors"]["1"]["profile"] is not None and answer[0]["boot"]

@@ -187,18 +187,18 @@ def test_custom_register_map() -> None:
             ),
         ),
         (
-            {"chargers": [{"id": "cp1", "driver": {"type": "ocpp"}}]},
+            {"chargers": [{"id": "cp1", "driver": {"type": "teleport"}}]},
             (
                 "chargers.0.driver",
-                "unknown driver type 'ocpp' (known: simlink, esp32evse, shelly, smartevse)",
+                "unknown driver type 'teleport' (known: simlink, esp32evse, shelly, smartevse, ocpp, modbus)",
             ),
         ),
         (
             {"chargers": [{"id": "cp1", "driver": "pilot"}]},
             (
                 "chargers.0.driver",
-                "expected sim, or a mapping with a type (simlink, esp32evse, shelly, smartevse);"
-                " got the text 'pilot'",
+                "expected sim, or a mapping with a type (simlink, esp32evse, shelly, smartevse, ocpp,"
+                " modbus); got the text 'pilot'",
             ),
         ),
     ],
@@ -213,8 +213,9 @@ def test_without_the_simulator_every_sim_driver_is_refused() -> None:
         (
             "chargers.0.driver",
             "charger 'cp1': driver sim needs the simulator, and sim.enabled is false; with the simulator off"
-            " a charger needs a device driver such as {type: esp32evse, host: ...}, {type: shelly, host: ...}"
-            " or {type: smartevse, host: ...}",
+            " a charger needs a device driver such as {type: esp32evse, host: ...},"
+            " {type: shelly, host: ...}, {type: smartevse, host: ...}"
+            " or {type: modbus, map: teltonika, host: ...}",
         )
     ]
     assert errors({"sim": {"enabled": False}, "chargers": []})[0][0] == "site.mains_meter"

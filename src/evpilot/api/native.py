@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Query, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from evpilot.api import secc
+from evpilot.api.edge import Problem, Refusal
 from evpilot.api.facade import JsonRoute
 from evpilot.control.runtime import RECENT_COMMANDS, Runtime, session_dict
 from evpilot.control.supervisor import OverallHealth
@@ -22,8 +24,12 @@ from evpilot.devices.apifed import ApiFedMeter
 from evpilot.inputs import NumberError, parse_int
 
 if TYPE_CHECKING:
+    from evpilot.devices.ocpp_backend import OcppLink
     from evpilot.sim.site import SimSite
 
+# The id tag a remote start without one carries (OCPP idToken: at most 20 characters).
+REMOTE_ID_TAG = "evpilot"
+OCPP_ID_TAG_MAX = 20
 SIM_OFF = "the simulator is off (sim.enabled: false): /api/sim/ routes are not available"
 
 # The origin of the commands this API sends (the log line's `origin=` and `GET /api/commands`).
@@ -247,6 +253,66 @@ class LinkDoc(_Doc):
     )
 
 
+class OcppAnswerDoc(_Doc):
+    """The OCPP call a command became, and the wallbox's answer (`Offline`: it could not be reached)."""
+
+    action: str
+    status: str
+    detail: str | None = None
+
+
+class OcppProfileDoc(_Doc):
+    """The live charging profile the wallbox last acknowledged; times in clock seconds."""
+
+    limit: float
+    phases: int
+    purpose: Literal["TxProfile", "TxDefaultProfile"]
+    transaction_id: int | None
+    sent_at: float
+    valid_to: float
+
+
+class OcppConnectorDoc(_Doc):
+    """A wallbox connector: what it reported, and the charger it is (null: none)."""
+
+    status: str | None
+    error_code: str | None
+    transaction_id: int | None
+    id_tag: str | None
+    charger: str | None
+    profile: OcppProfileDoc | None = None
+    last_status: str | None = Field(default=None, description="its answer to the last SetChargingProfile")
+    pushes: int = Field(default=0, description="SetChargingProfile calls sent")
+    failures: int = Field(default=0, description="of which refused or unanswered")
+
+
+class OcppBootDoc(_Doc):
+    """What the wallbox's BootNotification said."""
+
+    charge_point_vendor: str
+    charge_point_model: str
+    charge_point_serial_number: str | None = None
+    charge_box_serial_number: str | None = None
+    firmware_version: str | None = None
+    iccid: str | None = None
+    imsi: str | None = None
+    meter_type: str | None = None
+    meter_serial_number: str | None = None
+
+
+class OcppStationDoc(_Doc):
+    """An OCPP wallbox evpilot knows (configured, or an accepted unknown one); times in clock seconds."""
+
+    id: str
+    assigned: bool = Field(description="false: no charger names this identity")
+    connected: bool
+    booted: bool
+    last_seen: float | None
+    age_s: float | None
+    boot: OcppBootDoc | None
+    connectors: dict[str, OcppConnectorDoc]
+
+
 class ChargerDoc(_Doc):
     """One charger: pilot and work state, flags, mode, the current chain, measurements, limits, session."""
 
@@ -279,7 +345,11 @@ class ChargerDoc(_Doc):
     session: SessionDoc | None
     lifetime_kwh: float
     link: LinkDoc | None = Field(
-        default=None, description="device drivers only (esp32evse, shelly, smartevse, simlink); null for sim"
+        default=None,
+        description="device drivers only (esp32evse, shelly, smartevse, simlink, ocpp); null for sim",
+    )
+    ocpp: OcppAnswerDoc | None = Field(
+        default=None, description="commands to an OCPP charger: what its wallbox answered"
     )
 
 
@@ -518,6 +588,25 @@ def build_router(rt: Runtime) -> APIRouter:
     def doc(cid: str) -> dict[str, Any]:
         return rt.charger_doc(cid)
 
+    def ocpp_link(cid: str) -> OcppLink | None:
+        rt.charger(cid)  # UnknownCharger (404) first
+        link = rt.links.get(cid)
+        # By the config type: the OCPP module loads only on a site that has OCPP chargers.
+        return cast("OcppLink", link) if link is not None and link.driver == "ocpp" else None
+
+    async def relay(cid: str, action: str, send: Callable[[OcppLink], Awaitable[str]]) -> dict[str, Any]:
+        """The charger's doc, with what its OCPP wallbox answered when it is one."""
+        link = ocpp_link(cid)
+        out = doc(cid)
+        if link is not None:
+            from evpilot.devices.ocpp_backend import OcppOffline
+
+            try:
+                out["ocpp"] = {"action": action, "status": await send(link)}
+            except OcppOffline as exc:
+                out["ocpp"] = {"action": action, "status": "Offline", "detail": str(exc)}
+        return out
+
     @r.get(
         "/health",
         tags=["site"],
@@ -582,15 +671,20 @@ def build_router(rt: Runtime) -> APIRouter:
         response_model=ChargerDoc,
     )
     async def start(cid: str, body: StartBody | None = None) -> Response:
-        apply(cmd.Start(cid, None if body is None else body.id_tag))
-        return _out(doc(cid))
+        tag = body.id_tag if body is not None else None
+        if ocpp_link(cid) is not None and tag is not None and len(tag) > OCPP_ID_TAG_MAX:
+            raise CommandError("id_tag", f"an OCPP id tag has at most {OCPP_ID_TAG_MAX} characters")
+        apply(cmd.Start(cid, tag))
+        return _out(
+            await relay(cid, "RemoteStartTransaction", lambda link: link.remote_start(tag or REMOTE_ID_TAG))
+        )
 
     @r.post(
         "/chargers/{cid}/stop", tags=["commands"], summary="Stop (pause) charging", response_model=ChargerDoc
     )
     async def stop(cid: str) -> Response:
         apply(cmd.Stop(cid))
-        return _out(doc(cid))
+        return _out(await relay(cid, "RemoteStopTransaction", lambda link: link.remote_stop()))
 
     @r.put(
         "/chargers/{cid}/enabled",
@@ -600,7 +694,30 @@ def build_router(rt: Runtime) -> APIRouter:
     )
     async def put_enabled(cid: str, body: EnabledBody) -> Response:
         apply(cmd.SetEnabled(cid, body.enabled))
-        return _out(doc(cid))
+        return _out(await relay(cid, "ChangeAvailability", lambda link: link.set_available(body.enabled)))
+
+    @r.post(
+        "/chargers/{cid}/unlock",
+        tags=["commands"],
+        summary="Unlock the connector (OCPP wallboxes)",
+        response_model=ChargerDoc,
+    )
+    async def unlock(cid: str) -> Response:
+        if ocpp_link(cid) is None:
+            problem = Problem(
+                "charger", f"charger {cid!r} has no lock evpilot can release (not an OCPP charger)"
+            )
+            return Refusal(409, "not_supported", [problem]).response()
+        return _out(await relay(cid, "UnlockConnector", lambda link: link.unlock()))
+
+    @r.get(
+        "/ocpp/stations",
+        tags=["ocpp"],
+        summary="OCPP wallboxes: connection, boot info, connectors",
+        response_model=list[OcppStationDoc],
+    )
+    async def ocpp_stations() -> Response:
+        return _out([] if rt.ocpp is None else rt.ocpp.doc())
 
     @r.put(
         "/chargers/{cid}/current_limit",

@@ -18,6 +18,7 @@ from evpilot.devices.registry import LinkContext, build_link, build_meter
 
 if TYPE_CHECKING:
     # Imported at run time only when `sim.enabled` is true: a site without it never loads the simulator.
+    from evpilot.devices.ocpp_backend import OcppBackend
     from evpilot.devices.sim import SimMainsMeter
     from evpilot.sim.site import SimSite
 
@@ -34,6 +35,8 @@ class Assembly:
     meters: dict[str, MeterDriver] = field(default_factory=dict)
     # Setpoint-level charger links by charger id.
     links: dict[str, ChargerLink] = field(default_factory=dict)
+    # The OCPP backend the `type: ocpp` chargers' wallboxes connect to (with `ocpp_server`).
+    ocpp: OcppBackend | None = None
 
 
 def assemble(
@@ -51,7 +54,12 @@ def assemble(
         sim = SimSite(config.sim.params([c.id for c in cfgs]), cfgs, start)
     if clock is None:
         clock = (lambda: sim.now) if sim is not None else time.time
-    ctx = LinkContext(clock, sim, config.mqtt)
+    ocpp: OcppBackend | None = None
+    if config.ocpp_server is not None:
+        from evpilot.devices.ocpp_backend import OcppBackend
+
+        ocpp = OcppBackend(config.ocpp_server, clock)
+    ctx = LinkContext(clock, sim, config.mqtt, ocpp)
     meters: dict[str, MeterDriver] = {}
     for _, name, spec in config.meters():
         if isinstance(spec, MeterSpec):
@@ -123,4 +131,4 @@ def assemble(
                 return sim_meter is not None and m is sim_meter and sim_meter.within(lo, hi)
 
             engine.mains_within = mains_within
-    return Assembly(engine, sim, sim_meter, api_meter, meters, links)
+    return Assembly(engine, sim, sim_meter, api_meter, meters, links, ocpp)

@@ -165,6 +165,9 @@ class Runtime:
         self.links = parts.links
         # The simulated mains meter served over Modbus (`sim.modbus_twins`), from start() to stop().
         self.twins: SimTwins | None = None
+        self.ocpp = parts.ocpp
+        if self.ocpp is not None:
+            self.ocpp.listeners.append(self.recompute)
         # Every charger can take an EV meter fed through an API (SmartEVSE REST and MQTT); while
         # that feed is fresh its currents and energy replace the pilot's own meter.
         self.ev_meters: dict[str, ApiFedEvMeter] = {}
@@ -345,6 +348,8 @@ class Runtime:
             self.supervisor.spawn(f"meter:{name}", meter.run)
         for cid, link in self.links.items():
             self.supervisor.spawn(f"link:{cid}", link.run)
+        if self.ocpp is not None:
+            self.supervisor.spawn("ocpp-server", self.ocpp.run)
         self.supervisor.spawn("control", self._loop)
 
     async def stop(self) -> None:

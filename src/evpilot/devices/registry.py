@@ -23,12 +23,14 @@ MeterFactory = Callable[[str, Any, Clock], MeterDriver]
 
 @dataclass(frozen=True, slots=True)
 class LinkContext:
-    """What a charger link factory may use: the clock, and the simulator when it runs."""
+    """What a charger link factory may use: the clock, the simulator when it runs, MQTT, the OCPP backend."""
 
     clock: Clock
     sim: Any = None
     # The configured MQTT client settings (`mqtt:`), for drivers that talk over the site's broker.
     mqtt: Any = None
+    # The OCPP backend (`ocpp_server:`) that `type: ocpp` wallboxes connect to.
+    ocpp: Any = None
 
 
 # factory(charger config, the config mapping, context) -> the charger's setpoint-level link.
@@ -104,6 +106,19 @@ def _smartevse(charger: ChargerConfig, spec: Any, ctx: LinkContext) -> ChargerLi
     return SmartEvseLink(charger.id, spec.host, ctx.clock, spec.port, spec.poll_s, timeout)
 
 
+def _ocpp(charger: ChargerConfig, spec: Any, ctx: LinkContext) -> ChargerLink:
+    if ctx.ocpp is None:
+        raise DriverUnavailable(f"charger {charger.id!r}: driver ocpp needs the OCPP backend (ocpp_server)")
+    link: ChargerLink = ctx.ocpp.link(charger, spec.id, spec.connector)
+    return link
+
+
+def _modbus_link(charger: ChargerConfig, spec: Any, ctx: LinkContext) -> ChargerLink:
+    from evpilot.devices.modbus.charger import build
+
+    return build(charger, spec, ctx.clock)
+
+
 METER_DRIVERS: dict[str, MeterFactory] = {
     "modbus": _modbus,
     "homewizard": _homewizard,
@@ -114,6 +129,8 @@ LINK_DRIVERS: dict[str, LinkFactory] = {
     "esp32evse": _esp32evse,
     "shelly": _shelly_link,
     "smartevse": _smartevse,
+    "ocpp": _ocpp,
+    "modbus": _modbus_link,
 }
 
 

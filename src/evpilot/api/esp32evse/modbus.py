@@ -41,12 +41,25 @@ METER_MODE = 2
 AC_VOLTAGE = 230
 
 ORIGIN = "modbus:esp32evse"
+# Registers a primary reads and writes (the Modbus charger driver's `map: esp32evse`).
+STATE, ENABLED, CHARGING_CURRENT = 100, 103, 106
+CONSUMPTION_WH, VOLTAGES_MV, CURRENTS_MA = 205, 207, 213
 
 
 def hi_lo(value: float) -> list[int]:
     """An unsigned 32-bit value as two words, high word first (clipped to the range)."""
     v = max(0, min(0xFFFFFFFF, round(value)))
     return [v >> 16, v & 0xFFFF]
+
+
+def from_hi_lo(hi: int, lo: int) -> int:
+    """The unsigned 32-bit value of two words, high word first (the inverse of `hi_lo`)."""
+    return (hi & 0xFFFF) << 16 | (lo & 0xFFFF)
+
+
+def state_text(word: int) -> str:
+    """The two ASCII characters of the state register (e.g. "C2"), without padding."""
+    return bytes([word >> 8 & 0xFF, word & 0xFF]).rstrip(b"\0").decode("ascii", "replace")
 
 
 def u16(value: float) -> int:

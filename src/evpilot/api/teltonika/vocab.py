@@ -212,3 +212,17 @@ def version_number(version: str) -> int:
     """A dotted version as one number: major × 10000 + minor × 100 + patch."""
     parts = [int(p) if p.isdigit() else 0 for p in version.split(".")[:3]] + [0, 0, 0]
     return parts[0] * 10000 + parts[1] * 100 + parts[2]
+
+
+def from_words(values: list[int]) -> int:
+    """The unsigned integer in 16-bit words, low word first (the inverse of `words`)."""
+    return sum((w & 0xFFFF) << (16 * i) for i, w in enumerate(values))
+
+
+def signed(word: int) -> int:
+    """A signed 16-bit register's value (the inverse of `int16`)."""
+    return word - 0x10000 if word & 0x8000 else word
+
+
+# (c) IEC state -> the pilot letter a primary reads it as.
+IEC_LETTER: dict[int, str] = {code: state.value[0] for state, code in IEC_STATE.items()}

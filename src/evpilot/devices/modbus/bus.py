@@ -165,6 +165,32 @@ class ModbusBus:
                 raise BusError(MeterFault.PROTOCOL, f"{what}: {len(regs)} registers in the answer")
             return regs
 
+    async def write(self, unit: int, address: int, values: list[int], timeout: float) -> None:
+        """Write `values` to holding registers from `address` of device `unit` (function 6 or 16)."""
+        async with self._lock:
+            client = await self._connected(timeout)
+            client.comm_params.timeout_connect = timeout
+            self._rx.clear()
+            self.requests += 1
+            what = f"{self.endpoint} unit {unit}: write {values} at {address}"
+            try:
+                if len(values) == 1:
+                    resp = await client.write_register(address, values[0], device_id=unit)
+                else:
+                    resp = await client.write_registers(address, values, device_id=unit)
+            except ModbusIOException as exc:
+                if self.endpoint.rtu and self._rx and not _crc_ok(bytes(self._rx)):
+                    raise BusError(MeterFault.CRC, f"{what}: CRC error in the answer") from exc
+                raise BusError(MeterFault.TIMEOUT, f"{what}: no answer within {timeout:g} s") from exc
+            except ConnectionException as exc:
+                client.close()
+                raise BusError(MeterFault.UNREACHABLE, f"{what}: connection lost ({exc})") from exc
+            except ModbusException as exc:
+                raise BusError(MeterFault.PROTOCOL, f"{what}: {exc}") from exc
+            if resp.isError():
+                code = getattr(resp, "exception_code", "?")
+                raise BusError(MeterFault.EXCEPTION, f"{what}: exception response, code {code}")
+
     def close(self) -> None:
         """Close the connection (the next read opens it again)."""
         if self._client is not None:
