@@ -21,6 +21,7 @@ from evpilot.core.session import LimitReached, Session, SessionRecord, StopReaso
 from evpilot.core.units import NOMINAL_VOLTAGE, PhaseMap, PhaseRotation, phase_map
 from evpilot.core.units import ZERO3 as ZERO3
 from evpilot.core.units import Phases as Phases
+from evpilot.core.values import positional
 
 # An increase of the signaled current is allowed at most this often (IEC 61851 pacing).
 INCREASE_INTERVAL_S = 5.0
@@ -133,6 +134,10 @@ class PilotOutput:
     phases: int
     fallback_at: float
     safe_current: float
+
+
+# Built for every driven charger on every tick: filled slot by slot (`core.values.positional`).
+_pilot_output = positional(PilotOutput)
 
 
 @dataclass(slots=True)
@@ -620,7 +625,7 @@ class Charger:
             work = self.work_state()
         if state is not self.reported_pilot or work is not self.reported_work:
             self._report_state(now, state, work)
-        return PilotOutput(duty, signaled, contactor, phases, expires, safe)
+        return _pilot_output(duty, signaled, contactor, phases, expires, safe)
 
     # ---- quiet ticks ----------------------------------------------------------------------
 
