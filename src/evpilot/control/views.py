@@ -156,20 +156,37 @@ _RAW = attrgetter(
 
 
 def charger_raw(
-    ch: Charger, site_mode: str, solar_short_since: float | None, pilot: PilotState, work: WorkState
+    ch: Charger,
+    site_mode: str,
+    solar_short_since: float | None,
+    pilot: PilotState,
+    work: WorkState,
+    shown: dict[Any, Any] | None = None,
 ) -> tuple[Any, ...]:
     """What a charger's view is made of: equal means its key cannot have moved.
 
     Exact values, except voltages and temperature (as shown); cheaper than `charger_key`, so it is
-    checked first.
+    checked first. `shown`: voltages and temperatures already rounded, by value, for a caller that
+    goes over many chargers at once (chargers on one supply read the same voltages).
     """
     s = ch.session
     v = ch.voltages
+    t = ch.temperature
+    # Voltages and temperature drift by tiny steps at every reading: compared as shown.
+    if shown is None:
+        shown_v: Any = (round(v[0], 1), round(v[1], 1), round(v[2], 1))
+        shown_t: Any = round(t, 1)
+    else:
+        shown_v = shown.get(v)
+        if shown_v is None:
+            shown_v = shown[v] = (round(v[0], 1), round(v[1], 1), round(v[2], 1))
+        shown_t = shown.get(t)
+        if shown_t is None:
+            shown_t = shown[t] = round(t, 1)
     return (
         _RAW(ch),
-        # Voltages and temperature drift by tiny steps at every reading: compared as shown.
-        (round(v[0], 1), round(v[1], 1), round(v[2], 1)),
-        round(ch.temperature, 1),
+        shown_v,
+        shown_t,
         pilot,
         work,
         site_mode,
