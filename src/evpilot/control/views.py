@@ -465,18 +465,21 @@ def charger_doc(v: ChargerView, now: float) -> dict[str, Any]:
             "cable": v.cable_limit,
             "user": v.user_limit,
             "override": v.override,
+            # Empty for most chargers: built only when there is something in them.
             "leases": {
                 lease.source: {
                     "amps": lease.amps,
                     "expires_in_s": None if lease.expires_at is None else round(lease.expires_at - now, 1),
                 }
                 for lease in v.leases
-            },
-            "profiles": _profiles(v.profile, now),
+            }
+            if v.leases
+            else {},
+            "profiles": {} if v.profile is None else _profiles(v.profile, now),
         },
         "caps": {"energy_kwh": v.energy_cap_kwh, "time_min": v.time_cap_min},
         "limit_reached": None if v.limit_reached is None else v.limit_reached.value,
-        "errors": sorted(e.value for e in v.errors),
+        "errors": sorted([e.value for e in v.errors]) if v.errors else [],
         "session": session,
         "lifetime_kwh": round(v.lifetime_kwh, 3),
     }
