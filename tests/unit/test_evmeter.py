@@ -63,3 +63,30 @@ def test_a_meter_reset_adds_no_energy() -> None:
     meter.push(EvMeterReading(None, None, 3.0, taken_at=2.0))
     pilot.reading = replace(pilot.reading, taken_at=2.0)
     assert mp.read().energy_kwh == 101.0
+
+
+def test_a_pilot_counter_that_does_not_move_adds_nothing_on_either_source() -> None:
+    """Flat counters, also where the pilot's and the API meter's raw values happen to be equal."""
+    pilot = FakePilot(PilotReading(taken_at=0.0, letter="B", energy_kwh=7.0))
+    mp = MeteredPilot(pilot, ApiFedEvMeter(), timeout_s=11)
+    for t in (0.0, 1.0, 2.0):
+        pilot.reading = replace(pilot.reading, taken_at=t)
+        r = mp.read()
+        assert r is pilot.reading  # the pilot's own counter, no copy
+    meter = ApiFedEvMeter()
+    mp = MeteredPilot(pilot, meter, timeout_s=11)
+    assert mp.read().energy_kwh == 7.0
+    # The API meter counts from 7.0 too, then moves by 1 kWh: a total of 8.0.
+    meter.push(EvMeterReading(None, None, 7.0, taken_at=3.0))
+    pilot.reading = replace(pilot.reading, taken_at=3.0)
+    assert mp.read().energy_kwh == 7.0
+    meter.push(EvMeterReading(None, None, 8.0, taken_at=4.0))
+    pilot.reading = replace(pilot.reading, taken_at=4.0)
+    assert mp.read().energy_kwh == 8.0
+    # Stale: back on the pilot's counter (still 7.0, as the API meter was at its last reading) with
+    # no jump, and staying flat.
+    for t in (20.0, 21.0, 22.0):
+        pilot.reading = replace(pilot.reading, taken_at=t)
+        assert mp.read().energy_kwh == 8.0
+    pilot.reading = replace(pilot.reading, taken_at=23.0, energy_kwh=7.5)
+    assert mp.read().energy_kwh == 8.5

@@ -9,8 +9,9 @@ import pytest
 from evpilot.config import parse_config
 from evpilot.control.clock import ManualClock
 from evpilot.control.runtime import Runtime, ViewChanges
-from evpilot.control.views import ChargerView, charger_doc
+from evpilot.control.views import ChargerView, charger_doc, charger_raw
 from evpilot.core import commands as cmd
+from evpilot.core.charger import Charger, ChargerConfig
 
 
 def runtime() -> tuple[Runtime, ManualClock, list[ViewChanges]]:
@@ -88,3 +89,23 @@ def test_only_the_changed_charger_is_published() -> None:
     assert charger_frames == ["cp1"]
     assert changed_ids(seen[-1]) == ["cp1"]
     rt.unsubscribe(queue)
+
+
+def test_raw_with_shared_rounding_is_the_raw_without() -> None:
+    """`charger_raw` with the per-tick `shown` cache gives each charger its own rounded values."""
+    chargers = [Charger.create(ChargerConfig(f"cp{i}")) for i in range(4)]
+    shared = (230.04, 229.96, 231.25)
+    chargers[0].voltages = chargers[1].voltages = shared
+    chargers[2].voltages = (231.0, 0.0, 0.0)
+    chargers[3].voltages = (230.04, 229.96, 231.35)
+    temperatures = (25.04, 25.04, -0.0, 64.96)
+    for ch, t in zip(chargers, temperatures, strict=True):
+        ch.temperature = t
+    shown: dict[object, object] = {}
+    for _ in range(2):  # the second pass reads everything from the cache
+        for ch in chargers:
+            args = (ch, "smart", None, ch.reported_pilot, ch.reported_work)
+            with_cache, without = charger_raw(*args, shown), charger_raw(*args)
+            assert with_cache == without
+            assert with_cache[1] == tuple(round(v, 1) for v in ch.voltages)
+            assert with_cache[2] == round(ch.temperature, 1)

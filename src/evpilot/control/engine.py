@@ -22,11 +22,14 @@ from evpilot.core.site import (
     Snapshot,
 )
 from evpilot.core.validity import idle_allocation, may_leave_out, merge, settled
+from evpilot.core.values import positional
 from evpilot.devices.apifed import ApiFedBattery
 from evpilot.devices.base import MeterSource, PilotHardware
 
 # Exactly equivalent shortcuts (steady idle site); tests switch them off to compare.
 FAST_PATHS = True
+# Built for every charger on every tick: filled slot by slot (`core.values.positional`).
+_charger_input = positional(ChargerInput)
 
 
 @dataclass(slots=True)
@@ -145,7 +148,7 @@ class Engine:
                         ci = None
                     # Positional, in field order (see below); only the time of the reading is new.
                     append(
-                        ChargerInput(
+                        _charger_input(
                             p.config,
                             mode,
                             p.demand,
@@ -169,7 +172,7 @@ class Engine:
             # Positional, in field order (config, mode, demand, limit, limit_source, measured,
             # session_kwh, phase_mode, active_phases, charging, measured_at, plugged).
             append(
-                ChargerInput(
+                _charger_input(
                     ch.config,
                     ch.mode or site_mode,
                     ch.demand(),

@@ -540,12 +540,13 @@ class Runtime:
         site_mode = self.engine.site.mode
         memos = self.engine.state.chargers
         keys, raws, views, unpublished = self._keys, self._raws, self.views, self._unpublished
+        shown: dict[Any, Any] = {}
         for cid, ch in self.engine.chargers.items():
             memo = memos.get(cid)
             short = None if memo is None else memo.solar_short_since
             # Right after the step: the pilot and work state each charger has just reported.
             pilot, work = ch.reported_pilot, ch.reported_work
-            raw = charger_raw(ch, site_mode, short, pilot, work)
+            raw = charger_raw(ch, site_mode, short, pilot, work, shown)
             if raws.get(cid) == raw:
                 if cid in unpublished:
                     changed.append(views[cid])

@@ -157,20 +157,37 @@ _RAW = attrgetter(
 
 
 def charger_raw(
-    ch: Charger, site_mode: str, solar_short_since: float | None, pilot: PilotState, work: WorkState
+    ch: Charger,
+    site_mode: str,
+    solar_short_since: float | None,
+    pilot: PilotState,
+    work: WorkState,
+    shown: dict[Any, Any] | None = None,
 ) -> tuple[Any, ...]:
     """What a charger's view is made of: equal means its key cannot have moved.
 
     Exact values, except voltages and temperature (as shown); cheaper than `charger_key`, so it is
-    checked first.
+    checked first. `shown`: voltages and temperatures already rounded, by value, for a caller that
+    goes over many chargers at once (chargers on one supply read the same voltages).
     """
     s = ch.session
     v = ch.voltages
+    t = ch.temperature
+    # Voltages and temperature drift by tiny steps at every reading: compared as shown.
+    if shown is None:
+        shown_v: Any = (round(v[0], 1), round(v[1], 1), round(v[2], 1))
+        shown_t: Any = round(t, 1)
+    else:
+        shown_v = shown.get(v)
+        if shown_v is None:
+            shown_v = shown[v] = (round(v[0], 1), round(v[1], 1), round(v[2], 1))
+        shown_t = shown.get(t)
+        if shown_t is None:
+            shown_t = shown[t] = round(t, 1)
     return (
         _RAW(ch),
-        # Voltages and temperature drift by tiny steps at every reading: compared as shown.
-        (round(v[0], 1), round(v[1], 1), round(v[2], 1)),
-        round(ch.temperature, 1),
+        shown_v,
+        shown_t,
         pilot,
         work,
         site_mode,
@@ -449,18 +466,21 @@ def charger_doc(v: ChargerView, now: float) -> dict[str, Any]:
             "cable": v.cable_limit,
             "user": v.user_limit,
             "override": v.override,
+            # Empty for most chargers: built only when there is something in them.
             "leases": {
                 lease.source: {
                     "amps": lease.amps,
                     "expires_in_s": None if lease.expires_at is None else round(lease.expires_at - now, 1),
                 }
                 for lease in v.leases
-            },
-            "profiles": _profiles(v.profile, now),
+            }
+            if v.leases
+            else {},
+            "profiles": {} if v.profile is None else _profiles(v.profile, now),
         },
         "caps": {"energy_kwh": v.energy_cap_kwh, "time_min": v.time_cap_min},
         "limit_reached": None if v.limit_reached is None else v.limit_reached.value,
-        "errors": sorted(e.value for e in v.errors),
+        "errors": sorted([e.value for e in v.errors]) if v.errors else [],
         "session": session,
         "lifetime_kwh": round(v.lifetime_kwh, 3),
     }

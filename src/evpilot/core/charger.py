@@ -25,6 +25,7 @@ from evpilot.core.sources import Source
 from evpilot.core.units import NOMINAL_VOLTAGE, PhaseMap, PhaseRotation, phase_map
 from evpilot.core.units import ZERO3 as ZERO3
 from evpilot.core.units import Phases as Phases
+from evpilot.core.values import positional
 
 # An increase of the signaled current is allowed at most this often (IEC 61851 pacing).
 INCREASE_INTERVAL_S = 5.0
@@ -135,6 +136,10 @@ class PilotOutput:
     phases: int
     fallback_at: float
     safe_current: float
+
+
+# Built for every driven charger on every tick: filled slot by slot (`core.values.positional`).
+_pilot_output = positional(PilotOutput)
 
 
 @dataclass(slots=True)
@@ -602,7 +607,7 @@ class Charger:
             work = self.work_state()
         if state is not self.reported_pilot or work is not self.reported_work:
             self._report_state(now, state, work)
-        return PilotOutput(duty, signaled, contactor, phases, expires, safe)
+        return _pilot_output(duty, signaled, contactor, phases, expires, safe)
 
     # ---- quiet ticks ----------------------------------------------------------------------
 

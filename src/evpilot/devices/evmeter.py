@@ -78,12 +78,6 @@ class MeteredPilot:
         self._raw: float | None = None
         self._total: float | None = None
 
-    def _fresh(self, now: float) -> EvMeterReading | None:
-        r = self.meter.reading
-        if r is None or now - r.taken_at > self.timeout_s:
-            return None
-        return r
-
     def _energy(self, source: str, raw: float | None) -> float | None:
         if raw is None:
             return self._total
@@ -97,9 +91,16 @@ class MeteredPilot:
     def read(self) -> PilotReading:
         """The pilot's reading with the API meter's currents and energy when they are fresh."""
         base = self.inner.read()
-        api = self._fresh(base.taken_at)
+        api = self.meter.reading
+        if api is not None and base.taken_at - api.taken_at > self.timeout_s:
+            api = None  # stale: the pilot's own values
         if api is None:
-            energy = self._energy("pilot", base.energy_kwh)
+            raw = base.energy_kwh
+            # `_energy` when the pilot's counter has not moved: nothing to add, the total as it is.
+            if raw is not None and raw == self._raw and self._source == "pilot" and self._total is not None:
+                energy: float | None = self._total
+            else:
+                energy = self._energy("pilot", raw)
             # Usually the pilot's own counter as it is: no copy (this runs per charger per tick).
             return base if energy == base.energy_kwh else replace(base, energy_kwh=energy)
         if api.currents is None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from evpilot.core.charger import ZERO3, ChargerConfig, Phases, PilotOutput, PilotReading, mains_draw
 from evpilot.core.iec61851 import current_for_duty, duty_for_current
 from evpilot.core.site import Reading
+from evpilot.core.values import positional
 from evpilot.sim.ev import CarSpec, SimCar
 from evpilot.sim.house import PV, HomeBattery, House, Spike
 
@@ -20,6 +21,8 @@ HEAT_K_PER_A2 = 0.01
 HEAT_TAU_S = 600.0
 # Exactly equivalent shortcuts (a socket drawing nothing); tests switch them off to compare.
 FAST_PATHS = True
+# Built for every charger on every tick: filled slot by slot (`core.values.positional`).
+_pilot_reading = positional(PilotReading)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +124,8 @@ class SimPilot:
         """The pilot letter, EV meter and sensors as the controller sees them."""
         car = self.car
         # Positional: taken_at, letter, currents, voltages, energy_kwh, temperature, rcm_fault,
-        # diode_fault, cable_limit (this runs for every charger on every tick).
-        return PilotReading(
+        # diode_fault, cable_limit, measured_at (this runs for every charger on every tick).
+        return _pilot_reading(
             self.site.now,
             "A" if car is None else car.letter,
             self.currents,
@@ -132,6 +135,7 @@ class SimPilot:
             self.rcm_fault,
             self.diode_fault,
             None if car is None else 32.0,
+            None,
         )
 
     def write(self, output: PilotOutput) -> None:
