@@ -7,6 +7,7 @@ import json
 import math
 import re
 import types
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import unquote, urlsplit
@@ -732,6 +733,13 @@ class OcppServerModel(_Model):
     heartbeat_s: int = Field(default=300, ge=10, le=86400, description="heartbeat interval given at boot")
 
 
+class TlsModel(_Model):
+    """HTTPS (and WSS): a PEM certificate (chain) and its private key."""
+
+    cert: Path = Field(description="PEM certificate file (with the chain, if any)")
+    key: Path = Field(description="PEM private key file")
+
+
 class HttpModel(_Model):
     """Where the HTTP API listens."""
 
@@ -747,6 +755,53 @@ class HttpModel(_Model):
         description="web origins (scheme://host[:port]) allowed to change state or open WebSockets"
         " besides the server's own; '*' allows any",
     )
+    tls: TlsModel | None = Field(default=None, description="serve HTTPS and WSS; none = plain HTTP")
+
+
+class Role(StrEnum):
+    """What an authenticated caller may do: viewers read, operators command chargers, admins all."""
+
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+    @property
+    def rank(self) -> int:
+        """viewer 0 < operator 1 < admin 2."""
+        return _ROLE_RANK[self]
+
+    def may(self, needed: Role) -> bool:
+        """Whether this role includes `needed`."""
+        return self.rank >= needed.rank
+
+
+_ROLE_RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
+
+
+class UserModel(_Model):
+    """A user of the APIs: name, password hash (`evpilot auth hash`) and role."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[^:\s]+$", description="no ':' or spaces")
+    password_hash: str = Field(
+        min_length=20, max_length=512, pattern=r"^\$argon2(id|i|d)\$", description="argon2 hash"
+    )
+    role: Role
+
+
+class AuthModel(_Model):
+    """Authentication of every HTTP API: users (HTTP basic, login) and API tokens (in the store)."""
+
+    users: list[UserModel] = Field(default_factory=list, max_length=1000)
+    session_ttl_s: float = Field(
+        default=12 * 3600, gt=0, le=30 * 86400, description="a login token lapses this long after login"
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> AuthModel:
+        names = [u.name for u in self.users]
+        if len(set(names)) != len(names):
+            raise KeyedError("users", "user names must be unique")
+        return self
 
 
 _TOPIC_PREFIX = r"^[^+#/\x00][^+#\x00]{0,62}[^+#/\x00]$|^[^+#/\x00]$"
@@ -1013,6 +1068,7 @@ class AppConfig(_Model):
     ocpp_server: OcppServerModel | None = Field(
         default=None, description="evpilot as the OCPP backend for `driver: {type: ocpp}` chargers"
     )
+    auth: AuthModel | None = Field(default=None, description="none = no authentication (bind to loopback)")
 
     @model_validator(mode="after")
     def _refs(self) -> AppConfig:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 from evpilot.core.session import SessionCheckpoint, SessionRecord
 
@@ -54,3 +55,30 @@ class SessionStore(Protocol):
 
     def close(self) -> None:
         """Write what is queued and close."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """An API token as listed: id, role, name and creation time (Unix seconds); never its secret."""
+
+    id: str
+    role: str
+    name: str
+    created_at: float
+
+
+@runtime_checkable
+class TokenStore(Protocol):
+    """API tokens: only a hash of each secret is kept."""
+
+    def add_token(self, token: TokenRecord, secret_hash: str) -> None:
+        """Store a new token."""
+
+    def token(self, token_id: str) -> tuple[TokenRecord, str] | None:
+        """The token with this id and its secret hash, or None."""
+
+    def tokens(self) -> list[TokenRecord]:
+        """Every token, oldest first."""
+
+    def revoke_token(self, token_id: str) -> bool:
+        """Delete a token; False if there was none."""

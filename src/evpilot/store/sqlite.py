@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from evpilot.core.session import SessionCheckpoint, SessionRecord
+from evpilot.store.base import TokenRecord
 
 log = logging.getLogger("evpilot.store")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE sessions (
@@ -51,6 +52,15 @@ _MIGRATIONS: dict[int, str] = {
         body TEXT NOT NULL
     );
     CREATE INDEX outbox_queue ON outbox(queue, seq);
+    """,
+    4: """
+    CREATE TABLE api_tokens (
+        id TEXT PRIMARY KEY,
+        secret_hash TEXT NOT NULL,
+        role TEXT NOT NULL,
+        name TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
     """,
 }
 # Writes waiting for the writer thread; beyond this the caller waits (nothing is dropped).
@@ -306,6 +316,37 @@ class Store:
             )
         self._write_counters(db, counters)
         self._raise_hwm(db, now)
+
+    # ---- API tokens (`evpilot auth token ...`); only the secret's hash is stored ----------------
+
+    def add_token(self, token: TokenRecord, secret_hash: str) -> None:
+        """Store a new API token (its id, role, name, creation time and the hash of its secret)."""
+        with self._lock, self.db:
+            self.db.execute(
+                "INSERT INTO api_tokens(id, secret_hash, role, name, created_at) VALUES(?, ?, ?, ?, ?)",
+                (token.id, secret_hash, token.role, token.name, token.created_at),
+            )
+
+    def token(self, token_id: str) -> tuple[TokenRecord, str] | None:
+        """The token with this id and its secret hash, or None."""
+        rows = self._read(
+            "SELECT id, role, name, created_at, secret_hash FROM api_tokens WHERE id = ?", (token_id,)
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return TokenRecord(r[0], r[1], r[2], r[3]), r[4]
+
+    def tokens(self) -> list[TokenRecord]:
+        """Every API token, oldest first (without secrets)."""
+        rows = self._read("SELECT id, role, name, created_at FROM api_tokens ORDER BY created_at, id")
+        return [TokenRecord(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def revoke_token(self, token_id: str) -> bool:
+        """Delete a token; False if there was none with this id."""
+        self.flush()
+        with self._lock, self.db:
+            return self.db.execute("DELETE FROM api_tokens WHERE id = ?", (token_id,)).rowcount > 0
 
     def close(self) -> None:
         """Write everything queued, stop the writer and close the database."""

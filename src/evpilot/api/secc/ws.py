@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import WebSocket, WebSocketDisconnect
 
+from evpilot.api.auth import may_command, ws_forbidden_frame
 from evpilot.api.secc.vocab import MAX_AMPS, LimitsBody, set_limits
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.errors import CommandError
@@ -58,6 +59,7 @@ async def run_socket(
     starts again from a full state instead of silently missing frames.
     """
     await socket.accept()
+    commander = may_command(socket.scope)
     q = rt.subscribe()
 
     async def read() -> None:
@@ -66,6 +68,9 @@ async def run_socket(
             if msg["type"] == "websocket.disconnect":
                 return
             text = msg.get("text")
+            if text is not None and not commander:
+                q.offer({"raw": ws_forbidden_frame(text)})
+                continue
             error = "binary frames are not accepted" if text is None else ws_command(rt, cid, text)
             if error is not None:
                 frame = {"topic": "error", "message": {"command": (text or "")[:64], "detail": error}}
