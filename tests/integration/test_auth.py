@@ -35,6 +35,7 @@ from evpilot.control.clock import ManualClock
 from evpilot.control.runtime import Runtime
 from evpilot.store.sqlite import Store
 from tests.helpers import free_port, make_config
+from tests.integration.test_native_schema import _validate, native_operations
 
 PASSWORD = "correct horse"
 HASH = hash_password(PASSWORD)
@@ -313,7 +314,12 @@ async def test_login_gives_a_session_token_that_logout_ends() -> None:
         assert doc["role"] == "operator" and doc["expires_in_s"] == 12 * 3600
         bearer = {"authorization": f"Bearer {doc['token']}"}
         assert (await client.get("/api/chargers/cp1", headers=bearer)).status_code == 200
-        assert (await client.post("/api/logout", headers=bearer)).status_code == 204
+        out = await client.post("/api/logout", headers=bearer)
+        assert out.status_code == 200 and out.json() == {"ended": True}
+        openapi = (await client.get("/openapi.json")).json()
+        ops = native_operations(openapi)
+        assert _validate(openapi, ops[("POST", "/api/login")], doc) == []
+        assert _validate(openapi, ops[("POST", "/api/logout")], out.json()) == []
         assert (await client.get("/api/chargers/cp1", headers=bearer)).status_code == 401
         r = await client.post("/api/login", json={"name": "operator", "password": "nope"})
         assert r.status_code == 401 and r.json()["error"] == "unauthorized"

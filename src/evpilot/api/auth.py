@@ -162,9 +162,9 @@ class Authenticator:
         self._sessions[token] = (Principal(principal.name, principal.role, "session"), now + ttl)
         return token, ttl
 
-    def logout(self, token: str) -> None:
-        """End a login session."""
-        self._sessions.pop(token, None)
+    def logout(self, token: str) -> bool:
+        """End a login session; False if there was none."""
+        return self._sessions.pop(token, None) is not None
 
     async def bearer(self, token: str) -> Principal | None:
         """The caller of a session or API token."""
@@ -336,9 +336,18 @@ class LoginBody(BaseModel):
 class LoginDoc(BaseModel):
     """A session token for `Authorization: Bearer`, its lifetime in s and the user's role."""
 
+    model_config = ConfigDict(extra="forbid")
+
     token: str
     expires_in_s: float
     role: Role
+
+
+class LogoutDoc(BaseModel):
+    """Whether a login session was ended (false for an API token or basic credentials)."""
+
+    model_config = ConfigDict(extra="forbid")
+    ended: bool
 
 
 def build_router(auth: Authenticator | None) -> APIRouter:
@@ -371,14 +380,13 @@ def build_router(auth: Authenticator | None) -> APIRouter:
         doc: dict[str, Any] = {"token": token, "expires_in_s": ttl, "role": principal.role.value}
         return json_response(doc)
 
-    @r.post("/logout", summary="End the login session of the Bearer token", status_code=204)
+    @r.post("/logout", summary="End the login session of the Bearer token", response_model=LogoutDoc)
     async def logout(request: Request) -> Response:
         if auth is None:
             return off()
         header = request.headers.get("authorization", "")
-        if header[:7].lower() == "bearer ":
-            auth.logout(header[7:].strip())
-        return Response(status_code=204)
+        ended = header[:7].lower() == "bearer " and auth.logout(header[7:].strip())
+        return json_response({"ended": ended})
 
     return r
 
