@@ -271,6 +271,17 @@ async def test_sockets_need_credentials_and_only_operators_command_on_them() -> 
                     break
                 await asyncio.sleep(0.02)
         assert rt.charger("cp1").enabled is False
+        # The dashboard's way: a login token offered as the `bearer.<token>` subprotocol.
+        async with httpx.AsyncClient(base_url=base) as client:
+            r = await client.post("/api/login", json={"name": "viewer", "password": PASSWORD})
+        proto = f"bearer.{r.json()['token']}"
+        async with connect(_ws(base) + "/api/ws", subprotocols=[proto]) as ws:  # type: ignore[list-item]
+            assert ws.subprotocol == proto
+            assert json.loads(await ws.recv())["topic"]
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(_ws(base) + "/api/ws", subprotocols=["bearer.forged"]):  # type: ignore[list-item]
+                pass
+        assert refused.value.response.status_code == 401
 
 
 # ---- tokens, login, throttle ----------------------------------------------------------------------

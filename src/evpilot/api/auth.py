@@ -47,6 +47,8 @@ MAX_DELAY_S = 300.0
 MAX_CLIENTS = 10_000
 MAX_VERIFIED = 1_000
 SCOPE_KEY = "evpilot.principal"
+# Browsers cannot set headers on a WebSocket: the dashboard offers its token as this subprotocol.
+SUBPROTOCOL_PREFIX = "bearer."
 
 
 def hash_password(password: str) -> str:
@@ -255,6 +257,9 @@ class AuthGate:
             return
         face = facade_of(path)
         header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
+        if header is None and kind == "websocket":
+            token = socket_token(scope)
+            header = None if token is None else f"Bearer {token}"
         digest = header is not None and header[:7].lower() == "digest "
         if face is Face.SHELLY and self.shelly_digest and (header is None or digest):
             await self.app(scope, receive, send)
@@ -309,6 +314,20 @@ class AuthGate:
             await send({"type": "websocket.http.response.body", "body": bytes(response.body)})
             return
         await send({"type": "websocket.close", "code": 1008, "reason": detail[:120]})
+
+
+def socket_subprotocol(scope: Scope) -> str | None:
+    """The `bearer.<token>` subprotocol a browser's WebSocket carries its token in, if any."""
+    for proto in scope.get("subprotocols") or ():
+        if isinstance(proto, str) and proto.startswith(SUBPROTOCOL_PREFIX):
+            return proto
+    return None
+
+
+def socket_token(scope: Scope) -> str | None:
+    """The token of a `bearer.<token>` subprotocol."""
+    proto = socket_subprotocol(scope)
+    return None if proto is None else proto[len(SUBPROTOCOL_PREFIX) :] or None
 
 
 def principal_of(scope: Scope) -> Principal | None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import WebSocket, WebSocketDisconnect
 
-from evpilot.api.auth import may_command, ws_forbidden_frame
+from evpilot.api.auth import may_command, socket_subprotocol, ws_forbidden_frame
 from evpilot.api.secc.vocab import MAX_AMPS, LimitsBody, set_limits
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.errors import CommandError
@@ -58,7 +58,8 @@ async def run_socket(
     that a frame does not fit is dropped: closed with 1013 (try again later), so it reconnects and
     starts again from a full state instead of silently missing frames.
     """
-    await socket.accept()
+    # A browser that offered its token as a subprotocol fails the connection unless it is echoed.
+    await socket.accept(subprotocol=socket_subprotocol(socket.scope))
     commander = may_command(socket.scope)
     q = rt.subscribe()
 
