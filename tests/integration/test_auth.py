@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 import uvicorn
@@ -490,3 +491,23 @@ async def test_tls_serves_https_and_wss_with_a_self_signed_certificate(tmp_path:
         tls_options(tmp_path / "missing.pem", key)
     with pytest.raises(BadTls, match="cannot load"):
         tls_options(key, key)
+
+
+async def test_shelly_keeps_its_digest_password_and_takes_the_same_users() -> None:
+    config = {**CONFIG, "shelly": {"password": "device-pw"}}
+    set_url = "/rpc/Number.Set?id=200&value=10"
+    async with _server(config) as (base, rt), httpx.AsyncClient(base_url=base) as client:
+        # No credentials: Shelly's own digest challenge, as the device answers.
+        r = await client.get(set_url)
+        assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Digest ")
+        before = _snapshot(rt)
+        assert (await client.get(set_url, headers=_basic("viewer"))).status_code == 403
+        assert _snapshot(rt) == before
+        assert (await client.get(set_url, headers=_basic("operator"))).status_code == 200
+        assert (await client.get("/rpc/Shelly.GetStatus", headers=_basic("viewer"))).status_code == 200
+        digest = (aiohttp.DigestAuthMiddleware("admin", "device-pw"),)
+        async with (
+            aiohttp.ClientSession(middlewares=digest) as session,
+            session.get(base + "/rpc/Number.Set?id=200&value=12") as resp,
+        ):
+            assert resp.status == 200
