@@ -11,6 +11,8 @@ import ipaddress
 import json
 import logging
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -220,6 +222,7 @@ async def test_the_role_table_holds_on_every_facade_and_a_refusal_changes_nothin
                     assert r.headers["www-authenticate"].startswith("Basic "), what
                 elif RANK[who] < RANK[need]:
                     assert r.status_code == 403, what
+                    assert f"needs {need}" in r.text, what  # in the facade's own body format
                 else:
                     assert r.status_code not in (401, 403, 429), what
                     continue
@@ -511,3 +514,15 @@ async def test_shelly_keeps_its_digest_password_and_takes_the_same_users() -> No
             session.get(base + "/rpc/Number.Set?id=200&value=12") as resp,
         ):
             assert resp.status == 200
+
+
+def test_run_refuses_an_unusable_certificate_before_it_starts(tmp_path: Path) -> None:
+    config = {"http": {"tls": {"cert": str(tmp_path / "nope.pem"), "key": str(tmp_path / "nope.key")}}}
+    path = tmp_path / "tls.yaml"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    args = [sys.executable, "-m", "evpilot", "run", "--config", str(path), "--data-dir", str(tmp_path / "d")]
+    args += ["--http", f"127.0.0.1:{free_port()}"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert "config error: http.tls:" in done.stderr and "no such file" in done.stderr
+    assert not (tmp_path / "d").exists()  # nothing was started

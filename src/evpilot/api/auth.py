@@ -26,7 +26,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from evpilot.api.access import Face, facade_of, required_role
@@ -225,7 +225,10 @@ def refusal_response(face: Face, status: int, detail: str, headers: dict[str, st
     if face is Face.ESP32EVSE:
         from evpilot.api.esp32evse.rest import plain
 
-        return plain(refusal)
+        # The firmware's own text for 401; its server has no 403 or 429 of its own: plain text.
+        if status == 401:
+            return plain(refusal)
+        return PlainTextResponse(detail, status_code=status, headers=headers or None)
     if face is Face.SMARTEVSE:
         return json_response({"error": detail}, status, headers)
     if face is Face.SHELLY:
