@@ -226,6 +226,7 @@ def run(config: AppConfig, data_dir: Path | None, http: tuple[str, int] | None, 
         BadTls,
         CannotListen,
         host_port,
+        is_loopback_host,
         listen,
         server_config,
         tls_options,
@@ -260,6 +261,12 @@ def run(config: AppConfig, data_dir: Path | None, http: tuple[str, int] | None, 
         warning = exposure_warning(config, host, port)
         if warning is not None:
             log.warning("%s", warning)
+        if config.modbus.port is not None and not is_loopback_host(config.modbus.host):
+            log.warning(
+                "Modbus TCP on %s: Modbus has no authentication, anyone who reaches this port may"
+                " command the chargers (keep it on a separate network: see docs/security.md)",
+                host_port(config.modbus.host, config.modbus.port),
+            )
         log.info(
             "evpilot %s on %s://%s (speed %gx, data %s, %d charger(s), simulator %s)",
             __version__,
