@@ -31,7 +31,7 @@ from websockets.exceptions import InvalidStatus
 
 from evpilot import cli
 from evpilot.api.app import create_app
-from evpilot.api.auth import FREE_FAILURES, Authenticator, Throttle, hash_password
+from evpilot.api.auth import FREE_FAILURES, Authenticator, Throttle, hash_password, split_token
 from evpilot.api.server import BadTls, server_config, tls_options
 from evpilot.config import ConfigError
 from evpilot.control.clock import ManualClock
@@ -303,10 +303,16 @@ async def test_api_tokens_from_the_cli_work_until_revoked(
     token = capsys.readouterr().out.strip()
     assert token.startswith("evp_")
     store = Store(tmp_path / "evpilot.sqlite3")
-    (record,) = store.tokens()
+    try:
+        (record,) = store.tokens()
+    finally:
+        store.close()
     assert record.role == "operator" and record.name == "ha"
-    assert token.split("_")[2] not in (tmp_path / "evpilot.sqlite3").read_bytes().decode("latin-1")
-    store.close()
+    parts = split_token(token)
+    assert parts is not None and parts[0] == record.id
+    # Only a hash of the secret is stored.
+    for file in tmp_path.glob("evpilot.sqlite3*"):
+        assert parts[1].encode() not in file.read_bytes()
     async with _server(CONFIG, data=tmp_path) as (base, _rt), httpx.AsyncClient(base_url=base) as client:
         bearer = {"authorization": f"Bearer {token}"}
         assert (await client.post("/api/chargers/cp1/stop", headers=bearer)).status_code == 200
