@@ -490,6 +490,30 @@ class ThingsBoardModel(_Model):
         return self
 
 
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+class WindowModel(_Model):
+    """A weekly charging window (local time): charging is allowed from `start` to `stop` on `days`."""
+
+    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM")
+    stop: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM (before start: next day)")
+    days: list[Weekday] = Field(default_factory=lambda: list(get_args(Weekday)), min_length=1)
+
+
+RfidSetting = Literal["disabled", "enable_all", "enable_one", "remote", "learn", "delete", "delete_all"]
+SwitchSetting = Literal[
+    "disabled",
+    "access_button",
+    "access_switch",
+    "smart_solar_button",
+    "smart_solar_switch",
+    "grid_relay",
+    "custom_button",
+    "custom_switch",
+]
+
+
 class ChargerModel(_Model):
     """One charge point."""
 
@@ -512,6 +536,17 @@ class ChargerModel(_Model):
     mode: Mode | None = None
     contactor2: PhaseMode = "not_present"
     fixed_cable: bool = True
+    rfid: RfidSetting = Field(default="disabled", description="RFID reader: who may start charging")
+    switch: SwitchSetting = Field(default="disabled", description="what the switch input does")
+    lock: Literal["disabled", "solenoid", "motor"] = Field(
+        default="disabled", description="cable lock actuator (socket chargers: fixed_cable: false)"
+    )
+    schedules: list[WindowModel] = Field(
+        default_factory=list, description="weekly windows when charging is allowed (none: always)"
+    )
+    authorization_timeout_s: float = Field(
+        default=60, gt=0, le=3600, description="an authorization without a car lapses after this"
+    )
     driver: ChargerDriver = Field(
         default="sim",
         description="sim (a pilot in the simulator) or a mapping such as {type: simlink} or"
@@ -551,6 +586,14 @@ class ChargerModel(_Model):
                     f"charger {self.id!r}: a Teltonika secondary takes at most 32 A"
                     " (amps to use, register 15)",
                 )
+        if self.lock != "disabled" and self.fixed_cable:
+            raise KeyedError(
+                "lock", f"charger {self.id!r}: a cable lock is for a socket charger (fixed_cable: false)"
+            )
+        if self.lock != "disabled" and self.driver != "sim":
+            raise KeyedError(
+                "lock", f"charger {self.id!r}: only the simulated pilot (driver: sim) has a lock actuator"
+            )
         return self
 
     def core(self) -> ChargerConfig:
@@ -570,7 +613,8 @@ class ChargerModel(_Model):
             # Resume at 55 °C, or 10 °C below a MAX TEMP set lower than 65 °C.
             resume_temp=min(55.0, self.max_temp - 10.0),
             auto_charge=self.auto_charge,
-            require_auth=self.require_auth,
+            # Any RFID mode but disabled: a car waits for a card (or an API authorization).
+            require_auth=self.require_auth or self.rfid != "disabled",
             mode=self.mode,
             contactor2=self.contactor2,
             fixed_cable=self.fixed_cable,

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from evpilot import __version__
-from evpilot.api import auth, esp32evse, native, secc, shelly, smartevse
+from evpilot.api import auth, charging_access, esp32evse, native, secc, shelly, smartevse
 from evpilot.api.auth import Authenticator, AuthGate
 from evpilot.api.edge import Problem, Refusal, too_large
 from evpilot.api.facade import BodyLimit, invalid_response
@@ -168,6 +168,7 @@ def create_app(rt: Runtime, manage_runtime: bool = True) -> FastAPI:
     app.state.auth = authenticator
     app.include_router(auth.build_router(authenticator))
     app.include_router(native.build_router(rt))
+    app.include_router(charging_access.build_router(rt))
     esp32evse.mount(app, rt)
     smartevse.mount(app, rt)
     secc.mount(app, rt)

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from evpilot.core.access import Card
 from evpilot.core.session import SessionCheckpoint, SessionRecord
 
 
@@ -46,6 +47,15 @@ class SessionStore(Protocol):
 
     def outbox_drop(self, queue: str, seq: int) -> None:
         """Remove a delivered message from `queue`."""
+
+    def cards(self) -> list[Card]:
+        """The learned RFID cards, by uid."""
+
+    def put_card(self, card: Card) -> None:
+        """Store (or replace) a learned card."""
+
+    def delete_card(self, uid: str | None) -> None:
+        """Forget the card `uid`, or every card (None)."""
 
     def high_water(self) -> float:
         """The latest clock time stored so far (0 if none)."""
