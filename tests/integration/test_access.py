@@ -259,3 +259,17 @@ async def test_schedule_window_is_a_cap_with_source_schedule() -> None:
         doc = await until(c, "/api/chargers/cp1", lambda d: d["limit_source"] == "schedule", "schedule cap")
         assert not doc["charging"]
         assert (await c.get("/api/chargers/cp1/access")).json()["schedule_open"] is False
+
+
+async def test_a_cards_energy_cap_holds_the_charger_with_source_card() -> None:
+    async with (
+        serve(config(rfid="enable_all"), speed=20) as (base, _rt),
+        httpx.AsyncClient(base_url=base) as c,
+    ):
+        await c.post("/api/cards", json={"uid": UID, "energy_kwh": 0.02})
+        await plug(c)
+        await c.post("/api/chargers/cp1/swipe", json={"uid": UID})
+        await until(c, "/api/chargers/cp1", charging, "charging")
+        doc = await until(c, "/api/chargers/cp1", lambda d: d["limit_source"] == "card", "card energy cap")
+        assert doc["session"]["energy_kwh"] >= 0.02
+        await until(c, "/api/chargers/cp1", lambda d: not d["charging"], "stopped at the card's cap")
