@@ -67,8 +67,10 @@ def test_disabled_refuses_every_card() -> None:
 def test_enable_all_takes_learned_cards_only() -> None:
     assert decide(RfidMode.ENABLE_ALL) is SwipeAction.AUTHORIZE
     assert decide(RfidMode.ENABLE_ALL, None) is SwipeAction.REFUSE
-    # Another learned card while one holds the charger: enable_all takes it too (no stop).
-    assert decide(RfidMode.ENABLE_ALL, holder="11223344") is SwipeAction.AUTHORIZE
+    # Any learned card disables again while one holds the charger (seed 001: enabling/disabling).
+    assert decide(RfidMode.ENABLE_ALL, holder="11223344") is SwipeAction.STOP
+    assert decide(RfidMode.ENABLE_ALL, holder=CARD.uid) is SwipeAction.STOP
+    assert decide(RfidMode.ENABLE_ALL, None, holder=CARD.uid) is SwipeAction.REFUSE
 
 
 def test_enable_one_the_holder_stops_others_are_refused() -> None:

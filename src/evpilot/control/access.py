@@ -189,6 +189,8 @@ class AccessControl:
         uid = normalize_uid(raw_uid)
         ch = self.rt.charger(cid)
         now = self.rt.clock.now()
+        if not ch.authorized:
+            st.holder = None  # unplugged, lapsed or stopped since
         decision = decide_swipe(
             st.rfid,
             self.cards.get(uid),

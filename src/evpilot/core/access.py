@@ -118,9 +118,9 @@ def decide_swipe(
 ) -> SwipeDecision:
     """What a swipe of `card` (None: not learned) does on `charger` in `mode`.
 
-    `holder` is the uid that authorized the running or pending session, if any. In `enable_all` a
-    learned card starts charging; in `enable_one` the card that started a session also stops it and
-    unlocks the cable, and no other card is taken meanwhile.
+    `holder` is the uid that authorized the running or pending session, if any. In `enable_all` any
+    learned card enables charging and, while one holds it, disables it; in `enable_one` only the card
+    that started a session stops it (and so unlocks the cable), no other card is taken meanwhile.
     """
     if mode is RfidMode.DISABLED:
         return SwipeDecision(SwipeAction.REFUSE, "the RFID reader is disabled (rfid: disabled)")
@@ -145,8 +145,8 @@ def decide_swipe(
     if not card.valid_at(charger, now):
         expired = card.expires_at is not None and now >= card.expires_at
         return SwipeDecision(SwipeAction.REFUSE, "the card expired" if expired else f"not valid on {charger}")
-    if mode is RfidMode.ENABLE_ONE and holder is not None:
-        if card.uid == holder:
+    if holder is not None:
+        if mode is RfidMode.ENABLE_ALL or card.uid == holder:
             return SwipeDecision(SwipeAction.STOP)
         return SwipeDecision(SwipeAction.REFUSE, "another card holds this charger")
     return SwipeDecision(SwipeAction.AUTHORIZE)
