@@ -43,6 +43,7 @@ _OPERATING = (RfidMode.DISABLED, RfidMode.ENABLE_ALL, RfidMode.ENABLE_ONE, RfidM
 _BUTTONS = (SwitchMode.ACCESS_BUTTON, SwitchMode.SMART_SOLAR_BUTTON, SwitchMode.CUSTOM_BUTTON)
 # A grid relay contact reads closed until the hardware or the API says otherwise.
 _DEFAULT_CLOSED = {SwitchMode.GRID_RELAY: True}
+_NO_LOCK = LockMode.DISABLED
 
 
 @dataclass(slots=True)
@@ -272,6 +273,14 @@ class AccessControl:
                 if hw is not None and hw != st.last_hw_closed:
                     st.last_hw_closed = hw
                     self.set_switch(cid, hw, "gpio")
+            if (
+                st.access_on
+                and not ch.config.require_auth
+                and st.lock_mode is _NO_LOCK
+                and not st.windows
+                and not ch.leases
+            ):
+                continue  # nothing to lapse, lock or hold (the common charger: no time spent on it)
             self._lapse(ch, st, now)
             self._step_lock(ch, st, now)
             self._hold(
