@@ -68,6 +68,13 @@ _NATIVE: list[tuple[str, str, Any, str]] = [
     ("PUT", "/api/chargers/{cid}/phase_mode", {"phase_mode": "auto"}, "operator"),
     ("POST", "/api/chargers/{cid}/reset", None, "operator"),
     ("POST", "/api/chargers/{cid}/unlock", None, "operator"),
+    ("PUT", "/api/chargers/{cid}/rfid", {"mode": "disabled"}, "operator"),
+    ("PUT", "/api/chargers/{cid}/switch", {"closed": False}, "operator"),
+    ("POST", "/api/cards", {"uid": "04A2B3C4"}, "admin"),
+    ("DELETE", "/api/cards/{uid}", None, "admin"),
+    ("DELETE", "/api/cards", None, "admin"),
+    ("POST", "/api/sim/chargers/{cid}/card", {"uid": "04A2B3C4"}, "admin"),
+    ("PUT", "/api/sim/chargers/{cid}/switch", {"closed": False}, "admin"),
     ("PUT", "/api/settings", {"mode": "solar"}, "admin"),
     ("PUT", "/api/meters/mains", {"currents": [1, 2, 3]}, "admin"),
     ("PUT", "/api/meters/circuits/{name}", {"currents": [1, 2, 3]}, "admin"),
@@ -82,7 +89,7 @@ _NATIVE: list[tuple[str, str, Any, str]] = [
     ("PUT", "/api/sim/mains_meter", {"online": False}, "admin"),
 ]
 NATIVE: list[Row] = [
-    (m, p, p.format(cid="cp2" if p.endswith("/plug") else "cp1", name="garage"), body, role)
+    (m, p, p.format(cid="cp2" if p.endswith("/plug") else "cp1", name="garage", uid="04A2B3C4"), body, role)
     for m, p, body, role in _NATIVE
 ]
 ROOTED: list[tuple[str, str, str, Any, str]] = [
