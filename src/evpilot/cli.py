@@ -71,6 +71,19 @@ def parser() -> argparse.ArgumentParser:
     check = csub.add_parser("check", help="validate a config file and print each error with its key")
     check.add_argument("file", type=Path)
     csub.add_parser("schema", help="print the JSON schema of the config file")
+    auth = sub.add_parser("auth", help="password hashes and API tokens")
+    asub = auth.add_subparsers(dest="auth_cmd", required=True)
+    asub.add_parser("hash", help="hash a password (read from the terminal or stdin) for auth.users")
+    token = asub.add_parser("token", help="create, list or revoke API tokens (kept hashed in the store)")
+    tsub = token.add_subparsers(dest="token_cmd", required=True)
+    create = tsub.add_parser("create", help="create a token and print it (shown only once)")
+    create.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
+    create.add_argument("--name", default="", help="what the token is for (shown by list)")
+    tsub.add_parser("list", help="list the tokens (id, role, name, created)")
+    revoke = tsub.add_parser("revoke", help="revoke a token by its id")
+    revoke.add_argument("id")
+    for tp in tsub.choices.values():
+        tp.add_argument("--data-dir", type=Path, help="where the SQLite database lives")
     from evpilot.devices.modbus.tool import add_parsers as add_meter_parsers
 
     add_meter_parsers(sub)
@@ -84,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         from evpilot.devices.modbus.tool import main as meters_main
 
         return meters_main(args)
+    if args.cmd == "auth":
+        return auth_main(args)
     if args.cmd == "config":
         if args.config_cmd == "schema":
             print(json_schema())
@@ -124,6 +139,67 @@ def main(argv: list[str] | None = None) -> int:
     return run(config, args.data_dir, args.http, args.speed)
 
 
+def auth_main(args: argparse.Namespace) -> int:
+    """`evpilot auth hash` and `evpilot auth token create|list|revoke`."""
+    from evpilot.api.auth import hash_password, new_token
+    from evpilot.config import Role
+
+    if args.auth_cmd == "hash":
+        if sys.stdin.isatty():
+            import getpass
+
+            password = getpass.getpass("password: ")
+            if getpass.getpass("again: ") != password:
+                print("the passwords differ", file=sys.stderr)
+                return 1
+        else:
+            password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            print("empty password", file=sys.stderr)
+            return 1
+        print(hash_password(password))
+        return 0
+    import time
+
+    from evpilot.store.sqlite import Store
+
+    store = Store(_data_dir(args.data_dir) / "evpilot.sqlite3")
+    try:
+        if args.token_cmd == "create":
+            token, record, secret_hash = new_token(Role(args.role), args.name, time.time())
+            store.add_token(record, secret_hash)
+            print(token)
+            print(f"token {record.id} ({record.role}) created; it is not shown again", file=sys.stderr)
+        elif args.token_cmd == "list":
+            for t in store.tokens():
+                created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t.created_at))
+                print(f"{t.id}\t{t.role}\t{created}\t{t.name}")
+        elif not store.revoke_token(args.id):
+            print(f"no token {args.id!r}", file=sys.stderr)
+            return 1
+        else:
+            print(f"token {args.id} revoked", file=sys.stderr)
+    finally:
+        store.close()
+    return 0
+
+
+def exposure_warning(config: AppConfig, host: str, port: int) -> str | None:
+    """The start-up warning for a server that other machines can reach without authentication."""
+    from evpilot.api.server import host_port, is_loopback_host
+
+    if config.auth is not None or is_loopback_host(host):
+        return None
+    return (
+        f"listening on {host_port(host, port)} without authentication: anyone who reaches this port"
+        " may command the chargers and change the site (configure auth: see docs/security.md)"
+    )
+
+
+def _data_dir(given: Path | None) -> Path:
+    return given or Path(platformdirs.user_data_dir("evpilot"))
+
+
 def run(config: AppConfig, data_dir: Path | None, http: tuple[str, int] | None, speed: float) -> int:
     """Serve the API and run the control loop until SIGINT/SIGTERM."""
     import uvicorn
@@ -146,12 +222,27 @@ def run(config: AppConfig, data_dir: Path | None, http: tuple[str, int] | None, 
                     signal.signal(sig, handler)
 
     from evpilot.api.app import create_app
-    from evpilot.api.server import CannotListen, host_port, listen, server_config
+    from evpilot.api.server import (
+        BadTls,
+        CannotListen,
+        host_port,
+        is_loopback_host,
+        listen,
+        server_config,
+        tls_options,
+    )
     from evpilot.control.clock import ScaledClock
     from evpilot.control.runtime import Runtime
     from evpilot.store.sqlite import Store
 
     host, port = http or (config.http.host, config.http.port)
+    tls: dict[str, str] = {}
+    if config.http.tls is not None:
+        try:
+            tls = tls_options(config.http.tls.cert, config.http.tls.key)
+        except BadTls as exc:
+            print(f"config error: {exc}", file=sys.stderr)
+            return 2
     # Bound before anything else happens: a port in use must not leave a session or a row behind.
     try:
         sock = listen(host, port)
@@ -159,17 +250,27 @@ def run(config: AppConfig, data_dir: Path | None, http: tuple[str, int] | None, 
         print(exc, file=sys.stderr)
         return 1
     port = sock.getsockname()[1]  # with port 0 the system picks one; the banner shows it
-    directory = data_dir or Path(platformdirs.user_data_dir("evpilot"))
+    directory = _data_dir(data_dir)
     store = Store(directory / "evpilot.sqlite3")
     log = logging.getLogger("evpilot")
 
     async def serve() -> None:
         rt = Runtime(config, ScaledClock(speed), store)
         app = create_app(rt)
-        server = _GracefulServer(server_config(app, host, port, lifespan="on"))
+        server = _GracefulServer(server_config(app, host, port, lifespan="on", **tls))
+        warning = exposure_warning(config, host, port)
+        if warning is not None:
+            log.warning("%s", warning)
+        if config.modbus.port is not None and not is_loopback_host(config.modbus.host):
+            log.warning(
+                "Modbus TCP on %s: Modbus has no authentication, anyone who reaches this port may"
+                " command the chargers (keep it on a separate network: see docs/security.md)",
+                host_port(config.modbus.host, config.modbus.port),
+            )
         log.info(
-            "evpilot %s on http://%s (speed %gx, data %s, %d charger(s), simulator %s)",
+            "evpilot %s on %s://%s (speed %gx, data %s, %d charger(s), simulator %s)",
             __version__,
+            "https" if tls else "http",
             host_port(host, port),
             speed,
             directory,

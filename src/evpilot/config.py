@@ -7,6 +7,7 @@ import json
 import math
 import re
 import types
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import unquote, urlsplit
@@ -489,6 +490,30 @@ class ThingsBoardModel(_Model):
         return self
 
 
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+class WindowModel(_Model):
+    """A weekly charging window (local time): charging is allowed from `start` to `stop` on `days`."""
+
+    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM")
+    stop: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM (before start: next day)")
+    days: list[Weekday] = Field(default_factory=lambda: list(get_args(Weekday)), min_length=1)
+
+
+RfidSetting = Literal["disabled", "enable_all", "enable_one", "remote", "learn", "delete", "delete_all"]
+SwitchSetting = Literal[
+    "disabled",
+    "access_button",
+    "access_switch",
+    "smart_solar_button",
+    "smart_solar_switch",
+    "grid_relay",
+    "custom_button",
+    "custom_switch",
+]
+
+
 class ChargerModel(_Model):
     """One charge point."""
 
@@ -511,6 +536,17 @@ class ChargerModel(_Model):
     mode: Mode | None = None
     contactor2: PhaseMode = "not_present"
     fixed_cable: bool = True
+    rfid: RfidSetting = Field(default="disabled", description="RFID reader: who may start charging")
+    switch: SwitchSetting = Field(default="disabled", description="what the switch input does")
+    lock: Literal["disabled", "solenoid", "motor"] = Field(
+        default="disabled", description="cable lock actuator (socket chargers: fixed_cable: false)"
+    )
+    schedules: list[WindowModel] = Field(
+        default_factory=list, description="weekly windows when charging is allowed (none: always)"
+    )
+    authorization_timeout_s: float = Field(
+        default=60, gt=0, le=3600, description="an authorization without a car lapses after this"
+    )
     driver: ChargerDriver = Field(
         default="sim",
         description="sim (a pilot in the simulator) or a mapping such as {type: simlink} or"
@@ -550,6 +586,14 @@ class ChargerModel(_Model):
                     f"charger {self.id!r}: a Teltonika secondary takes at most 32 A"
                     " (amps to use, register 15)",
                 )
+        if self.lock != "disabled" and self.fixed_cable:
+            raise KeyedError(
+                "lock", f"charger {self.id!r}: a cable lock is for a socket charger (fixed_cable: false)"
+            )
+        if self.lock != "disabled" and self.driver != "sim":
+            raise KeyedError(
+                "lock", f"charger {self.id!r}: only the simulated pilot (driver: sim) has a lock actuator"
+            )
         return self
 
     def core(self) -> ChargerConfig:
@@ -569,7 +613,8 @@ class ChargerModel(_Model):
             # Resume at 55 °C, or 10 °C below a MAX TEMP set lower than 65 °C.
             resume_temp=min(55.0, self.max_temp - 10.0),
             auto_charge=self.auto_charge,
-            require_auth=self.require_auth,
+            # Any RFID mode but disabled: a car waits for a card (or an API authorization).
+            require_auth=self.require_auth or self.rfid != "disabled",
             mode=self.mode,
             contactor2=self.contactor2,
             fixed_cable=self.fixed_cable,
@@ -732,6 +777,13 @@ class OcppServerModel(_Model):
     heartbeat_s: int = Field(default=300, ge=10, le=86400, description="heartbeat interval given at boot")
 
 
+class TlsModel(_Model):
+    """HTTPS (and WSS): a PEM certificate (chain) and its private key."""
+
+    cert: Path = Field(description="PEM certificate file (with the chain, if any)")
+    key: Path = Field(description="PEM private key file")
+
+
 class HttpModel(_Model):
     """Where the HTTP API listens."""
 
@@ -747,6 +799,53 @@ class HttpModel(_Model):
         description="web origins (scheme://host[:port]) allowed to change state or open WebSockets"
         " besides the server's own; '*' allows any",
     )
+    tls: TlsModel | None = Field(default=None, description="serve HTTPS and WSS; none = plain HTTP")
+
+
+class Role(StrEnum):
+    """What an authenticated caller may do: viewers read, operators command chargers, admins all."""
+
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+    @property
+    def rank(self) -> int:
+        """viewer 0 < operator 1 < admin 2."""
+        return _ROLE_RANK[self]
+
+    def may(self, needed: Role) -> bool:
+        """Whether this role includes `needed`."""
+        return self.rank >= needed.rank
+
+
+_ROLE_RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
+
+
+class UserModel(_Model):
+    """A user of the APIs: name, password hash (`evpilot auth hash`) and role."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[^:\s]+$", description="no ':' or spaces")
+    password_hash: str = Field(
+        min_length=20, max_length=512, pattern=r"^\$argon2(id|i|d)\$", description="argon2 hash"
+    )
+    role: Role
+
+
+class AuthModel(_Model):
+    """Authentication of every HTTP API: users (HTTP basic, login) and API tokens (in the store)."""
+
+    users: list[UserModel] = Field(default_factory=list, max_length=1000)
+    session_ttl_s: float = Field(
+        default=12 * 3600, gt=0, le=30 * 86400, description="a login token lapses this long after login"
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> AuthModel:
+        names = [u.name for u in self.users]
+        if len(set(names)) != len(names):
+            raise KeyedError("users", "user names must be unique")
+        return self
 
 
 _TOPIC_PREFIX = r"^[^+#/\x00][^+#\x00]{0,62}[^+#/\x00]$|^[^+#/\x00]$"
@@ -1013,6 +1112,7 @@ class AppConfig(_Model):
     ocpp_server: OcppServerModel | None = Field(
         default=None, description="evpilot as the OCPP backend for `driver: {type: ocpp}` chargers"
     )
+    auth: AuthModel | None = Field(default=None, description="none = no authentication (bind to loopback)")
 
     @model_validator(mode="after")
     def _refs(self) -> AppConfig:

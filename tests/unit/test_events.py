@@ -284,6 +284,7 @@ def test_session_ended_message_carries_the_record() -> None:
             "peak_power_w": 22080.0,
             "stop_reason": "ev_disconnected",
             "id_tag": None,
+            "auth_method": None,
         },
     }
 

@@ -16,12 +16,14 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from evpilot import __version__
-from evpilot.api import esp32evse, native, secc, shelly, smartevse
+from evpilot.api import auth, charging_access, esp32evse, native, secc, shelly, smartevse
+from evpilot.api.auth import Authenticator, AuthGate
 from evpilot.api.edge import Problem, Refusal, too_large
 from evpilot.api.facade import BodyLimit, invalid_response
 from evpilot.api.guard import RequestGuard
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.errors import CommandError
+from evpilot.store.base import TokenStore
 
 MAX_BODY = 64 * 1024
 log = logging.getLogger("evpilot")
@@ -159,13 +161,22 @@ def create_app(rt: Runtime, manage_runtime: bool = True) -> FastAPI:
         problem = Problem("", str(exc.detail))
         return Refusal(exc.status_code, "http", [problem], exc.headers).response()
 
+    authenticator = None
+    if rt.config.auth is not None:
+        tokens = rt.store if isinstance(rt.store, TokenStore) else None
+        authenticator = Authenticator(rt.config.auth, tokens)
+    app.state.auth = authenticator
+    app.include_router(auth.build_router(authenticator))
     app.include_router(native.build_router(rt))
+    app.include_router(charging_access.build_router(rt))
     esp32evse.mount(app, rt)
     smartevse.mount(app, rt)
     secc.mount(app, rt)
     shelly.mount(app, rt)
 
     # Outermost: no facade, fast path or body reader sees a request the guard refuses.
+    if authenticator is not None:
+        app.add_middleware(AuthGate, auth=authenticator, shelly_digest=rt.config.shelly.password is not None)
     http = rt.config.http
     app.add_middleware(RequestGuard, hosts=[http.host, *http.allowed_hosts], origins=http.allowed_origins)
 

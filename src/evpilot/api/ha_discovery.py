@@ -141,8 +141,13 @@ def _wire(component: str, base: str, key: str, cfg: dict[str, Any]) -> None:
         cfg["payload_press"] = "PRESS"
 
 
-def discovery_configs(chargers: dict[str, Charger], cfg: MqttModel) -> dict[str, dict[str, Any]]:
-    """Every retained discovery config this bridge announces, by config topic."""
+def discovery_configs(
+    chargers: dict[str, Charger], cfg: MqttModel, switches: set[str] | frozenset[str] = frozenset()
+) -> dict[str, dict[str, Any]]:
+    """Every retained discovery config this bridge announces, by config topic.
+
+    Chargers in `switches` have a custom switch input: it shows as a binary sensor.
+    """
     prefix = cfg.topic_prefix
     node = node_slug(prefix)
     availability = {
@@ -177,5 +182,8 @@ def discovery_configs(chargers: dict[str, Charger], cfg: MqttModel) -> dict[str,
             "sw_version": __version__,
             "via_device": f"{node}_site",
         }
-        add(device, dev_id, f"{prefix}/{cid}", charger_entities(ch))
+        ents = charger_entities(ch)
+        if cid in switches:
+            ents.append(("binary_sensor", "switch", {"name": "Switch input", "icon": "mdi:electric-switch"}))
+        add(device, dev_id, f"{prefix}/{cid}", ents)
     return out

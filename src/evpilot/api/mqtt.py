@@ -248,7 +248,8 @@ class MqttBridge:
 
     async def _announce(self, client: aiomqtt.Client) -> None:
         """Publish discovery configs and clear the ones announced before that no longer exist."""
-        configs = discovery_configs(self.rt.engine.chargers, self.cfg) if self.cfg.discovery else {}
+        switches = {c.id for c in self.rt.config.chargers if c.switch.startswith("custom_")}
+        configs = discovery_configs(self.rt.engine.chargers, self.cfg, switches) if self.cfg.discovery else {}
         if self.cfg.discovery and self.cfg.esp32evse:
             # The ESP32-EVSE bridge announces its own device, as its script does.
             configs.update(
@@ -281,6 +282,10 @@ class MqttBridge:
             if cid in self.rt.engine.chargers:
                 body = json.dumps(message, separators=(",", ":"))
                 self._queue(Out(f"{self.prefix}/{cid}/event", body, retain=False, qos=1, dedupe=False))
+                if message.get("type") == "access" and message.get("kind") == "switch":
+                    # The switch input's state (retained): what custom_* inputs are for.
+                    closed = message.get("detail") == "closed"
+                    self._queue(Out(f"{self.prefix}/{cid}/switch", onoff(closed)))
 
     def _on_views(self, topic: str, message: dict[str, Any]) -> None:
         changes: ViewChanges = message["changes"]

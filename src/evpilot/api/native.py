@@ -471,6 +471,7 @@ class SessionRecordDoc(_Doc):
     peak_power_w: float
     stop_reason: str
     id_tag: str | None
+    auth_method: str | None
 
 
 class SettingsDoc(_Doc):

@@ -24,6 +24,7 @@ from evpilot.config import (
     with_fuses,
 )
 from evpilot.control import views as vw
+from evpilot.control.access import AccessControl
 from evpilot.control.autobalance import AutoBalance
 from evpilot.control.build import assemble
 from evpilot.control.listeners import ListenerBus
@@ -229,6 +230,8 @@ class Runtime:
         # Shelly auto_balance: metered circuit nodes with their EM drivers (started with the runtime).
         self.auto_balance = AutoBalance(self)
         self.sim_em: SimShellyEm | None = None
+        # Cards, swipes, the switch input, the cable lock and weekly windows (docs/access.md).
+        self.access = AccessControl(self)
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -422,6 +425,7 @@ class Runtime:
         now = self.clock.now()
         if self.schedules:
             self._run_schedules(now)
+        self.access.tick(now)
         self.engine.step(now)
         self._watch_overloads(now)
         if self._resumed and now > self.started_at:
@@ -1270,6 +1274,7 @@ def _rec(r: SessionRecord) -> dict[str, Any]:
         "peak_power_w": r.peak_power_w,
         "stop_reason": r.stop_reason,
         "id_tag": r.id_tag,
+        "auth_method": r.auth_method,
     }
 
 
@@ -1295,4 +1300,5 @@ def _interrupted(cp: SessionCheckpoint) -> SessionRecord:
         peak_power_w=round(cp.peak_power_w, 1),
         stop_reason=StopReason.INTERRUPTED.value,
         id_tag=cp.id_tag,
+        auth_method=cp.auth_method,
     )

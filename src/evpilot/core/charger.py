@@ -205,6 +205,8 @@ class Charger:
     lifetime_kwh: float = 0.0
     session_seq: int = 0
     pending_tag: str | None = None
+    # How the pending or running authorization was given (AuthMethod value), for the session record.
+    pending_method: str | None = None
     # Set by the runtime per run: keeps session ids unique when a sped-up clock repeats times.
     run_tag: str = ""
     # Emitted events, oldest first; whoever runs the charger drains them.
@@ -238,12 +240,15 @@ class Charger:
         """Put the charge point in or out of service."""
         self.available = bool(value)
 
-    def set_authorized(self, value: bool, id_tag: str | None = None) -> None:
-        """Grant or revoke authorization for the connected EV."""
+    def set_authorized(self, value: bool, id_tag: str | None = None, method: str | None = None) -> None:
+        """Grant or revoke authorization for the connected EV; `method` is how (card, remote, api)."""
         self.authorized = bool(value)
         if value and id_tag is not None and self.session is not None:
             self.session.id_tag = id_tag
         self.pending_tag = id_tag
+        self.pending_method = (method or "api") if value else None
+        if value and self.session is not None and (method is not None or id_tag is not None):
+            self.session.auth_method = self.pending_method
 
     def set_auto_charge(self, value: bool) -> None:
         """Start on plug-in (True) or wait for an explicit start (False)."""
@@ -731,6 +736,7 @@ class Charger:
             charger_id=self.config.id,
             started_at=now,
             id_tag=tag,
+            auth_method=self.pending_method if self.config.require_auth else self.pending_method or "free",
         )
         self.events.append(ev.SessionStarted(self.config.id, now, self.session.id, tag))
 

@@ -25,6 +25,7 @@ class EventType(StrEnum):
     LIMIT_REACHED = "limit_reached"
     FAULT_RAISED = "fault_raised"
     FAULT_CLEARED = "fault_cleared"
+    ACCESS = "access"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +120,22 @@ class FaultCleared:
     flag: ErrorFlag
 
 
+@dataclass(frozen=True, slots=True)
+class AccessEvent:
+    """Access to charging: a swipe taken or refused, an authorization lapsed, the lock or the switch.
+
+    `kind` names what happened (swipe, card_learned, card_deleted, authorization_lapsed, lock, lock_fault,
+    switch); `detail` says more (a uid, a state, a reason), `source` where it came from.
+    """
+
+    type: ClassVar[EventType] = EventType.ACCESS
+    charger: str
+    at: float
+    kind: str
+    detail: str = ""
+    source: str = ""
+
+
 ChargerEvent = (
     Plugged
     | Unplugged
@@ -129,6 +146,7 @@ ChargerEvent = (
     | LimitReached
     | FaultRaised
     | FaultCleared
+    | AccessEvent
 )
 
 

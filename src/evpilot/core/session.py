@@ -40,6 +40,8 @@ class Session:
     charging_s: float = 0.0
     ended_at: float | None = None
     stop_reason: str | None = None
+    # How the session was authorized: card, remote, api or free (None: not known, an older record).
+    auth_method: str | None = None
 
     def duration_s(self, now: float) -> float:
         """Seconds since the session started (until it ended)."""
@@ -59,6 +61,7 @@ class SessionRecord:
     peak_power_w: float
     stop_reason: str
     id_tag: str | None
+    auth_method: str | None = None
 
     @staticmethod
     def of(session: Session) -> SessionRecord:
@@ -72,6 +75,7 @@ class SessionRecord:
             peak_power_w=round(session.peak_power_w, 1),
             stop_reason=session.stop_reason or "",
             id_tag=session.id_tag,
+            auth_method=session.auth_method,
         )
 
 
@@ -87,6 +91,7 @@ class SessionCheckpoint:
     charging_s: float
     id_tag: str | None
     at: float
+    auth_method: str | None = None
 
     @staticmethod
     def of(session: Session, now: float) -> SessionCheckpoint:
@@ -100,6 +105,7 @@ class SessionCheckpoint:
             charging_s=session.charging_s,
             id_tag=session.id_tag,
             at=now,
+            auth_method=session.auth_method,
         )
 
     def session(self) -> Session:
@@ -112,6 +118,7 @@ class SessionCheckpoint:
             energy_kwh=self.energy_kwh,
             peak_power_w=self.peak_power_w,
             charging_s=self.charging_s,
+            auth_method=self.auth_method,
         )
 
 

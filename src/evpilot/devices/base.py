@@ -79,3 +79,27 @@ class ChargerLink(Protocol):
 
     async def run(self) -> None:
         """Talk to the charger until cancelled (returns at once for a link without I/O of its own)."""
+
+
+class SwitchInput(Protocol):
+    """A GPIO input wired to a button, a toggle switch or a relay contact."""
+
+    def closed(self) -> bool | None:
+        """The contact is closed (True), open (False), or not known yet (None)."""
+
+
+class CardReader(Protocol):
+    """An RFID reader: the uids presented since the last call, oldest first."""
+
+    def take(self) -> list[str]:
+        """The uids read since the last call (as the reader reports them, not normalised)."""
+
+
+class LockActuator(Protocol):
+    """A socket's cable lock: a solenoid or a motor with position feedback."""
+
+    def drive(self, lock: bool) -> None:
+        """Start locking (True) or unlocking (False)."""
+
+    def sensed(self) -> bool | None:
+        """The feedback: locked (True), unlocked (False), or not known (None)."""

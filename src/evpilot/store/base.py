@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
+from evpilot.core.access import Card
 from evpilot.core.session import SessionCheckpoint, SessionRecord
 
 
@@ -46,6 +48,15 @@ class SessionStore(Protocol):
     def outbox_drop(self, queue: str, seq: int) -> None:
         """Remove a delivered message from `queue`."""
 
+    def cards(self) -> list[Card]:
+        """The learned RFID cards, by uid."""
+
+    def put_card(self, card: Card) -> None:
+        """Store (or replace) a learned card."""
+
+    def delete_card(self, uid: str | None) -> None:
+        """Forget the card `uid`, or every card (None)."""
+
     def high_water(self) -> float:
         """The latest clock time stored so far (0 if none)."""
 
@@ -54,3 +65,30 @@ class SessionStore(Protocol):
 
     def close(self) -> None:
         """Write what is queued and close."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """An API token as listed: id, role, name and creation time (Unix seconds); never its secret."""
+
+    id: str
+    role: str
+    name: str
+    created_at: float
+
+
+@runtime_checkable
+class TokenStore(Protocol):
+    """API tokens: only a hash of each secret is kept."""
+
+    def add_token(self, token: TokenRecord, secret_hash: str) -> None:
+        """Store a new token."""
+
+    def token(self, token_id: str) -> tuple[TokenRecord, str] | None:
+        """The token with this id and its secret hash, or None."""
+
+    def tokens(self) -> list[TokenRecord]:
+        """Every token, oldest first."""
+
+    def revoke_token(self, token_id: str) -> bool:
+        """Delete a token; False if there was none."""

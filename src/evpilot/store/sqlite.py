@@ -11,11 +11,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from evpilot.core.access import Card
 from evpilot.core.session import SessionCheckpoint, SessionRecord
+from evpilot.store.base import TokenRecord
 
 log = logging.getLogger("evpilot.store")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 _MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE sessions (
@@ -51,6 +53,26 @@ _MIGRATIONS: dict[int, str] = {
         body TEXT NOT NULL
     );
     CREATE INDEX outbox_queue ON outbox(queue, seq);
+    """,
+    4: """
+    CREATE TABLE api_tokens (
+        id TEXT PRIMARY KEY,
+        secret_hash TEXT NOT NULL,
+        role TEXT NOT NULL,
+        name TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    """,
+    5: """
+    ALTER TABLE sessions ADD COLUMN auth_method TEXT;
+    ALTER TABLE open_sessions ADD COLUMN auth_method TEXT;
+    CREATE TABLE cards (
+        uid TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        chargers TEXT NOT NULL,
+        expires_at REAL,
+        energy_kwh REAL
+    );
     """,
 }
 # Writes waiting for the writer thread; beyond this the caller waits (nothing is dropped).
@@ -182,7 +204,7 @@ class Store:
         """The checkpointed open sessions (left behind by a crash)."""
         rows = self._read(
             "SELECT id, charger_id, started_at, energy_kwh, peak_power_w, charging_s, id_tag, "
-            "checkpoint_at FROM open_sessions ORDER BY charger_id"
+            "checkpoint_at, auth_method FROM open_sessions ORDER BY charger_id"
         )
         return [SessionCheckpoint(*row) for row in rows]
 
@@ -224,7 +246,7 @@ class Store:
 
         def job(db: sqlite3.Connection) -> None:
             db.execute(
-                "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?,?,?)",
                 (
                     rec.id,
                     rec.charger_id,
@@ -234,6 +256,7 @@ class Store:
                     rec.peak_power_w,
                     rec.stop_reason,
                     rec.id_tag,
+                    rec.auth_method,
                 ),
             )
             db.execute("DELETE FROM open_sessions WHERE id = ?", (rec.id,))
@@ -292,7 +315,7 @@ class Store:
         for s in sessions:
             db.execute(
                 "INSERT OR REPLACE INTO open_sessions(charger_id, id, started_at, energy_kwh, "
-                "peak_power_w, charging_s, id_tag, checkpoint_at) VALUES (?,?,?,?,?,?,?,?)",
+                "peak_power_w, charging_s, id_tag, checkpoint_at, auth_method) VALUES (?,?,?,?,?,?,?,?,?)",
                 (
                     s.charger_id,
                     s.id,
@@ -302,10 +325,67 @@ class Store:
                     s.charging_s,
                     s.id_tag,
                     s.at,
+                    s.auth_method,
                 ),
             )
         self._write_counters(db, counters)
         self._raise_hwm(db, now)
+
+    # ---- API tokens (`evpilot auth token ...`); only the secret's hash is stored ----------------
+
+    def add_token(self, token: TokenRecord, secret_hash: str) -> None:
+        """Store a new API token (its id, role, name, creation time and the hash of its secret)."""
+        with self._lock, self.db:
+            self.db.execute(
+                "INSERT INTO api_tokens(id, secret_hash, role, name, created_at) VALUES(?, ?, ?, ?, ?)",
+                (token.id, secret_hash, token.role, token.name, token.created_at),
+            )
+
+    def token(self, token_id: str) -> tuple[TokenRecord, str] | None:
+        """The token with this id and its secret hash, or None."""
+        rows = self._read(
+            "SELECT id, role, name, created_at, secret_hash FROM api_tokens WHERE id = ?", (token_id,)
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return TokenRecord(r[0], r[1], r[2], r[3]), r[4]
+
+    def tokens(self) -> list[TokenRecord]:
+        """Every API token, oldest first (without secrets)."""
+        rows = self._read("SELECT id, role, name, created_at FROM api_tokens ORDER BY created_at, id")
+        return [TokenRecord(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def revoke_token(self, token_id: str) -> bool:
+        """Delete a token; False if there was none with this id."""
+        self.flush()
+        with self._lock, self.db:
+            return self.db.execute("DELETE FROM api_tokens WHERE id = ?", (token_id,)).rowcount > 0
+
+    def cards(self) -> list[Card]:
+        """The learned RFID cards, by uid."""
+        rows = self._read("SELECT uid, name, chargers, expires_at, energy_kwh FROM cards ORDER BY uid")
+        return [Card(r[0], r[1], tuple(json.loads(r[2])), r[3], r[4]) for r in rows]
+
+    def put_card(self, card: Card) -> None:
+        """Store (or replace) a learned card."""
+        row = (card.uid, card.name, json.dumps(list(card.chargers)), card.expires_at, card.energy_kwh)
+
+        def job(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO cards VALUES (?,?,?,?,?)", row)
+
+        self._submit(job)
+
+    def delete_card(self, uid: str | None) -> None:
+        """Forget the card `uid`, or every card (None)."""
+
+        def job(db: sqlite3.Connection) -> None:
+            if uid is None:
+                db.execute("DELETE FROM cards")
+            else:
+                db.execute("DELETE FROM cards WHERE uid = ?", (uid,))
+
+        self._submit(job)
 
     def close(self) -> None:
         """Write everything queued, stop the writer and close the database."""

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from starlette.responses import PlainTextResponse, Response
 
 from evpilot import __version__
+from evpilot.api.auth import principal_of
 from evpilot.api.edge import Problem, Refusal, boolean, json_response, number, read_json_body
 from evpilot.api.esp32evse.vocab import (
     WS_PER_KWH,
@@ -201,7 +202,7 @@ def mount(app: FastAPI, rt: Runtime) -> None:
         expected = f"{auth.username}:{auth.password}".encode()
 
     def authorize(request: Request) -> None:
-        if expected is None:
+        if expected is None or principal_of(request.scope) is not None:
             return
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")

@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import WebSocket, WebSocketDisconnect
 
+from evpilot.api.auth import may_command, socket_subprotocol, ws_forbidden_frame
 from evpilot.api.secc.vocab import LimitsBody, set_limits
 from evpilot.control.runtime import Runtime, UnknownCharger
 from evpilot.core.errors import CommandError
@@ -64,7 +65,9 @@ async def run_socket(
     that a frame does not fit is dropped: closed with 1013 (try again later), so it reconnects and
     starts again from a full state instead of silently missing frames.
     """
-    await socket.accept()
+    # A browser that offered its token as a subprotocol fails the connection unless it is echoed.
+    await socket.accept(subprotocol=socket_subprotocol(socket.scope))
+    commander = may_command(socket.scope)
     q = rt.subscribe()
 
     async def read() -> None:
@@ -73,6 +76,9 @@ async def run_socket(
             if msg["type"] == "websocket.disconnect":
                 return
             text = msg.get("text")
+            if text is not None and not commander:
+                q.offer({"raw": ws_forbidden_frame(text)})
+                continue
             error = "binary frames are not accepted" if text is None else ws_command(rt, cid, text, origin)
             if error is not None:
                 frame = {"topic": "error", "message": {"command": (text or "")[:64], "detail": error}}

@@ -16,6 +16,7 @@ from fastapi import APIRouter, FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from evpilot.api.auth import principal_of
 from evpilot.api.edge import Refusal, read_body
 from evpilot.api.facade import read_limited, replaying
 from evpilot.api.shelly.auth import PUBLIC_METHODS
@@ -106,7 +107,7 @@ def build_router(facade: ShellyFacade) -> tuple[APIRouter, ShellyGet, RestGet]:
 
     def http_auth(request: Request, dev: Device, method: str, frame_auth: object = None) -> Response | None:
         auth = facade.auth
-        if auth is None or method in PUBLIC_METHODS:
+        if auth is None or method in PUBLIC_METHODS or principal_of(request.scope) is not None:
             return None
         state = "bad"
         if frame_auth is not None:
@@ -256,6 +257,7 @@ async def _serve_ws(facade: ShellyFacade, socket: WebSocket, cid: str | None) ->
         await socket.close(code=1008)
         return
     await socket.accept()
+    signed_in = principal_of(socket.scope) is not None
     rt = facade.rt
     lock = asyncio.Lock()
     peer: dict[str, Any] = {"src": None, "last": None}
@@ -300,7 +302,7 @@ async def _serve_ws(facade: ShellyFacade, socket: WebSocket, cid: str | None) ->
             text = msg.get("text")
             if text is None and msg.get("bytes") is not None:
                 text = msg["bytes"].decode("utf-8", errors="replace")
-            reply, trusted = await _ws_frame(facade, dev, text or "")
+            reply, trusted = await _ws_frame(facade, dev, text or "", signed_in)
             if reply is None:
                 continue
             await send(reply)
@@ -331,7 +333,9 @@ def _settled(doc: object) -> object:
     return doc
 
 
-async def _ws_frame(facade: ShellyFacade, dev: Device, text: str) -> tuple[dict[str, Any] | None, bool]:
+async def _ws_frame(
+    facade: ShellyFacade, dev: Device, text: str, signed_in: bool = False
+) -> tuple[dict[str, Any] | None, bool]:
     """The reply to one WebSocket frame (None for a notification) and whether the caller is now trusted.
 
     A client is trusted (gets status notifications) after a successful request that needed no password
@@ -358,7 +362,7 @@ async def _ws_frame(facade: ShellyFacade, dev: Device, text: str) -> tuple[dict[
         reply["dst"] = doc["src"]
     method = doc["method"]
     try:
-        auth = facade.auth
+        auth = None if signed_in else facade.auth
         if auth is not None and method not in PUBLIC_METHODS:
             state = auth.check_frame(dev.device_id, doc.get("auth"))
             if state != "ok":
@@ -367,7 +371,7 @@ async def _ws_frame(facade: ShellyFacade, dev: Device, text: str) -> tuple[dict[
     except RpcError as exc:
         reply["error"] = exc.body()
         return reply, False
-    return reply, facade.auth is None or method not in PUBLIC_METHODS
+    return reply, signed_in or facade.auth is None or method not in PUBLIC_METHODS
 
 
 # ---- mounting -------------------------------------------------------------------------------------

@@ -1,0 +1,275 @@
+"""Access to charging through real HTTP: cards, swipes per RFID mode, pending authorization, switch, lock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from evpilot.store.sqlite import Store
+from tests.helpers import make_config, serve
+
+Doc = dict[str, Any]
+UID = "04A2B3C4"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """A store in a temporary file (sessions are listed from the store)."""
+    db = Store(tmp_path / "db.sqlite")
+    yield db
+    db.close()
+
+
+def config(**charger: Any) -> Any:
+    return make_config(
+        {"sim": {"cars": [], "start_tod_h": 10.0}, "chargers": [{"id": "cp1", **charger}, {"id": "cp2"}]}
+    )
+
+
+async def until(c: httpx.AsyncClient, path: str, ok: Callable[[Any], bool], what: str) -> Any:
+    """Poll `path` until `ok` holds for its JSON (fails after 10 s of real time)."""
+    doc: Any = None
+    for _ in range(500):
+        doc = (await c.get(path)).json()
+        if ok(doc):
+            return doc
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{what}: last {path} answer {doc}")
+
+
+def charging(doc: Doc) -> bool:
+    return bool(doc["charging"])
+
+
+async def plug(c: httpx.AsyncClient, cid: str = "cp1") -> None:
+    r = await c.post(f"/api/sim/chargers/{cid}/plug", json={"soc": 20})
+    assert r.status_code == 200, r.text
+
+
+async def test_cards_api_normalises_validates_and_caps_at_100() -> None:
+    async with (
+        serve(config(rfid="enable_all"), speed=20) as (base, rt),
+        httpx.AsyncClient(base_url=base) as c,
+    ):
+        r = await c.post("/api/cards", json={"uid": "04:a2:b3:c4", "name": "Anna", "chargers": ["cp1"]})
+        assert r.status_code == 201 and r.json()["uid"] == UID
+        assert (await c.get("/api/cards/04a2b3c4")).json()["name"] == "Anna"
+        bad = await c.post("/api/cards", json={"uid": "xyz"})
+        assert bad.status_code == 400 and bad.json()["problems"][0]["field"] == "uid"
+        unknown = await c.post("/api/cards", json={"uid": "11223344", "chargers": ["nope"]})
+        assert unknown.status_code == 400 and len(rt.access.cards) == 1
+        for i in range(99):
+            assert (await c.post("/api/cards", json={"uid": f"{i:08X}"})).status_code == 201
+        full = await c.post("/api/cards", json={"uid": "FFFFFFFF"})
+        assert full.status_code == 400 and "100" in full.text
+        assert len((await c.get("/api/cards")).json()) == 100
+        assert (await c.delete(f"/api/cards/{UID}")).json() == {"deleted": 1}
+        assert (await c.delete(f"/api/cards/{UID}")).status_code == 404
+        assert (await c.delete("/api/cards")).json() == {"deleted": 99}
+
+
+async def test_cards_survive_a_restart(tmp_path: Any) -> None:
+    store = Store(tmp_path / "db.sqlite")
+    try:
+        async with (
+            serve(config(rfid="enable_all"), store=store) as (base, _),
+            httpx.AsyncClient(base_url=base) as c,
+        ):
+            await c.post("/api/cards", json={"uid": UID, "energy_kwh": 5})
+    finally:
+        store.close()
+    store = Store(tmp_path / "db.sqlite")
+    try:
+        assert store.schema_version == 5
+        async with serve(config(rfid="enable_all"), store=store) as (base, rt):
+            assert rt.access.cards[UID].energy_kwh == 5
+    finally:
+        store.close()
+
+
+async def test_enable_all_swipe_after_plugging_starts_and_records_the_card(store: Store) -> None:
+    async with (
+        serve(config(rfid="enable_all"), speed=20, store=store) as (base, _rt),
+        httpx.AsyncClient(base_url=base) as c,
+    ):
+        await c.post("/api/cards", json={"uid": UID})
+        await plug(c)
+        waiting = await until(c, "/api/chargers/cp1", lambda d: d["plugged"], "plugged")
+        await asyncio.sleep(0.3)
+        doc = (await c.get("/api/chargers/cp1")).json()
+        assert doc["work_state"] == "charger_insert" and not doc["charging"], waiting
+        refused = await c.post("/api/chargers/cp1/swipe", json={"uid": "DEADBEEF"})
+        assert refused.status_code == 403 and "unknown card" in refused.text
+        ok = await c.post("/api/chargers/cp1/swipe", json={"uid": "04a2b3c4"})
+        assert ok.status_code == 200 and ok.json()["action"] == "authorize"
+        await until(c, "/api/chargers/cp1", charging, "charging after the swipe")
+        await c.post("/api/sim/chargers/cp1/unplug")
+        sessions = await until(c, "/api/sessions?charger=cp1", lambda s: len(s) == 1, "session record")
+        assert sessions[0]["id_tag"] == UID and sessions[0]["auth_method"] == "card"
+
+
+async def test_swipe_before_plugging_and_the_lapse() -> None:
+    cfg = config(rfid="enable_all", authorization_timeout_s=10)
+    async with serve(cfg, speed=20) as (base, rt), httpx.AsyncClient(base_url=base) as c:
+        await c.post("/api/cards", json={"uid": UID})
+        assert (await c.post("/api/chargers/cp1/swipe", json={"uid": UID})).status_code == 200
+        await plug(c)
+        await until(c, "/api/chargers/cp1", charging, "charging: swiped before plugging")
+        await c.post("/api/sim/chargers/cp1/unplug")
+        await until(c, "/api/chargers/cp1", lambda d: not d["plugged"] and not d["authorized"], "unplugged")
+        # A swipe and no car: the authorization lapses after authorization_timeout_s.
+        await c.post("/api/chargers/cp1/swipe", json={"uid": UID})
+        assert rt.charger("cp1").authorized
+        await until(c, "/api/chargers/cp1", lambda d: not d["authorized"], "authorization lapsed")
+        await plug(c)
+        await asyncio.sleep(0.3)
+        assert (await c.get("/api/chargers/cp1")).json()["work_state"] == "charger_insert"
+
+
+async def test_enable_one_the_same_card_stops_and_unlocks_another_is_refused() -> None:
+    cfg = config(rfid="enable_one", fixed_cable=False, lock="solenoid")
+    async with serve(cfg, speed=20) as (base, _rt), httpx.AsyncClient(base_url=base) as c:
+        await c.post("/api/cards", json={"uid": UID})
+        await c.post("/api/cards", json={"uid": "11223344"})
+        await plug(c)
+        await c.post("/api/chargers/cp1/swipe", json={"uid": UID})
+        await until(c, "/api/chargers/cp1", charging, "charging")
+        access = (await c.get("/api/chargers/cp1/access")).json()
+        assert access["lock"]["state"] == "locked" and access["card"] == UID
+        other = await c.post("/api/chargers/cp1/swipe", json={"uid": "11223344"})
+        assert other.status_code == 403 and "another card" in other.text
+        done = await c.post("/api/chargers/cp1/swipe", json={"uid": UID})
+        assert done.json()["action"] == "stop"
+        await until(c, "/api/chargers/cp1", lambda d: not d["charging"], "stopped")
+        await until(c, "/api/chargers/cp1/access", lambda d: d["lock"]["state"] == "unlocked", "unlocked")
+
+
+async def test_learn_delete_and_delete_all_through_the_simulated_reader() -> None:
+    async with serve(config(rfid="learn"), speed=20) as (base, _rt), httpx.AsyncClient(base_url=base) as c:
+        await c.post("/api/sim/chargers/cp1/card", json={"uid": "04-a2-b3-c4"})
+        await until(c, "/api/cards", lambda cards: [x["uid"] for x in cards] == [UID], "learned")
+        assert (await c.put("/api/chargers/cp1/rfid", json={"mode": "delete"})).status_code == 200
+        await c.post("/api/chargers/cp1/swipe", json={"uid": UID})
+        assert (await c.get("/api/cards")).json() == []
+        await c.post("/api/cards", json={"uid": UID})
+        doc = (await c.put("/api/chargers/cp1/rfid", json={"mode": "delete_all"})).json()
+        assert doc["rfid"] == "enable_all" and (await c.get("/api/cards")).json() == []
+        bad = await c.put("/api/chargers/cp1/rfid", json={"mode": "sometimes"})
+        assert bad.status_code == 400 and bad.json()["problems"][0]["field"] == "mode"
+
+
+async def test_remote_without_ocpp_refuses_clearly() -> None:
+    async with serve(config(rfid="remote"), speed=20) as (base, rt), httpx.AsyncClient(base_url=base) as c:
+        r = await c.post("/api/chargers/cp1/swipe", json={"uid": UID})
+        assert r.status_code == 403 and "ocpp" in r.text
+        assert not rt.charger("cp1").authorized
+
+
+async def test_free_and_api_methods_are_recorded(store: Store) -> None:
+    async with (
+        serve(config(require_auth=True), speed=20, store=store) as (base, _rt),
+        httpx.AsyncClient(base_url=base) as c,
+    ):
+        await plug(c, "cp2")
+        await plug(c)
+        await c.post("/api/chargers/cp1/start", json={"id_tag": "app-user"})
+        await until(c, "/api/chargers/cp1", charging, "charging after the API start")
+        await until(c, "/api/chargers/cp2", charging, "cp2 charging")
+        await c.post("/api/sim/chargers/cp1/unplug")
+        await c.post("/api/sim/chargers/cp2/unplug")
+        recs = await until(c, "/api/sessions", lambda s: len(s) == 2, "two records")
+        methods = {r["charger_id"]: r["auth_method"] for r in recs}
+        assert methods == {"cp1": "api", "cp2": "free"}
+
+
+async def test_grid_relay_input_caps_the_site_at_4_2_kw() -> None:
+    async with (
+        serve(config(switch="grid_relay"), speed=20) as (base, rt),
+        httpx.AsyncClient(base_url=base) as c,
+    ):
+        await plug(c)
+        await until(c, "/api/chargers/cp1", lambda d: d["current"]["signaled"] > 10, "charging above 6 A")
+        assert not rt.engine.grid_relay_open
+        # The relay opens: the GPIO contact follows it.
+        assert (await c.put("/api/sim/chargers/cp1/switch", json={"closed": False})).status_code == 200
+        doc = await until(c, "/api/chargers/cp1", lambda d: d["limit_source"] == "grid_relay", "relay cap")
+        assert rt.engine.grid_relay_open
+        assert doc["current"]["signaled"] * 230 * 3 <= 4200 + 1
+        # The same input through the API: closed lifts the cap.
+        assert (await c.put("/api/chargers/cp1/switch", json={"closed": True})).status_code == 200
+        assert not rt.engine.grid_relay_open
+        await until(c, "/api/chargers/cp1", lambda d: d["current"]["signaled"] > 10, "relay closed")
+
+
+async def test_access_switch_and_custom_inputs() -> None:
+    async with (
+        serve(config(switch="access_switch"), speed=20) as (base, _rt),
+        httpx.AsyncClient(base_url=base) as c,
+    ):
+        await plug(c)
+        await until(c, "/api/chargers/cp1", charging, "charging")
+        await c.put("/api/chargers/cp1/switch", json={"closed": False})
+        await until(c, "/api/chargers/cp1", lambda d: not d["charging"], "access switched off")
+        assert (await c.get("/api/chargers/cp1")).json()["limit_source"] == "switch"
+        await c.put("/api/chargers/cp1/switch", json={"closed": True})
+        await until(c, "/api/chargers/cp1", charging, "access back on")
+    async with (
+        serve(config(switch="custom_switch"), speed=20) as (base, _rt),
+        httpx.AsyncClient(base_url=base) as c,
+    ):
+        await c.put("/api/chargers/cp1/switch", json={"closed": True})
+        doc = (await c.get("/api/chargers/cp1/access")).json()
+        assert doc["switch"] == {"mode": "custom_switch", "closed": True, "access": True}
+        bad = await c.put("/api/chargers/cp1/switch", json={"closed": "yes"})
+        assert bad.status_code == 422
+
+
+async def test_a_jammed_lock_never_lets_charging_start_and_a_fault_stops_it() -> None:
+    cfg = config(fixed_cable=False, lock="motor")
+    async with serve(cfg, speed=20) as (base, rt), httpx.AsyncClient(base_url=base) as c:
+        await c.put("/api/sim/chargers/cp1/lock", json={"jammed": True})
+        await plug(c)
+        await until(c, "/api/chargers/cp1/access", lambda d: d["lock"]["state"] == "fault", "lock fault")
+        doc = (await c.get("/api/chargers/cp1")).json()
+        assert not doc["charging"] and doc["limit_source"] == "lock"
+        await c.put("/api/sim/chargers/cp1/lock", json={"jammed": False})
+        await c.post("/api/sim/chargers/cp1/unplug")
+        await until(c, "/api/chargers/cp1/access", lambda d: d["lock"]["state"] == "unlocked", "released")
+        await plug(c)
+        await until(c, "/api/chargers/cp1", charging, "charging once locked")
+        # The lock opens while charging: a fault that stops charging.
+        hw = rt.access.chargers["cp1"].actuator
+        assert hw is not None
+        hw.position = hw.target = False
+        hw.jammed = True
+        await until(c, "/api/chargers/cp1", lambda d: not d["charging"], "stopped by the lock fault")
+        assert (await c.get("/api/chargers/cp1/access")).json()["lock"]["fault"] == "lock opened while locked"
+
+
+async def test_schedule_window_is_a_cap_with_source_schedule() -> None:
+    # The simulated day starts at 10:00: a window of 12:00-13:00 is closed.
+    cfg = config(schedules=[{"start": "12:00", "stop": "13:00"}])
+    async with serve(cfg, speed=20) as (base, _rt), httpx.AsyncClient(base_url=base) as c:
+        await plug(c)
+        doc = await until(c, "/api/chargers/cp1", lambda d: d["limit_source"] == "schedule", "schedule cap")
+        assert not doc["charging"]
+        assert (await c.get("/api/chargers/cp1/access")).json()["schedule_open"] is False
+
+
+async def test_a_cards_energy_cap_holds_the_charger_with_source_card() -> None:
+    async with (
+        serve(config(rfid="enable_all"), speed=20) as (base, _rt),
+        httpx.AsyncClient(base_url=base) as c,
+    ):
+        await c.post("/api/cards", json={"uid": UID, "energy_kwh": 0.02})
+        await plug(c)
+        await c.post("/api/chargers/cp1/swipe", json={"uid": UID})
+        await until(c, "/api/chargers/cp1", charging, "charging")
+        doc = await until(c, "/api/chargers/cp1", lambda d: d["limit_source"] == "card", "card energy cap")
+        assert doc["session"]["energy_kwh"] >= 0.02
+        await until(c, "/api/chargers/cp1", lambda d: not d["charging"], "stopped at the card's cap")
