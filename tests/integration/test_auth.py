@@ -46,7 +46,11 @@ USERS = [{"name": r, "password_hash": HASH, "role": r} for r in ("viewer", "oper
 CONFIG: dict[str, Any] = {
     "auth": {"users": USERS},
     "site": {"circuits": [{"name": "garage", "limit": 32, "meter": "api"}]},
-    "chargers": [{"id": "cp1", "name": "Garage", "circuit": "garage"}, {"id": "cp2", "name": "Drive"}],
+    # cp2 has a card reader (learning: any swipe is taken) and a socket with a lock.
+    "chargers": [
+        {"id": "cp1", "name": "Garage", "circuit": "garage"},
+        {"id": "cp2", "name": "Drive", "rfid": "learn", "lock": "solenoid", "fixed_cable": False},
+    ],
     "sim": {"first_spike_s": None, "spike_rate_h": 0},
 }
 WHO = (None, "viewer", "operator", "admin")
@@ -75,6 +79,8 @@ _NATIVE: list[tuple[str, str, Any, str]] = [
     ("DELETE", "/api/cards", None, "admin"),
     ("POST", "/api/sim/chargers/{cid}/card", {"uid": "04A2B3C4"}, "admin"),
     ("PUT", "/api/sim/chargers/{cid}/switch", {"closed": False}, "admin"),
+    ("POST", "/api/chargers/{cid}/swipe", {"uid": "04A2B3C5"}, "operator"),
+    ("PUT", "/api/sim/chargers/{cid}/lock", {"jammed": False}, "admin"),
     ("PUT", "/api/settings", {"mode": "solar"}, "admin"),
     ("PUT", "/api/meters/mains", {"currents": [1, 2, 3]}, "admin"),
     ("PUT", "/api/meters/circuits/{name}", {"currents": [1, 2, 3]}, "admin"),
@@ -88,9 +94,14 @@ _NATIVE: list[tuple[str, str, Any, str]] = [
     ("PUT", "/api/sim/ambient", {"temperature_c": 33}, "admin"),
     ("PUT", "/api/sim/mains_meter", {"online": False}, "admin"),
 ]
+
+
+def _cid(path: str) -> str:
+    return "cp2" if path.endswith(("/plug", "/swipe", "/lock")) else "cp1"
+
+
 NATIVE: list[Row] = [
-    (m, p, p.format(cid="cp2" if p.endswith("/plug") else "cp1", name="garage", uid="04A2B3C4"), body, role)
-    for m, p, body, role in _NATIVE
+    (m, p, p.format(cid=_cid(p), name="garage", uid="04A2B3C4"), body, role) for m, p, body, role in _NATIVE
 ]
 ROOTED: list[tuple[str, str, str, Any, str]] = [
     # ESP32-EVSE
