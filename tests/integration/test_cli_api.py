@@ -146,7 +146,11 @@ def test_openapi_docs_and_status_page(api: Api) -> None:
     assert api.http.get("/docs").status_code == 200
     page = api.http.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    assert "/api/ws" in page.text
+    assert '<script type="module" src="/web/app.js">' in page.text
+    script = api.http.get("/web/app.js")
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert "/api/ws" in script.text
+    assert api.http.get("/web/app.css").status_code == 200 and api.http.get("/web/nope.js").status_code == 404
 
 
 def test_settings_get_and_put(api: Api) -> None:

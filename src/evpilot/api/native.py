@@ -474,6 +474,16 @@ class SessionRecordDoc(_Doc):
     auth_method: str | None
 
 
+class CircuitDoc(_Doc):
+    """A sub-distribution: its fuse per phase, its parent (null: mains) and the chargers on it."""
+
+    name: str
+    parent: str | None
+    limit: float
+    metered: bool
+    chargers: list[str]
+
+
 class SettingsDoc(_Doc):
     """Site settings."""
 
@@ -483,6 +493,7 @@ class SettingsDoc(_Doc):
     meter_timeout_s: float
     tick_s: float
     speed: float
+    circuits: list[CircuitDoc] = Field(default_factory=list, description="the circuit tree, parents first")
 
 
 class AcceptedDoc(_Doc):
@@ -1028,6 +1039,18 @@ def build_router(rt: Runtime) -> APIRouter:
                 "meter_timeout_s": s.meter_timeout_s,
                 "tick_s": rt.config.control.tick_s,
                 "speed": rt.clock.speed,
+                "circuits": [
+                    {
+                        "name": c.name,
+                        "parent": c.parent,
+                        "limit": c.limit,
+                        "metered": c.metered,
+                        "chargers": [
+                            cid for cid, ch in rt.engine.chargers.items() if ch.config.circuit == c.name
+                        ],
+                    }
+                    for c in s.circuits
+                ],
             }
         )
 
