@@ -250,6 +250,25 @@ def test_explicit_start_stop_and_session_history(api: Api) -> None:
     EXERCISED.add(("GET", "/api/sessions"))
 
 
+def test_history_and_session_exports_of_the_running_process(api: Api) -> None:
+    def filled() -> dict[str, Any] | None:
+        doc = api.ok("GET", "/api/history")
+        values = [v for v in doc["series"].get("mains_l1", []) if v is not None]
+        return doc if values else None
+
+    doc = until(filled, what="a stored history minute")
+    assert doc["step"] == 300 and doc["to"] - doc["from"] == 86400 and len(doc["t"]) == 289
+    assert "charger:cp1:current" in doc["series"] and "pv_w" in doc["series"]
+    stored = api.ok("GET", "/api/sessions?limit=1000")
+    table = api.call("GET", "/api/sessions.csv")
+    assert table.status_code == 200 and table.text.splitlines()[0].startswith("id,charger_id,card,")
+    assert len(table.text.splitlines()) == 1 + len(stored)
+    totals = api.ok("GET", "/api/sessions/totals")
+    assert totals["by"] == "day" and totals["sessions"] == len(stored)
+    bad = api.http.get("/api/history", params={"from": "not-a-time"})
+    assert bad.status_code == 400 and bad.json()["field"] == "from"
+
+
 def test_health_lists_the_supervised_tasks(api: Api) -> None:
     doc = api.ok("GET", "/api/health")
     assert doc["status"] == "ok" and doc["mqtt"] is None
