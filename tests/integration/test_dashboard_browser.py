@@ -13,6 +13,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, Route, WebSocketRoute, async_playwright, expect
 
+from evpilot.core.session import SessionRecord
 from evpilot.store.sqlite import Store
 from tests.helpers import make_config, serve
 
@@ -72,6 +73,9 @@ async def test_the_dashboard_is_live_controllable_and_self_contained(
         }
     )
     store = Store(tmp_path / "db.sqlite3")
+    jan1 = 1767225600.0  # 2026-01-01T00:00:00Z
+    store.add_session(SessionRecord("s-a", "cp1", jan1, jan1 + 3600, 5.0, 7000.0, "user", "card-a"))
+    store.add_session(SessionRecord("s-b", "cp2", jan1 + 86400, jan1 + 90000, 2.5, 7000.0, "user", "card-b"))
     try:
         async with (
             serve(config, speed=60, store=store) as (base, rt),
@@ -89,6 +93,18 @@ async def test_the_dashboard_is_live_controllable_and_self_contained(
             await expect(page.locator("#chart-mains path[data-series=mains_l1]")).to_have_count(1)
             assert int(await page.locator("#chart-mains").get_attribute("data-points") or 0) >= 3
             assert int(await page.locator("#chart-chargers").get_attribute("data-points") or 0) >= 3
+
+            # Sessions: the table, its filters and the CSV link with the same filters.
+            await expect(page.locator('[data-field="sessions"] tr[data-session="s-b"]')).to_have_count(1)
+            await expect(page.locator('[data-field="totals"]')).to_contain_text("2026-01-02")
+            await page.locator('#session-filters input[name="card"]').fill("card-b")
+            await page.locator('#session-filters input[name="to"]').fill("2026-01-02")
+            await page.locator("#session-filters button").click()
+            await expect(page.locator('[data-field="sessions"] tr')).to_have_count(1)
+            href = await page.locator('[data-field="sessions-csv"]').get_attribute("href")
+            assert href == "/api/sessions.csv?card=card-b&to=2026-01-03"
+            exported = (await client.get(href)).text.splitlines()
+            assert len(exported) == 2 and exported[1].startswith("s-b,cp2,card-b,")
 
             # Live values come through the WebSocket.
             assert (await client.put("/api/sim/pv", json={"power_w": 4321})).status_code == 200

@@ -886,19 +886,27 @@ def build_router(rt: Runtime) -> APIRouter:
     @r.get(
         "/sessions",
         tags=["sessions"],
-        summary="Ended sessions, newest first",
+        summary="Ended sessions, newest first (filters: charger, card, from, to)",
         response_model=list[SessionRecordDoc],
     )
     async def sessions(
         charger: Annotated[str | None, Query(max_length=32)] = None,
         limit: Annotated[QueryInt, Query(ge=1, le=1000)] = 100,
+        card: SessionFilter = None,
+        start: Annotated[str | None, Query(alias="from", max_length=40)] = None,
+        end: Annotated[str | None, Query(alias="to", max_length=40)] = None,
     ) -> Response:
         if charger is not None:
             rt.charger(charger)
+        lo, hi = _window(start, end, None)
         if rt.store is None:
             return _out([])
         # Off the event loop: the read waits for the store's queued writes.
-        return _out([session_dict(s) for s in await asyncio.to_thread(rt.store.sessions, charger, limit)])
+        if card is None and lo is None and hi is None:
+            found = await asyncio.to_thread(rt.store.sessions, charger, limit)
+        else:
+            found = await asyncio.to_thread(rt.store.sessions_between, charger, card, lo, hi, limit, True)
+        return _out([session_dict(s) for s in found])
 
     def _window(
         start: str | None, end: str | None, default_span: float | None

@@ -70,6 +70,7 @@ class SessionStore(Protocol):
         start: float | None = None,
         end: float | None = None,
         limit: int = 100_000,
+        newest_first: bool = False,
     ) -> list[SessionRecord]:
         """Ended sessions that started in [start, end), filtered by charger and card, oldest first."""
 

@@ -255,6 +255,7 @@ class Store:
         start: float | None = None,
         end: float | None = None,
         limit: int = 100_000,
+        newest_first: bool = False,
     ) -> list[SessionRecord]:
         """Ended sessions that started in [start, end), filtered by charger and card, oldest first."""
         where: list[str] = []
@@ -271,7 +272,7 @@ class Store:
         sql = "SELECT * FROM sessions"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY started_at LIMIT ?"
+        sql += f" ORDER BY started_at {'DESC' if newest_first else 'ASC'} LIMIT ?"
         return [SessionRecord(*row) for row in self._read(sql, (*args, limit))]
 
     # ---- writes (queued) ----------------------------------------------------------------------

@@ -278,6 +278,49 @@ async function loadHistory() {
   }
 }
 
+// ---- sessions -----------------------------------------------------------------------------------
+
+function sessionQuery() {
+  const form = $("#session-filters");
+  const q = new URLSearchParams();
+  for (const name of ["charger", "card", "from", "to"]) {
+    const v = form.elements[name].value.trim();
+    if (v) q.set(name, name === "to" ? nextDay(v) : v);
+  }
+  return q;
+}
+function nextDay(date) {
+  // The "to" date is inclusive in the form, exclusive in the API.
+  const d = new Date(`${date}T00:00:00Z`);
+  return Number.isNaN(d.getTime()) ? date : new Date(d.getTime() + 86400e3).toISOString().slice(0, 10);
+}
+async function loadSessions() {
+  const q = sessionQuery();
+  const err = $('[data-field="sessions-error"]');
+  $('[data-field="sessions-csv"]').setAttribute("href", `/api/sessions.csv?${q}`);
+  try {
+    const [rows, totals] = await Promise.all([
+      api("GET", `/api/sessions?limit=200&${q}`),
+      api("GET", `/api/sessions/totals?by=day&${q}`),
+    ]);
+    err.textContent = "";
+    const iso = (t) => new Date(t * 1000).toISOString().slice(0, 16).replace("T", " ");
+    $('[data-field="sessions"]').replaceChildren(...rows.map((r) => el("tr", { "data-session": r.id },
+      el("td", {}, iso(r.started_at)), el("td", {}, r.charger_id), el("td", {}, r.id_tag || "–"),
+      el("td", {}, dur(r.ended_at - r.started_at)), el("td", {}, num(r.energy_kwh, 2)), el("td", {}, r.stop_reason))));
+    $('[data-field="totals"]').replaceChildren(...totals.totals.map((t) => el("tr", {},
+      el("td", {}, t.period), el("td", {}, String(t.sessions)), el("td", {}, num(t.energy_kwh, 2)))));
+  } catch (e) {
+    err.textContent = e.message;
+  }
+}
+function sessionChargerOptions() {
+  const select = $('[data-action="session-charger"]');
+  for (const id of Object.keys(state.chargers)) {
+    if (!select.querySelector(`option[value="${CSS.escape(id)}"]`)) select.append(el("option", { value: id }, id));
+  }
+}
+
 // ---- live updates -------------------------------------------------------------------------------
 
 function setConn(text, cls) { const c = $("#conn"); c.textContent = text; c.className = `conn ${cls}`; }
@@ -308,14 +351,17 @@ function connect() {
   ws.onmessage = (ev) => {
     const frame = JSON.parse(ev.data);
     if (frame.topic === "site") { state.site = frame.message; renderSite(); }
-    else if (frame.topic === "charger") { state.chargers[frame.message.id] = frame.message; renderCharger(frame.message); renderSite(); }
+    else if (frame.topic === "charger") { state.chargers[frame.message.id] = frame.message; renderCharger(frame.message); renderSite(); sessionChargerOptions(); }
+    else if (frame.topic === "session" && frame.message.event === "ended") loadSessions();
   };
 }
 async function loadSettings() {
   try { state.settings = await api("GET", "/api/settings"); renderSite(); } catch { /* shown as missing circuits */ }
 }
+$("#session-filters").addEventListener("submit", (e) => { e.preventDefault(); loadSessions(); });
 await loadSettings();
 connect();
+loadSessions();
 loadHistory();
 setInterval(loadHistory, 60_000);
 setInterval(loadSettings, 60_000);
