@@ -120,6 +120,8 @@ async def test_sessions_export_as_csv_and_totals_with_filters(tmp_path: Path) ->
             months = (
                 await client.get("/api/sessions/totals", params={"by": "month", "charger": "cp1"})
             ).json()
+            by_card = (await client.get("/api/sessions", params={"card": "card-a"})).json()
+            feb = (await client.get("/api/sessions", params={"from": "2026-02-01T00:00:00Z"})).json()
             unknown = await client.get("/api/sessions.csv", params={"charger": "nope"})
             bad_by = await client.get("/api/sessions/totals", params={"by": "year"})
     finally:
@@ -138,5 +140,6 @@ async def test_sessions_export_as_csv_and_totals_with_filters(tmp_path: Path) ->
     ]
     assert days["sessions"] == 4 and days["energy_kwh"] == 12.5
     assert [(t["period"], t["energy_kwh"]) for t in months["totals"]] == [("2026-01", 7.5), ("2026-02", 4.0)]
+    assert [s["id"] for s in by_card] == ["s3", "s1"] and [s["id"] for s in feb] == ["s4"]
     assert unknown.status_code == 404
     assert bad_by.status_code == 422 and bad_by.json()["field"] == "by"
