@@ -230,6 +230,7 @@ function renderCharger(c) {
 const SVG = "http://www.w3.org/2000/svg";
 function svg(tag, attrs) { const e = document.createElementNS(SVG, tag); for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v); return e; }
 function drawChart(box, t, series) {
+  const started = performance.now();
   const W = 800, H = 160, L = 44, R = 6, T = 6, B = 18;
   const names = Object.keys(series);
   let max = 0;
@@ -263,6 +264,8 @@ function drawChart(box, t, series) {
   const legend = el("div", { class: "legend" }, ...names.map((n, k) => el("span", {}, el("i", { style: `background:${COLORS[k % COLORS.length]}` }), n)));
   box.replaceChildren(root, legend);
   box.dataset.points = String(points);
+  // Until the frame after the chart was painted (read by bench/dashboard.py).
+  requestAnimationFrame(() => requestAnimationFrame(() => performance.measure(`chart ${box.id}`, { start: started })));
 }
 async function loadHistory() {
   const status = $('[data-field="history-state"]');
