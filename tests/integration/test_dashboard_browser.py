@@ -128,6 +128,16 @@ async def test_the_dashboard_is_live_controllable_and_self_contained(
             await expect(card.locator('[data-field="error"]')).to_contain_text("current", timeout=WAIT_MS)
             assert (await _charger(client))["limits"]["user"] == 10.5
 
+            # Session caps: taken by the API; an out-of-range one is refused in place.
+            await card.locator('[data-field="cap-energy"]').fill("20")
+            await card.locator('[data-action="caps"]').click()
+            await expect(card.locator('[data-field="caps"]')).to_contain_text("20 kWh", timeout=WAIT_MS)
+            assert (await _charger(client))["caps"]["energy_kwh"] == 20
+            await card.locator('[data-field="cap-energy"]').fill("5000")
+            await card.locator('[data-action="caps"]').click()
+            await expect(card.locator('[data-field="error"]')).to_contain_text("energy_kwh", timeout=WAIT_MS)
+            assert (await _charger(client))["caps"]["energy_kwh"] == 20
+
             # Stop and start: the API reflects them and the page shows the new state in words.
             await card.locator('[data-action="stop"]').click()
             await expect(card.locator('[data-field="state"]')).to_have_text("Paused", timeout=WAIT_MS)

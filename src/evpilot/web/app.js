@@ -1,6 +1,7 @@
 // evpilot dashboard: plain ES module, no build step, no external requests (served by evpilot).
 const V = 230; // nominal phase voltage for A → W where no meter measures power
 const MODES = ["off", "normal", "smart", "solar", "min+solar"];
+const PHASE_MODES = ["not_present", "always_1p", "always_3p", "solar_1p", "auto"];
 const STATE_WORDS = {
   charger_free: "No car",
   charger_insert: "Car connected, waiting to start",
@@ -173,6 +174,13 @@ function chargerCard(c) {
   });
   slider.addEventListener("change", setCurrent);
   input.addEventListener("keydown", (e) => { if (e.key === "Enter") setCurrent(); });
+  const phase = el("select", { "data-charger": id, "data-action": "phase_mode", "aria-label": "phase mode" },
+    ...PHASE_MODES.map((m) => el("option", { value: m }, m)));
+  phase.addEventListener("change", act(() => api("PUT", `/api/chargers/${id}/phase_mode`, { phase_mode: phase.value })));
+  const capKwh = el("input", { type: "number", step: "0.1", min: "0", "data-charger": id, "data-field": "cap-energy", "aria-label": "energy cap (kWh)", placeholder: "kWh" });
+  const capMin = el("input", { type: "number", step: "1", min: "0", "data-charger": id, "data-field": "cap-time", "aria-label": "time cap (min)", placeholder: "min" });
+  const capValue = (input) => (input.value.trim() === "" ? null : Number(input.value));
+  const setCaps = act(() => api("PUT", `/api/chargers/${id}/caps`, { energy_kwh: capValue(capKwh), time_min: capValue(capMin) }));
   const enable = el("input", { type: "checkbox", "data-charger": id, "data-action": "enable" });
   enable.addEventListener("change", act(() => api("PUT", `/api/chargers/${id}/enabled`, { enabled: enable.checked })));
   const card = el("article", { class: "card", id: `c-${id}`, "data-charger": id },
@@ -190,7 +198,10 @@ function chargerCard(c) {
       el("label", {}, enable, " enabled"),
       el("div", { class: "current" }, el("span", {}, "Limit"), slider, input,
         el("button", { "data-charger": id, "data-action": "current", onclick: setCurrent }, "Set"),
-        el("button", { "data-charger": id, "data-action": "current-clear", onclick: act(() => api("PUT", `/api/chargers/${id}/current_limit`, { current: null })) }, "Clear"))),
+        el("button", { "data-charger": id, "data-action": "current-clear", onclick: act(() => api("PUT", `/api/chargers/${id}/current_limit`, { current: null })) }, "Clear")),
+      el("div", { class: "current" }, el("span", {}, "Caps"), capKwh, el("span", {}, "kWh"), capMin, el("span", {}, "min"),
+        el("button", { "data-charger": id, "data-action": "caps", onclick: setCaps }, "Set")),
+      el("label", {}, "phases ", phase)),
     err);
   return card;
 }
@@ -216,6 +227,12 @@ function renderCharger(c) {
   if (document.activeElement !== mode) mode.value = c.mode_setting || "";
   const enable = $('[data-action="enable"]', card);
   enable.checked = c.enabled;
+  const phase = $('[data-action="phase_mode"]', card);
+  if (document.activeElement !== phase) phase.value = c.phase_mode;
+  for (const [field, value] of [["cap-energy", c.caps.energy_kwh], ["cap-time", c.caps.time_min]]) {
+    const input = $(`[data-field="${field}"]`, card);
+    if (document.activeElement !== input) input.value = value === null ? "" : String(value);
+  }
   const input = $('[data-field="current-input"]', card);
   const slider = $('input[type="range"]', card);
   if (document.activeElement !== input && document.activeElement !== slider && !card.dataset.editing) {
