@@ -436,8 +436,9 @@ class Runtime:
             del self.tick_times[:500]
         self._drain_events()
         self._publish_changes(now, self._build_views())
-        if self.history is not None:
-            self.history.observe(now, history_sample(self.site_view(), self.views.values()))
+        if self.history is not None and self._published_site is not None:
+            # The site view this tick published (not rebuilt): a few additions, the write is queued.
+            self.history.observe(now, history_sample(self._published_site, self.views.values()))
         if self.store is not None:
             self._maybe_checkpoint(now)
             self._save_limits()
