@@ -345,10 +345,11 @@ function sessionChargerOptions() {
 
 function setConn(text, cls) { const c = $("#conn"); c.textContent = text; c.className = `conn ${cls}`; }
 async function refused() {
-  // Is the socket refused for want of a login (auth on: login answers 422 to an empty body)?
+  // Is the socket refused for want of a login? A read with the same credentials answers 401 then
+  // (with auth off, or a server that is only restarting, it does not).
   try {
-    const r = await fetch("/api/login", { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
-    return r.status === 422;
+    const r = await fetch("/api/site", { headers: token ? { authorization: `Bearer ${token}` } : {} });
+    return r.status === 401;
   } catch { return false; }
 }
 function connect() {
