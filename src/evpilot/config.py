@@ -109,6 +109,20 @@ class RegisterModel(_Model):
 _SERIAL_KEYS = ("baudrate", "parity", "stopbits")
 
 
+def _check_transport(host: str | None, serial: str | None, set_: set[str], kind: str) -> None:
+    """A Modbus device is reached over TCP (host, port) or RTU (serial, ...), never both."""
+    if (host is None) == (serial is None):
+        raise KeyedError("host", "give either host (Modbus TCP) or serial (Modbus RTU), not both or neither")
+    if host is not None:
+        wrong = [k for k in _SERIAL_KEYS if k in set_]
+        if wrong:
+            raise KeyedError(wrong[0], f"{wrong[0]} is for a serial (RTU) {kind}; this one has a host")
+    elif "port" in set_:
+        raise KeyedError(
+            "port", f"port is for a TCP {kind}; a serial (RTU) {kind} has baudrate, parity, stopbits"
+        )
+
+
 class ModbusMeterModel(MeterSpec):
     """A Modbus meter over TCP (`host`, `port`) or RTU (`serial`, `baudrate`, `parity`, `stopbits`)."""
 
@@ -127,19 +141,7 @@ class ModbusMeterModel(MeterSpec):
 
     @model_validator(mode="after")
     def _transport(self) -> ModbusMeterModel:
-        if (self.host is None) == (self.serial is None):
-            raise KeyedError(
-                "host", "give either host (Modbus TCP) or serial (Modbus RTU), not both or neither"
-            )
-        set_ = self.model_fields_set
-        if self.host is not None:
-            wrong = [k for k in _SERIAL_KEYS if k in set_]
-            if wrong:
-                raise KeyedError(wrong[0], f"{wrong[0]} is for a serial (RTU) meter; this one has a host")
-        elif "port" in set_:
-            raise KeyedError(
-                "port", "port is for a TCP meter; a serial (RTU) meter has baudrate, parity, stopbits"
-            )
+        _check_transport(self.host, self.serial, self.model_fields_set, "meter")
         if self.model != "custom":
             from evpilot.devices.modbus.maps import lookup
 
@@ -258,19 +260,8 @@ class ModbusChargerModel(_Model):
 
     @model_validator(mode="after")
     def _transport(self) -> ModbusChargerModel:
-        if (self.host is None) == (self.serial is None):
-            raise KeyedError(
-                "host", "give either host (Modbus TCP) or serial (Modbus RTU), not both or neither"
-            )
+        _check_transport(self.host, self.serial, self.model_fields_set, "charger")
         set_ = self.model_fields_set
-        if self.host is not None:
-            wrong = [k for k in _SERIAL_KEYS if k in set_]
-            if wrong:
-                raise KeyedError(wrong[0], f"{wrong[0]} is for a serial (RTU) charger; this one has a host")
-        elif "port" in set_:
-            raise KeyedError(
-                "port", "port is for a TCP charger; a serial (RTU) charger has baudrate, parity, stopbits"
-            )
         if self.map == "esp32evse" and "watchdog_s" in set_:
             raise KeyedError(
                 "watchdog_s",

@@ -146,7 +146,11 @@ def test_openapi_docs_and_status_page(api: Api) -> None:
     assert api.http.get("/docs").status_code == 200
     page = api.http.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    assert "/api/ws" in page.text
+    assert '<script type="module" src="/web/app.js">' in page.text
+    script = api.http.get("/web/app.js")
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert "/api/ws" in script.text
+    assert api.http.get("/web/app.css").status_code == 200 and api.http.get("/web/nope.js").status_code == 404
 
 
 def test_settings_get_and_put(api: Api) -> None:
@@ -262,6 +266,25 @@ def test_explicit_start_stop_and_session_history(api: Api) -> None:
     only = api.ok("GET", "/api/sessions?charger=cp2&limit=1")
     assert [r["id"] for r in only] == [session_id]
     EXERCISED.add(("GET", "/api/sessions"))
+
+
+def test_history_and_session_exports_of_the_running_process(api: Api) -> None:
+    def filled() -> dict[str, Any] | None:
+        doc = api.ok("GET", "/api/history")
+        values = [v for v in doc["series"].get("mains_l1", []) if v is not None]
+        return doc if values else None
+
+    doc = until(filled, what="a stored history minute")
+    assert doc["step"] == 300 and doc["to"] - doc["from"] == 86400 and len(doc["t"]) == 289
+    assert "charger:cp1:current" in doc["series"] and "pv_w" in doc["series"]
+    stored = api.ok("GET", "/api/sessions?limit=1000")
+    table = api.call("GET", "/api/sessions.csv")
+    assert table.status_code == 200 and table.text.splitlines()[0].startswith("id,charger_id,card,")
+    assert len(table.text.splitlines()) == 1 + len(stored)
+    totals = api.ok("GET", "/api/sessions/totals")
+    assert totals["by"] == "day" and totals["sessions"] == len(stored)
+    bad = api.http.get("/api/history", params={"from": "not-a-time"})
+    assert bad.status_code == 400 and bad.json()["field"] == "from"
 
 
 def test_health_lists_the_supervised_tasks(api: Api) -> None:

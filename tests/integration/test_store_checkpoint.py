@@ -24,8 +24,8 @@ def test_a_version_1_database_is_migrated_and_keeps_its_sessions(tmp_path: Path)
         db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
         db.execute("INSERT INTO sessions VALUES ('s1','cp1',100,200,1.5,7000,'user',NULL)")
     store = Store(path)
-    assert store.schema_version == SCHEMA_VERSION == 5
-    assert store.outbox("ocpp") == []
+    assert store.schema_version == SCHEMA_VERSION == 6
+    assert store.outbox("ocpp") == [] and store.history(0, 1e12) == []
     assert [s.id for s in store.sessions()] == ["s1"]
     assert store.open_sessions() == [] and store.high_water() == 200
     store.close()

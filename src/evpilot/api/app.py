@@ -186,4 +186,18 @@ def create_app(rt: Runtime, manage_runtime: bool = True) -> FastAPI:
     async def index() -> str:
         return page
 
+    # The dashboard's own assets, read once: every file the page needs comes from evpilot itself.
+    web = resources.files("evpilot.web")
+    assets = {
+        name: (web.joinpath(name).read_bytes(), media)
+        for name, media in (("app.js", "text/javascript"), ("app.css", "text/css"))
+    }
+
+    @app.get("/web/{name}", include_in_schema=False)
+    async def asset(name: str) -> Response:
+        if name not in assets:
+            return Refusal(404, "not_found", [Problem("name", f"no asset {name!r}")]).response()
+        body, media = assets[name]
+        return Response(body, media_type=f"{media}; charset=utf-8", headers={"Cache-Control": "no-cache"})
+
     return app

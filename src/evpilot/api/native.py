@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
+import math
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Query, Request, WebSocket
@@ -474,6 +478,16 @@ class SessionRecordDoc(_Doc):
     auth_method: str | None
 
 
+class CircuitDoc(_Doc):
+    """A sub-distribution: its fuse per phase, its parent (null: mains) and the chargers on it."""
+
+    name: str
+    parent: str | None
+    limit: float
+    metered: bool
+    chargers: list[str]
+
+
 class SettingsDoc(_Doc):
     """Site settings."""
 
@@ -483,6 +497,7 @@ class SettingsDoc(_Doc):
     meter_timeout_s: float
     tick_s: float
     speed: float
+    circuits: list[CircuitDoc] = Field(default_factory=list, description="the circuit tree, parents first")
 
 
 class AcceptedDoc(_Doc):
@@ -575,6 +590,96 @@ class HealthDoc(_Doc):
     status: Literal["ok", "degraded"]
     tasks: list[TaskHealthDoc]
     mqtt: MqttLinkDoc | None
+
+
+class HistoryDoc(_Doc):
+    """Series sampled every `step` s from `from` to `to` (clock seconds); null where nothing was stored."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_: float = Field(alias="from")
+    to: float
+    step: int
+    t: list[float] = Field(description="the start of each step, clock seconds")
+    series: dict[str, list[float | None]] = Field(
+        description="by name: mains_l1..3, mains_limit, capacity_limit, grid_w, pv_w, house_w, battery_w, "
+        "charger:<id>:current|signaled|allocated|available"
+    )
+
+
+class SessionTotalDoc(_Doc):
+    """Ended sessions of one day or month."""
+
+    period: str = Field(description="YYYY-MM-DD or YYYY-MM (UTC)")
+    sessions: int
+    energy_kwh: float
+    duration_s: float
+
+
+class SessionTotalsDoc(_Doc):
+    """Totals of the ended sessions that match the filters."""
+
+    by: Literal["day", "month"]
+    totals: list[SessionTotalDoc]
+    sessions: int
+    energy_kwh: float
+
+
+SessionFilter = Annotated[str | None, Query(max_length=64)]
+TimeQuery = Annotated[str | None, Query(max_length=40)]
+HISTORY_MAX_POINTS = 10_000
+HISTORY_MIN_STEP = 60
+
+
+def parse_time(field: str, text: str) -> float:
+    """Epoch seconds or ISO 8601 (UTC when it names no zone) as epoch seconds; CommandError if neither."""
+    text = text.strip()
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            t = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+        except ValueError:
+            raise CommandError(field, f"{text!r} is neither epoch seconds nor an ISO 8601 time") from None
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=UTC)
+        return t.timestamp()
+    if not math.isfinite(value) or not 0 <= value <= 1e11:
+        raise CommandError(field, f"{text!r} is out of range (epoch seconds, 0 to 1e11)")
+    return value
+
+
+def history_doc(
+    rows: list[tuple[int, dict[str, Any]]], start: float, end: float, step: int
+) -> dict[str, Any]:
+    """Average the per-minute rows into steps of `step` s starting at `start`."""
+    n = int((end - start) // step) + 1
+    sums: dict[str, list[float]] = {}
+    counts: dict[str, list[int]] = {}
+    for t, values in rows:
+        i = int((t - start) // step)
+        if not 0 <= i < n:
+            continue
+        for key, value in values.items():
+            if key not in sums:
+                sums[key], counts[key] = [0.0] * n, [0] * n
+            sums[key][i] += value
+            counts[key][i] += 1
+    series = {
+        key: [round(s / c, 3) if c else None for s, c in zip(sums[key], counts[key], strict=True)]
+        for key in sorted(sums)
+    }
+    return {
+        "from": start,
+        "to": end,
+        "step": step,
+        "t": [start + i * step for i in range(n)],
+        "series": series,
+    }
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _out(doc: Any) -> Response:
@@ -801,19 +906,155 @@ def build_router(rt: Runtime) -> APIRouter:
     @r.get(
         "/sessions",
         tags=["sessions"],
-        summary="Ended sessions, newest first",
+        summary="Ended sessions, newest first (filters: charger, card, from, to)",
         response_model=list[SessionRecordDoc],
     )
     async def sessions(
         charger: Annotated[str | None, Query(max_length=32)] = None,
         limit: Annotated[QueryInt, Query(ge=1, le=1000)] = 100,
+        card: SessionFilter = None,
+        start: Annotated[str | None, Query(alias="from", max_length=40)] = None,
+        end: Annotated[str | None, Query(alias="to", max_length=40)] = None,
     ) -> Response:
         if charger is not None:
             rt.charger(charger)
+        lo, hi = _window(start, end, None)
         if rt.store is None:
             return _out([])
         # Off the event loop: the read waits for the store's queued writes.
-        return _out([session_dict(s) for s in await asyncio.to_thread(rt.store.sessions, charger, limit)])
+        if card is None and lo is None and hi is None:
+            found = await asyncio.to_thread(rt.store.sessions, charger, limit)
+        else:
+            found = await asyncio.to_thread(rt.store.sessions_between, charger, card, lo, hi, limit, True)
+        return _out([session_dict(s) for s in found])
+
+    def _window(
+        start: str | None, end: str | None, default_span: float | None
+    ) -> tuple[float | None, float | None]:
+        lo = None if start is None else parse_time("from", start)
+        hi = None if end is None else parse_time("to", end)
+        if default_span is not None:
+            hi = rt.clock.now() if hi is None else hi
+            lo = hi - default_span if lo is None else lo
+        if lo is not None and hi is not None and hi < lo:
+            raise CommandError("to", "must not be before `from`")
+        return lo, hi
+
+    @r.get(
+        "/history",
+        tags=["site"],
+        summary="Mains, PV, house, battery, grid and each charger's currents over time (per-minute store)",
+        response_model=HistoryDoc,
+        response_model_by_alias=True,
+    )
+    async def get_history(
+        start: Annotated[str | None, Query(alias="from", max_length=40)] = None,
+        end: Annotated[str | None, Query(alias="to", max_length=40)] = None,
+        step: Annotated[QueryInt, Query(ge=HISTORY_MIN_STEP, le=31 * 86400)] = 300,
+    ) -> Response:
+        lo, hi = _window(start, end, 86400.0)
+        assert lo is not None and hi is not None
+        if (hi - lo) / step >= HISTORY_MAX_POINTS:
+            raise CommandError(
+                "step",
+                f"({hi - lo:.0f} s / {step} s) is over {HISTORY_MAX_POINTS} points: choose a larger step",
+            )
+        rows = [] if rt.store is None else await asyncio.to_thread(rt.store.history, lo, hi)
+        return _out(history_doc(rows, lo, hi, step))
+
+    async def _filtered(
+        charger: str | None, card: str | None, start: str | None, end: str | None
+    ) -> list[Any]:
+        if charger is not None:
+            rt.charger(charger)
+        lo, hi = _window(start, end, None)
+        if rt.store is None:
+            return []
+        return await asyncio.to_thread(rt.store.sessions_between, charger, card, lo, hi)
+
+    @r.get(
+        "/sessions.csv",
+        tags=["sessions"],
+        summary="Ended sessions as CSV (filters: charger, card, from, to), oldest first",
+        response_class=Response,
+        responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
+    )
+    async def sessions_csv(
+        charger: SessionFilter = None,
+        card: SessionFilter = None,
+        start: Annotated[str | None, Query(alias="from", max_length=40)] = None,
+        end: Annotated[str | None, Query(alias="to", max_length=40)] = None,
+    ) -> Response:
+        records = await _filtered(charger, card, start, end)
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\r\n")
+        w.writerow(
+            [
+                "id",
+                "charger_id",
+                "card",
+                "started_at",
+                "ended_at",
+                "duration_s",
+                "energy_kwh",
+                "peak_power_w",
+                "stop_reason",
+            ]
+        )
+        for rec in records:
+            w.writerow(
+                [
+                    rec.id,
+                    rec.charger_id,
+                    rec.id_tag or "",
+                    _iso(rec.started_at),
+                    _iso(rec.ended_at),
+                    round(rec.ended_at - rec.started_at, 1),
+                    round(rec.energy_kwh, 3),
+                    round(rec.peak_power_w, 1),
+                    rec.stop_reason,
+                ]
+            )
+        return Response(
+            buf.getvalue(),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="sessions.csv"'},
+        )
+
+    @r.get(
+        "/sessions/totals",
+        tags=["sessions"],
+        summary="Sessions and energy per day or month (UTC; filters: charger, card, from, to)",
+        response_model=SessionTotalsDoc,
+    )
+    async def sessions_totals(
+        charger: SessionFilter = None,
+        card: SessionFilter = None,
+        start: Annotated[str | None, Query(alias="from", max_length=40)] = None,
+        end: Annotated[str | None, Query(alias="to", max_length=40)] = None,
+        by: Literal["day", "month"] = "day",
+    ) -> Response:
+        records = await _filtered(charger, card, start, end)
+        width = 10 if by == "day" else 7
+        periods: dict[str, dict[str, Any]] = {}
+        for rec in records:
+            key = _iso(rec.started_at)[:width]
+            p = periods.setdefault(key, {"period": key, "sessions": 0, "energy_kwh": 0.0, "duration_s": 0.0})
+            p["sessions"] += 1
+            p["energy_kwh"] += rec.energy_kwh
+            p["duration_s"] += rec.ended_at - rec.started_at
+        totals = [
+            {**p, "energy_kwh": round(p["energy_kwh"], 3), "duration_s": round(p["duration_s"], 1)}
+            for _, p in sorted(periods.items())
+        ]
+        return _out(
+            {
+                "by": by,
+                "totals": totals,
+                "sessions": len(records),
+                "energy_kwh": round(sum(r.energy_kwh for r in records), 3),
+            }
+        )
 
     @r.get("/settings", tags=["settings"], summary="Site settings", response_model=SettingsDoc)
     async def get_settings() -> Response:
@@ -826,6 +1067,18 @@ def build_router(rt: Runtime) -> APIRouter:
                 "meter_timeout_s": s.meter_timeout_s,
                 "tick_s": rt.config.control.tick_s,
                 "speed": rt.clock.speed,
+                "circuits": [
+                    {
+                        "name": c.name,
+                        "parent": c.parent,
+                        "limit": c.limit,
+                        "metered": c.metered,
+                        "chargers": [
+                            cid for cid, ch in rt.engine.chargers.items() if ch.config.circuit == c.name
+                        ],
+                    }
+                    for c in s.circuits
+                ],
             }
         )
 

@@ -27,6 +27,8 @@ from evpilot.control import views as vw
 from evpilot.control.access import AccessControl
 from evpilot.control.autobalance import AutoBalance
 from evpilot.control.build import assemble
+from evpilot.control.history import HistoryRecorder
+from evpilot.control.history import sample as history_sample
 from evpilot.control.listeners import ListenerBus
 from evpilot.control.overload import OverloadMonitor
 from evpilot.control.supervisor import Supervisor
@@ -203,6 +205,7 @@ class Runtime:
         )
         # The read model: the latest views and their change keys.
         self.views: dict[str, ChargerView] = {}
+        self.history = HistoryRecorder(store) if store is not None else None
         self._keys: dict[str, tuple[Any, ...]] = {}
         # The exact values each view was last checked against (equal: its key cannot have moved).
         self._raws: dict[str, tuple[Any, ...]] = {}
@@ -391,6 +394,8 @@ class Runtime:
                     except Exception:
                         log.exception("saving the external limits failed")
                     self._checkpoint(now)
+                    if self.history is not None:
+                        self.history.finish()
                     await asyncio.to_thread(self.store.flush)
             finally:
                 try:
@@ -437,6 +442,9 @@ class Runtime:
             del self.tick_times[:500]
         self._drain_events()
         self._publish_changes(now, self._build_views())
+        if self.history is not None and self._published_site is not None:
+            # The site view this tick published (not rebuilt): a few additions, the write is queued.
+            self.history.observe(now, history_sample(self._published_site, self.views.values()))
         if self.store is not None:
             self._maybe_checkpoint(now)
             self._save_limits()

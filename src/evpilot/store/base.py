@@ -57,6 +57,23 @@ class SessionStore(Protocol):
     def delete_card(self, uid: str | None) -> None:
         """Forget the card `uid`, or every card (None)."""
 
+    def add_history(self, t: int, doc: Mapping[str, Any]) -> None:
+        """Store one minute's averages at clock time `t` (queued)."""
+
+    def history(self, start: float, end: float) -> list[tuple[int, dict[str, Any]]]:
+        """The per-minute history rows with `start <= t <= end`, oldest first."""
+
+    def sessions_between(
+        self,
+        charger_id: str | None = None,
+        id_tag: str | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        limit: int = 100_000,
+        newest_first: bool = False,
+    ) -> list[SessionRecord]:
+        """Ended sessions that started in [start, end), filtered by charger and card, oldest first."""
+
     def high_water(self) -> float:
         """The latest clock time stored so far (0 if none)."""
 

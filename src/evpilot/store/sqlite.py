@@ -17,7 +17,7 @@ from evpilot.store.base import TokenRecord
 
 log = logging.getLogger("evpilot.store")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE sessions (
@@ -74,10 +74,19 @@ _MIGRATIONS: dict[int, str] = {
         energy_kwh REAL
     );
     """,
+    6: """
+    CREATE TABLE history (
+        t INTEGER PRIMARY KEY,
+        doc TEXT NOT NULL
+    );
+    """,
 }
 # Writes waiting for the writer thread; beyond this the caller waits (nothing is dropped).
 QUEUE_SIZE = 10_000
 _HWM = "clock_high_water"
+# History: one row per clock minute, kept this long and never more than this many rows.
+HISTORY_DAYS = 90
+HISTORY_MAX_ROWS = HISTORY_DAYS * 1440
 
 Job = Callable[[sqlite3.Connection], None]
 
@@ -89,8 +98,16 @@ class Store:
     the queued writes, so a caller always reads what it wrote.
     """
 
-    def __init__(self, path: str | Path, queue_size: int = QUEUE_SIZE) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        queue_size: int = QUEUE_SIZE,
+        history_days: float = HISTORY_DAYS,
+        history_max_rows: int = HISTORY_MAX_ROWS,
+    ) -> None:
         self.path = str(path)
+        self.history_days = history_days
+        self.history_max_rows = history_max_rows
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, check_same_thread=False)
@@ -222,7 +239,59 @@ class Store:
         rows = self._read("SELECT seq, body FROM outbox WHERE queue = ? ORDER BY seq", (queue,))
         return [(int(seq), json.loads(body)) for seq, body in rows]
 
+    def history(self, start: float, end: float) -> list[tuple[int, dict[str, Any]]]:
+        """The per-minute history rows with `start <= t <= end`, oldest first."""
+        rows = self._read("SELECT t, doc FROM history WHERE t >= ? AND t <= ? ORDER BY t", (start, end))
+        return [(int(t), json.loads(doc)) for t, doc in rows]
+
+    def history_rows(self) -> int:
+        """How many history rows are stored."""
+        return int(self._read("SELECT COUNT(*) FROM history")[0][0])
+
+    def sessions_between(
+        self,
+        charger_id: str | None = None,
+        id_tag: str | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        limit: int = 100_000,
+        newest_first: bool = False,
+    ) -> list[SessionRecord]:
+        """Ended sessions that started in [start, end), filtered by charger and card, oldest first."""
+        where: list[str] = []
+        args: list[Any] = []
+        for clause, value in (
+            ("charger_id = ?", charger_id),
+            ("id_tag = ?", id_tag),
+            ("started_at >= ?", start),
+            ("started_at < ?", end),
+        ):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        sql = "SELECT * FROM sessions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY started_at {'DESC' if newest_first else 'ASC'} LIMIT ?"
+        return [SessionRecord(*row) for row in self._read(sql, (*args, limit))]
+
     # ---- writes (queued) ----------------------------------------------------------------------
+
+    def add_history(self, t: int, doc: Mapping[str, Any]) -> None:
+        """Store one minute's averages at clock time `t` and drop what is older or beyond the bound."""
+        text = json.dumps(doc, separators=(",", ":"))
+        keep_s = self.history_days * 86400
+        max_rows = self.history_max_rows
+
+        def job(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO history(t, doc) VALUES(?, ?)", (t, text))
+            db.execute("DELETE FROM history WHERE t < ?", (t - keep_s,))
+            db.execute(
+                "DELETE FROM history WHERE t <= (SELECT t FROM history ORDER BY t DESC LIMIT 1 OFFSET ?)",
+                (max_rows,),
+            )
+
+        self._submit(job)
 
     def outbox_push(self, queue: str, body: Any) -> None:
         """Append a message to `queue` (kept until `outbox_drop`, across restarts)."""
