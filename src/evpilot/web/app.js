@@ -148,7 +148,9 @@ function limitValue(c) {
     return [`circuit ${name} ${circuit ? num(circuit.limit, 0) : "?"} A`, parts.join(" + ")];
   }
   if (s && src === "capacity") return [`capacity ${num(s.capacity_limit)} A`, "the capacity (peak) limit of the site"];
-  if (s && s.site_limits && s.site_limits[src]) return [`site ${src} limit ${num(s.site_limits[src].amps)} A`, "an external cap on all chargers together"];
+  // A site-wide cap binds as site:<name> (the OCPP station cap as its own ocpp:ChargePointMaxProfile).
+  const cap = src.startsWith("site:") ? src.slice(5) : src;
+  if (s && s.site_limits && s.site_limits[cap]) return [`site ${cap} limit ${num(s.site_limits[cap].amps)} A`, "an external cap on all chargers together"];
   if (src === "solar" && s) return [`solar surplus ${num(s.solar_surplus)} A`, s.solar_surplus !== null && s.solar_surplus < 6 ? "not enough sun to charge" : "the PV power left over by the house"];
   return [src, ""];
 }
