@@ -14,6 +14,7 @@ import contextlib
 import logging
 import math
 import ssl
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar, cast
 
@@ -42,7 +43,7 @@ def after(action: str) -> Callable[[F], F]:
 BOOT_RETRY_S = 10.0
 
 
-class Link:
+class Link(ABC):
     """One station's connection; subclasses speak one OCPP version."""
 
     subprotocol = ""
@@ -66,40 +67,49 @@ class Link:
 
     # ---- version-specific messages (subclasses) ------------------------------------------------------
 
+    @abstractmethod
     def make_cp(self, ws: Any) -> Any:
         """The library's charge point object on `ws`."""
         raise NotImplementedError
 
+    @abstractmethod
     async def boot(self) -> tuple[str, int]:
         """BootNotification: (status, interval)."""
         raise NotImplementedError
 
+    @abstractmethod
     async def heartbeat(self) -> None:
         """Heartbeat."""
         raise NotImplementedError
 
+    @abstractmethod
     async def status_notification(self, connector: int, status: str) -> None:
         """A connector's status (1.6 vocabulary; 2.0.1 maps it)."""
         raise NotImplementedError
 
+    @abstractmethod
     async def authorize(self, id_tag: str) -> str:
         """Ask the backend about an id tag: its status."""
         raise NotImplementedError
 
+    @abstractmethod
     async def meter_values(
         self, connector: int, values: list[dict[str, Any]], tx_id: int | str | None
     ) -> None:
         """Meter values sent at once (not queued)."""
         raise NotImplementedError
 
+    @abstractmethod
     def start_message(self, tx: Transaction) -> dict[str, Any]:
         """The queued message that starts `tx`."""
         raise NotImplementedError
 
+    @abstractmethod
     def stop_message(self, tx: Transaction, meter_stop: int, at: float, reason: str) -> dict[str, Any]:
         """The queued message that ends `tx`."""
         raise NotImplementedError
 
+    @abstractmethod
     def meter_message(self, tx: Transaction, values: list[dict[str, Any]]) -> dict[str, Any]:
         """A queued meter value of `tx`."""
         raise NotImplementedError
