@@ -6,7 +6,9 @@ import asyncio
 import logging
 import time
 import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
@@ -137,47 +139,39 @@ class ModbusBus:
 
     async def read(self, unit: int, function: int, address: int, count: int, timeout: float) -> list[int]:
         """`count` registers from `address` (function 3 holding, 4 input) of device `unit`."""
-        async with self._lock:
-            client = await self._connected(timeout)
-            client.comm_params.timeout_connect = timeout
-            self._rx.clear()
-            self.requests += 1
-            what = f"{self.endpoint} unit {unit}: read {count} from {address} (fc {function})"
-            try:
-                if function == 3:
-                    resp = await client.read_holding_registers(address, count=count, device_id=unit)
-                else:
-                    resp = await client.read_input_registers(address, count=count, device_id=unit)
-            except ModbusIOException as exc:
-                if self.endpoint.rtu and self._rx and not _crc_ok(bytes(self._rx)):
-                    raise BusError(MeterFault.CRC, f"{what}: CRC error in the answer") from exc
-                raise BusError(MeterFault.TIMEOUT, f"{what}: no answer within {timeout:g} s") from exc
-            except ConnectionException as exc:
-                client.close()
-                raise BusError(MeterFault.UNREACHABLE, f"{what}: connection lost ({exc})") from exc
-            except ModbusException as exc:
-                raise BusError(MeterFault.PROTOCOL, f"{what}: {exc}") from exc
-            if resp.isError():
-                code = getattr(resp, "exception_code", "?")
-                raise BusError(MeterFault.EXCEPTION, f"{what}: exception response, code {code}")
-            regs = list(resp.registers)
-            if len(regs) != count:
-                raise BusError(MeterFault.PROTOCOL, f"{what}: {len(regs)} registers in the answer")
-            return regs
+        what = f"{self.endpoint} unit {unit}: read {count} from {address} (fc {function})"
+
+        async def call(client: Any) -> Any:
+            if function == 3:
+                return await client.read_holding_registers(address, count=count, device_id=unit)
+            return await client.read_input_registers(address, count=count, device_id=unit)
+
+        resp = await self._request(what, timeout, call)
+        regs = list(resp.registers)
+        if len(regs) != count:
+            raise BusError(MeterFault.PROTOCOL, f"{what}: {len(regs)} registers in the answer")
+        return regs
 
     async def write(self, unit: int, address: int, values: list[int], timeout: float) -> None:
         """Write `values` to holding registers from `address` of device `unit` (function 6 or 16)."""
+        what = f"{self.endpoint} unit {unit}: write {values} at {address}"
+
+        async def call(client: Any) -> Any:
+            if len(values) == 1:
+                return await client.write_register(address, values[0], device_id=unit)
+            return await client.write_registers(address, values, device_id=unit)
+
+        await self._request(what, timeout, call)
+
+    async def _request(self, what: str, timeout: float, call: Callable[[Any], Awaitable[Any]]) -> Any:
+        """One request on the shared line: its answer, or a BusError naming the fault."""
         async with self._lock:
             client = await self._connected(timeout)
             client.comm_params.timeout_connect = timeout
             self._rx.clear()
             self.requests += 1
-            what = f"{self.endpoint} unit {unit}: write {values} at {address}"
             try:
-                if len(values) == 1:
-                    resp = await client.write_register(address, values[0], device_id=unit)
-                else:
-                    resp = await client.write_registers(address, values, device_id=unit)
+                resp = await call(client)
             except ModbusIOException as exc:
                 if self.endpoint.rtu and self._rx and not _crc_ok(bytes(self._rx)):
                     raise BusError(MeterFault.CRC, f"{what}: CRC error in the answer") from exc
@@ -190,6 +184,7 @@ class ModbusBus:
             if resp.isError():
                 code = getattr(resp, "exception_code", "?")
                 raise BusError(MeterFault.EXCEPTION, f"{what}: exception response, code {code}")
+            return resp
 
     def close(self) -> None:
         """Close the connection (the next read opens it again)."""
