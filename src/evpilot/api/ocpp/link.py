@@ -16,6 +16,7 @@ import math
 import ssl
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine
+from enum import StrEnum
 from typing import Any, TypeVar, cast
 
 from ocpp import routing
@@ -41,6 +42,41 @@ def after(action: str) -> Callable[[F], F]:
 
 # Without an interval from the backend, a refused BootNotification is retried after this (s).
 BOOT_RETRY_S = 10.0
+# The only DataTransfer vendor evpilot knows (it defines no messages, so each is Rejected).
+VENDOR = "evpilot"
+
+
+class BootReason(StrEnum):
+    """Why a BootNotification is sent (2.0.1 names it in the message; 1.6 has no field for it)."""
+
+    POWER_UP = "PowerUp"
+    REMOTE_RESET = "RemoteReset"
+    TRIGGERED = "Triggered"
+
+
+class Availability(StrEnum):
+    """ChangeAvailability's answer (the same words in 1.6 and 2.0.1)."""
+
+    ACCEPTED = "Accepted"
+    SCHEDULED = "Scheduled"
+    REJECTED = "Rejected"
+
+
+class Unlock(StrEnum):
+    """What an UnlockConnector did; each version words it in its own vocabulary."""
+
+    UNLOCKED = "Unlocked"
+    NO_LOCK = "NoLock"
+    UNKNOWN = "UnknownConnector"
+    BUSY = "OngoingAuthorizedTransaction"
+
+
+class Trigger(StrEnum):
+    """TriggerMessage's answer (the same words in 1.6 and 2.0.1)."""
+
+    ACCEPTED = "Accepted"
+    REJECTED = "Rejected"
+    NOT_IMPLEMENTED = "NotImplemented"
 
 
 class Link(ABC):
@@ -64,6 +100,9 @@ class Link(ABC):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ws: ClientConnection | None = None
         self._attempts = 0
+        self.boot_reason = BootReason.POWER_UP
+        # An OnIdle Reset waiting for the running transactions to end: their stop reason.
+        self.pending_reset: str | None = None
 
     # ---- version-specific messages (subclasses) ------------------------------------------------------
 
@@ -73,7 +112,7 @@ class Link(ABC):
         raise NotImplementedError
 
     @abstractmethod
-    async def boot(self) -> tuple[str, int]:
+    async def boot(self, reason: BootReason) -> tuple[str, int]:
         """BootNotification: (status, interval)."""
         raise NotImplementedError
 
@@ -110,8 +149,10 @@ class Link(ABC):
         raise NotImplementedError
 
     @abstractmethod
-    def meter_message(self, tx: Transaction, values: list[dict[str, Any]]) -> dict[str, Any]:
-        """A queued meter value of `tx`."""
+    def meter_message(
+        self, tx: Transaction, values: list[dict[str, Any]], triggered: bool = False
+    ) -> dict[str, Any]:
+        """A queued meter value of `tx` (`triggered`: the backend asked for it)."""
         raise NotImplementedError
 
     def reason(self, stop_reason: str) -> str:
@@ -247,8 +288,9 @@ class Link(ABC):
     async def _boot(self) -> None:
         keys = self.station.keys
         while True:
-            status, interval = await self.boot()
+            status, interval = await self.boot(self.boot_reason)
             if status == "Accepted":
+                self.boot_reason = BootReason.POWER_UP
                 if interval > 0:
                     keys.values["HeartbeatInterval"] = str(interval)
                     keys.save(dict(keys.values))
@@ -451,6 +493,8 @@ class Link(ABC):
         st.save_profiles()
         self.status_changed.set()
         self.spawn(st.outbox.settle())
+        if self.pending_reset is not None and not st.busy():
+            self.spawn(self.reset(self.pending_reset))
 
     async def reconcile(self) -> None:
         """After a restart: open transactions whose session is gone are stopped with the stored record;
@@ -482,25 +526,82 @@ class Link(ABC):
                 await self.session_started(n, session.id, session.id_tag, session.started_at)
         await st.outbox.settle()
 
-    # ---- commands the backend triggers -----------------------------------------------------------------
+    # ---- commands the backend triggers (one behaviour; each version words the answers) -------------
 
-    async def reset(self, kind: str) -> None:
-        """Reset: every transaction ends (SoftReset/HardReset), then the connection restarts with a boot."""
+    def schedule_reset(self, reason: str, when_idle: bool) -> bool:
+        """A Reset the backend asked for: True when it waits for the running transactions (OnIdle).
+
+        Otherwise `reset_now` runs it once the answer is sent.
+        """
+        if when_idle and self.station.busy():
+            self.pending_reset = reason
+            return True
+        self.pending_reset = None
+        return False
+
+    def reset_now(self, reason: str) -> None:
+        """After the answer to a Reset: run it unless it waits for the transactions to end."""
+        if self.pending_reset is None:
+            self.spawn(self.reset(reason))
+
+    async def reset(self, reason: str) -> None:
+        """Reset: every transaction ends with `reason`, then the connection restarts with a boot."""
         st = self.station
+        self.pending_reset = None
+        self.boot_reason = BootReason.REMOTE_RESET
         now = self.rt.clock.now()
         for tx in [t for t in st.transactions.values() if not t.stopped]:
             st.stop(tx.connector)
-            self.stop_transaction(tx, st.register_wh(tx.connector), now, f"{kind}Reset")
+            self.stop_transaction(tx, st.register_wh(tx.connector), now, reason)
         await st.outbox.settle()
         if self._ws is not None:
             await self._ws.close()
 
+    def change_availability(self, connector: int, operative: bool) -> Availability:
+        """ChangeAvailability of a connector (0: the whole station); a running transaction finishes first."""
+        st = self.station
+        if connector != 0 and connector not in st.connectors:
+            return Availability.REJECTED
+        targets = list(st.connectors) if connector == 0 else [connector]
+        scheduled = False
+        for n in targets:
+            if not operative and st.open_transaction(n) is not None:
+                st.pending_unavailable.add(n)
+                scheduled = True
+                continue
+            st.pending_unavailable.discard(n)
+            st.set_available(n, operative)
+        self.status_changed.set()
+        return Availability.SCHEDULED if scheduled else Availability.ACCEPTED
+
+    def unlock(self, connector: int, end_transaction: bool) -> Unlock:
+        """UnlockConnector: a fixed cable has no lock; a running transaction ends first (1.6) or
+        refuses the unlock (2.0.1, `end_transaction` False)."""
+        st = self.station
+        if connector not in st.connectors:
+            return Unlock.UNKNOWN
+        if st.charger(connector).config.fixed_cable:
+            return Unlock.NO_LOCK
+        tx = st.open_transaction(connector)
+        if tx is not None:
+            if not end_transaction:
+                return Unlock.BUSY
+            now = self.rt.clock.now()
+            st.stop(connector)
+            self.stop_transaction(tx, st.register_wh(connector), now, "UnlockCommand")
+        return Unlock.UNLOCKED
+
+    @staticmethod
+    def data_transfer(vendor_id: str) -> str:
+        """DataTransfer: evpilot defines no messages, so its own vendor id is Rejected, others unknown."""
+        return "Rejected" if vendor_id == VENDOR else "UnknownVendorId"
+
     async def triggered(self, message: str, connector: int | None) -> None:
-        """Send the message a TriggerMessage asked for."""
+        """Send the message a TriggerMessage asked for (connector None or 0: every connector)."""
         st = self.station
         targets = list(st.connectors) if connector in (None, 0) else [connector]
         if message == "BootNotification":
-            await self.boot()
+            await self.boot(BootReason.TRIGGERED)
         elif message == "Heartbeat":
             await self.heartbeat()
         elif message == "StatusNotification":
@@ -508,10 +609,14 @@ class Link(ABC):
                 status = st.status(n)
                 await self.status_notification(n, status)
                 self.sent_status[n] = status
-        elif message == "MeterValues":
+        elif message in ("MeterValues", "TransactionEvent"):
             now = self.rt.clock.now()
             measurands = st.keys.csl("MeterValuesSampledData")
             for n in targets:
                 tx = st.open_transaction(n)
                 values = [{"timestamp": iso(now), "sampledValue": st.sample(n, measurands, "Trigger")}]
-                await self.meter_values(n, values, None if tx is None else tx.tx_id)
+                if message == "MeterValues":
+                    await self.meter_values(n, values, None if tx is None else tx.tx_id)
+                elif tx is not None:
+                    st.outbox.push(self.meter_message(tx, values, triggered=True))
+            await st.outbox.settle()

@@ -9,6 +9,7 @@ import asyncio
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from evpilot.api.ocpp.keys import Configuration, defaults
@@ -76,6 +77,15 @@ class Outbox:
         store = self.rt.store
         if store is not None:
             await asyncio.to_thread(store.flush)
+
+
+class ListUpdate(StrEnum):
+    """SendLocalList's outcome (2.0.1 has no NotSupported: it answers Failed)."""
+
+    ACCEPTED = "Accepted"
+    FAILED = "Failed"
+    VERSION_MISMATCH = "VersionMismatch"
+    NOT_SUPPORTED = "NotSupported"
 
 
 @dataclass(slots=True)
@@ -236,6 +246,47 @@ class Station:
             if tx.tx_id == tx_id and not tx.stopped:
                 return tx
         return None
+
+    def busy(self) -> bool:
+        """A transaction runs on some connector."""
+        return any(not tx.stopped for tx in self.transactions.values())
+
+    # ---- the local authorization list and the cache (shared by 1.6 and 2.0.1) ------------------
+
+    def update_local_list(
+        self, version: int, full: bool, entries: list[tuple[str, str | None]]
+    ) -> ListUpdate:
+        """SendLocalList: replace the list (`full`) or apply a newer difference; an entry without a
+        status leaves the list. Nothing changes unless the whole update fits."""
+        if not self.keys.flag("LocalAuthListEnabled"):
+            return ListUpdate.NOT_SUPPORTED
+        if len(entries) > self.keys.number("SendLocalListMaxLength"):
+            return ListUpdate.FAILED
+        if full:
+            merged: dict[str, str] = {}
+        elif version <= self.local_version:
+            return ListUpdate.VERSION_MISMATCH
+        else:
+            merged = dict(self.local_list)
+        for id_tag, status in entries:
+            if status is None:
+                merged.pop(id_tag, None)
+            else:
+                merged[id_tag] = status
+        if len(merged) > self.keys.number("LocalAuthListMaxLength"):
+            return ListUpdate.FAILED
+        self.local_list, self.local_version = merged, version
+        self.save_auth()
+        return ListUpdate.ACCEPTED
+
+    def local_list_version(self) -> int | None:
+        """GetLocalListVersion: the list's version (None: the list is disabled)."""
+        return self.local_version if self.keys.flag("LocalAuthListEnabled") else None
+
+    def clear_cache(self) -> None:
+        """ClearCache: forget every cached Authorize answer."""
+        self.cache.clear()
+        self.save_auth()
 
     def authorized_locally(self, id_tag: str) -> str | None:
         """The local list's or the cache's status of `id_tag` (None: unknown)."""

@@ -9,7 +9,7 @@ from ocpp.exceptions import OCPPError
 from ocpp.v16 import ChargePoint, call, call_result
 from ocpp.v16.enums import Action
 
-from evpilot.api.ocpp.link import Link, after, on
+from evpilot.api.ocpp.link import BootReason, Link, Trigger, Unlock, after, on
 from evpilot.api.ocpp.station import Station, Transaction, epoch, iso
 from evpilot.core.profiles import ChargingProfile, Kind, Period, ProfileError, Purpose, RateUnit, Recurrency
 
@@ -124,51 +124,34 @@ class ChargePoint16(ChargePoint):  # type: ignore[misc]
     def on_change_availability(
         self, connector_id: int, type: str, **_: Any
     ) -> call_result.ChangeAvailability:
-        st = self.st
-        if connector_id != 0 and not self._known(connector_id):
-            return call_result.ChangeAvailability(status="Rejected")
-        targets = list(st.connectors) if connector_id == 0 else [connector_id]
-        operative = type == "Operative"
-        scheduled = False
-        for n in targets:
-            if not operative and st.open_transaction(n) is not None:
-                st.pending_unavailable.add(n)
-                scheduled = True
-                continue
-            st.pending_unavailable.discard(n)
-            st.set_available(n, operative)
-        self.link.status_changed.set()
-        return call_result.ChangeAvailability(status="Scheduled" if scheduled else "Accepted")
+        status = self.link.change_availability(connector_id, type == "Operative")
+        return call_result.ChangeAvailability(status=status.value)
 
     @on(Action.reset)
     def on_reset(self, type: str, **_: Any) -> call_result.Reset:
+        self.link.schedule_reset(f"{type}Reset", when_idle=False)
         return call_result.Reset(status="Accepted")
 
     @after(Action.reset)
     def after_reset(self, type: str, **_: Any) -> None:
-        self.link.spawn(self.link.reset(type))
+        self.link.reset_now(f"{type}Reset")
 
     @on(Action.unlock_connector)
     def on_unlock(self, connector_id: int, **_: Any) -> call_result.UnlockConnector:
-        st = self.st
-        if not self._known(connector_id) or st.charger(connector_id).config.fixed_cable:
-            return call_result.UnlockConnector(status="NotSupported")
-        tx = st.open_transaction(connector_id)
-        if tx is not None:
-            now = st.rt.clock.now()
-            st.stop(connector_id)
-            self.link.stop_transaction(tx, st.register_wh(connector_id), now, "UnlockCommand")
-        return call_result.UnlockConnector(status="Unlocked")
+        outcome = self.link.unlock(connector_id, end_transaction=True)
+        # 1.6 has no word for an unknown connector or a cable without a lock: both are NotSupported.
+        status = "Unlocked" if outcome is Unlock.UNLOCKED else "NotSupported"
+        return call_result.UnlockConnector(status=status)
 
     @on(Action.trigger_message)
     def on_trigger(
         self, requested_message: str, connector_id: int | None = None, **_: Any
     ) -> call_result.TriggerMessage:
         if requested_message not in TRIGGERS:
-            return call_result.TriggerMessage(status="NotImplemented")
+            return call_result.TriggerMessage(status=Trigger.NOT_IMPLEMENTED.value)
         if connector_id is not None and connector_id != 0 and not self._known(connector_id):
-            return call_result.TriggerMessage(status="Rejected")
-        return call_result.TriggerMessage(status="Accepted")
+            return call_result.TriggerMessage(status=Trigger.REJECTED.value)
+        return call_result.TriggerMessage(status=Trigger.ACCEPTED.value)
 
     @after(Action.trigger_message)
     def after_trigger(self, requested_message: str, connector_id: int | None = None, **_: Any) -> None:
@@ -177,47 +160,28 @@ class ChargePoint16(ChargePoint):  # type: ignore[misc]
 
     @on(Action.data_transfer)
     def on_data_transfer(self, vendor_id: str, **_: Any) -> call_result.DataTransfer:
-        return call_result.DataTransfer(status="Rejected" if vendor_id == "evpilot" else "UnknownVendorId")
+        return call_result.DataTransfer(status=self.link.data_transfer(vendor_id))
 
     @on(Action.clear_cache)
     def on_clear_cache(self, **_: Any) -> call_result.ClearCache:
-        self.st.cache.clear()
-        self.st.save_auth()
+        self.st.clear_cache()
         return call_result.ClearCache(status="Accepted")
 
     @on(Action.send_local_list)
     def on_send_local_list(
         self, list_version: int, update_type: str, local_authorization_list: list[Any] | None = None, **_: Any
     ) -> call_result.SendLocalList:
-        st = self.st
-        if not st.keys.flag("LocalAuthListEnabled"):
-            return call_result.SendLocalList(status="NotSupported")
-        entries = local_authorization_list or []
-        if len(entries) > st.keys.number("SendLocalListMaxLength"):
-            return call_result.SendLocalList(status="Failed")
-        if update_type == "Differential":
-            if list_version <= st.local_version:
-                return call_result.SendLocalList(status="VersionMismatch")
-            merged = dict(st.local_list)
-        else:
-            merged = {}
-        for entry in entries:
-            info = entry.get("id_tag_info")
-            if info is None:
-                merged.pop(entry["id_tag"], None)
-            else:
-                merged[entry["id_tag"]] = info["status"]
-        if len(merged) > st.keys.number("LocalAuthListMaxLength"):
-            return call_result.SendLocalList(status="Failed")
-        st.local_list, st.local_version = merged, list_version
-        st.save_auth()
-        return call_result.SendLocalList(status="Accepted")
+        entries = [
+            (str(e["id_tag"]), None if e.get("id_tag_info") is None else str(e["id_tag_info"]["status"]))
+            for e in local_authorization_list or []
+        ]
+        status = self.st.update_local_list(list_version, update_type == "Full", entries)
+        return call_result.SendLocalList(status=status.value)
 
     @on(Action.get_local_list_version)
     def on_get_local_list_version(self, **_: Any) -> call_result.GetLocalListVersion:
-        st = self.st
-        version = st.local_version if st.keys.flag("LocalAuthListEnabled") else -1
-        return call_result.GetLocalListVersion(list_version=version)
+        version = self.st.local_list_version()
+        return call_result.GetLocalListVersion(list_version=-1 if version is None else version)
 
     @on(Action.set_charging_profile)
     def on_set_charging_profile(
@@ -311,8 +275,8 @@ class Link16(Link):
         assert self.cp is not None
         return await self.cp.call(payload, suppress=False)
 
-    async def boot(self) -> tuple[str, int]:
-        """BootNotification: the status and the interval the backend returned."""
+    async def boot(self, reason: BootReason) -> tuple[str, int]:
+        """BootNotification: the status and the interval the backend returned (1.6 sends no reason)."""
         c = self.station.config
         resp = await self.send(
             call.BootNotification(charge_point_model=c.model, charge_point_vendor=c.vendor)
@@ -376,8 +340,10 @@ class Link16(Link):
             payload["transaction_data"] = [{"timestamp": iso(at), "sampledValue": sampled}]
         return {"action": "StopTransaction", "session": tx.session, "payload": payload}
 
-    def meter_message(self, tx: Transaction, values: list[dict[str, Any]]) -> dict[str, Any]:
-        """A queued transaction MeterValues."""
+    def meter_message(
+        self, tx: Transaction, values: list[dict[str, Any]], triggered: bool = False
+    ) -> dict[str, Any]:
+        """A queued transaction MeterValues (its values carry the context)."""
         payload = {"connector_id": tx.connector, "meter_value": values}
         return {"action": "MeterValues", "session": tx.session, "payload": payload}
 

@@ -2,8 +2,10 @@
 
 BootNotification, Heartbeat, StatusNotification, TransactionEvent (Started/Updated/Ended, queued in the
 outbox like 1.6's transaction messages), MeterValues, Authorize, SetChargingProfile/ClearChargingProfile/
-GetCompositeSchedule on the same schedule core, RequestStart/StopTransaction, and Get/SetVariables for
-the basic components (mapped onto the 1.6 keys, so both versions share one configuration).
+GetCompositeSchedule on the same schedule core, RequestStart/StopTransaction, Get/SetVariables for the
+basic components (mapped onto the 1.6 keys, so both versions share one configuration), and Reset,
+ChangeAvailability, UnlockConnector, TriggerMessage, SendLocalList/GetLocalListVersion, ClearCache and
+DataTransfer on the link's shared behaviour: this module only words the messages.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from ocpp.v201 import ChargePoint, call, call_result
 from ocpp.v201.enums import Action
 
 from evpilot.api.ocpp.keys import Change
-from evpilot.api.ocpp.link import Link, on
-from evpilot.api.ocpp.station import Station, Transaction, epoch, iso
+from evpilot.api.ocpp.link import BootReason, Link, Trigger, Unlock, after, on
+from evpilot.api.ocpp.station import ListUpdate, Station, Transaction, epoch, iso
 from evpilot.core.profiles import ChargingProfile, Kind, Period, ProfileError, Purpose, RateUnit, Recurrency
 
 log = logging.getLogger("evpilot.ocpp")
@@ -39,7 +41,16 @@ ENDED_BY = {
     "EnergyLimitReached": "EnergyLimitReached",
     "TimeLimitReached": "TimeLimitReached",
     "DeAuthorized": "Deauthorized",
+    "ImmediateReset": "ResetCommand",
 }
+# What a shared unlock outcome is called in 2.0.1 (a fixed cable cannot be unlocked).
+UNLOCK = {
+    Unlock.UNLOCKED: "Unlocked",
+    Unlock.NO_LOCK: "UnlockFailed",
+    Unlock.UNKNOWN: "UnknownConnector",
+    Unlock.BUSY: "OngoingAuthorizedTransaction",
+}
+TRIGGERS = ("BootNotification", "Heartbeat", "StatusNotification", "MeterValues", "TransactionEvent")
 # 2.0.1 (component, variable) → the 1.6 key that holds its value.
 VARIABLES: dict[tuple[str, str], str] = {
     ("OCPPCommCtrlr", "HeartbeatInterval"): "HeartbeatInterval",
@@ -280,6 +291,98 @@ class ChargePoint201(ChargePoint):  # type: ignore[misc]
         }
         return call_result.GetCompositeSchedule(status="Accepted", schedule=schedule)
 
+    # ---- commands on the link's shared behaviour ------------------------------------------------
+
+    @on(Action.reset)
+    def on_reset(self, type: str, evse_id: int | None = None, **_: Any) -> call_result.Reset:
+        if evse_id is not None:
+            # An EVSE cannot restart on its own: only the whole station resets.
+            return call_result.Reset(status="Rejected")
+        scheduled = self.link.schedule_reset("ImmediateReset", when_idle=type == "OnIdle")
+        return call_result.Reset(status="Scheduled" if scheduled else "Accepted")
+
+    @after(Action.reset)
+    def after_reset(self, type: str, evse_id: int | None = None, **_: Any) -> None:
+        if evse_id is None:
+            self.link.reset_now("ImmediateReset")
+
+    @on(Action.change_availability)
+    def on_change_availability(
+        self, operational_status: str, evse: dict[str, Any] | None = None, **_: Any
+    ) -> call_result.ChangeAvailability:
+        number = 0 if evse is None else int(evse["id"])
+        if evse is not None and evse.get("connector_id") not in (None, 1):
+            return call_result.ChangeAvailability(status="Rejected")
+        status = self.link.change_availability(number, operational_status == "Operative")
+        return call_result.ChangeAvailability(status=status.value)
+
+    @on(Action.unlock_connector)
+    def on_unlock(self, evse_id: int, connector_id: int, **_: Any) -> call_result.UnlockConnector:
+        outcome = Unlock.UNKNOWN if connector_id != 1 else self.link.unlock(evse_id, end_transaction=False)
+        return call_result.UnlockConnector(status=UNLOCK[outcome])
+
+    @on(Action.trigger_message)
+    def on_trigger(
+        self, requested_message: str, evse: dict[str, Any] | None = None, **_: Any
+    ) -> call_result.TriggerMessage:
+        return call_result.TriggerMessage(status=self._trigger(requested_message, evse).value)
+
+    def _trigger(self, message: str, evse: dict[str, Any] | None) -> Trigger:
+        st = self.st
+        if message not in TRIGGERS:
+            return Trigger.NOT_IMPLEMENTED
+        number = None if evse is None else int(evse["id"])
+        if number is not None and number not in st.connectors:
+            return Trigger.REJECTED
+        if message == "BootNotification" and self.link.accepted:
+            return Trigger.REJECTED  # F06.FR.17: only while the boot is not accepted
+        if message == "StatusNotification" and (evse is None or evse.get("connector_id") != 1):
+            return Trigger.REJECTED  # F06.FR.12: a status is of one connector
+        if message == "TransactionEvent":
+            numbers = list(st.connectors) if number is None else [number]
+            if all(st.open_transaction(n) is None for n in numbers):
+                return Trigger.REJECTED
+        return Trigger.ACCEPTED
+
+    @after(Action.trigger_message)
+    def after_trigger(self, requested_message: str, evse: dict[str, Any] | None = None, **_: Any) -> None:
+        if self._trigger(requested_message, evse) is Trigger.ACCEPTED:
+            number = None if evse is None else int(evse["id"])
+            self.link.spawn(self.link.triggered(requested_message, number))
+
+    @on(Action.data_transfer)
+    def on_data_transfer(self, vendor_id: str, **_: Any) -> call_result.DataTransfer:
+        return call_result.DataTransfer(status=self.link.data_transfer(vendor_id))
+
+    @on(Action.clear_cache)
+    def on_clear_cache(self, **_: Any) -> call_result.ClearCache:
+        self.st.clear_cache()
+        return call_result.ClearCache(status="Accepted")
+
+    @on(Action.send_local_list)
+    def on_send_local_list(
+        self,
+        version_number: int,
+        update_type: str,
+        local_authorization_list: list[dict[str, Any]] | None = None,
+        **_: Any,
+    ) -> call_result.SendLocalList:
+        entries = [
+            (
+                str(e["id_token"]["id_token"]),
+                None if e.get("id_token_info") is None else str(e["id_token_info"]["status"]),
+            )
+            for e in local_authorization_list or []
+        ]
+        status = self.st.update_local_list(version_number, update_type == "Full", entries)
+        if status is ListUpdate.NOT_SUPPORTED:
+            return call_result.SendLocalList(status="Failed", status_info={"reasonCode": "NotEnabled"})
+        return call_result.SendLocalList(status=status.value)
+
+    @on(Action.get_local_list_version)
+    def on_get_local_list_version(self, **_: Any) -> call_result.GetLocalListVersion:
+        return call_result.GetLocalListVersion(version_number=self.st.local_list_version() or 0)
+
 
 def _camel(doc: dict[str, Any]) -> dict[str, Any]:
     return {
@@ -307,12 +410,12 @@ class Link201(Link):
         assert self.cp is not None
         return await self.cp.call(payload, suppress=False)
 
-    async def boot(self) -> tuple[str, int]:
-        """BootNotification (reason PowerUp)."""
+    async def boot(self, reason: BootReason) -> tuple[str, int]:
+        """BootNotification with its reason."""
         c = self.station.config
         resp = await self.send(
             call.BootNotification(
-                charging_station={"model": c.model, "vendorName": c.vendor}, reason="PowerUp"
+                charging_station={"model": c.model, "vendorName": c.vendor}, reason=reason.value
             )
         )
         return str(resp.status), int(resp.interval)
@@ -412,13 +515,15 @@ class Link201(Link):
             meter_value=[end],
         )
 
-    def meter_message(self, tx: Transaction, values: list[dict[str, Any]]) -> dict[str, Any]:
-        """TransactionEvent Updated with a periodic meter value."""
+    def meter_message(
+        self, tx: Transaction, values: list[dict[str, Any]], triggered: bool = False
+    ) -> dict[str, Any]:
+        """TransactionEvent Updated with a periodic (or a triggered) meter value."""
         at = values[0]["timestamp"]
         return self._event(
             tx,
             "Updated",
-            "MeterValuePeriodic",
+            "Trigger" if triggered else "MeterValuePeriodic",
             epoch(at),
             info={"chargingState": "Charging"},
             meter_value=[meter_value(v) for v in values],
