@@ -119,9 +119,10 @@ class Central201(Cp201):  # type: ignore[misc]
         return result201.MeterValues()
 
     @on(Action201.authorize)
-    def on_authorize(self, **kw: Any) -> result201.Authorize:
-        self._note("Authorize", kw)
-        return result201.Authorize(id_token_info={"status": "Accepted"})
+    def on_authorize(self, id_token: dict[str, Any], **kw: Any) -> result201.Authorize:
+        self._note("Authorize", {"id_token": id_token, **kw})
+        status = "Invalid" if id_token["id_token"] in self.backend.invalid_tags else "Accepted"
+        return result201.Authorize(id_token_info={"status": status})
 
 
 class Backend:
