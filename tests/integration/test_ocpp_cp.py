@@ -238,71 +238,195 @@ def _periods(result: Any) -> list[tuple[int, float]]:
     ]
 
 
-async def test_smart_charging_cases_through_the_wire(backend: Backend) -> None:
+# The OCPP 1.6 Compliance Test Tool's smart-charging cases, step by step. Source: the OCA "OCPP 1.6 -
+# Compliancy Testing Tool - Test Case Document" (trial 2025-06 draft), as published per case on
+# ocpplab.com (docs/protocols/ocpp-1-6/test-cases/tc-0xx-cs). Where that copy is cut short the steps
+# follow OCPP 1.6 §3.13 (each test says which). <Configured connectorId> is 1, the rate unit A, and
+# <Configured max time deviation> DEV: the times the tool sets are now - DEV, so every expected period
+# start is compared within SLACK seconds of the schedule's own start.
+DEV = 5
+SLACK = 2
+
+
+def _stamp(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _near(got: list[tuple[int, float]], want: list[tuple[int, float]]) -> bool:
+    """Same limits, starts within SLACK s (the tool's time deviation); the first period starts at 0."""
+    return len(got) == len(want) and all(
+        gl == wl and abs(gs - ws) <= SLACK for (gs, gl), (ws, wl) in zip(got, want, strict=True)
+    )
+
+
+async def _set(cs: Any, connector: int, profile: dict[str, Any]) -> str:
+    result = await cs.call(call.SetChargingProfile(connector_id=connector, cs_charging_profiles=profile))
+    return str(result.status)
+
+
+async def test_tc_058_1_a_tx_profile_without_a_transaction_is_rejected(backend: Backend) -> None:
+    """TC_058_1_CS (Central Smart Charging - No ongoing transaction), all steps as published: with no
+    transaction running, a SetChargingProfile.req for connectorId with a TxProfile carrying a
+    transactionId is answered Rejected (the tool also accepts a PropertyConstraintViolation)."""
+    async with serve(make_config(ocpp_config(backend.port)), speed=1.0) as (_, rt):
+        cs = await backend.station("EVPILOT-01")
+        assert rt.charger("cp1").session is None
+        now = rt.clock.now()
+        profile = _profile(1, "TxProfile", [(0, 8.0)], _stamp(now), duration=100, transactionId=1)
+        assert await _set(cs, 1, profile) == "Rejected"
+        assert rt.charger_doc("cp1")["limits"]["profiles"] == {}
+        # §3.13.1: a ChargePointMaxProfile is for connectorId 0 only (the issue's reading of TC_058_1).
+        cp_max = _profile(2, "ChargePointMaxProfile", [(0, 6.0)], None, kind="Relative")
+        assert await _set(cs, 1, cp_max) == "Rejected"
+
+
+async def test_tc_066_get_composite_schedule_of_three_purposes(backend: Backend) -> None:
+    """TC_066_CS (Get Composite Schedule). As published: prerequisites MaxChargingProfilesInstalled >= 3
+    and ChargingScheduleMaxPeriods >= 5; profile 1 is an Absolute ChargePointMaxProfile on connectorId 0,
+    stackLevel 0, startSchedule now - DEV, duration 86400 + DEV, 10 A from 0; the tool then asks for the
+    composite schedule of the connector for 400 s and checks Accepted, connectorId, duration 400, the
+    rate unit, scheduleStart within DEV of the request and the periods. Profiles 2 and 3 (a
+    TxDefaultProfile and a TxProfile) are cut off in that copy: they are given here as the tool's 2.0.1
+    counterpart TC_K_41 shapes them (stackLevel 0, five periods each, durations 300 + DEV and 260 + DEV),
+    and the expected periods follow §3.13.2/§3.13.4: the TxProfile overrides the TxDefaultProfile while
+    it runs, and the ChargePointMaxProfile caps both."""
     async with serve(make_config(ocpp_config(backend.port)), speed=1.0) as (base, rt):
         cs = await backend.station("EVPILOT-01")
-        now = datetime.fromtimestamp(rt.clock.now(), UTC).isoformat().replace("+00:00", "Z")
-        tx_profile = _profile(2, "TxProfile", [(0, 8.0), (50, 10.0)], now, duration=100)
-        refused = await cs.call(call.SetChargingProfile(connector_id=1, cs_charging_profiles=tx_profile))
-        assert refused.status == "Rejected"  # no transaction yet
+        conf = await cs.call(
+            call.GetConfiguration(key=["MaxChargingProfilesInstalled", "ChargingScheduleMaxPeriods"])
+        )
+        assert all(int(k["value"]) >= 3 for k in conf.configuration_key)
+        assert int(conf.configuration_key[1]["value"]) >= 5
         rt.sim_plug("cp1", CarSpec())
         start = (await backend.wait(lambda: backend.of("StartTransaction")))[0]
 
-        # TC_066: a TxDefaultProfile and a TxProfile, then the composite schedule.
-        default = _profile(1, "TxDefaultProfile", [(0, 16.0)], now, duration=300)
-        assert (
-            await cs.call(call.SetChargingProfile(connector_id=1, cs_charging_profiles=default))
-        ).status == "Accepted"
-        tx_profile["transactionId"] = start["transaction_id"]
-        assert (
-            await cs.call(call.SetChargingProfile(connector_id=1, cs_charging_profiles=tx_profile))
-        ).status == "Accepted"
-        composite = await cs.call(call.GetCompositeSchedule(connector_id=1, duration=300))
-        assert composite.status == "Accepted"
-        assert _periods(composite) == [(0, 8.0), (50, 10.0), (100, 16.0)]
+        t0 = rt.clock.now()
+        origin = _stamp(t0 - DEV)
+        cp_max = _profile(1, "ChargePointMaxProfile", [(0, 10.0)], origin, duration=86400 + DEV)
+        tx_default = _profile(
+            2, "TxDefaultProfile", [(0, 5.0), (60, 6.0), (120, 7.0), (180, 8.0), (240, 9.0)], origin,
+            duration=300 + DEV,
+        )  # fmt: skip
+        tx_profile = _profile(
+            3, "TxProfile", [(0, 6.0), (40, 9.0), (80, 14.0), (160, 8.0), (220, 7.0)], origin,
+            duration=260 + DEV, transactionId=start["transaction_id"],
+        )  # fmt: skip
+        assert await _set(cs, 0, cp_max) == "Accepted"
+        assert await _set(cs, 1, tx_default) == "Accepted"
+        assert await _set(cs, 1, tx_profile) == "Accepted"
+
+        asked = rt.clock.now()
+        composite = await cs.call(
+            call.GetCompositeSchedule(connector_id=1, duration=400, charging_rate_unit="A")
+        )
+        assert composite.status == "Accepted" and composite.connector_id == 1
+        schedule = composite.charging_schedule
+        assert schedule["duration"] == 400 and schedule["charging_rate_unit"] == "A"
+        assert abs(datetime.fromisoformat(composite.schedule_start).timestamp() - asked) <= DEV
+        # Period starts move by DEV (the schedules began DEV ago); their ends, at duration + DEV, do not.
+        want = [(0, 6.0), (40 - DEV, 9.0), (80 - DEV, 10.0), (160 - DEV, 8.0), (220 - DEV, 7.0), (260, 9.0)]
+        assert _near(_periods(composite), [*want, (300, 10.0)])
+
+        # The same limits feed the engine: shown in GET /api/chargers/{id} with their source.
         async with httpx.AsyncClient(base_url=base) as client:
             doc = await _poll(
                 client, lambda d: "ocpp:TxProfile" in (d["limit_source"], d["available_source"])
             )
-            assert doc["current"]["allocated"] <= 8.0
-            (limit,) = doc["limits"]["profiles"].items()
-            assert limit[0] == "ocpp:TxProfile" and limit[1]["amps"] == 8.0
-            assert 45 <= limit[1]["next_change_in_s"] <= 50
-
-            # TC_067: clear by id; an unknown id is Unknown.
-            assert (await cs.call(call.ClearChargingProfile(id=2))).status == "Accepted"
-            assert (await cs.call(call.ClearChargingProfile(id=2))).status == "Unknown"
-            composite = await cs.call(call.GetCompositeSchedule(connector_id=1, duration=300))
-            assert _periods(composite)[0] == (0, 16.0)
-
-            # TC_072: a higher stack level for 120 s over the TxDefaultProfile.
-            higher = _profile(3, "TxDefaultProfile", [(0, 10.0)], now, duration=120, level=1)
-            assert (
-                await cs.call(call.SetChargingProfile(connector_id=1, cs_charging_profiles=higher))
-            ).status == "Accepted"
-            composite = await cs.call(call.GetCompositeSchedule(connector_id=1, duration=300))
-            assert _periods(composite)[:2] == [(0, 10.0), (120, 16.0)]
-
-            # TC_058_1: a ChargePointMaxProfile on connector 0 caps the station.
-            cp_max = _profile(4, "ChargePointMaxProfile", [(0, 6.0)], None, kind="Relative")
-            assert (
-                await cs.call(call.SetChargingProfile(connector_id=0, cs_charging_profiles=cp_max))
-            ).status == "Accepted"
-            composite = await cs.call(call.GetCompositeSchedule(connector_id=0, duration=60))
-            assert _periods(composite) == [(0, 6.0)]
-            cp_max_source = "ocpp:ChargePointMaxProfile"
-            doc = await _poll(client, lambda d: cp_max_source in (d["limit_source"], d["available_source"]))
             assert doc["current"]["allocated"] <= 6.0
-            wrong = _profile(5, "ChargePointMaxProfile", [(0, 6.0)], None, kind="Relative")
+            limit = doc["limits"]["profiles"]["ocpp:TxProfile"]
+            assert limit["amps"] == 6.0 and 40 - DEV - SLACK <= limit["next_change_in_s"] <= 40 - DEV
+
+
+async def test_tc_067_clear_charging_profile_by_id_by_criteria_and_all(backend: Backend) -> None:
+    """TC_067_CS (Clear Charging Profile). As published: the memory state is an Absolute
+    TxDefaultProfile on the connector, stackLevel 1, startSchedule now - DEV, duration 400 + DEV, limits
+    6/8/10 A from 0/60/200 s; the tool then alternates ClearChargingProfile.req and
+    GetCompositeSchedule.req three times. The three clears are cut off in that copy; they follow the
+    tool's Central System side of the same case (TC_067_CSMS): by id, by criteria, and all remaining.
+    Each clear is Accepted and the composite schedule shows the profile gone (§5.5: an id nobody holds
+    is Unknown)."""
+    async with serve(make_config(ocpp_config(backend.port)), speed=1.0) as (base, rt):
+        cs = await backend.station("EVPILOT-01")
+        own = float(rt.charger("cp1").config.max_current)
+        clears = [
+            call.ClearChargingProfile(id=7),
+            call.ClearChargingProfile(
+                connector_id=1, charging_profile_purpose="TxDefaultProfile", stack_level=1
+            ),
+            call.ClearChargingProfile(),
+        ]
+        async with httpx.AsyncClient(base_url=base) as client:
+            for clear in clears:
+                t0 = rt.clock.now()
+                memory = _profile(
+                    7, "TxDefaultProfile", [(0, 6.0), (60, 8.0), (200, 10.0)], _stamp(t0 - DEV),
+                    duration=400 + DEV, level=1,
+                )  # fmt: skip
+                assert await _set(cs, 1, memory) == "Accepted"
+                before = await cs.call(call.GetCompositeSchedule(connector_id=1, duration=400))
+                want = [(0, 6.0), (60 - DEV, 8.0), (200 - DEV, 10.0), (400, own)]
+                assert _near(_periods(before)[:3], want[:3])
+                await _poll(client, lambda d: "ocpp:TxDefaultProfile" in d["limits"]["profiles"])
+
+                assert (await cs.call(clear)).status == "Accepted"
+                after = await cs.call(call.GetCompositeSchedule(connector_id=1, duration=400))
+                assert after.status == "Accepted" and _periods(after) == [(0, own)]
+                doc = await _poll(client, lambda d: not d["limits"]["profiles"])
+                assert not doc["limit_source"].startswith("ocpp:")
+            assert (await cs.call(call.ClearChargingProfile(id=7))).status == "Unknown"
+
+
+async def test_tc_072_stacking_charging_profiles(backend: Backend) -> None:
+    """TC_072_CS (Stacking Charging Profiles). As published: two Absolute TxDefaultProfiles on the
+    connector, both valid from now - DEV to now + DEV + 401 with startSchedule now - DEV: profile 1 at
+    stackLevel 0 for 400 + DEV s (6/8/10 A from 0/100/200 s), profile 2 at stackLevel 1 for 150 + DEV s;
+    the tool then requests and validates the composite schedule. Profile 2's periods are cut off in that
+    copy: one 10 A period here. Expected by §3.13.2: the higher stack level rules while it runs (to
+    150 s), then profile 1 again (8 A, then 10 A from 200 s)."""
+    async with serve(make_config(ocpp_config(backend.port)), speed=1.0) as (_, rt):
+        cs = await backend.station("EVPILOT-01")
+        t0 = rt.clock.now()
+        valid = {"validFrom": _stamp(t0 - DEV), "validTo": _stamp(t0 + DEV + 401)}
+        lower = _profile(
+            1, "TxDefaultProfile", [(0, 6.0), (100, 8.0), (200, 10.0)], _stamp(t0 - DEV),
+            duration=400 + DEV, level=0, **valid,
+        )  # fmt: skip
+        higher = _profile(
+            2, "TxDefaultProfile", [(0, 10.0)], _stamp(t0 - DEV), duration=150 + DEV, level=1, **valid
+        )
+        assert await _set(cs, 1, lower) == "Accepted"
+        assert await _set(cs, 1, higher) == "Accepted"
+        composite = await cs.call(
+            call.GetCompositeSchedule(connector_id=1, duration=400, charging_rate_unit="A")
+        )
+        assert composite.status == "Accepted"
+        assert _near(_periods(composite)[:3], [(0, 10.0), (150, 8.0), (200 - DEV, 10.0)])
+        # The stack falls back to profile 1 alone once profile 2 is cleared.
+        assert (await cs.call(call.ClearChargingProfile(id=2))).status == "Accepted"
+        composite = await cs.call(call.GetCompositeSchedule(connector_id=1, duration=400))
+        assert _near(_periods(composite)[:3], [(0, 6.0), (100 - DEV, 8.0), (200 - DEV, 10.0)])
+
+
+async def test_a_charge_point_max_profile_caps_the_station(backend: Backend) -> None:
+    """§3.13.1: a ChargePointMaxProfile on connectorId 0 caps the whole charge point; it binds in the
+    engine with its source and leaves with ClearChargingProfile."""
+    async with serve(make_config(ocpp_config(backend.port)), speed=1.0) as (base, rt):
+        cs = await backend.station("EVPILOT-01")
+        rt.sim_plug("cp1", CarSpec())
+        await backend.wait(lambda: backend.of("StartTransaction"))
+        cp_max = _profile(4, "ChargePointMaxProfile", [(0, 6.0)], None, kind="Relative")
+        assert await _set(cs, 0, cp_max) == "Accepted"
+        composite = await cs.call(call.GetCompositeSchedule(connector_id=0, duration=60))
+        assert _periods(composite) == [(0, 6.0)]
+        source = "ocpp:ChargePointMaxProfile"
+        async with httpx.AsyncClient(base_url=base) as client:
+            doc = await _poll(client, lambda d: source in (d["limit_source"], d["available_source"]))
+            assert doc["current"]["allocated"] <= 6.0
             assert (
-                await cs.call(call.SetChargingProfile(connector_id=1, cs_charging_profiles=wrong))
-            ).status == "Rejected"
-            # Cleared by criteria: the charger is free of profiles again.
-            assert (await cs.call(call.ClearChargingProfile())).status == "Accepted"
+                await cs.call(call.ClearChargingProfile(charging_profile_purpose="ChargePointMaxProfile"))
+            ).status == ("Accepted")
             doc = await _poll(client, lambda d: not d["limits"]["profiles"])
-            assert not doc["limit_source"].startswith("ocpp:") and not doc["available_source"].startswith(
-                "ocpp:"
-            )
+            assert source not in (doc["limit_source"], doc["available_source"])
 
 
 async def _poll(client: httpx.AsyncClient, ok: Any) -> dict[str, Any]:

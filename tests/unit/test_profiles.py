@@ -59,11 +59,12 @@ def with_tx(connector: int = 1, tx_id: int = 7, at: float = T0) -> ProfileSet:
     return ps
 
 
-# ---- the OCPP 1.6 Compliance Test Tool's smart charging cases --------------------------------------
+# ---- the §3.13 rules behind the Compliance Test Tool's cases (the cases' own steps, through the wire,
+# ---- are in tests/integration/test_ocpp_cp.py) ---------------------------------------------------
 
 
-def test_tc_066_get_composite_schedule() -> None:
-    """TC_066: a TxDefaultProfile and a TxProfile during a transaction; the composite shows both."""
+def test_composite_schedule_of_a_tx_default_and_a_tx_profile() -> None:
+    """§3.13.4 (as in TC_066): in a transaction the TxProfile overrides the TxDefaultProfile."""
     ps = with_tx()
     ps.install(prof(1, Purpose.TX_DEFAULT, [(0, 16.0)], duration=300))
     ps.install(prof(2, Purpose.TX, [(0, 8.0), (50, 10.0)], duration=100))
@@ -78,8 +79,8 @@ def test_tc_066_get_composite_schedule() -> None:
     assert ps.composite(T0, 1, 400, default=32.0)[-1] == SchedulePeriod(300, 32.0, 3)
 
 
-def test_tc_067_clear_charging_profile() -> None:
-    """TC_067: a profile is cleared by id and by criteria; an unknown id clears nothing."""
+def test_clear_charging_profile_by_id_and_by_criteria() -> None:
+    """§5.5 (as in TC_067): a profile is cleared by id and by criteria; an unknown id clears nothing."""
     ps = with_tx()
     ps.install(prof(1, Purpose.TX_DEFAULT, [(0, 10.0)]))
     assert ps.limit_at(T0, 1) is not None
@@ -94,8 +95,8 @@ def test_tc_067_clear_charging_profile() -> None:
     assert sorted(ps.profiles) == [3]
 
 
-def test_tc_072_stacking_charging_profiles() -> None:
-    """TC_072: a higher stack level applies for its duration, then the lower one takes over."""
+def test_stacking_charging_profiles() -> None:
+    """§3.13.2 (as in TC_072): a higher stack level rules for its duration, then the lower one."""
     ps = with_tx()
     ps.install(prof(1, Purpose.TX_DEFAULT, [(0, 16.0)], duration=DAY_S, level=0))
     ps.install(prof(2, Purpose.TX_DEFAULT, [(0, 10.0)], duration=120, level=1))
@@ -105,8 +106,8 @@ def test_tc_072_stacking_charging_profiles() -> None:
     assert (limit.amps, limit.source, limit.next_change) == (10.0, "ocpp:TxDefaultProfile", T0 + 120)
 
 
-def test_tc_058_1_charge_point_max_profile() -> None:
-    """TC_058_1: a ChargePointMaxProfile on connector 0 caps the station and every connector."""
+def test_charge_point_max_profile_caps_every_connector() -> None:
+    """§3.13.1: a ChargePointMaxProfile on connector 0 caps the station and every connector."""
     ps = with_tx()
     ps.install(prof(1, Purpose.CHARGE_POINT_MAX, [(0, 6.0)], connector=0, kind=Kind.RELATIVE, start=None))
     assert ps.composite(T0, 0, 300) == [SchedulePeriod(0, 6.0, 3)]
