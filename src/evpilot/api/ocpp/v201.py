@@ -21,6 +21,7 @@ from ocpp.v201.enums import Action
 from evpilot.api.ocpp.keys import Change
 from evpilot.api.ocpp.link import BootReason, Link, Trigger, Unlock, after, on
 from evpilot.api.ocpp.station import ListUpdate, Station, Transaction, epoch, iso
+from evpilot.core.access import AuthMethod
 from evpilot.core.profiles import ChargingProfile, Kind, Period, ProfileError, Purpose, RateUnit, Recurrency
 
 log = logging.getLogger("evpilot.ocpp")
@@ -50,6 +51,8 @@ UNLOCK = {
     Unlock.UNKNOWN: "UnknownConnector",
     Unlock.BUSY: "OngoingAuthorizedTransaction",
 }
+# Sessions authorized by a card swipe: their idToken is the card's ISO 14443 uid.
+CARD_METHODS = (AuthMethod.CARD.value, AuthMethod.REMOTE.value)
 TRIGGERS = ("BootNotification", "Heartbeat", "StatusNotification", "MeterValues", "TransactionEvent")
 # 2.0.1 (component, variable) → the 1.6 key that holds its value.
 VARIABLES: dict[tuple[str, str], str] = {
@@ -482,6 +485,9 @@ class Link201(Link):
         remote = self.remote_ids.pop(tx.connector, None)
         if remote is not None:
             info["remoteStartId"] = remote
+        session = self.station.charger(tx.connector).session
+        carded = session is not None and session.id == tx.session and session.auth_method in CARD_METHODS
+        token_type = "Central" if remote is not None else "ISO14443" if carded else "Local"
         return self._event(
             tx,
             "Started",
@@ -489,7 +495,7 @@ class Link201(Link):
             tx.started_at,
             info=info,
             evse={"id": tx.connector, "connectorId": 1},
-            id_token={"idToken": tx.id_tag, "type": "Central" if remote is not None else "Local"},
+            id_token={"idToken": tx.id_tag, "type": token_type},
             meter_value=[begin],
         )
 
