@@ -163,6 +163,11 @@ async def test_remote_start_authorize_and_the_core_commands(backend: Backend) ->
         ).status == "Accepted"
         triggered = await backend.wait(lambda: backend.of("MeterValues"))
         assert triggered[0]["meter_value"][0]["sampled_value"][0]["context"] == "Trigger"
+        unknown = call.TriggerMessage(requested_message="StatusNotification", connector_id=5)
+        assert (await cs.call(unknown)).status == "Rejected"
+        assert (
+            await cs.call(call.TriggerMessage(requested_message="DiagnosticsStatusNotification"))
+        ).status == ("NotImplemented")
 
         # Inoperative while charging: scheduled for the end of the transaction.
         assert (

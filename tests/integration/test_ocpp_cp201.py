@@ -175,6 +175,24 @@ async def test_trigger_message_for_each_message_the_station_sends(backend: Backe
         seqs = [e["seq_no"] for e in backend.of("TransactionEvent")]
         assert seqs == list(range(len(seqs)))
 
+        # Without measurands there is nothing to send as MeterValues; a TransactionEvent goes without.
+        none = call.SetVariables(
+            set_variable_data=[
+                {
+                    "component": {"name": "SampledDataCtrlr"},
+                    "variable": {"name": "TxUpdatedMeasurands"},
+                    "attributeValue": "",
+                }
+            ]
+        )
+        assert (await cs.call(none)).set_variable_result[0]["attribute_status"] == "Accepted"
+        assert await trigger("MeterValues", {"id": 1}) == "Rejected"
+        assert await trigger("TransactionEvent") == "Accepted"
+        updated = await backend.wait(
+            lambda: len(events(backend, "Updated")) == 2 and events(backend, "Updated")
+        )
+        assert updated[1]["trigger_reason"] == "Trigger" and "meter_value" not in updated[1]
+
 
 async def test_local_list_cache_and_data_transfer_shared_with_1_6(backend: Backend, tmp_path: Path) -> None:
     store = Store(tmp_path / "evpilot.sqlite3")

@@ -596,6 +596,10 @@ class Link(ABC):
         """DataTransfer: evpilot defines no messages, so its own vendor id is Rejected, others unknown."""
         return "Rejected" if vendor_id == VENDOR else "UnknownVendorId"
 
+    def measures(self) -> bool:
+        """Some measurand is configured for sampled meter values (a triggered MeterValues needs one)."""
+        return bool(self.station.keys.csl("MeterValuesSampledData"))
+
     async def triggered(self, message: str, connector: int | None) -> None:
         """Send the message a TriggerMessage asked for (connector None or 0: every connector)."""
         st = self.station

@@ -151,11 +151,13 @@ class ChargePoint16(ChargePoint):  # type: ignore[misc]
             return call_result.TriggerMessage(status=Trigger.NOT_IMPLEMENTED.value)
         if connector_id is not None and connector_id != 0 and not self._known(connector_id):
             return call_result.TriggerMessage(status=Trigger.REJECTED.value)
+        if requested_message == "MeterValues" and not self.link.measures():
+            return call_result.TriggerMessage(status=Trigger.REJECTED.value)
         return call_result.TriggerMessage(status=Trigger.ACCEPTED.value)
 
     @after(Action.trigger_message)
     def after_trigger(self, requested_message: str, connector_id: int | None = None, **_: Any) -> None:
-        if requested_message in TRIGGERS:
+        if self.on_trigger(requested_message, connector_id).status == Trigger.ACCEPTED:
             self.link.spawn(self.link.triggered(requested_message, connector_id))
 
     @on(Action.data_transfer)

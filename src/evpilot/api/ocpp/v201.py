@@ -341,6 +341,8 @@ class ChargePoint201(ChargePoint):  # type: ignore[misc]
             return Trigger.REJECTED  # F06.FR.17: only while the boot is not accepted
         if message == "StatusNotification" and (evse is None or evse.get("connector_id") != 1):
             return Trigger.REJECTED  # F06.FR.12: a status is of one connector
+        if message == "MeterValues" and not self.link.measures():
+            return Trigger.REJECTED
         if message == "TransactionEvent":
             numbers = list(st.connectors) if number is None else [number]
             if all(st.open_transaction(n) is None for n in numbers):
@@ -524,15 +526,20 @@ class Link201(Link):
     def meter_message(
         self, tx: Transaction, values: list[dict[str, Any]], triggered: bool = False
     ) -> dict[str, Any]:
-        """TransactionEvent Updated with a periodic (or a triggered) meter value."""
+        """TransactionEvent Updated with a periodic (or a triggered) meter value; without measurands
+        (a triggered event) it carries none."""
         at = values[0]["timestamp"]
+        extra: dict[str, Any] = {}
+        measured = [meter_value(v) for v in values if v["sampledValue"]]
+        if measured:
+            extra["meter_value"] = measured
         return self._event(
             tx,
             "Updated",
             "Trigger" if triggered else "MeterValuePeriodic",
             epoch(at),
             info={"chargingState": "Charging"},
-            meter_value=[meter_value(v) for v in values],
+            **extra,
         )
 
     def reason(self, stop_reason: str) -> str:
