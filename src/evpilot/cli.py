@@ -141,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def auth_main(args: argparse.Namespace) -> int:
     """`evpilot auth hash` and `evpilot auth token create|list|revoke`."""
-    from evpilot.api.auth import hash_password, new_token
+    from evpilot.api.auth import new_token
     from evpilot.config import Role
+    from evpilot.security import hash_password
 
     if args.auth_cmd == "hash":
         if sys.stdin.isatty():
@@ -186,7 +187,8 @@ def auth_main(args: argparse.Namespace) -> int:
 
 def exposure_warning(config: AppConfig, host: str, port: int) -> str | None:
     """The start-up warning for a server that other machines can reach without authentication."""
-    from evpilot.api.server import host_port, is_loopback_host
+    from evpilot.api.server import host_port
+    from evpilot.security import is_loopback_host
 
     if config.auth is not None or is_loopback_host(host):
         return None
@@ -222,17 +224,10 @@ def run(config: AppConfig, data_dir: Path | None, http: tuple[str, int] | None, 
                     signal.signal(sig, handler)
 
     from evpilot.api.app import create_app
-    from evpilot.api.server import (
-        BadTls,
-        CannotListen,
-        host_port,
-        is_loopback_host,
-        listen,
-        server_config,
-        tls_options,
-    )
+    from evpilot.api.server import CannotListen, host_port, listen, server_config, tls_options
     from evpilot.control.clock import ScaledClock
     from evpilot.control.runtime import Runtime
+    from evpilot.security import BadTls, is_loopback_host
     from evpilot.store.sqlite import Store
 
     host, port = http or (config.http.host, config.http.port)

@@ -31,11 +31,12 @@ from websockets.exceptions import InvalidStatus
 
 from evpilot import cli
 from evpilot.api.app import create_app
-from evpilot.api.auth import FREE_FAILURES, Authenticator, Throttle, hash_password, split_token
-from evpilot.api.server import BadTls, server_config, tls_options
+from evpilot.api.auth import Authenticator, split_token
+from evpilot.api.server import server_config, tls_options
 from evpilot.config import ConfigError
 from evpilot.control.clock import ManualClock
 from evpilot.control.runtime import Runtime
+from evpilot.security import FREE_FAILURES, BadTls, Throttle, hash_password
 from evpilot.store.sqlite import Store
 from tests.helpers import free_port, make_config
 from tests.integration.test_native_schema import _validate, native_operations

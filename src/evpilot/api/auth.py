@@ -10,20 +10,15 @@ clients that poll do not pay an argon2 verification per request.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import hmac
 import logging
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import PlainTextResponse, Response
@@ -32,28 +27,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from evpilot.api.access import Face, facade_of, required_role
 from evpilot.api.edge import Problem, Refusal, json_response
 from evpilot.config import AuthModel, Role
+from evpilot.security import PasswordCheck, Throttle, parse_basic
 from evpilot.store.base import TokenRecord, TokenStore
 
 log = logging.getLogger("evpilot.auth")
 
-HASHER = PasswordHasher()
 TOKEN_PREFIX = "evp_"
 REALM = "evpilot"
-# Failed attempts a client may make before it must wait; then the wait doubles per failure.
-FREE_FAILURES = 5
-FIRST_DELAY_S = 1.0
-MAX_DELAY_S = 300.0
-# Clients remembered by the throttle and verified passwords remembered (oldest forgotten first).
-MAX_CLIENTS = 10_000
-MAX_VERIFIED = 1_000
 SCOPE_KEY = "evpilot.principal"
 # Browsers cannot set headers on a WebSocket: the dashboard offers its token as this subprotocol.
 SUBPROTOCOL_PREFIX = "bearer."
-
-
-def hash_password(password: str) -> str:
-    """An argon2id hash of `password` for `auth.users[].password_hash`."""
-    return HASHER.hash(password)
 
 
 def _sha(text: str) -> str:
@@ -84,36 +67,6 @@ class Principal:
     via: str
 
 
-class Throttle:
-    """Failed logins per client: after FREE_FAILURES, each one doubles the wait (up to MAX_DELAY_S)."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self._state: OrderedDict[str, tuple[int, float]] = OrderedDict()
-
-    def retry_after(self, client: str) -> float | None:
-        """Seconds the client must still wait, or None."""
-        state = self._state.get(client)
-        if state is None:
-            return None
-        wait = state[1] - self.clock()
-        return wait if wait > 0 else None
-
-    def failed(self, client: str) -> None:
-        """Count a failure; from the (FREE_FAILURES + 1)th on, the client waits."""
-        count = self._state.pop(client, (0, 0.0))[0] + 1
-        delay = 0.0
-        if count > FREE_FAILURES:
-            delay = min(MAX_DELAY_S, FIRST_DELAY_S * 2 ** (count - FREE_FAILURES - 1))
-        self._state[client] = (count, self.clock() + delay)
-        while len(self._state) > MAX_CLIENTS:
-            self._state.popitem(last=False)
-
-    def succeeded(self, client: str) -> None:
-        """Forget the client's failures."""
-        self._state.pop(client, None)
-
-
 class Authenticator:
     """Users from the config, API tokens from the store, login sessions in memory."""
 
@@ -126,33 +79,16 @@ class Authenticator:
         self.clock = clock
         self.throttle = Throttle(clock)
         self._sessions: dict[str, tuple[Principal, float]] = {}
-        self._key = secrets.token_bytes(32)
-        self._verified: OrderedDict[bytes, Principal] = OrderedDict()
-        # A wrong name costs as much as a wrong password.
-        self._dummy = hash_password(secrets.token_urlsafe(16))
+        self.passwords = PasswordCheck()
 
     async def password(self, name: str, password: str) -> Principal | None:
         """The user if `password` is theirs (argon2, off the event loop; remembered when right)."""
-        mac = hmac.new(self._key, f"{name}\0{password}".encode(), hashlib.sha256).digest()
-        known = self._verified.get(mac)
         user = self.users.get(name)
-        if known is not None and user is not None and known.role is user.role:
-            return known
-        stored = user.password_hash if user is not None else self._dummy
-
-        def verify() -> bool:
-            try:
-                return HASHER.verify(stored, password)
-            except (VerificationError, InvalidHashError):
-                return False
-
-        if not await asyncio.to_thread(verify) or user is None:
+        stored = user.password_hash if user is not None else None
+        # Verified also for an unknown name (against a dummy hash): a wrong name costs as much.
+        if not await self.passwords.verify(name, stored, password) or user is None:
             return None
-        principal = Principal(name, user.role, "basic")
-        self._verified[mac] = principal
-        while len(self._verified) > MAX_VERIFIED:
-            self._verified.popitem(last=False)
-        return principal
+        return Principal(name, user.role, "basic")
 
     def login(self, principal: Principal) -> tuple[str, float]:
         """A session token for the user and its lifetime (s)."""
@@ -197,15 +133,12 @@ class Authenticator:
             parts = split_token(value)
             claimed = f"token:{parts[0]}" if parts else "session"
             return await self.bearer(value), claimed
-        if scheme.lower() == "basic":
-            try:
-                text = base64.b64decode(value, validate=True).decode("utf-8")
-            except (binascii.Error, ValueError):
-                return None, "?"
-            name, sep, password = text.partition(":")
-            if not sep:
-                return None, name[:64]
-            return await self.password(name, password), name[:64]
+        basic = parse_basic(header)
+        if basic is not None:
+            name, password = basic
+            if password is None:
+                return None, name
+            return await self.password(name, password), name
         return None, f"({scheme[:16]} scheme)"
 
 

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import logging
 import resource
 import socket
-import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,8 @@ from typing import Any
 import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from evpilot.security import server_tls_context
 
 # Request line plus headers; browsers send under 8 KiB, cookies included.
 MAX_HEAD_BYTES = 64 * 1024
@@ -248,26 +248,7 @@ def server_config(app: Any, host: str, port: int, **extra: Any) -> uvicorn.Confi
     return uvicorn.Config(app, host=host, port=port, **options)
 
 
-class BadTls(ValueError):
-    """The `http.tls` certificate or key cannot be used; the message says which and why."""
-
-
 def tls_options(cert: Path, key: Path) -> dict[str, Any]:
-    """uvicorn's options to serve HTTPS and WSS with this certificate and key, checked first."""
-    try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
-    except FileNotFoundError as exc:
-        raise BadTls(f"http.tls: {exc.filename}: no such file") from None
-    except (ssl.SSLError, OSError) as exc:
-        raise BadTls(f"http.tls: cannot load certificate {cert} with key {key}: {exc}") from None
+    """uvicorn's options to serve HTTPS and WSS with this certificate and key, checked first (BadTls)."""
+    server_tls_context(cert, key, "http.tls")
     return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether `host` is a loopback address or `localhost` (reachable from this machine only)."""
-    if host.strip("[]").lower() in ("localhost", "localhost.localdomain", "ip6-localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False

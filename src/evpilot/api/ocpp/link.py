@@ -9,7 +9,6 @@ timestamps, whenever the backend is reachable; sampled meter values are queued e
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import math
@@ -25,6 +24,7 @@ from websockets.exceptions import InvalidHandshake, WebSocketException
 from websockets.typing import Subprotocol
 
 from evpilot.api.ocpp.station import Station, Transaction, iso
+from evpilot.security import basic_header
 
 log = logging.getLogger("evpilot.ocpp")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -220,8 +220,7 @@ class Link(ABC):
             "max_size": 2**20,
         }
         if c.password is not None:
-            token = base64.b64encode(f"{self.station.id}:{c.password}".encode()).decode()
-            args["additional_headers"] = {"Authorization": f"Basic {token}"}
+            args["additional_headers"] = {"Authorization": basic_header(self.station.id, c.password)}
         if self.url().startswith("wss://"):
             args["ssl"] = ssl.create_default_context(cafile=None if c.ca_file is None else str(c.ca_file))
         return args
