@@ -227,7 +227,7 @@ def run(config: AppConfig, data_dir: Path | None, http: tuple[str, int] | None, 
     from evpilot.api.server import CannotListen, host_port, listen, server_config, tls_options
     from evpilot.control.clock import ScaledClock
     from evpilot.control.runtime import Runtime
-    from evpilot.security import BadTls, is_loopback_host
+    from evpilot.security import BadTls, is_loopback_host, server_tls_context
     from evpilot.store.sqlite import Store
 
     host, port = http or (config.http.host, config.http.port)
@@ -235,6 +235,13 @@ def run(config: AppConfig, data_dir: Path | None, http: tuple[str, int] | None, 
     if config.http.tls is not None:
         try:
             tls = tls_options(config.http.tls.cert, config.http.tls.key)
+        except BadTls as exc:
+            print(f"config error: {exc}", file=sys.stderr)
+            return 2
+    ocpp_tls = config.ocpp_server.tls if config.ocpp_server is not None else None
+    if ocpp_tls is not None:
+        try:
+            server_tls_context(ocpp_tls.cert, ocpp_tls.key, "ocpp_server.tls")
         except BadTls as exc:
             print(f"config error: {exc}", file=sys.stderr)
             return 2

@@ -26,6 +26,7 @@ from pydantic import (
 from evpilot.core.charger import ChargerConfig
 from evpilot.core.site import CircuitConfig, PhaseSwitchConfig, SiteConfig, SolarConfig
 from evpilot.core.units import PhaseRotation
+from evpilot.security import is_loopback_host
 
 if TYPE_CHECKING:
     # The simulator is imported only where it runs (`sim.enabled: true`).
@@ -232,6 +233,25 @@ class OcppDriverModel(_Model):
         min_length=1, max_length=48, pattern=r"^[A-Za-z0-9_.:-]+$", description="the charge point identity"
     )
     connector: int = Field(default=1, ge=1, le=16, description="the wallbox's connector this charger is")
+    password: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=40,
+        description="security profile 1/2: the wallbox's HTTP basic password (its AuthorizationKey)",
+    )
+    password_hash: str | None = Field(
+        default=None,
+        min_length=20,
+        max_length=512,
+        pattern=r"^\$argon2(id|i|d)\$",
+        description="the same password as an argon2 hash (`evpilot auth hash`), kept out of the file",
+    )
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> OcppDriverModel:
+        if self.password is not None and self.password_hash is not None:
+            raise KeyedError("password_hash", "give the station's password or its hash, not both")
+        return self
 
 
 class ModbusChargerModel(_Model):
@@ -754,6 +774,13 @@ class ControlModel(_Model):
     lease_ticks: float = Field(default=5, ge=1, le=100)
 
 
+class TlsModel(_Model):
+    """HTTPS (and WSS): a PEM certificate (chain) and its private key."""
+
+    cert: Path = Field(description="PEM certificate file (with the chain, if any)")
+    key: Path = Field(description="PEM private key file")
+
+
 class OcppServerModel(_Model):
     """evpilot as the OCPP 1.6J backend (central system) its `type: ocpp` wallboxes connect to."""
 
@@ -766,13 +793,11 @@ class OcppServerModel(_Model):
         default=False, description="accept identities no charger names (listed as unassigned)"
     )
     heartbeat_s: int = Field(default=300, ge=10, le=86400, description="heartbeat interval given at boot")
-
-
-class TlsModel(_Model):
-    """HTTPS (and WSS): a PEM certificate (chain) and its private key."""
-
-    cert: Path = Field(description="PEM certificate file (with the chain, if any)")
-    key: Path = Field(description="PEM private key file")
+    tls: TlsModel | None = Field(default=None, description="serve wss:// (security profile 2); none = ws://")
+    allow_plain_auth: bool = Field(
+        default=False,
+        description="allow station passwords over plain ws:// on an address other machines reach",
+    )
 
 
 class HttpModel(_Model):
@@ -1160,8 +1185,10 @@ class AppConfig(_Model):
         return found
 
     def _ocpp_stations(self) -> None:
-        """OCPP chargers need the backend, and each (identity, connector) names one charger."""
+        """OCPP chargers need the backend, each (identity, connector) names one charger, the chargers of
+        one station agree on its password, and a password does not cross a network in clear text."""
         seen: dict[tuple[str, int], str] = {}
+        creds: dict[str, tuple[str, tuple[str | None, str | None]]] = {}
         for i, ch in enumerate(self.chargers):
             if not isinstance(ch.driver, OcppDriverModel):
                 continue
@@ -1178,6 +1205,29 @@ class AppConfig(_Model):
                     f" charger {seen[key]!r}",
                 )
             seen[key] = ch.id
+            secret = (ch.driver.password, ch.driver.password_hash)
+            first = creds.setdefault(ch.driver.id, (ch.id, secret))
+            if first[1] != secret:
+                raise KeyedError(
+                    f"chargers.{i}.driver",
+                    f"charger {ch.id!r}: OCPP station {ch.driver.id!r} has other credentials on charger"
+                    f" {first[0]!r}; every charger of one station names the same password (or none)",
+                )
+        server = self.ocpp_server
+        with_secret = sorted(sid for sid, (_, secret) in creds.items() if secret != (None, None))
+        if (
+            server is not None
+            and with_secret
+            and server.tls is None
+            and not server.allow_plain_auth
+            and not is_loopback_host(server.host)
+        ):
+            raise KeyedError(
+                "ocpp_server.tls",
+                f"station {with_secret[0]!r} has a password, which plain ws:// on {server.host} would send"
+                " readable to anyone on the network: add ocpp_server.tls {cert, key} (security profile 2),"
+                " or set ocpp_server.allow_plain_auth: true for a network you trust (profile 1)",
+            )
 
     def _drivers(self) -> None:
         """Drivers that need the simulator only with it; polls faster than readings go stale."""

@@ -304,6 +304,14 @@ class OcppBootDoc(_Doc):
     meter_serial_number: str | None = None
 
 
+class OcppRefusedDoc(_Doc):
+    """The last refused handshake under a station's identity: when (clock s), why and from where."""
+
+    at: float
+    reason: Literal["subprotocol", "no_credentials", "bad_credentials", "throttled"]
+    client: str
+
+
 class OcppStationDoc(_Doc):
     """An OCPP wallbox evpilot knows (configured, or an accepted unknown one); times in clock seconds."""
 
@@ -315,6 +323,9 @@ class OcppStationDoc(_Doc):
     age_s: float | None
     boot: OcppBootDoc | None
     connectors: dict[str, OcppConnectorDoc]
+    secured: bool = Field(default=False, description="it must prove its password (security profile 1/2)")
+    refused: int = Field(default=0, description="handshakes under this identity refused")
+    last_refused: OcppRefusedDoc | None = None
 
 
 class ChargerDoc(_Doc):
@@ -584,12 +595,23 @@ class MqttLinkDoc(_Doc):
     suppressed: int = Field(description="refusals not published or logged (per-topic rate limit)")
 
 
+class OcppServerHealthDoc(_Doc):
+    """The OCPP backend: its port (null until it listens), wss or ws, refused handshakes by reason."""
+
+    port: int | None
+    tls: bool
+    refused: dict[str, int] = Field(
+        description="path, unknown_id, subprotocol, no_credentials, bad_credentials, throttled (absent: 0)"
+    )
+
+
 class HealthDoc(_Doc):
     """`ok` when every task runs and the MQTT link (if configured) is up, else `degraded`."""
 
     status: Literal["ok", "degraded"]
     tasks: list[TaskHealthDoc]
     mqtt: MqttLinkDoc | None
+    ocpp_server: OcppServerHealthDoc | None = None
 
 
 class HistoryDoc(_Doc):
@@ -734,7 +756,8 @@ def build_router(rt: Runtime) -> APIRouter:
         status = sup.overall()
         if mqtt is not None and not mqtt["connected"]:
             status = OverallHealth.DEGRADED
-        return {"status": status.value, "tasks": sup.health(), "mqtt": mqtt}
+        ocpp = None if rt.ocpp is None else rt.ocpp.health()
+        return {"status": status.value, "tasks": sup.health(), "mqtt": mqtt, "ocpp_server": ocpp}
 
     @r.get(
         "/site",

@@ -17,12 +17,14 @@ from evpilot.core.access import (
     RfidMode,
     SwipeAction,
     SwitchMode,
+    TagStatus,
     Window,
     decide_swipe,
     normalize_uid,
     parse_days,
     parse_hhmm,
     step_lock,
+    tag_status,
 )
 from evpilot.core.errors import CommandError
 from evpilot.core.schedule import DAY_S
@@ -223,6 +225,62 @@ class AccessControl:
         )
         self.rt.recompute()
         return SwipeResult(uid, action.value, decision.reason)
+
+    # ---- tags of OCPP wallboxes (evpilot as their backend) ---------------------------------------
+
+    def tag_status(self, chargers: tuple[str, ...], raw_tag: str) -> tuple[TagStatus, float | None]:
+        """An OCPP wallbox's Authorize or StartTransaction for `chargers`: the tag's status and, for an
+        accepted card with an expiry, when it expires (clock s).
+
+        When one of the chargers does not require authorization any tag is accepted; otherwise only a
+        learned, unexpired card allowed on one of them.
+        """
+        needing = tuple(cid for cid in chargers if self.rt.charger(cid).config.require_auth)
+        if len(needing) < len(chargers) or not needing:
+            return TagStatus.ACCEPTED, None
+        try:
+            card = self.cards.get(normalize_uid(raw_tag))
+        except CommandError:
+            card = None
+        status = tag_status(card, needing, self.rt.clock.now())
+        return status, card.expires_at if card is not None and status is TagStatus.ACCEPTED else None
+
+    def tag_started(self, cid: str, raw_tag: str, status: TagStatus, remote: bool) -> None:
+        """A wallbox started a transaction on charger `cid` with this tag (`remote`: one evpilot sent).
+
+        Accepted, the charger is authorized and its session records the tag and how it was authorized;
+        refused, a charger that requires authorization stays held.
+        """
+        st = self.of(cid)
+        ch = self.rt.charger(cid)
+        now = self.rt.clock.now()
+        try:
+            tag = normalize_uid(raw_tag)
+        except CommandError:
+            tag = raw_tag
+        if status is not TagStatus.ACCEPTED:
+            self._emit(ch, "swipe", f"{tag} refuse: {status.value}", "ocpp")
+            return
+        if remote:
+            method = AuthMethod.API
+        elif ch.config.require_auth:
+            method = AuthMethod.CARD
+        else:
+            method = AuthMethod.FREE
+        ch.set_authorized(True, tag, method.value)
+        if ch.config.require_auth:
+            st.holder, st.authorized_at = tag, now
+        self._emit(ch, "swipe", f"{tag} authorize", "ocpp")
+        self.rt.recompute()
+
+    def tag_stopped(self, cid: str) -> None:
+        """The wallbox ended its transaction: a charger that requires authorization waits for the next."""
+        st = self.of(cid)
+        ch = self.rt.charger(cid)
+        if ch.config.require_auth:
+            ch.set_authorized(False)
+            st.holder = st.authorized_at = None
+            self.rt.recompute()
 
     # ---- switch -------------------------------------------------------------------------------
 

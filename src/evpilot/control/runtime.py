@@ -235,6 +235,9 @@ class Runtime:
         self.sim_em: SimShellyEm | None = None
         # Cards, swipes, the switch input, the cable lock and weekly windows (docs/access.md).
         self.access = AccessControl(self)
+        if self.ocpp is not None:
+            # The wallboxes' id tags are checked against the cards.
+            self.ocpp.tags = self.access
 
     # ---- lifecycle --------------------------------------------------------------------------
 

@@ -87,6 +87,30 @@ class Card:
         return not self.chargers or charger in self.chargers
 
 
+class TagStatus(StrEnum):
+    """An id tag's OCPP 1.6 `IdTagInfo.status` (ConcurrentTx is never given)."""
+
+    ACCEPTED = "Accepted"
+    BLOCKED = "Blocked"
+    EXPIRED = "Expired"
+    INVALID = "Invalid"
+
+
+def tag_status(card: Card | None, chargers: tuple[str, ...], now: float) -> TagStatus:
+    """The status of a card presented for any of `chargers` (those that require authorization).
+
+    Unknown → Invalid; valid on one of them → Accepted; else expired → Expired; else (learned, not
+    expired, but for other chargers only) → Blocked.
+    """
+    if card is None:
+        return TagStatus.INVALID
+    if any(card.valid_at(cid, now) for cid in chargers):
+        return TagStatus.ACCEPTED
+    if card.expires_at is not None and now >= card.expires_at:
+        return TagStatus.EXPIRED
+    return TagStatus.BLOCKED
+
+
 class SwipeAction(StrEnum):
     """What a swipe leads to."""
 

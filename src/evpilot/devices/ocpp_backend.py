@@ -5,20 +5,28 @@ setpoint leases go to the wallbox as charging profiles (a TxProfile during a tra
 TxDefaultProfile) whose `validTo` is the lease's end, on top of a standing TxDefaultProfile at the
 charger's safe current, so a wallbox that loses evpilot falls back on its own. Its StatusNotification
 and MeterValues become the link's readings.
+
+Security profile 1 and 2: a station with a password must prove it with HTTP basic auth on the WebSocket
+upgrade (401 otherwise), over `wss://` when `ocpp_server.tls` is set. Every refused handshake is
+counted and logged, never with the secret. Id tags are checked against evpilot's cards for chargers
+that require authorization (through the runtime's `TagAuthority`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 from urllib.parse import unquote
 
 from ocpp.routing import after as _after
@@ -29,9 +37,11 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from evpilot.core.access import TagStatus
 from evpilot.core.units import Phases
 from evpilot.devices.base import LinkReading, Setpoint
 from evpilot.devices.meter import Clock
+from evpilot.security import PasswordCheck, Throttle, is_loopback_host, parse_basic, server_tls_context
 
 if TYPE_CHECKING:
     from evpilot.config import OcppServerModel
@@ -50,6 +60,9 @@ FALLBACK_LEVEL, LIVE_LEVEL = 0, 1
 # Seconds after a changed limit when evpilot asks the wallbox for MeterValues (a car follows a
 # lower pilot current within 5 s; most are there well before).
 TRIGGER_AFTER_S = 3.0
+# A tag evpilot sent in a RemoteStartTransaction is accepted from the wallbox for this long.
+REMOTE_TAG_S = 180.0
+REALM = 'Basic realm="evpilot OCPP", charset="UTF-8"'
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -213,12 +226,42 @@ class Connector:
     status_at: float | None = None
 
 
+class Refused(StrEnum):
+    """Why a wallbox's WebSocket handshake was refused."""
+
+    PATH = "path"
+    UNKNOWN_ID = "unknown_id"
+    SUBPROTOCOL = "subprotocol"
+    NO_CREDENTIALS = "no_credentials"
+    BAD_CREDENTIALS = "bad_credentials"
+    THROTTLED = "throttled"
+
+
+class TagAuthority(Protocol):
+    """Who decides on id tags (evpilot's cards): the runtime's access control."""
+
+    def tag_status(self, chargers: tuple[str, ...], raw_tag: str) -> tuple[TagStatus, float | None]:
+        """The tag's status for these chargers, and its expiry (clock s) when accepted and it has one."""
+        ...
+
+    def tag_started(self, cid: str, raw_tag: str, status: TagStatus, remote: bool) -> None:
+        """A transaction started on charger `cid` with the tag, answered `status`."""
+        ...
+
+    def tag_stopped(self, cid: str) -> None:
+        """The transaction on charger `cid` ended."""
+        ...
+
+
 @dataclass(slots=True)
 class Station:
     """A charge point identity evpilot has heard of (a configured one, or an accepted unknown one)."""
 
     id: str
     assigned: bool
+    # Security profile 1/2: the basic-auth password, plain or as an argon2 hash (None: no auth).
+    password: str | None = None
+    password_hash: str | None = None
     session: CentralSession | None = None
     booted: bool = False
     connected_at: float | None = None
@@ -226,6 +269,15 @@ class Station:
     boot: dict[str, Any] | None = None
     connectors: dict[int, Connector] = field(default_factory=dict)
     links: dict[int, OcppLink] = field(default_factory=dict)
+    refused: int = 0
+    last_refused: dict[str, Any] | None = None
+    # Tags of RemoteStartTransaction calls evpilot sent, with when (clock s).
+    remote_tags: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def secured(self) -> bool:
+        """Whether the station must authenticate (security profile 1 or 2)."""
+        return self.password is not None or self.password_hash is not None
 
     def connector(self, cid: int) -> Connector:
         """The connector's record (created on first mention)."""
@@ -309,8 +361,8 @@ class CentralSession(ChargePoint):  # type: ignore[misc]
 
     @on(Action.authorize)
     def on_authorize(self, id_tag: str) -> Any:
-        """Every tag is accepted (access control comes with its own issue)."""
-        return call_result.Authorize(id_tag_info={"status": "Accepted"})
+        """A card for any of the station's chargers (Accepted when one of them needs no authorization)."""
+        return call_result.Authorize(id_tag_info=self.backend.tag_info(self.station, None, id_tag))
 
     @on(Action.start_transaction)
     def on_start(self, connector_id: int, id_tag: str, meter_start: int, timestamp: str, **_: Any) -> Any:
@@ -318,23 +370,31 @@ class CentralSession(ChargePoint):  # type: ignore[misc]
         tx = self.backend.next_transaction_id()
         conn = self.station.connector(connector_id)
         conn.transaction_id, conn.id_tag = tx, id_tag
+        info = self.backend.tag_info(self.station, connector_id, id_tag, started=True)
         link = self.station.links.get(connector_id)
         if link is not None:
             link.on_energy(meter_start / 1000.0)
             link.wake()
-        return call_result.StartTransaction(transaction_id=tx, id_tag_info={"status": "Accepted"})
+        return call_result.StartTransaction(transaction_id=tx, id_tag_info=info)
 
     @on(Action.stop_transaction)
-    def on_stop(self, meter_stop: int, timestamp: str, transaction_id: int, **_: Any) -> Any:
+    def on_stop(
+        self, meter_stop: int, timestamp: str, transaction_id: int, id_tag: str | None = None, **_: Any
+    ) -> Any:
         """End the transaction: the live profile goes back to a TxDefaultProfile."""
+        stopped: int | None = None
         for cid, conn in self.station.connectors.items():
             if conn.transaction_id == transaction_id:
                 conn.transaction_id = conn.id_tag = None
+                stopped = cid
                 link = self.station.links.get(cid)
                 if link is not None:
                     link.on_energy(meter_stop / 1000.0)
                     link.wake()
-        return call_result.StopTransaction(id_tag_info={"status": "Accepted"})
+                    self.backend.tag_stopped(link.name)
+        if id_tag is None:
+            return call_result.StopTransaction()
+        return call_result.StopTransaction(id_tag_info=self.backend.tag_info(self.station, stopped, id_tag))
 
     @on(Action.meter_values)
     def on_meter_values(self, connector_id: int, meter_value: list[Any], **_: Any) -> Any:
@@ -616,7 +676,9 @@ class OcppLink:
         return "CallError" if status is None else str(status)
 
     async def remote_start(self, id_tag: str) -> str:
-        """RemoteStartTransaction on this connector."""
+        """RemoteStartTransaction on this connector (the wallbox's Authorize/StartTransaction of the tag
+        is then accepted)."""
+        self.backend.remote_started(self.station_id, id_tag)
         return await self.command(call.RemoteStartTransaction(id_tag=id_tag, connector_id=self.connector))
 
     async def remote_stop(self) -> str:
@@ -685,15 +747,28 @@ class OcppBackend:
         self.clock = clock
         self.stations: dict[str, Station] = {}
         self.port: int | None = None
-        self.rejected = 0
+        # Refused handshakes by reason, and the throttle of failed logins per (address, identity).
+        self.refused: Counter[Refused] = Counter()
+        self.throttle = Throttle()
+        self._passwords: PasswordCheck | None = None
+        # Who decides on id tags; None (no runtime): every tag is accepted.
+        self.tags: TagAuthority | None = None
         # Transaction ids: seeded from the wall clock so a restarted backend does not reuse old ones.
         self._tx = itertools.count(int(time.time()) % 1_000_000_000)
         self.listeners: list[Callable[[], None]] = []
         self._server: Server | None = None
 
-    def link(self, charger: ChargerConfig, station_id: str, connector: int) -> OcppLink:
-        """The link for a configured charger (its station becomes known)."""
+    def link(
+        self,
+        charger: ChargerConfig,
+        station_id: str,
+        connector: int,
+        password: str | None = None,
+        password_hash: str | None = None,
+    ) -> OcppLink:
+        """The link for a configured charger (its station becomes known, with its password if any)."""
         station = self.stations.setdefault(station_id, Station(station_id, assigned=True))
+        station.password, station.password_hash = password, password_hash
         link = OcppLink(charger, station_id, connector, self)
         station.links[connector] = link
         return link
@@ -719,6 +794,55 @@ class OcppBackend:
         for listener in self.listeners:
             listener()
 
+    # ---- id tags ---------------------------------------------------------------------------
+
+    def remote_started(self, station_id: str, id_tag: str) -> None:
+        """evpilot sends the station a RemoteStartTransaction with this tag."""
+        station = self.stations.get(station_id)
+        if station is not None:
+            station.remote_tags[id_tag] = self.clock()
+
+    def _remote_tag(self, station: Station, id_tag: str, take: bool) -> bool:
+        now = self.clock()
+        for tag in [t for t, at in station.remote_tags.items() if now - at > REMOTE_TAG_S]:
+            del station.remote_tags[tag]
+        if id_tag not in station.remote_tags:
+            return False
+        if take:
+            del station.remote_tags[id_tag]
+        return True
+
+    def tag_info(
+        self, station: Station, connector: int | None, id_tag: str, started: bool = False
+    ) -> dict[str, Any]:
+        """The `idTagInfo` for a tag on a connector (None: any of the station's); `started`: it starts a
+        transaction there, which then records the tag."""
+        if connector is None:
+            chargers = tuple(link.name for link in station.links.values())
+        else:
+            link = station.links.get(connector)
+            chargers = () if link is None else (link.name,)
+        remote = self._remote_tag(station, id_tag, take=started)
+        if self.tags is None or not chargers or remote:
+            status, expires = TagStatus.ACCEPTED, None
+        else:
+            status, expires = self.tags.tag_status(chargers, id_tag)
+        if started and self.tags is not None and chargers:
+            self.tags.tag_started(chargers[0], id_tag, status, remote)
+        if status is not TagStatus.ACCEPTED:
+            log.warning("%s: id tag %r refused (%s) on %s", station.id, id_tag, status.value, chargers)
+        info: dict[str, Any] = {"status": status.value}
+        if expires is not None:
+            info["expiry_date"] = iso(time.time() + (expires - self.clock()))
+        return info
+
+    def tag_stopped(self, charger: str) -> None:
+        """The transaction on a configured charger ended."""
+        if self.tags is not None:
+            self.tags.tag_stopped(charger)
+
+    # ---- the handshake ---------------------------------------------------------------------
+
     def _identity(self, path: str) -> str | None:
         prefix = self.settings.path
         path = path.split("?", 1)[0]
@@ -729,16 +853,85 @@ class OcppBackend:
             return None
         return ident
 
-    def _check(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _check(self, connection: ServerConnection, request: Request) -> Response | None:
         ident = self._identity(request.path)
+        client = _client(connection)
         if ident is None:
-            self.rejected += 1
-            return connection.respond(HTTPStatus.NOT_FOUND, f"connect to {self.settings.path}<identity>\n")
-        if ident not in self.stations and not self.settings.accept_unknown:
-            self.rejected += 1
-            log.warning("OCPP: refused unknown charge point %r", ident)
-            return connection.respond(HTTPStatus.NOT_FOUND, f"unknown charge point {ident!r}\n")
+            text = f"connect to {self.settings.path}<identity>\n"
+            return self._refuse(connection, None, Refused.PATH, client, HTTPStatus.NOT_FOUND, text)
+        station = self.stations.get(ident)
+        if station is None and not self.settings.accept_unknown:
+            text = f"unknown charge point {ident!r}\n"
+            return self._refuse(connection, ident, Refused.UNKNOWN_ID, client, HTTPStatus.NOT_FOUND, text)
+        offered = {p.strip() for h in request.headers.get_all("Sec-WebSocket-Protocol") for p in h.split(",")}
+        if SUBPROTOCOL not in offered:
+            text = f"the {SUBPROTOCOL} subprotocol is required\n"
+            return self._refuse(connection, ident, Refused.SUBPROTOCOL, client, HTTPStatus.BAD_REQUEST, text)
+        if station is None or not station.secured:
+            return None
+        key = f"{client}/{ident}"
+        wait = self.throttle.retry_after(key)
+        if wait is not None:
+            response = self._refuse(
+                connection,
+                ident,
+                Refused.THROTTLED,
+                client,
+                HTTPStatus.TOO_MANY_REQUESTS,
+                "too many failures\n",
+            )
+            response.headers["Retry-After"] = str(max(1, round(wait + 0.5)))
+            return response
+        header = request.headers.get("Authorization")
+        if header is None:
+            response = self._refuse(
+                connection, ident, Refused.NO_CREDENTIALS, client, HTTPStatus.UNAUTHORIZED, "unauthorized\n"
+            )
+            response.headers["WWW-Authenticate"] = REALM
+            return response
+        if not await self._verify(station, parse_basic(header)):
+            self.throttle.failed(key)
+            response = self._refuse(
+                connection, ident, Refused.BAD_CREDENTIALS, client, HTTPStatus.UNAUTHORIZED, "unauthorized\n"
+            )
+            response.headers["WWW-Authenticate"] = REALM
+            return response
+        self.throttle.succeeded(key)
         return None
+
+    async def _verify(self, station: Station, basic: tuple[str, str | None] | None) -> bool:
+        """Whether basic credentials are the station's: its identity as the user, and its password."""
+        if basic is None:
+            return False
+        name, given = basic
+        if given is None:
+            return False
+        if station.password is not None:
+            return name == station.id and hmac.compare_digest(given.encode(), station.password.encode())
+        if self._passwords is None:
+            self._passwords = PasswordCheck()
+        # Checked also for a wrong user name: a wrong name costs as much as a wrong password.
+        right = await self._passwords.verify(station.id, station.password_hash, given)
+        return right and name == station.id
+
+    def _refuse(
+        self,
+        connection: ServerConnection,
+        ident: str | None,
+        reason: Refused,
+        client: str,
+        status: HTTPStatus,
+        text: str,
+    ) -> Response:
+        """Count, log (never the secret) and answer a refused handshake."""
+        self.refused[reason] += 1
+        station = self.stations.get(ident) if ident is not None else None
+        if station is not None:
+            station.refused += 1
+            station.last_refused = {"at": round(self.clock(), 3), "reason": reason.value, "client": client}
+        who = repr(ident) if ident is not None else "a wrong path"
+        log.warning("OCPP: refused %s from %s: %s (HTTP %d)", who, client, reason.value, status.value)
+        return connection.respond(status, text)
 
     async def _handle(self, connection: ServerConnection) -> None:
         ident = self._identity(connection.request.path if connection.request else "")
@@ -772,16 +965,27 @@ class OcppBackend:
     async def run(self) -> None:
         """Serve wallboxes until cancelled."""
         s = self.settings
+        tls = None if s.tls is None else server_tls_context(s.tls.cert, s.tls.key, "ocpp_server.tls")
         async with serve(
             self._handle,
             s.host,
             s.port,
             subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
             process_request=self._check,
+            ssl=tls,
         ) as server:
             self._server = server
             self.port = next(iter(server.sockets)).getsockname()[1]
-            log.info("OCPP backend on ws://%s:%d%s<identity>", s.host, self.port, s.path)
+            scheme = "ws" if tls is None else "wss"
+            log.info("OCPP backend on %s://%s:%d%s<identity>", scheme, s.host, self.port, s.path)
+            open_ids = sorted(st.id for st in self.stations.values() if st.assigned and not st.secured)
+            if open_ids and not is_loopback_host(s.host):
+                log.warning(
+                    "OCPP backend on %s: station(s) %s connect without a password: anyone who reaches"
+                    " the port may pose as them (see docs/ocpp.md, security profiles)",
+                    s.host,
+                    ", ".join(open_ids),
+                )
             try:
                 await asyncio.Future()
             finally:
@@ -815,6 +1019,22 @@ class OcppBackend:
                     "age_s": None if st.last_seen is None else round(max(0.0, now - st.last_seen), 1),
                     "boot": st.boot,
                     "connectors": conns,
+                    "secured": st.secured,
+                    "refused": st.refused,
+                    "last_refused": st.last_refused,
                 }
             )
         return out
+
+    def health(self) -> dict[str, Any]:
+        """The backend for `GET /api/health`: port, TLS, and the refused handshakes by reason."""
+        return {
+            "port": self.port,
+            "tls": self.settings.tls is not None,
+            "refused": {r.value: self.refused[r] for r in Refused if self.refused[r]},
+        }
+
+
+def _client(connection: ServerConnection) -> str:
+    address = connection.remote_address
+    return str(address[0]) if isinstance(address, tuple) and address else "?"

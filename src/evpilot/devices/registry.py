@@ -109,7 +109,7 @@ def _smartevse(charger: ChargerConfig, spec: Any, ctx: LinkContext) -> ChargerLi
 def _ocpp(charger: ChargerConfig, spec: Any, ctx: LinkContext) -> ChargerLink:
     if ctx.ocpp is None:
         raise DriverUnavailable(f"charger {charger.id!r}: driver ocpp needs the OCPP backend (ocpp_server)")
-    link: ChargerLink = ctx.ocpp.link(charger, spec.id, spec.connector)
+    link: ChargerLink = ctx.ocpp.link(charger, spec.id, spec.connector, spec.password, spec.password_hash)
     return link
 
 
