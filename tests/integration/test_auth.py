@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import datetime
 import io
-import ipaddress
 import json
 import logging
 import ssl
@@ -22,10 +20,6 @@ import httpx
 import pytest
 import uvicorn
 from argon2 import PasswordHasher
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -38,7 +32,7 @@ from evpilot.control.clock import ManualClock
 from evpilot.control.runtime import Runtime
 from evpilot.security import FREE_FAILURES, BadTls, Throttle, hash_password
 from evpilot.store.sqlite import Store
-from tests.helpers import free_port, make_config
+from tests.helpers import free_port, make_config, self_signed
 from tests.integration.test_native_schema import _validate, native_operations
 
 PASSWORD = "correct horse"
@@ -474,35 +468,8 @@ def test_default_bind_is_loopback_and_an_exposed_server_without_auth_is_warned_a
 # ---- TLS ----------------------------------------------------------------------------------------
 
 
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
-
-
 async def test_tls_serves_https_and_wss_with_a_self_signed_certificate(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     config = {**CONFIG, "http": {"tls": {"cert": str(cert), "key": str(key)}}}
     options = tls_options(make_config(config).http.tls.cert, key)  # type: ignore[union-attr]
     context = ssl.create_default_context(cafile=str(cert))

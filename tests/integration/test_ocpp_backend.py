@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -144,8 +145,16 @@ class Wallbox(ChargePoint):  # type: ignore[misc]
 
 
 @contextlib.asynccontextmanager
-async def wallbox(port: int, ident: str = "WALLBOX-7", boot: bool = True) -> AsyncIterator[Wallbox]:
-    async with connect(f"ws://127.0.0.1:{port}/ocpp/{ident}", subprotocols=["ocpp1.6"]) as conn:  # type: ignore[list-item]
+async def wallbox(
+    port: int,
+    ident: str = "WALLBOX-7",
+    boot: bool = True,
+    headers: dict[str, str] | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> AsyncIterator[Wallbox]:
+    """A wallbox connected (with these handshake headers; over wss:// with `tls`) and booted."""
+    url = f"{'ws' if tls is None else 'wss'}://127.0.0.1:{port}/ocpp/{ident}"
+    async with connect(url, subprotocols=["ocpp1.6"], additional_headers=headers, ssl=tls) as conn:  # type: ignore[list-item]
         cp = Wallbox(ident, conn)
         task = asyncio.create_task(cp.start())
         try:

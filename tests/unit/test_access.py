@@ -13,12 +13,14 @@ from evpilot.core.access import (
     LockStatus,
     RfidMode,
     SwipeAction,
+    TagStatus,
     Window,
     decide_swipe,
     normalize_uid,
     parse_days,
     parse_hhmm,
     step_lock,
+    tag_status,
 )
 from evpilot.core.errors import CommandError
 
@@ -84,6 +86,21 @@ def test_card_limits_expiry_and_chargers() -> None:
     assert decide(RfidMode.ENABLE_ALL, Card("04A2B3C4", expires_at=150.0)) is SwipeAction.AUTHORIZE
     assert decide(RfidMode.ENABLE_ALL, Card("04A2B3C4", chargers=("cp2",))) is SwipeAction.REFUSE
     assert decide(RfidMode.ENABLE_ALL, Card("04A2B3C4", chargers=("cp1",))) is SwipeAction.AUTHORIZE
+
+
+def test_ocpp_tag_status_of_a_card() -> None:
+    anywhere = Card("04A2B3C4")
+    w8_only = Card("04A2B3C5", chargers=("w8",))
+    until_100 = Card("04A2B3C6", expires_at=100.0)
+    assert tag_status(None, ("w7",), 0.0) is TagStatus.INVALID
+    assert tag_status(anywhere, ("w7",), 0.0) is TagStatus.ACCEPTED
+    assert tag_status(w8_only, ("w7",), 0.0) is TagStatus.BLOCKED
+    assert tag_status(w8_only, ("w7", "w8"), 0.0) is TagStatus.ACCEPTED
+    assert tag_status(until_100, ("w7",), 99.9) is TagStatus.ACCEPTED
+    assert tag_status(until_100, ("w7",), 100.0) is TagStatus.EXPIRED
+    expired_elsewhere = Card("04A2B3C7", chargers=("w8",), expires_at=100.0)
+    assert tag_status(expired_elsewhere, ("w7",), 200.0) is TagStatus.EXPIRED
+    assert [s.value for s in TagStatus] == ["Accepted", "Blocked", "Expired", "Invalid"]
 
 
 def test_learning_modes() -> None:
