@@ -292,3 +292,15 @@ def test_a_bad_ocpp_certificate_stops_the_start(tmp_path: Path, capsys: pytest.C
     assert code == 2
     assert "config error: ocpp_server.tls:" in capsys.readouterr().err
     assert not (tmp_path / "data").exists()
+
+
+async def test_open_stations_on_a_reachable_address_are_warned(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    data = two_wallboxes(require_auth=False)
+    data["ocpp_server"]["host"] = "0.0.0.0"
+    data["ocpp_server"]["allow_plain_auth"] = True
+    data["chargers"][1]["driver"]["password"] = PASSWORD
+    async with serve(make_config(data)) as (_base, rt):
+        await backend_port(rt)
+    (line,) = [r.getMessage() for r in caplog.records if "without a password" in r.getMessage()]
+    assert "station(s) WALLBOX-7 connect without a password" in line
