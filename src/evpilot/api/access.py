@@ -14,7 +14,8 @@ from evpilot.config import Role
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Pages anyone may load: the dashboard (it logs in itself), the API documentation and its assets.
 PUBLIC_PAGES = frozenset({"/", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
-PUBLIC_PREFIXES = ("/static-offline-docs/",)
+# The dashboard's own script and stylesheet load before its login form can show.
+PUBLIC_PREFIXES = ("/static-offline-docs/", "/web/")
 # SmartEVSE `POST /settings` parameters that command the charger; any other one is a site setting.
 SMARTEVSE_OPERATOR_PARAMS = frozenset(
     {"mode", "override_current", "disable_override_current", "enable_C2", "starttime", "stoptime", "repeat"}
