@@ -92,7 +92,7 @@ def settings_of(api: Api, cid: str = "cp1") -> dict[str, Any]:
         "user": d["limits"]["user"],
         "caps": d["caps"],
         "errors": d["errors"],
-        "site_mode": api.http.get("/api/settings").json()["mode"],
+        "settings": {k: v for k, v in api.http.get("/api/settings").json().items() if k != "speed"},
     }
 
 
@@ -159,6 +159,28 @@ def test_settings_get_and_put(api: Api) -> None:
     assert api.ok("PUT", "/api/settings", {"mode": "normal"})["mode"] == "normal"
     assert api.ok("GET", "/api/site")["mode"] == "normal"
     assert api.ok("PUT", "/api/settings", {"mode": "smart"})["mode"] == "smart"
+
+
+def test_settings_change_limits_solar_and_chargers_together(api: Api) -> None:
+    before = api.ok("GET", "/api/settings")
+    body = {
+        "mains_limit": 30,
+        "capacity_limit": 60,
+        "solar": {"start_current": 9, "stop_min": 5, "max_import": 2},
+        "chargers": {"cp2": {"min_current": 8, "max_current": 14, "priority": 2}},
+    }
+    s = api.ok("PUT", "/api/settings", body)
+    assert (s["mains_limit"], s["capacity_limit"]) == (30, 60)
+    assert s["solar"] == {"start_current": 9, "stop_min": 5, "max_import": 2}
+    assert s["chargers"]["cp2"] == {"min_current": 8, "max_current": 14, "priority": 2}
+    assert s["chargers"]["cp1"] == before["chargers"]["cp1"]
+    assert api.charger("cp2")["limits"]["max_current"] == 14
+    # A user limit above the new MAX is refused with the charger's new range.
+    r = api.http.put("/api/chargers/cp2/current_limit", json={"current": 15})
+    assert r.status_code == 400 and "allowed 6 to 14 A" in r.json()["detail"]
+    restore = {k: before[k] for k in ("mains_limit", "capacity_limit", "solar")}
+    s = api.ok("PUT", "/api/settings", restore | {"chargers": {"cp2": before["chargers"]["cp2"]}})
+    assert {k: v for k, v in s.items() if k != "speed"} == {k: v for k, v in before.items() if k != "speed"}
 
 
 # ---- commands --------------------------------------------------------------------------------
@@ -398,7 +420,42 @@ BAD = [
     ("PUT", f"{C}/phase_mode", '{"phase_mode": "sometimes"}', 400, "phase_mode", ["auto"]),
     ("POST", f"{C}/start", '{"id_tag": "' + "x" * 65 + '"}', 422, "id_tag", ["64"]),
     ("PUT", "/api/settings", '{"mode": "bogus"}', 400, "mode", ["smart"]),
-    ("PUT", "/api/settings", '{"mains_limit": 100}', 422, "mains_limit", ["not permitted"]),
+    ("PUT", "/api/settings", '{"mains_limit": 300}', 400, "mains_limit", ["allowed 10 to 200 A"]),
+    ("PUT", "/api/settings", '{"mains": 30}', 422, "mains", ["not permitted"]),
+    ("PUT", "/api/settings", '{"mode": "solar", "mains_limit": 5}', 400, "mains_limit", ["10 to 200"]),
+    ("PUT", "/api/settings", '{"capacity_limit": 5}', 400, "capacity_limit", ["10 to 600"]),
+    ("PUT", "/api/settings", '{"circuits": {"nope": 20}}', 400, "circuit", ["no circuit 'nope'"]),
+    ("PUT", "/api/settings", '{"solar": {"start_current": 49}}', 400, "start_current", ["0 to 48"]),
+    ("PUT", "/api/settings", '{"solar": {"stop_min": 61}}', 400, "stop_min", ["0 to 60"]),
+    ("PUT", "/api/settings", '{"solar": {"max_import": 21}}', 400, "max_import", ["0 to 20"]),
+    ("PUT", "/api/settings", '{"solar": {"import": 1}}', 422, "solar.import", ["not permitted"]),
+    ("PUT", "/api/settings", '{"chargers": {"cp1": {"min_current": 17}}}', 400, "min_current", ["6 to 16"]),
+    ("PUT", "/api/settings", '{"chargers": {"cp1": {"max_current": 81}}}', 400, "max_current", ["10 to 80"]),
+    (
+        "PUT",
+        "/api/settings",
+        '{"chargers": {"cp2": {"max_current": 12, "min_current": 14}}}',
+        400,
+        "max_current",
+        ["MIN"],
+    ),
+    ("PUT", "/api/settings", '{"chargers": {"cp1": {"priority": 10}}}', 400, "priority", ["0 to 9"]),
+    (
+        "PUT",
+        "/api/settings",
+        '{"chargers": {"cp1": {"priority": 1.5}}}',
+        422,
+        "chargers.cp1.priority",
+        ["integer"],
+    ),
+    (
+        "PUT",
+        "/api/settings",
+        '{"mode": "solar", "solar": {"start_current": 8}, "chargers": {"cp1": {"priority": 10}}}',
+        400,
+        "priority",
+        ["0 to 9"],
+    ),
     ("PUT", "/api/meters/mains", '{"currents": [1, 2]}', 422, "currents", ["3"]),
     ("PUT", "/api/meters/mains", '{"currents": [1, 2, 1e9]}', 400, "currents[2]", ["1000"]),
     (

@@ -169,3 +169,30 @@ def test_site_settings_changed_at_run_time_survive_a_restart(tmp_path: Path) -> 
     assert (site.solar.stop_min, site.solar.max_import, site.solar.start_current) == (15.0, 3.0, 12.0)
     assert again.charger("cp1").config.min_current == 8
     store.close()
+
+
+def test_a_chargers_min_max_and_priority_survive_a_restart_and_a_later_site_min_replaces_its_min(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "evpilot.sqlite3"
+    two = QUIET | {"chargers": [{"id": "cp1"}, {"id": "cp2"}]}
+    store = Store(path)
+    rt = Runtime(make_config(two), ManualClock(), store)
+    rt.apply(cmd.SetFuses(charger="cp1", min_current=10, max_current=20, priority=4), "test")
+    with pytest.raises(CommandError, match="priority"):
+        rt.apply(cmd.SetFuses(charger="cp2", priority=True), "test")  # type: ignore[arg-type]
+    store.close()
+
+    store = Store(path)
+    again = Runtime(make_config(two), ManualClock(), store)
+    cp1, cp2 = again.charger("cp1").config, again.charger("cp2").config
+    assert (cp1.min_current, cp1.max_current, cp1.priority) == (10, 20, 4)
+    assert (cp2.min_current, cp2.max_current, cp2.priority) == (6, 32, 0)
+    again.set_min_current(7)
+    store.close()
+
+    store = Store(path)
+    third = Runtime(make_config(two), ManualClock(), store)
+    assert [third.charger(c).config.min_current for c in ("cp1", "cp2")] == [7, 7]
+    assert third.charger("cp1").config.priority == 4
+    store.close()

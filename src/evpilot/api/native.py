@@ -104,10 +104,36 @@ class StartBody(_Body):
     id_tag: str | None = Field(default=None, max_length=64)
 
 
-class SiteSettingsBody(_Body):
-    """Site settings that can be changed at run time."""
+class SolarBody(_Body):
+    """Solar settings (START, STOP, IMPORT); a missing one stays as it is."""
 
-    mode: str
+    start_current: float | None = Field(default=None, description="START: surplus (A, sum of phases)")
+    stop_min: float | None = Field(default=None, description="STOP timer (min), 0 = never stop")
+    max_import: float | None = Field(default=None, description="IMPORT allowed (A, sum of phases)")
+
+
+class ChargerSettingsBody(_Body):
+    """A charger's MIN, MAX (A per phase) and priority; a missing one stays as it is."""
+
+    min_current: float | None = None
+    max_current: float | None = None
+    priority: int | None = None
+
+
+class SiteSettingsBody(_Body):
+    """Site settings that can be changed at run time; a missing one stays as it is.
+
+    Checked with the config file's ranges and cross checks; one refusal changes none of them.
+    """
+
+    mode: str | None = None
+    mains_limit: float | None = Field(default=None, description="MAINS per-phase limit (A)")
+    capacity_limit: float | None = Field(default=None, description="CAPACITY (A, sum); null removes it")
+    circuits: dict[str, float] | None = Field(default=None, description="circuit name → limit (A per phase)")
+    solar: SolarBody | None = None
+    chargers: dict[str, ChargerSettingsBody] | None = Field(
+        default=None, description="charger id → its MIN, MAX and priority"
+    )
 
 
 class MainsBody(_Body):
@@ -499,12 +525,30 @@ class CircuitDoc(_Doc):
     chargers: list[str]
 
 
+class SolarDoc(_Doc):
+    """Solar settings: START, STOP and IMPORT."""
+
+    start_current: float
+    stop_min: float
+    max_import: float
+
+
+class ChargerSettingsDoc(_Doc):
+    """A charger's MIN, MAX (A per phase) and priority."""
+
+    min_current: float
+    max_current: float
+    priority: int
+
+
 class SettingsDoc(_Doc):
     """Site settings."""
 
     mode: str
     mains_limit: float
     capacity_limit: float | None
+    solar: SolarDoc
+    chargers: dict[str, ChargerSettingsDoc]
     meter_timeout_s: float
     tick_s: float
     speed: float
@@ -1087,6 +1131,19 @@ def build_router(rt: Runtime) -> APIRouter:
                 "mode": s.mode,
                 "mains_limit": s.mains_limit,
                 "capacity_limit": s.capacity_limit,
+                "solar": {
+                    "start_current": s.solar.start_current,
+                    "stop_min": s.solar.stop_min,
+                    "max_import": s.solar.max_import,
+                },
+                "chargers": {
+                    cid: {
+                        "min_current": ch.config.min_current,
+                        "max_current": ch.config.max_current,
+                        "priority": ch.config.priority,
+                    }
+                    for cid, ch in rt.engine.chargers.items()
+                },
                 "meter_timeout_s": s.meter_timeout_s,
                 "tick_s": rt.config.control.tick_s,
                 "speed": rt.clock.speed,
@@ -1107,7 +1164,27 @@ def build_router(rt: Runtime) -> APIRouter:
 
     @r.put("/settings", tags=["settings"], summary="Change site settings", response_model=SettingsDoc)
     async def put_settings(body: SiteSettingsBody) -> Response:
-        apply(cmd.SetSiteMode(body.mode))
+        commands: list[cmd.Command] = []
+        if body.mode is not None:
+            commands.append(cmd.SetSiteMode(body.mode))
+        if "capacity_limit" in body.model_fields_set:
+            commands.append(cmd.SetCapacityLimit(body.capacity_limit))
+        if body.solar is not None:
+            commands.append(cmd.SetSolar(**body.solar.model_dump()))
+        # Fuses go in as few SetFuses as they fit (MAINS, one circuit, one charger each), so values
+        # that only pass together (a lower MAIN with a lower MAX) are checked together.
+        circuits = list((body.circuits or {}).items())
+        chargers = list((body.chargers or {}).items())
+        for cid, _ in chargers:
+            rt.charger(cid)
+        for i in range(max(len(circuits), len(chargers), 1 if body.mains_limit is not None else 0)):
+            fuse: dict[str, Any] = {"mains": body.mains_limit} if i == 0 else {}
+            if i < len(circuits):
+                fuse.update(circuit=circuits[i][0], circuit_limit=circuits[i][1])
+            if i < len(chargers):
+                fuse.update(charger=chargers[i][0], **chargers[i][1].model_dump())
+            commands.append(cmd.SetFuses(**fuse))
+        apply(commands)
         return await get_settings()
 
     @r.put(

@@ -85,7 +85,8 @@ _SETTING_KEYS = (
 # Applied commands kept for `recent_commands` (the native API's `GET /api/commands`).
 RECENT_COMMANDS = 200
 # Site settings that hold fuses changed at run time: restored through their validating setters.
-_FUSE_KEYS = ("mains_limit", "max_current", "circuit_limits")
+_FUSE_KEYS = ("mains_limit", "max_current", "circuit_limits", "charger_min_current", "priority")
+_RESTORE_ORDER = {"min_current": 0, "charger_min_current": 2}
 
 
 class Clock(Protocol):
@@ -245,7 +246,8 @@ class Runtime:
         site = store.get_setting("site")
         if isinstance(site, dict):
             # One setting at a time, as for chargers: a stale one is dropped alone.
-            for key, value in site.items():
+            # The site-wide MIN before the chargers' own; MAX before MIN (as they were set).
+            for key, value in sorted(site.items(), key=lambda kv: _RESTORE_ORDER.get(kv[0], 1)):
                 with contextlib.suppress(CommandError, TypeError, ValueError):
                     if key == "mode":
                         self.set_site_mode(value)
@@ -762,10 +764,12 @@ class Runtime:
                 value = self._check_min_current(amps)
                 for cid in self.engine.chargers:
                     configs[cid] = replace(config(cid), min_current=value)
-            case cmd.SetFuses(charger=cid, max_current=max_current):
+            case cmd.SetFuses(charger=cid, max_current=max_current, min_current=min_current):
                 self.set_fuses(**self._fuses(c), dry_run=True)
                 if cid is not None and max_current is not None:
                     configs[cid] = replace(config(cid), max_current=float(max_current))
+                if cid is not None and min_current is not None:
+                    configs[cid] = replace(config(cid), min_current=float(min_current))
             case cmd.SetSiteCap(source=source, amps=amps):
                 if source not in cmd.SITE_CAP_SOURCES:
                     raise CommandError(
@@ -793,6 +797,10 @@ class Runtime:
             fuses["circuit"] = (c.circuit, c.circuit_limit)
         if c.charger is not None and c.max_current is not None:
             fuses["charger"] = (c.charger, c.max_current)
+        if c.charger is not None and c.min_current is not None:
+            fuses["charger_min"] = (c.charger, c.min_current)
+        if c.charger is not None and c.priority is not None:
+            fuses["priority"] = (c.charger, c.priority)
         return fuses
 
     def _apply(self, c: cmd.Command, now: float, touched: dict[str, Charger]) -> None:
@@ -866,7 +874,8 @@ class Runtime:
         value = self._check_min_current(amps)
         for ch in self.engine.chargers.values():
             ch.config = replace(ch.config, min_current=value)
-        self._save_site(min_current=value)
+        # The chargers' own MINs are replaced: a restart must not bring them back.
+        self._save_site(min_current=value, charger_min_current=None)
         self.recompute()
 
     def set_site_mode(self, mode: str) -> None:
@@ -898,13 +907,16 @@ class Runtime:
         circuit: tuple[str, float] | None = None,
         charger: tuple[str, float] | None = None,
         dry_run: bool = False,
+        charger_min: tuple[str, float] | None = None,
+        priority: tuple[str, int] | None = None,
     ) -> None:
-        """Set MAINS, a circuit's limit and a charger's MAX (A per phase) together, or none of them.
+        """Set MAINS, a circuit's limit, a charger's MAX, MIN (A per phase) and priority together, or none.
 
         Each must be in the config file's range; MAX not below the charger's MIN, user limit or
         override (as MIN is refused above MAX); and the result must pass the config's own checks,
         the fallback rule included. A refusal names the setting(s) (`mains_limit`, `circuit_limit`,
-        `max_current`; comma-separated when only the combination fails) and changes nothing.
+        `max_current`, `min_current`, `priority`; comma-separated when only the combination fails)
+        and changes nothing.
         """
         site = self.engine.site
         limits = {c.name: c.limit for c in site.circuits}
@@ -919,15 +931,28 @@ class Runtime:
             self.circuit_limit(name)
             limits[name] = check_range("circuit_limit", amps, *field_bounds(CircuitModel, "limit"), " A")
             fields.append("circuit_limit")
+        if charger_min is not None:
+            cid, amps = charger_min
+            self.charger(cid)
+            low = check_range("min_current", amps, *field_bounds(ChargerModel, "min_current"), " A")
+            currents[cid] = (low, currents[cid][1])
+            fields.append("min_current")
+        if priority is not None:
+            cid, rank = priority
+            self.charger(cid)
+            if isinstance(rank, bool) or not isinstance(rank, int):
+                raise CommandError("priority", "must be a whole number")
+            check_range("priority", rank, *field_bounds(ChargerModel, "priority"))
         if charger is not None:
             cid, amps = charger
             ch = self.charger(cid)
             value = check_range("max_current", amps, *field_bounds(ChargerModel, "max_current"), " A")
-            below = (("MIN", ch.config.min_current), ("user limit", ch.user_limit), ("override", ch.override))
+            new_min = currents[cid][0]
+            below = (("MIN", new_min), ("user limit", ch.user_limit), ("override", ch.override))
             for what, limit in below:
                 if limit is not None and value < limit:
                     raise CommandError("max_current", f"{value:g} A is below {cid}'s {what} ({limit:g} A)")
-            currents[cid] = (ch.config.min_current, value)
+            currents[cid] = (new_min, value)
             fields.append("max_current")
         try:
             checked = with_fuses(self.config, site.mains_limit if mains is None else mains, limits, currents)
@@ -953,6 +978,15 @@ class Runtime:
             max_power = max_current * NOMINAL_VOLTAGE * ch.config.phases
             self.ev_meters[cid].max_power_w = max_power * EV_POWER_MARGIN
             self._save_site(max_current={cid: max_current})
+        if charger_min is not None:
+            cid = charger_min[0]
+            low = currents[cid][0]
+            chargers[cid].config = replace(chargers[cid].config, min_current=low)
+            self._save_site(charger_min_current={cid: low})
+        if priority is not None:
+            cid, rank = priority
+            chargers[cid].config = replace(chargers[cid].config, priority=rank)
+            self._save_site(priority={cid: rank})
         self.recompute()
 
     def set_mains_limit(self, amps: float) -> None:
@@ -977,6 +1011,10 @@ class Runtime:
             with contextlib.suppress(CommandError, TypeError, ValueError):
                 if key == "max_current":
                     self.set_max_current(name, amps)
+                elif key == "charger_min_current":
+                    self.set_fuses(charger_min=(name, amps))
+                elif key == "priority":
+                    self.set_fuses(priority=(name, amps))
                 else:
                     self.set_circuit_limit(name, amps)
 

@@ -413,7 +413,7 @@ class SetMinCurrent:
 
 @dataclass(frozen=True, slots=True)
 class SetFuses:
-    """MAINS, one circuit's limit and one charger's MAX (A per phase) together, or none of them."""
+    """MAINS, one circuit's limit and one charger's MAX, MIN (A per phase) and priority together, or none."""
 
     kind: ClassVar[CommandKind] = CommandKind.SET_FUSES
     mains: float | None = None
@@ -421,6 +421,8 @@ class SetFuses:
     circuit_limit: float | None = None
     charger: str | None = None
     max_current: float | None = None
+    min_current: float | None = None
+    priority: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
