@@ -13,7 +13,9 @@ const STATE_WORDS = {
 };
 const COLORS = ["#1d5fd6", "#e0892a", "#2e7d32", "#8e24aa", "#c62828", "#00838f", "#6d4c41", "#546e7a"];
 
-const state = { site: null, settings: null, chargers: {}, everConnected: false, ws: null };
+const ROLES = ["viewer", "operator", "admin"];
+
+const state = { site: null, settings: null, chargers: {}, everConnected: false, ws: null, live: false, historyDay: null };
 const $ = (sel, root = document) => root.querySelector(sel);
 const num = (x, d = 1) => (x === null || x === undefined || Number.isNaN(x)) ? "–" : Number(x).toFixed(d);
 const watts = (w) => (w === null || w === undefined) ? "–" : Math.abs(w) >= 1000 ? `${num(w / 1000, 2)} kW` : `${num(w, 0)} W`;
@@ -44,15 +46,22 @@ function dur(s) {
 // as `Authorization: Bearer` and to the socket as the subprotocol "bearer.<token>" (a browser
 // cannot set headers on a WebSocket).
 let token = sessionStorage.getItem("evpilot.token");
+// The role the login answered with; null without auth (then everything shows). It only decides
+// which controls show: the server checks every request itself.
+let role = sessionStorage.getItem("evpilot.role");
+const may = (need) => role === null || ROLES.indexOf(role) >= ROLES.indexOf(need);
+// No browser credentials: a 401 (it challenges for HTTP basic) must come back to the page, which
+// shows its own form, rather than make the browser wait on its password dialog.
 async function api(method, path, body) {
-  const init = { method, headers: {} };
+  const init = { method, headers: {}, credentials: "omit" };
   if (token) init.headers.authorization = `Bearer ${token}`;
   if (body !== undefined) { init.headers["content-type"] = "application/json"; init.body = JSON.stringify(body); }
   const r = await fetch(path, init);
   const text = await r.text();
   let doc = null;
   try { doc = text ? JSON.parse(text) : null; } catch { doc = null; }
-  if (!r.ok) throw new Error((doc && doc.detail) || `${r.status} ${r.statusText}`);
+  if (r.status === 401 && path !== "/api/login") needLogin(token ? "your login has ended: log in again" : "");
+  if (!r.ok) throw Object.assign(new Error((doc && doc.detail) || `${r.status} ${r.statusText}`), { status: r.status });
   return doc;
 }
 
@@ -193,7 +202,7 @@ function chargerCard(c) {
         ["Mode · phases", "mode"], ["Session", "session"], ["Caps", "caps"], ["Errors", "errors"]]
         .map(([label, field]) => el("tr", {}, el("td", {}, label), el("td", { "data-field": field }, "")))
     )),
-    el("div", { class: "controls" },
+    el("div", { class: "controls", "data-charger": id },
       el("button", { class: "primary", "data-charger": id, "data-action": "start", onclick: act(() => api("POST", `/api/chargers/${id}/start`)) }, "Start"),
       el("button", { "data-charger": id, "data-action": "stop", onclick: act(() => api("POST", `/api/chargers/${id}/stop`)) }, "Stop"),
       mode,
@@ -210,6 +219,7 @@ function chargerCard(c) {
 function renderCharger(c) {
   let card = document.getElementById(`c-${c.id}`);
   if (!card) { card = chargerCard(c); $("#chargers").append(card); }
+  $(".controls", card).hidden = !may("operator");
   const pill = $('[data-field="state"]', card);
   pill.className = `pill ${c.work_state.replace("charger_", "")}`;
   setText(card, "state", STATE_WORDS[c.work_state] || c.work_state);
@@ -288,13 +298,21 @@ function drawChart(box, t, series) {
 }
 async function loadHistory() {
   const status = $('[data-field="history-state"]');
+  const day = state.historyDay;
+  // A chosen day runs from its UTC midnight to the next; otherwise the last 24 h on the site's clock.
+  const query = day ? `from=${day}T00:00:00Z&to=${nextDay(day)}T00:00:00Z&step=60` : "step=60";
+  $('[data-field="history-title"]').textContent = day ? `${day} (UTC)` : "Last 24 h";
   try {
-    const h = await api("GET", "/api/history?step=60");
+    const h = await api("GET", `/api/history?${query}`);
+    if (state.historyDay !== day) return; // another day was chosen meanwhile
+    const picker = $('[data-action="history-day"]');
+    if (!day) picker.max = new Date(h.to * 1000).toISOString().slice(0, 10);
     const pick = (re) => Object.fromEntries(Object.entries(h.series).filter(([n]) => re.test(n)));
     drawChart($("#chart-mains"), h.t, pick(/^(mains_l\d|mains_limit)$/));
     drawChart($("#chart-power"), h.t, pick(/^(pv_w|house_w|battery_w|grid_w)$/));
     drawChart($("#chart-chargers"), h.t, pick(/^charger:.*:(current|available)$/));
     status.textContent = `${h.t.length} steps of ${h.step} s`;
+    $("#charts").dataset.window = `${h.from}-${h.to}`;
   } catch (e) {
     status.textContent = `history unavailable: ${e.message}`;
   }
@@ -321,17 +339,20 @@ async function loadSessions() {
   const err = $('[data-field="sessions-error"]');
   $('[data-field="sessions-csv"]').setAttribute("href", `/api/sessions.csv?${q}`);
   try {
-    const [rows, totals] = await Promise.all([
+    const [rows, totals, months] = await Promise.all([
       api("GET", `/api/sessions?limit=200&${q}`),
       api("GET", `/api/sessions/totals?by=day&${q}`),
+      api("GET", `/api/sessions/totals?by=month&${q}`),
     ]);
     err.textContent = "";
     const iso = (t) => new Date(t * 1000).toISOString().slice(0, 16).replace("T", " ");
     $('[data-field="sessions"]').replaceChildren(...rows.map((r) => el("tr", { "data-session": r.id },
       el("td", {}, iso(r.started_at)), el("td", {}, r.charger_id), el("td", {}, r.id_tag || "–"),
       el("td", {}, dur(r.ended_at - r.started_at)), el("td", {}, num(r.energy_kwh, 2)), el("td", {}, r.stop_reason))));
-    $('[data-field="totals"]').replaceChildren(...totals.totals.map((t) => el("tr", {},
-      el("td", {}, t.period), el("td", {}, String(t.sessions)), el("td", {}, num(t.energy_kwh, 2)))));
+    for (const [field, doc] of [["totals", totals], ["totals-month", months]]) {
+      $(`[data-field="${field}"]`).replaceChildren(...doc.totals.map((t) => el("tr", { "data-period": t.period },
+        el("td", {}, t.period), el("td", {}, String(t.sessions)), el("td", {}, num(t.energy_kwh, 2)))));
+    }
   } catch (e) {
     err.textContent = e.message;
   }
@@ -350,7 +371,7 @@ async function refused() {
   // Is the socket refused for want of a login? A read with the same credentials answers 401 then
   // (with auth off, or a server that is only restarting, it does not).
   try {
-    const r = await fetch("/api/site", { headers: token ? { authorization: `Bearer ${token}` } : {} });
+    const r = await fetch("/api/site", { headers: token ? { authorization: `Bearer ${token}` } : {}, credentials: "omit" });
     return r.status === 401;
   } catch { return false; }
 }
@@ -364,9 +385,7 @@ function connect() {
     if (state.ws !== ws) return;
     setConn("connection lost, reconnecting…", "lost");
     if (!opened && await refused()) {
-      sessionStorage.removeItem("evpilot.token"); token = null;
-      setConn("log in to see the site", "lost");
-      $("#login").hidden = false;
+      needLogin("");
       return;
     }
     setTimeout(connect, 1000);
@@ -379,12 +398,151 @@ function connect() {
   };
 }
 async function loadSettings() {
-  try { state.settings = await api("GET", "/api/settings"); renderSite(); } catch { /* shown as missing circuits */ }
+  try { state.settings = await api("GET", "/api/settings"); renderSite(); renderSettings(); } catch { /* shown as missing circuits */ }
+}
+
+// ---- settings (admin) ---------------------------------------------------------------------------
+
+const settingsForm = $("#settings-form");
+const setting = (name, root = settingsForm) => root.querySelector(`[data-setting="${name}"]`);
+const numberOf = (input) => (input.value.trim() === "" ? null : Number(input.value));
+function renderSettings(force = false) {
+  const s = state.settings;
+  if (!s || (settingsForm.dataset.dirty && !force)) return; // never overwrite what is being edited
+  delete settingsForm.dataset.dirty;
+  const mode = setting("mode");
+  if (!mode.options.length) mode.append(...MODES.map((m) => el("option", { value: m }, m)));
+  mode.value = s.mode;
+  setting("mains_limit").value = String(s.mains_limit);
+  setting("capacity_limit").value = s.capacity_limit === null ? "" : String(s.capacity_limit);
+  for (const k of ["start_current", "stop_min", "max_import"]) setting(`solar.${k}`).value = String(s.solar[k]);
+  if (s.circuits.length) {
+    $('[data-field="settings-circuits"]').replaceChildren(...s.circuits.map((c) => el("label", {}, c.name,
+      el("input", { type: "number", step: "0.1", "data-setting": "circuit", "data-circuit": c.name, value: String(c.limit) }))));
+  }
+  $('[data-field="settings-chargers"]').replaceChildren(...Object.entries(s.chargers).map(([id, c]) => el("tr", { "data-charger": id },
+    el("td", {}, id),
+    ...[["min_current", "0.1"], ["max_current", "0.1"], ["priority", "1"]].map(([k, step]) => el("td", {},
+      el("input", { type: "number", step, "data-charger": id, "data-setting": k, "aria-label": `${id} ${k}`, value: String(c[k]) }))))));
+}
+function settingsChanges() {
+  // Only what differs from the settings as loaded: the API keeps the rest as it is.
+  const s = state.settings, body = {};
+  const changed = (input, now) => { const v = numberOf(input); return v !== now ? v : undefined; };
+  if (setting("mode").value !== s.mode) body.mode = setting("mode").value;
+  const mains = numberOf(setting("mains_limit"));
+  if (mains !== null && mains !== s.mains_limit) body.mains_limit = mains;
+  const cap = changed(setting("capacity_limit"), s.capacity_limit);
+  if (cap !== undefined) body.capacity_limit = cap;
+  const solar = {};
+  for (const k of ["start_current", "stop_min", "max_import"]) {
+    const v = changed(setting(`solar.${k}`), s.solar[k]);
+    if (v !== undefined) solar[k] = v;
+  }
+  if (Object.keys(solar).length) body.solar = solar;
+  const circuits = {};
+  for (const input of settingsForm.querySelectorAll('[data-setting="circuit"]')) {
+    const c = s.circuits.find((x) => x.name === input.dataset.circuit);
+    const v = c ? changed(input, c.limit) : undefined;
+    if (v !== undefined) circuits[input.dataset.circuit] = v;
+  }
+  if (Object.keys(circuits).length) body.circuits = circuits;
+  const chargers = {};
+  for (const [id, c] of Object.entries(s.chargers)) {
+    const row = {};
+    for (const k of ["min_current", "max_current", "priority"]) {
+      const input = settingsForm.querySelector(`[data-charger="${CSS.escape(id)}"][data-setting="${k}"]`);
+      const v = input ? changed(input, c[k]) : undefined;
+      if (v !== undefined) row[k] = v;
+    }
+    if (Object.keys(row).length) chargers[id] = row;
+  }
+  if (Object.keys(chargers).length) body.chargers = chargers;
+  return body;
+}
+settingsForm.addEventListener("input", () => { settingsForm.dataset.dirty = "1"; });
+settingsForm.addEventListener("reset", (e) => { e.preventDefault(); $('[data-field="settings-error"]').textContent = ""; renderSettings(true); });
+settingsForm.addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const err = $('[data-field="settings-error"]'), status = $('[data-field="settings-state"]');
+  err.textContent = ""; status.textContent = "";
+  const body = settingsChanges();
+  if (!Object.keys(body).length) { status.textContent = "nothing changed"; return; }
+  try {
+    state.settings = await api("PUT", "/api/settings", body);
+    renderSettings(true);
+    renderSite();
+    status.textContent = `saved: ${Object.keys(body).join(", ")}`;
+  } catch (x) {
+    err.textContent = x.message; // the API's refusal; it changed none of them
+  }
+});
+
+// ---- login --------------------------------------------------------------------------------------
+
+function applyRole() {
+  document.body.dataset.role = role || "admin";
+  $("#settings").hidden = !may("admin");
+  for (const controls of document.querySelectorAll("#chargers .controls")) controls.hidden = !may("operator");
+  $("#user").hidden = !token;
+  setText($("#user"), "user", token ? `${sessionStorage.getItem("evpilot.user") || ""} (${role})` : "");
+}
+function needLogin(message) {
+  if (!state.live && !$("#login").hidden) return;
+  token = null; role = null; state.live = false; state.everConnected = false;
+  for (const k of ["token", "role", "user"]) sessionStorage.removeItem(`evpilot.${k}`);
+  const ws = state.ws;
+  state.ws = null;
+  if (ws) ws.close();
+  state.chargers = {};
+  $("#chargers").replaceChildren();
+  $("main").hidden = true;
+  $("#user").hidden = true;
+  $("#login").hidden = false;
+  $('[data-field="login-error"]').textContent = message;
+  setConn("log in to see the site", "lost");
+  $("#login-name").focus();
+}
+$("#login").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const form = e.target, err = $('[data-field="login-error"]');
+  err.textContent = "";
+  try {
+    const doc = await api("POST", "/api/login", { name: form.elements.name.value, password: form.elements.password.value });
+    token = doc.token; role = doc.role;
+    sessionStorage.setItem("evpilot.token", token);
+    sessionStorage.setItem("evpilot.role", role);
+    sessionStorage.setItem("evpilot.user", form.elements.name.value);
+    form.reset();
+    start();
+  } catch (x) {
+    err.textContent = x.message;
+  }
+});
+$('[data-action="logout"]').addEventListener("click", async () => {
+  try { await api("POST", "/api/logout"); } catch { /* the session is forgotten here either way */ }
+  needLogin("logged out");
+});
+
+// ---- start --------------------------------------------------------------------------------------
+
+async function start() {
+  // Without auth the settings answer at once; with auth a missing or lapsed login answers 401
+  // (api() then shows the login form).
+  try { state.settings = await api("GET", "/api/settings"); } catch (e) { if (e.status === 401) return; }
+  state.live = true;
+  $("#login").hidden = true;
+  $("main").hidden = false;
+  applyRole();
+  renderSettings(true);
+  renderSite();
+  connect();
+  loadSessions();
+  loadHistory();
 }
 $("#session-filters").addEventListener("submit", (e) => { e.preventDefault(); loadSessions(); });
-await loadSettings();
-connect();
-loadSessions();
-loadHistory();
-setInterval(loadHistory, 60_000);
-setInterval(loadSettings, 60_000);
+$('[data-action="history-day"]').addEventListener("change", (e) => { state.historyDay = e.target.value || null; loadHistory(); });
+$('[data-action="history-last24"]').addEventListener("click", () => { $('[data-action="history-day"]').value = ""; state.historyDay = null; loadHistory(); });
+start();
+setInterval(() => { if (state.live) loadHistory(); }, 60_000);
+setInterval(() => { if (state.live) loadSettings(); }, 60_000);
