@@ -315,6 +315,13 @@ async def test_login_keeps_a_session_token_and_the_role_decides_the_controls(
         await expect(card.locator('[data-action="mode"]')).to_be_hidden()
         await expect(page.locator("#settings")).to_be_hidden()
         await expect(page.locator('[data-field="user"]')).to_have_text("viewer (viewer)")
+        # The CSV export goes with the token too (a plain link would meet the password dialog).
+        async with page.expect_download() as download_info:
+            await page.locator('[data-field="sessions-csv"]').click()
+        download = await download_info.value
+        assert download.suggested_filename == "sessions.csv"
+        csv_text = Path(await download.path()).read_text()
+        assert csv_text.startswith("id,charger_id,card,started_at")
         token = await page.evaluate("sessionStorage.getItem('evpilot.token')")
         bearer = {"authorization": f"Bearer {token}"}
         async with httpx.AsyncClient(base_url=base) as anon:

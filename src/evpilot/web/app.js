@@ -541,6 +541,27 @@ async function start() {
   loadHistory();
 }
 $("#session-filters").addEventListener("submit", (e) => { e.preventDefault(); loadSessions(); });
+document.addEventListener("click", async (e) => {
+  // Logged in, the CSV is fetched with the token (a plain link would make the browser ask for a
+  // password) and saved from memory.
+  const link = e.target.closest('a[href^="/api/sessions.csv"]');
+  if (!link || !token) return;
+  e.preventDefault();
+  const err = $('[data-field="sessions-error"]');
+  try {
+    const r = await fetch(link.getAttribute("href"), { headers: { authorization: `Bearer ${token}` }, credentials: "omit" });
+    if (r.status === 401) { needLogin("your login has ended: log in again"); return; }
+    if (!r.ok) throw new Error(`${r.status} ${r.statusText}`);
+    const url = URL.createObjectURL(await r.blob());
+    const save = el("a", { href: url, download: "sessions.csv" });
+    document.body.append(save);
+    save.click();
+    save.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10_000);
+  } catch (x) {
+    err.textContent = `CSV: ${x.message}`;
+  }
+});
 $('[data-action="history-day"]').addEventListener("change", (e) => { state.historyDay = e.target.value || null; loadHistory(); });
 $('[data-action="history-last24"]').addEventListener("click", () => { $('[data-action="history-day"]').value = ""; state.historyDay = null; loadHistory(); });
 start();
