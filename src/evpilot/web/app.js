@@ -177,12 +177,16 @@ function chargerCard(c) {
   const max = c.limits.max_current;
   const slider = el("input", { type: "range", min: "6", max: String(max), step: "0.1", "data-charger": id, "aria-label": "current limit slider" });
   const input = el("input", { type: "number", step: "0.1", "data-charger": id, "data-field": "current-input", "aria-label": "current limit (A)" });
-  slider.addEventListener("input", () => { input.value = slider.value; });
-  input.addEventListener("input", () => { slider.value = input.value; });
-  const setCurrent = act(() => {
+  // An edited value stays until it is sent and taken: a live update arriving between leaving the
+  // input and the click on Set must not put the old value back.
+  const editing = (what) => () => { card.dataset[what] = "1"; };
+  const sent = (what, call) => async () => { const doc = await call(); delete card.dataset[what]; return doc; };
+  slider.addEventListener("input", () => { input.value = slider.value; card.dataset.editCurrent = "1"; });
+  input.addEventListener("input", () => { slider.value = input.value; card.dataset.editCurrent = "1"; });
+  const setCurrent = act(sent("editCurrent", () => {
     const text = input.value.trim();
     return api("PUT", `/api/chargers/${id}/current_limit`, { current: text === "" ? null : Number(text) });
-  });
+  }));
   slider.addEventListener("change", setCurrent);
   input.addEventListener("keydown", (e) => { if (e.key === "Enter") setCurrent(); });
   const phase = el("select", { "data-charger": id, "data-action": "phase_mode", "aria-label": "phase mode" },
@@ -191,7 +195,8 @@ function chargerCard(c) {
   const capKwh = el("input", { type: "number", step: "0.1", min: "0", "data-charger": id, "data-field": "cap-energy", "aria-label": "energy cap (kWh)", placeholder: "kWh" });
   const capMin = el("input", { type: "number", step: "1", min: "0", "data-charger": id, "data-field": "cap-time", "aria-label": "time cap (min)", placeholder: "min" });
   const capValue = (input) => (input.value.trim() === "" ? null : Number(input.value));
-  const setCaps = act(() => api("PUT", `/api/chargers/${id}/caps`, { energy_kwh: capValue(capKwh), time_min: capValue(capMin) }));
+  const setCaps = act(sent("editCaps", () => api("PUT", `/api/chargers/${id}/caps`, { energy_kwh: capValue(capKwh), time_min: capValue(capMin) })));
+  for (const capInput of [capKwh, capMin]) capInput.addEventListener("input", editing("editCaps"));
   const enable = el("input", { type: "checkbox", "data-charger": id, "data-action": "enable" });
   enable.addEventListener("change", act(() => api("PUT", `/api/chargers/${id}/enabled`, { enabled: enable.checked })));
   const card = el("article", { class: "card", id: `c-${id}`, "data-charger": id },
@@ -209,7 +214,7 @@ function chargerCard(c) {
       el("label", {}, enable, " enabled"),
       el("div", { class: "current" }, el("span", {}, "Limit"), slider, input,
         el("button", { "data-charger": id, "data-action": "current", onclick: setCurrent }, "Set"),
-        el("button", { "data-charger": id, "data-action": "current-clear", onclick: act(() => api("PUT", `/api/chargers/${id}/current_limit`, { current: null })) }, "Clear")),
+        el("button", { "data-charger": id, "data-action": "current-clear", onclick: act(sent("editCurrent", () => api("PUT", `/api/chargers/${id}/current_limit`, { current: null }))) }, "Clear")),
       el("div", { class: "current" }, el("span", {}, "Caps"), capKwh, el("span", {}, "kWh"), capMin, el("span", {}, "min"),
         el("button", { "data-charger": id, "data-action": "caps", onclick: setCaps }, "Set")),
       el("label", {}, "phases ", phase)),
@@ -243,11 +248,12 @@ function renderCharger(c) {
   if (document.activeElement !== phase) phase.value = c.phase_mode;
   for (const [field, value] of [["cap-energy", c.caps.energy_kwh], ["cap-time", c.caps.time_min]]) {
     const input = $(`[data-field="${field}"]`, card);
-    if (document.activeElement !== input) input.value = value === null ? "" : String(value);
+    if (document.activeElement !== input && !card.dataset.editCaps) input.value = value === null ? "" : String(value);
   }
   const input = $('[data-field="current-input"]', card);
   const slider = $('input[type="range"]', card);
-  if (document.activeElement !== input && document.activeElement !== slider && !card.dataset.editing) {
+  slider.max = String(c.limits.max_current); // MAX may change in the settings
+  if (document.activeElement !== input && document.activeElement !== slider && !card.dataset.editCurrent) {
     const v = c.limits.user === null ? "" : String(c.limits.user);
     input.value = v;
     slider.value = v === "" ? String(c.limits.max_current) : v;
