@@ -9,6 +9,7 @@ from evpilot.core.access import (
     LOCK_TIMEOUT_S,
     MAX_CARDS,
     Card,
+    LockSetting,
     LockState,
     LockStatus,
     RfidMode,
@@ -21,6 +22,7 @@ from evpilot.core.access import (
     parse_hhmm,
     step_lock,
     tag_status,
+    want_locked,
 )
 from evpilot.core.errors import CommandError
 
@@ -56,9 +58,17 @@ def decide(
     stored: int = 1,
     remote: bool = False,
     now: float = 100.0,
+    enabled: bool | None = None,
 ) -> SwipeAction:
     return decide_swipe(
-        mode, card, "cp1", now, holder=holder, cards_stored=stored, remote_available=remote
+        mode,
+        card,
+        "cp1",
+        now,
+        holder=holder,
+        cards_stored=stored,
+        remote_available=remote,
+        enabled=holder is not None if enabled is None else enabled,
     ).action
 
 
@@ -69,10 +79,34 @@ def test_disabled_refuses_every_card() -> None:
 def test_enable_all_takes_learned_cards_only() -> None:
     assert decide(RfidMode.ENABLE_ALL) is SwipeAction.AUTHORIZE
     assert decide(RfidMode.ENABLE_ALL, None) is SwipeAction.REFUSE
-    # Any learned card disables again while one holds the charger (seed 001: enabling/disabling).
+    # Seed 001 "accept all learned cards for enabling/disabling": any learned card disables an
+    # enabled charger, whichever card (or API) enabled it.
     assert decide(RfidMode.ENABLE_ALL, holder="11223344") is SwipeAction.STOP
     assert decide(RfidMode.ENABLE_ALL, holder=CARD.uid) is SwipeAction.STOP
+    assert decide(RfidMode.ENABLE_ALL, enabled=True) is SwipeAction.STOP
+    assert decide(RfidMode.ENABLE_ALL, holder="11223344", enabled=False) is SwipeAction.AUTHORIZE
     assert decide(RfidMode.ENABLE_ALL, None, holder=CARD.uid) is SwipeAction.REFUSE
+
+
+def test_enable_one_ignores_an_api_authorization_without_a_holder() -> None:
+    assert decide(RfidMode.ENABLE_ONE, enabled=True) is SwipeAction.AUTHORIZE
+
+
+@pytest.mark.parametrize(
+    ("setting", "plugged", "authorized", "charging", "want"),
+    [
+        (LockSetting.AUTO, True, True, False, True),
+        (LockSetting.AUTO, True, False, False, False),
+        (LockSetting.AUTO, False, True, False, False),
+        (LockSetting.ALWAYS, False, False, False, True),
+        (LockSetting.FORCE_UNLOCK, True, True, True, True),
+        (LockSetting.FORCE_UNLOCK, True, True, False, False),
+    ],
+)
+def test_want_locked_per_setting(
+    setting: LockSetting, plugged: bool, authorized: bool, charging: bool, want: bool
+) -> None:
+    assert want_locked(setting, plugged, authorized, charging) is want
 
 
 def test_enable_one_the_holder_stops_others_are_refused() -> None:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from evpilot.api.edge import Problem, Refusal
 from evpilot.api.facade import JsonRoute
+from evpilot.api.native import ORIGIN
 from evpilot.control.access import card_doc
 from evpilot.control.runtime import Runtime
 from evpilot.core.access import Card, normalize_uid
@@ -83,10 +84,12 @@ class SwitchDoc(_Doc):
 
 
 class LockDoc(_Doc):
-    """The cable lock: mode, state (null without a lock) and the last fault."""
+    """The cable lock: mode, setting, state (null without a lock), the feedback and the last fault."""
 
     mode: str
+    setting: str
     state: str | None
+    locked: bool
     fault: str | None
 
 
@@ -169,7 +172,7 @@ def build_router(rt: Runtime) -> APIRouter:
             body.expires_at,
             body.energy_kwh,
         )
-        return _out(card_doc(acc.add_card(card)), 201)
+        return _out(card_doc(acc.learn(card, ORIGIN)), 201)
 
     @r.get("/cards/{uid}", tags=["access"], summary="One learned card", response_model=CardDoc)
     async def get_card(uid: str) -> Response:
@@ -181,13 +184,13 @@ def build_router(rt: Runtime) -> APIRouter:
     @r.delete("/cards/{uid}", tags=["access"], summary="Forget a card", response_model=DeletedDoc)
     async def delete_card(uid: str) -> Response:
         key = normalize_uid(uid)
-        if not acc.delete_card(key):
+        if not acc.forget(key, ORIGIN):
             return Refusal(404, "not_found", [Problem("uid", f"no card {uid!r}")]).response()
         return _out({"deleted": 1})
 
     @r.delete("/cards", tags=["access"], summary="Forget every card", response_model=DeletedDoc)
     async def delete_cards() -> Response:
-        return _out({"deleted": acc.delete_card(None)})
+        return _out({"deleted": acc.forget(None, ORIGIN)})
 
     @r.get(
         "/chargers/{cid}/access",
@@ -205,7 +208,7 @@ def build_router(rt: Runtime) -> APIRouter:
         response_model=SwipeDoc,
     )
     async def swipe(cid: str, body: SwipeBody) -> Response:
-        result = acc.swipe(cid, body.uid)
+        result = acc.swipe(cid, body.uid, ORIGIN)
         doc = {"uid": result.uid, "action": result.action, "access": acc.doc(cid)}
         if result.action == "refuse":
             problem = Problem("uid", result.reason)
@@ -220,7 +223,7 @@ def build_router(rt: Runtime) -> APIRouter:
         response_model=AccessDoc,
     )
     async def put_rfid(cid: str, body: RfidBody) -> Response:
-        acc.set_rfid(cid, body.mode)
+        acc.set_rfid(cid, body.mode, ORIGIN)
         return _out(acc.doc(cid))
 
     @r.put(
@@ -230,7 +233,7 @@ def build_router(rt: Runtime) -> APIRouter:
         response_model=AccessDoc,
     )
     async def put_switch(cid: str, body: SwitchBody) -> Response:
-        acc.set_switch(cid, body.closed)
+        acc.set_switch(cid, body.closed, ORIGIN)
         return _out(acc.doc(cid))
 
     def sim_hw(cid: str) -> Any:

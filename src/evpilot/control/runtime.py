@@ -722,7 +722,7 @@ class Runtime:
         touched: dict[str, Charger] = {}
         for command in batch:
             doc = cmd.to_json(command)
-            self._apply(command, now, touched)
+            self._apply(command, now, touched, origin)
             log.info("command %s origin=%s", doc, origin)
             self.recent_commands.append(
                 {
@@ -783,6 +783,15 @@ class Runtime:
             case cmd.SetSchedule(charger=cid, start_at=start, stop_at=stop, repeat=repeat):
                 cmd.check(c, config(cid))
                 self.check_schedule(start, stop, repeat)
+            case (
+                cmd.Swipe()
+                | cmd.SetRfidMode()
+                | cmd.SetSwitch()
+                | cmd.SetCableLock()
+                | cmd.LearnCard()
+                | cmd.DeleteCards()
+            ):
+                self.access.check(c)
             case _:
                 target = cmd.charger_of(c)
                 assert target is not None
@@ -803,9 +812,18 @@ class Runtime:
             fuses["priority"] = (c.charger, c.priority)
         return fuses
 
-    def _apply(self, c: cmd.Command, now: float, touched: dict[str, Charger]) -> None:
+    def _apply(self, c: cmd.Command, now: float, touched: dict[str, Charger], origin: str) -> None:
         """Apply one checked command (site setters persist and recompute themselves)."""
         match c:
+            case (
+                cmd.Swipe()
+                | cmd.SetRfidMode()
+                | cmd.SetSwitch()
+                | cmd.SetCableLock()
+                | cmd.LearnCard()
+                | cmd.DeleteCards()
+            ):
+                self.access.apply(c, origin)
             case cmd.SetSiteMode(mode=mode):
                 self.set_site_mode(mode)
             case cmd.SetCapacityLimit(amps=amps):

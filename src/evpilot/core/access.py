@@ -51,6 +51,24 @@ class LockMode(StrEnum):
     MOTOR = "motor"
 
 
+class LockSetting(StrEnum):
+    """What the lock is told besides its own rule (Teltonika register 18: 0, 1, 2)."""
+
+    AUTO = "auto"
+    ALWAYS = "always"
+    FORCE_UNLOCK = "force_unlock"
+
+
+def want_locked(setting: LockSetting, plugged: bool, authorized: bool, charging: bool) -> bool:
+    """Whether the lock should be closed: `auto` while a car is plugged in and authorized, `always`
+    at all times, `force_unlock` only while current still flows (it opens once charging stopped)."""
+    if setting is LockSetting.ALWAYS:
+        return True
+    if setting is LockSetting.FORCE_UNLOCK:
+        return charging
+    return plugged and authorized
+
+
 class AuthMethod(StrEnum):
     """How a session was authorized (kept in its record)."""
 
@@ -139,12 +157,15 @@ def decide_swipe(
     holder: str | None,
     cards_stored: int,
     remote_available: bool,
+    enabled: bool = False,
 ) -> SwipeDecision:
     """What a swipe of `card` (None: not learned) does on `charger` in `mode`.
 
-    `holder` is the uid that authorized the running or pending session, if any. In `enable_all` any
-    learned card enables charging and, while one holds it, disables it; in `enable_one` only the card
-    that started a session stops it (and so unlocks the cable), no other card is taken meanwhile.
+    `holder` is the uid that authorized the running or pending session, if any; `enabled` says the
+    charger is authorized now (by whatever means). Seed 001: in `enable_all` every learned card
+    enables and disables the charger, so a swipe while it is enabled stops charging whoever enabled
+    it; in `enable_one` only the card that started a session stops it (and so unlocks the cable), no
+    other card is taken meanwhile.
     """
     if mode is RfidMode.DISABLED:
         return SwipeDecision(SwipeAction.REFUSE, "the RFID reader is disabled (rfid: disabled)")
@@ -169,8 +190,10 @@ def decide_swipe(
     if not card.valid_at(charger, now):
         expired = card.expires_at is not None and now >= card.expires_at
         return SwipeDecision(SwipeAction.REFUSE, "the card expired" if expired else f"not valid on {charger}")
+    if mode is RfidMode.ENABLE_ALL:
+        return SwipeDecision(SwipeAction.STOP if enabled else SwipeAction.AUTHORIZE)
     if holder is not None:
-        if mode is RfidMode.ENABLE_ALL or card.uid == holder:
+        if card.uid == holder:
             return SwipeDecision(SwipeAction.STOP)
         return SwipeDecision(SwipeAction.REFUSE, "another card holds this charger")
     return SwipeDecision(SwipeAction.AUTHORIZE)

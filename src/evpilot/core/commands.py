@@ -65,6 +65,12 @@ class CommandKind(StrEnum):
     SET_FUSES = "set_fuses"
     SET_SITE_CAP = "set_site_cap"
     SET_GRID_RELAY = "set_grid_relay"
+    SWIPE = "swipe"
+    SET_RFID_MODE = "set_rfid_mode"
+    SET_SWITCH = "set_switch"
+    SET_CABLE_LOCK = "set_cable_lock"
+    LEARN_CARD = "learn_card"
+    DELETE_CARDS = "delete_cards"
 
 
 # ---- the rules ------------------------------------------------------------------------------
@@ -443,6 +449,65 @@ class SetGridRelay:
     open: bool
 
 
+# ---- access commands (docs/access.md; applied by the runtime's AccessControl) ---------------
+
+
+@dataclass(frozen=True, slots=True)
+class Swipe:
+    """A card presented to the charger's reader (uid normalised); what it does depends on the RFID mode."""
+
+    kind: ClassVar[CommandKind] = CommandKind.SWIPE
+    charger: str
+    uid: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetRfidMode:
+    """The charger's RFID mode (an operating mode or a learning mode); kept over a restart."""
+
+    kind: ClassVar[CommandKind] = CommandKind.SET_RFID_MODE
+    charger: str
+    mode: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetSwitch:
+    """The switch input's contact closed (True) or open (False)."""
+
+    kind: ClassVar[CommandKind] = CommandKind.SET_SWITCH
+    charger: str
+    closed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SetCableLock:
+    """What the cable lock is told: `auto`, `always` or `force_unlock` (Teltonika register 18)."""
+
+    kind: ClassVar[CommandKind] = CommandKind.SET_CABLE_LOCK
+    charger: str
+    setting: str
+
+
+@dataclass(frozen=True, slots=True)
+class LearnCard:
+    """Learn (or replace) a card with its optional name, chargers, expiry and energy cap."""
+
+    kind: ClassVar[CommandKind] = CommandKind.LEARN_CARD
+    uid: str
+    name: str = ""
+    chargers: tuple[str, ...] = ()
+    expires_at: float | None = None
+    energy_kwh: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteCards:
+    """Forget one card (`uid`) or every card (None)."""
+
+    kind: ClassVar[CommandKind] = CommandKind.DELETE_CARDS
+    uid: str | None = None
+
+
 ChargerCommand = (
     SetEnabled
     | SetAvailable
@@ -475,7 +540,8 @@ SiteCommand = (
     | SetSiteCap
     | SetGridRelay
 )
-Command = ChargerCommand | SiteCommand
+AccessCommand = Swipe | SetRfidMode | SetSwitch | SetCableLock | LearnCard | DeleteCards
+Command = ChargerCommand | SiteCommand | AccessCommand
 
 COMMAND_TYPES: dict[CommandKind, type[Any]] = {
     t.kind: t
@@ -508,6 +574,12 @@ COMMAND_TYPES: dict[CommandKind, type[Any]] = {
         SetFuses,
         SetSiteCap,
         SetGridRelay,
+        Swipe,
+        SetRfidMode,
+        SetSwitch,
+        SetCableLock,
+        LearnCard,
+        DeleteCards,
     )
 }
 

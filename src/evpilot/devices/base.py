@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from evpilot.core.charger import PilotOutput, PilotReading
 from evpilot.core.site import Reading
@@ -103,3 +103,11 @@ class LockActuator(Protocol):
 
     def sensed(self) -> bool | None:
         """The feedback: locked (True), unlocked (False), or not known (None)."""
+
+
+@runtime_checkable
+class LockingLink(Protocol):
+    """A charger driver whose device has a cable lock it lets evpilot drive."""
+
+    def lock_actuator(self) -> LockActuator | None:
+        """The device's lock as an actuator (None when this device has none to drive)."""
