@@ -14,13 +14,22 @@ from pymodbus.client import AsyncModbusTcpClient, ModbusTcpClient
 
 from evpilot import __version__
 from evpilot.control.runtime import Runtime
+from evpilot.sim.ev import CarSpec
 from tests.helpers import evpilot_process, free_port, make_config, serve
 from tests.integration.modbus_helpers import FreezableClock, client, rtu_line
 
 UNITS = {"cp1": 3, "cp2": 5}
 CHARGERS = [
-    # 3-phase, its L1 on mains L2, with a second contactor (can switch to 1 phase).
-    {"id": "cp1", "phases": 3, "phase_rotation": "L2L3L1", "contactor2": "auto", "max_current": 32},
+    # 3-phase, its L1 on mains L2, with a second contactor (can switch to 1 phase) and a cable lock.
+    {
+        "id": "cp1",
+        "phases": 3,
+        "phase_rotation": "L2L3L1",
+        "contactor2": "auto",
+        "max_current": 32,
+        "fixed_cable": False,
+        "lock": "solenoid",
+    },
     # 1-phase on mains L3.
     {"id": "cp2", "phases": 1, "phase": 3, "max_current": 16},
 ]
@@ -102,14 +111,14 @@ def check_registers(rt: Runtime, cid: str, regs: list[int]) -> None:
         assert regs[6] == STATUS_C
         assert regs[27] == CP_CHARGING
         assert regs[33] == IEC_C2
-        assert regs[30] == 1  # plugged, auto lock
+        assert regs[30] == 1  # plugged and authorized: the lock closed (its feedback)
         assert regs[17] == 1  # authorized
     else:
         assert session is None
         assert regs[6] == STATUS_A
         assert regs[27] == CP_NO_EV
         assert regs[33] == IEC_A
-        assert regs[30] == 0
+        assert regs[30] == 0  # no lock
         assert regs[17] == 0
     status_time = regs[7] | regs[8] << 16
     assert 0 <= status_time <= (now - rt.started_at) + 1
@@ -200,9 +209,9 @@ async def test_every_writable_register_writes(kind: str) -> None:
         regs = await write(17, 1)
         assert ch.authorized and regs[17] == 1
         regs = await write(18, 2)
-        assert regs[18] == 2 and regs[30] == 0  # forced unlock
+        assert regs[18] == 2 and rt.access.of("cp1").lock_setting.value == "force_unlock"
         regs = await write(18, 1)
-        assert regs[30] == 1
+        assert regs[18] == 1 and rt.access.of("cp1").lock_setting.value == "always"
         regs = await write(19, 120)
         assert regs[19] == 120
         regs = await write(20, 0)
@@ -221,6 +230,55 @@ async def test_every_writable_register_writes(kind: str) -> None:
         assert regs[14] == 2
         regs = await write(15, 8, unit=5)
         assert rt.charger("cp2").leases["modbus"].value == 8 and "modbus" in ch.leases
+
+
+async def registers_until(c: Any, check: Any, what: str) -> list[int]:
+    """Read unit 3 until `check(registers)` holds (fails after 10 s of real time)."""
+    regs: list[int] = []
+    for _ in range(500):
+        regs = await read_all(c, 3)
+        if check(regs):
+            return regs
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{what}: registers 18, 30 are {regs[18]}, {regs[30]}")
+
+
+async def test_register_18_drives_the_cable_lock_and_30_reports_it() -> None:
+    async with running("tcp") as (rt, clock, c):
+        ch = rt.charger("cp1")
+        hw = rt.access.of("cp1").actuator
+        assert hw is not None
+        regs = await read_all(c, 3)
+        assert regs[18] == 0 and regs[30] == 1 and hw.position is True  # auto: locked while charging
+        clock.run(20)
+        # Force unlock: charging is held at 0 A, then the lock opens once no current flows.
+        assert not (await c.write_register(18, 2, device_id=3)).isError()
+        regs = await registers_until(c, lambda r: r[30] == 0, "forced unlock")
+        assert regs[18] == 2 and not ch.contactor and hw.position is False
+        assert rt.charger_doc("cp1")["limit_source"] == "lock"
+        assert rt.access.of("cp1").lock.state.value == "unlocked"
+        assert {
+            "origin": "modbus:teltonika",
+            "command": "set_cable_lock",
+            "fields": {"charger": "cp1", "setting": "force_unlock"},
+        }.items() <= next(d for d in rt.recent_commands if d["command"] == "set_cable_lock").items()
+        # The socket is free: the setting goes back to auto.
+        rt.sim_unplug("cp1")
+        await registers_until(c, lambda r: r[18] == 0 and r[30] == 0, "back to auto once unplugged")
+        # Always lock: locked with no car at all; auto again: open.
+        assert not (await c.write_register(18, 1, device_id=3)).isError()
+        await registers_until(c, lambda r: r[18] == 1 and r[30] == 1, "always locked")
+        assert hw.position is True and not ch.plugged
+        assert not (await c.write_register(18, 0, device_id=3)).isError()
+        await registers_until(c, lambda r: r[18] == 0 and r[30] == 0, "auto with no car: open")
+        # Auto with a car: locked again, and charging only once locked.
+        rt.sim_plug("cp1", CarSpec())
+        await registers_until(c, lambda r: r[30] == 1 and r[6] == STATUS_C, "locked and charging")
+        # A jammed lock opened while charging: the fault stops charging and 30 shows it open.
+        hw.jammed = True
+        hw.position = False
+        regs = await registers_until(c, lambda r: r[30] == 0 and r[6] != STATUS_C, "lock fault")
+        assert rt.access.of("cp1").lock.fault == "lock opened while locked"
 
 
 def state_of(rt: Runtime) -> dict[str, Any]:

@@ -4,6 +4,8 @@ Writes go to the core as commands: amps to use (15) is the lease `modbus`, which
 while the watchdog has tripped the lease `modbus_failsafe` holds the charger at the failsafe
 current (20; 0 stops it) until a valid request arrives. Timeouts count in the runtime's clock.
 Phases are mains phases: register 14's value is mapped through the charger's phase rotation.
+Lock/unlock socket (18) drives the charger's cable lock (`set_cable_lock`); lock status (30) is the
+lock actuator's feedback.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from evpilot.api.teltonika.vocab import ChargePointState as Cp
 from evpilot.api.teltonika.vocab import EvseStatus as St
 from evpilot.control.runtime import Runtime
 from evpilot.core import commands as cmd
+from evpilot.core.access import LockSetting
 from evpilot.core.charger import Charger, WorkState
 from evpilot.core.iec61851 import PilotState
 
@@ -30,10 +33,12 @@ log = logging.getLogger("evpilot.modbus")
 LEASE = "modbus"
 FAILSAFE_LEASE = "modbus_failsafe"
 _CENTI_KWH = 100.0
-# Settings a primary writes that are kept over a restart (register -> field), under `modbus:<charger>`.
-KEPT = {18: "lock", 19: "timeout_s", 20: "failsafe_a"}
+# Settings a primary writes that are kept over a restart (register -> field), under `modbus:<charger>`;
+# the lock setting (18) is kept with the charger's other access settings.
+KEPT = {19: "timeout_s", 20: "failsafe_a"}
 _KEY = "modbus:"
-LOCK_FORCE_UNLOCK = 2
+# Register 18's values: 0 auto lock, 1 always lock, 2 force unlock (until the socket is free).
+LOCK_SETTINGS = (LockSetting.AUTO, LockSetting.ALWAYS, LockSetting.FORCE_UNLOCK)
 
 ORIGIN = "modbus:teltonika"
 
@@ -44,7 +49,6 @@ class UnitState:
 
     timeout_s: int = vocab.DEFAULT_TIMEOUT_S
     failsafe_a: int = vocab.DEFAULT_FAILSAFE_A
-    lock: int = 0
     stop_request: int = 0
     last_valid: float = 0.0
     tripped: bool = False
@@ -65,7 +69,7 @@ class TeltonikaMap:
             self._restore(cid, unit)
 
     def _restore(self, cid: str, unit: UnitState) -> None:
-        """The kept settings (18-20) as stored, each dropped alone if no longer valid; a failsafe
+        """The kept settings (19, 20) as stored, each dropped alone if no longer valid; a failsafe
         lease kept over a restart stays until valid communication returns."""
         unit.tripped = FAILSAFE_LEASE in self.rt.charger(cid).leases
         saved = self.rt.store.get_setting(_KEY + cid) if self.rt.store is not None else None
@@ -115,7 +119,7 @@ class TeltonikaMap:
             if flag in ch.errors:
                 errors |= 1 << bit
         plugged = ch.plugged
-        locked = unit.lock == 1 or (plugged and unit.lock == 0)
+        access = rt.access
         regs = [
             *(vocab.int16(v) for v in volts),
             *(vocab.int16(a * 10) for a in amps),
@@ -130,7 +134,7 @@ class TeltonikaMap:
             vocab.uint16(lease.value if lease is not None else amp_limit),
             unit.stop_request,
             1 if ch.authorized and plugged else 0,
-            unit.lock,
+            LOCK_SETTINGS.index(access.of(cid).lock_setting),
             unit.timeout_s,
             unit.failsafe_a,
             0,
@@ -141,7 +145,7 @@ class TeltonikaMap:
             int(charge_point_state(ch)),
             vocab.uint16(rt.engine.site.mains_limit),
             vocab.uint16(ch.user_limit if ch.user_limit is not None else cfg.max_current),
-            1 if locked else 0,
+            1 if access.locked(cid) else 0,
             vocab.int16(ch.temperature * 10),
             0,
             vocab.IEC_STATE[ch.pilot],
@@ -159,8 +163,6 @@ class TeltonikaMap:
     def _status(self, cid: str, ch: Charger, now: float) -> St:
         status = evse_status(ch)
         unit = self.units[cid]
-        if unit.lock == LOCK_FORCE_UNLOCK and status is St.A:
-            unit.lock = 0  # a forced unlock lasts until the socket is free (state A)
         if status != unit.status:
             unit.status, unit.status_since = status, now
         return status
@@ -190,15 +192,13 @@ class TeltonikaMap:
             self.rt.apply(actions, ORIGIN)
         if 16 in settings:
             unit.stop_request = settings[16]
-        if 18 in settings:
-            unit.lock = settings[18]
         if 19 in settings:
             unit.timeout_s = settings[19]
         if 20 in settings:
             unit.failsafe_a = settings[20]
         if settings.get(21) == 1:
             self._reboot(cid, unit)
-        if settings.keys() & {18, 19, 20, 21}:
+        if settings.keys() & {19, 20, 21}:
             self._save(cid)
 
     def _commands(self, ch: Charger, addr: int, value: int) -> list[cmd.Command]:
@@ -213,6 +213,8 @@ class TeltonikaMap:
             return [cmd.Stop(cid) if value == 1 else cmd.Start(cid)]
         if addr == 17 and value == 1:
             return [cmd.Authorize(cid)]
+        if addr == 18:
+            return [cmd.SetCableLock(cid, LOCK_SETTINGS[value].value)]
         if addr == 21 and value == 1:
             return restart(cid)
         return []
@@ -242,7 +244,14 @@ class TeltonikaMap:
         """The charger's state machine restarts: the primary's settings are back at their defaults."""
         fresh = UnitState(last_valid=unit.last_valid, status_since=self.rt.clock.now())
         self.units[cid] = fresh
-        self.rt.apply([cmd.SetLease(cid, LEASE, None), cmd.SetLease(cid, FAILSAFE_LEASE, None)], ORIGIN)
+        self.rt.apply(
+            [
+                cmd.SetLease(cid, LEASE, None),
+                cmd.SetLease(cid, FAILSAFE_LEASE, None),
+                cmd.SetCableLock(cid, LockSetting.AUTO.value),
+            ],
+            ORIGIN,
+        )
         log.info("%s: restarted by a Modbus request", cid)
 
     # ---- the watchdog ---------------------------------------------------------------------
