@@ -601,9 +601,16 @@ class ChargerModel(_Model):
             raise KeyedError(
                 "lock", f"charger {self.id!r}: a cable lock is for a socket charger (fixed_cable: false)"
             )
-        if self.lock != "disabled" and self.driver != "sim":
+        teltonika = isinstance(self.driver, ModbusChargerModel) and self.driver.map == "teltonika"
+        if self.lock != "disabled" and self.driver != "sim" and not teltonika:
+            name: str = self.driver if isinstance(self.driver, str) else self.driver.type
+            if isinstance(self.driver, ModbusChargerModel):
+                name = f"modbus with map {self.driver.map}"
             raise KeyedError(
-                "lock", f"charger {self.id!r}: only the simulated pilot (driver: sim) has a lock actuator"
+                "lock",
+                f"charger {self.id!r}: driver {name} has no cable lock evpilot can drive; a lock works with"
+                " driver: sim (the simulator's actuator) or {type: modbus, map: teltonika} (its lock"
+                " register 18)",
             )
         return self
 

@@ -19,12 +19,12 @@ from tests.helpers import free_port, make_config, serve
 from tests.integration.modbus_helpers import client, rtu_line
 
 
-def secondary_config(modbus: dict[str, Any], map_: str = "teltonika") -> Any:
+def secondary_config(modbus: dict[str, Any], map_: str = "teltonika", **charger: Any) -> Any:
     """One charger with a simulated car, a roomy mains, its Modbus server as given."""
     return make_config(
         {
             "site": {"mains_limit": 63, "ramp_step": 32},
-            "chargers": [{"id": "cp1", "max_current": 32}],
+            "chargers": [{"id": "cp1", "max_current": 32, **charger}],
             "sim": {
                 "cars": [{"charger": "cp1", "max_current": 16}],
                 "house_base": [0, 0, 0],
@@ -234,3 +234,30 @@ def test_whole_amps() -> None:
         0,
     ]
     assert whole_amps(20, 16) == 16
+
+
+async def test_the_primary_drives_a_teltonika_secondarys_cable_lock() -> None:
+    port = free_port()
+    driver = {"host": "127.0.0.1", "port": port, "unit": 1, "poll_s": 0.2, "watchdog_s": 10}
+    async with (
+        serve(secondary_config({"port": port}, fixed_cable=False, lock="solenoid")) as (_, sec),
+        serve(primary_config(driver, fixed_cable=False, lock="motor")) as (_, pri),
+        mains_meter(pri, sec),
+    ):
+        far, hw = pri.access.of("far"), sec.access.of("cp1")
+        assert hw.actuator is not None and far.actuator is not None
+        # The car is in: the primary locks the socket (always lock, 18 = 1) and charges once 30 says so.
+        await until(lambda: far.lock.state.value == "locked", why=lambda: (far.lock, hw.lock_setting))
+        assert hw.lock_setting.value == "always" and hw.sensed is True
+        await until(lambda: max(sec.charger("cp1").currents) >= 6, 800)
+        # Unplugged: the primary unlocks (force unlock, 18 = 2); the secondary opens, then back to auto.
+        sec.sim_unplug("cp1")
+        await until(lambda: far.lock.state.value == "unlocked", why=lambda: (far.lock, hw.lock_setting))
+        assert hw.sensed is False
+        await until(lambda: hw.lock_setting.value == "auto")
+        settings = [d["fields"]["setting"] for d in sec.recent_commands if d["command"] == "set_cable_lock"]
+        assert settings[:2] == ["always", "force_unlock"], settings
+        assert {d["origin"] for d in sec.recent_commands if d["command"] == "set_cable_lock"} == {
+            "modbus:teltonika",
+            "lock",
+        }

@@ -146,3 +146,16 @@ def test_an_esp32evse_secondary_counts_at_its_max_for_it_has_no_watchdog() -> No
             " above its 20 A limit",
         )
     ]
+
+
+def test_a_cable_lock_needs_a_driver_that_can_drive_one() -> None:
+    lock = {"fixed_cable": False, "lock": "solenoid"}
+    cfg = parse_config(site({**secondary("cp1"), **lock}))
+    assert cfg.chargers[0].lock == "solenoid"
+    refused = errors(site({**secondary("cp1", map="esp32evse", max_current=16), **lock}))
+    assert refused[0][0] == "chargers.0.lock"
+    assert "driver modbus with map esp32evse has no cable lock evpilot can drive" in refused[0][1]
+    network = {"id": "cp1", "driver": {"type": "esp32evse", "host": "192.168.1.40"}, **lock}
+    field, message = errors(site(network))[0]
+    assert field == "chargers.0.lock" and "driver esp32evse has no cable lock" in message
+    assert "{type: modbus, map: teltonika}" in message

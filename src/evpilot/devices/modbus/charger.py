@@ -5,7 +5,9 @@ watchdog, turns them into a `LinkReading`, and writes the engine's setpoint: Tel
 (15), phase to use (14) and start (16), with the watchdog timeout (19) and failsafe current (20)
 set at start-up and again whenever the charger reads back something else (a reboot, an app);
 ESP32-EVSE enabled (103) and charging current (106, ×10). A new setpoint wakes the link at once, so
-a decrease goes out without waiting for the next poll. The register vocabularies are the facades'
+a decrease goes out without waiting for the next poll. A Teltonika's socket lock is a `LockActuator`
+(`lock_actuator()`): locking writes "always lock" (18 = 1), unlocking "force unlock" (18 = 2), and
+the lock status (30) is the feedback. The register vocabularies are the facades'
 (`api/teltonika/vocab.py`, `api/esp32evse/modbus.py`), read the other way round.
 """
 
@@ -20,7 +22,7 @@ from typing import Any
 from evpilot.api.esp32evse import modbus as esp
 from evpilot.api.teltonika import vocab as tc
 from evpilot.core.charger import ChargerConfig
-from evpilot.devices.base import LinkReading, Setpoint
+from evpilot.devices.base import LinkReading, LockActuator, Setpoint
 from evpilot.devices.meter import Clock
 from evpilot.devices.modbus.bus import BusError, Endpoint, ModbusBus, acquire, release
 
@@ -30,6 +32,8 @@ log = logging.getLogger("evpilot.modbus.charger")
 MIN_A, MAX_A = 6, 32
 START_SESSION = 2
 STOPPED = 1
+# Lock/unlock socket (18): what evpilot's lock state machine asks for.
+LOCK_ALWAYS, LOCK_FORCE_UNLOCK = 1, 2
 
 
 def whole_amps(current: float, top: float = MAX_A) -> int:
@@ -72,6 +76,9 @@ class ModbusChargerLink:
         # What the charger last read back, by register (Teltonika 14-20, ESP32-EVSE 103/106).
         self._seen: dict[int, int] = {}
         self._failing = False
+        # The lock: a write of register 18 still to go out, and lock status (30) as last read.
+        self._lock_request: int | None = None
+        self.lock_sensed: bool | None = None
 
     @property
     def driver(self) -> str:
@@ -89,6 +96,15 @@ class ModbusChargerLink:
         self.setpoint = setpoint
         if old is None or old.current != setpoint.current or old.phases != setpoint.phases:
             self._wake.set()
+
+    def lock_actuator(self) -> LockActuator | None:
+        """The socket lock of a Teltonika secondary (registers 18 and 30); an ESP32-EVSE offers none."""
+        return TeltonikaLock(self) if self.map == "teltonika" else None
+
+    def drive_lock(self, lock: bool) -> None:
+        """Ask the charger to lock (always lock) or unlock (force unlock) its socket, at once."""
+        self._lock_request = LOCK_ALWAYS if lock else LOCK_FORCE_UNLOCK
+        self._wake.set()
 
     def latest(self) -> LinkReading | None:
         """The last reading (its time is when it was read)."""
@@ -142,6 +158,7 @@ class ModbusChargerLink:
             release(bus)
 
     def _failed(self, message: str) -> None:
+        self.lock_sensed = None  # not known while the charger does not answer
         self.failures += 1
         self.last_error = message
         if not self._failing:
@@ -192,6 +209,11 @@ class ModbusChargerLink:
                 await self._write(bus, 14, [use])
         if amps > 0 and seen.get(16) == STOPPED:
             await self._write(bus, 16, [START_SESSION])
+        request = self._lock_request
+        if request is not None:
+            await self._write(bus, 18, [request])
+            if self._lock_request == request:
+                self._lock_request = None
         regs = await bus.read(self.unit, 3, 0, tc.COUNT, self.timeout_s)
         self.reads += 1
         now = self.clock()
@@ -212,6 +234,7 @@ class ModbusChargerLink:
         )
         # Phase to use as read back is the phases in use, not the request: compare 14 with what was
         # written, and let the rest follow the charger (a reboot resets 15, 19, 20).
+        self.lock_sensed = regs[30] == 1
         for address in (15, 16, 19, 20):
             seen[address] = regs[address]
         if regs[27] == tc.ChargePointState.STOPPED_BY_USER:
@@ -245,6 +268,21 @@ class ModbusChargerLink:
         self._reading = LinkReading(now, state[0], amps, pair(0) / 1000.0, volts)
         seen[esp.ENABLED] = top[esp.ENABLED - esp.STATE]
         seen[esp.CHARGING_CURRENT] = top[esp.CHARGING_CURRENT - esp.STATE]
+
+
+class TeltonikaLock:
+    """A Teltonika secondary's socket lock as a `LockActuator`: driven through 18, sensed through 30."""
+
+    def __init__(self, link: ModbusChargerLink) -> None:
+        self._link = link
+
+    def drive(self, lock: bool) -> None:
+        """Start locking (True) or unlocking (False): the link writes it at once."""
+        self._link.drive_lock(lock)
+
+    def sensed(self) -> bool | None:
+        """Lock status (30) as last read; None before the first read and while the charger is silent."""
+        return self._link.lock_sensed
 
 
 def build(config: ChargerConfig, spec: Any, clock: Clock) -> ModbusChargerLink:
