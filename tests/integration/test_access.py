@@ -273,3 +273,114 @@ async def test_a_cards_energy_cap_holds_the_charger_with_source_card() -> None:
         doc = await until(c, "/api/chargers/cp1", lambda d: d["limit_source"] == "card", "card energy cap")
         assert doc["session"]["energy_kwh"] >= 0.02
         await until(c, "/api/chargers/cp1", lambda d: not d["charging"], "stopped at the card's cap")
+
+
+OTHER = "11223344"
+
+
+async def test_enable_all_any_learned_card_disables_whoever_enabled_the_charger() -> None:
+    # Seed 001: "Accept all learned cards for enabling/disabling": a swipe of any learned card
+    # stops charging while the charger is enabled, also when the API enabled it.
+    async with (
+        serve(config(rfid="enable_all"), speed=20) as (base, rt),
+        httpx.AsyncClient(base_url=base) as c,
+    ):
+        for uid in (UID, OTHER):
+            await c.post("/api/cards", json={"uid": uid})
+        await plug(c)
+        await c.post("/api/chargers/cp1/start", json={"id_tag": "app-user"})
+        await until(c, "/api/chargers/cp1", charging, "charging after the API start")
+        r = await c.post("/api/chargers/cp1/swipe", json={"uid": OTHER})
+        assert r.json()["action"] == "stop" and r.json()["access"]["authorized"] is False
+        await until(c, "/api/chargers/cp1", lambda d: not d["charging"], "stopped by a card")
+        assert (await c.post("/api/chargers/cp1/swipe", json={"uid": UID})).json()["action"] == "authorize"
+        await until(c, "/api/chargers/cp1", charging, "charging again")
+        assert (await c.post("/api/chargers/cp1/swipe", json={"uid": OTHER})).json()["action"] == "stop"
+        await until(c, "/api/chargers/cp1", lambda d: not d["charging"], "stopped by another card")
+        assert not rt.charger("cp1").authorized
+
+
+async def test_every_access_change_is_a_command_with_its_origin() -> None:
+    async with (
+        serve(config(rfid="enable_all", switch="smart_solar_button"), speed=20) as (base, rt),
+        httpx.AsyncClient(base_url=base) as c,
+    ):
+        await c.post("/api/cards", json={"uid": "04:a2:b3:c4", "chargers": ["cp1"]})
+        await c.post("/api/chargers/cp1/swipe", json={"uid": UID})
+        await c.put("/api/chargers/cp1/switch", json={"closed": True})
+        await c.post("/api/sim/chargers/cp1/card", json={"uid": UID})
+        await until(c, "/api/commands", lambda log: log[-1]["origin"] == "reader", "the reader's swipe")
+        await c.put("/api/chargers/cp1/rfid", json={"mode": "learn"})
+        await c.delete(f"/api/cards/{UID}")
+        log = [
+            (x["origin"], x["command"], x["fields"])
+            for x in (await c.get("/api/commands")).json()
+            if x["origin"] != "timer"
+        ]
+        assert log == [
+            (
+                "rest:native",
+                "learn_card",
+                {"uid": UID, "name": "", "chargers": ["cp1"], "expires_at": None, "energy_kwh": None},
+            ),
+            ("rest:native", "swipe", {"charger": "cp1", "uid": UID}),
+            ("rest:native", "set_switch", {"charger": "cp1", "closed": True}),
+            ("rest:native", "set_site_mode", {"mode": "solar"}),
+            ("reader", "swipe", {"charger": "cp1", "uid": UID}),
+            ("rest:native", "set_rfid_mode", {"charger": "cp1", "mode": "learn"}),
+            ("rest:native", "delete_cards", {"uid": UID}),
+        ]
+        # The reader's swipe of the same card disabled the charger again (enable_all).
+        assert rt.engine.site.mode == "solar" and not rt.charger("cp1").authorized
+        # A refused request sends nothing.
+        before = len(rt.recent_commands)
+        bad = await c.put("/api/chargers/cp1/rfid", json={"mode": "sometimes"})
+        assert bad.status_code == 400 and len(rt.recent_commands) == before
+
+
+async def test_rfid_mode_lock_setting_and_holding_card_survive_a_restart(tmp_path: Path) -> None:
+    cfg = config(rfid="enable_all", fixed_cable=False, lock="solenoid", authorization_timeout_s=600)
+    path = tmp_path / "db.sqlite"
+    store = Store(path)
+    try:
+        async with (
+            serve(cfg, speed=20, store=store) as (base, rt),
+            httpx.AsyncClient(base_url=base) as c,
+        ):
+            for uid in (UID, OTHER):
+                await c.post("/api/cards", json={"uid": uid})
+            assert (await c.put("/api/chargers/cp1/rfid", json={"mode": "enable_one"})).status_code == 200
+            await plug(c)
+            await c.post("/api/chargers/cp1/swipe", json={"uid": UID})
+            await until(c, "/api/chargers/cp1", charging, "charging")
+            rt.access.set_lock("cp2", "always", "rest:native")
+    finally:
+        store.close()
+    store = Store(path)
+    try:
+        async with (
+            serve(cfg, speed=20, store=store) as (base, rt),
+            httpx.AsyncClient(base_url=base) as c,
+        ):
+            doc = (await c.get("/api/chargers/cp1/access")).json()
+            assert (doc["rfid"], doc["card"], doc["authorized"]) == ("enable_one", UID, True)
+            assert rt.access.of("cp2").lock_setting.value == "always"
+            # The card still holds the charger: another is refused, the car charges, the card ends it.
+            other = await c.post("/api/chargers/cp1/swipe", json={"uid": OTHER})
+            assert other.status_code == 403 and "another card holds this charger" in other.text
+            await plug(c)
+            await until(c, "/api/chargers/cp1", charging, "charging on the kept card")
+            assert (await c.get("/api/chargers/cp1/access")).json()["lock"]["state"] == "locked"
+            assert (await c.post("/api/chargers/cp1/swipe", json={"uid": UID})).json()["action"] == "stop"
+            await until(c, "/api/chargers/cp1/access", lambda d: d["lock"]["state"] == "unlocked", "unlocked")
+            await c.put("/api/chargers/cp1/rfid", json={"mode": "learn"})
+    finally:
+        store.close()
+    store = Store(path)
+    try:
+        async with serve(cfg, speed=20, store=store) as (_, rt):
+            st = rt.access.of("cp1")
+            assert (st.rfid.value, st.operating.value, st.holder) == ("learn", "enable_one", None)
+            assert not rt.charger("cp1").authorized
+    finally:
+        store.close()

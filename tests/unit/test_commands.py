@@ -47,6 +47,12 @@ EXAMPLES: list[cmd.Command] = [
     cmd.SetFuses(mains=30.0, charger="cp1", max_current=24.0),
     cmd.SetSiteCap("user", 20.0),
     cmd.SetGridRelay(True),
+    cmd.Swipe("cp1", "04A2B3C4"),
+    cmd.SetRfidMode("cp1", "learn"),
+    cmd.SetSwitch("cp1", True),
+    cmd.SetCableLock("cp1", "force_unlock"),
+    cmd.LearnCard("04A2B3C4", "Anna", ("cp1",), 1798761600.0, 20.0),
+    cmd.DeleteCards(None),
 ]
 
 
@@ -169,6 +175,29 @@ def test_a_command_read_from_json_is_checked_like_any_other() -> None:
         with pytest.raises(CommandError):
             rt.apply(cmd.from_json(doc), "test")
     assert rt.charger("cp1").enabled and not rt.engine.grid_relay_open and not rt.recent_commands
+
+
+def test_an_access_command_is_checked_before_anything_changes() -> None:
+    rt = Runtime(
+        make_config({"chargers": [{"id": "cp1", "rfid": "enable_all"}, {"id": "cp2"}]}), ManualClock()
+    )
+    for doc, field in (
+        ({"command": "swipe", "charger": "cp1", "uid": "04:a2:b3:c4"}, "uid"),
+        ({"command": "set_switch", "charger": "cp1", "closed": "yes"}, "closed"),
+        ({"command": "set_cable_lock", "charger": "cp1", "setting": "sometimes"}, "setting"),
+        ({"command": "set_rfid_mode", "charger": "cp2", "mode": "enable_one"}, "mode"),
+        ({"command": "learn_card", "uid": "04A2B3C4", "chargers": ["nope"]}, "chargers"),
+        ({"command": "delete_cards", "uid": "xyz"}, "uid"),
+    ):
+        with pytest.raises(CommandError) as err:
+            rt.apply([cmd.LearnCard("11223344"), cmd.from_json(doc)], "test")
+        assert err.value.field == field
+    with pytest.raises(UnknownCharger):
+        rt.apply(cmd.Swipe("nope", "04A2B3C4"), "test")
+    assert not rt.access.cards and not rt.recent_commands and rt.access.of("cp1").rfid.value == "enable_all"
+    rt.apply([cmd.LearnCard("04A2B3C4"), cmd.Swipe("cp1", "04A2B3C4")], "test")
+    assert rt.charger("cp1").authorized and rt.access.last_swipe is not None
+    assert rt.access.last_swipe.action == "authorize"
 
 
 def test_a_batch_checks_each_command_against_the_max_and_min_the_earlier_ones_set() -> None:
