@@ -10,6 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
+from evpilot.control.clock import ManualClock
+from evpilot.control.runtime import Runtime
+from evpilot.core.access import Card
 from evpilot.store.sqlite import Store
 from tests.helpers import make_config, serve
 
@@ -382,5 +385,34 @@ async def test_rfid_mode_lock_setting_and_holding_card_survive_a_restart(tmp_pat
             st = rt.access.of("cp1")
             assert (st.rfid.value, st.operating.value, st.holder) == ("learn", "enable_one", None)
             assert not rt.charger("cp1").authorized
+    finally:
+        store.close()
+
+
+def test_kept_access_settings_that_no_longer_validate_are_dropped_alone(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite")
+    try:
+        store.put_card(Card(OTHER))
+        # cp1 now asks for no authorization: an operating mode is refused, the lock setting stays.
+        store.set_setting("access:cp1", {"rfid": "enable_one", "operating": "enable_one", "lock": "always"})
+        # cp2's card was deleted meanwhile and its lock setting is not one: both dropped alone.
+        store.set_setting("access:cp2", {"rfid": "enable_one", "holder": UID, "lock": "sometimes"})
+        cfg = make_config(
+            {"sim": {"cars": []}, "chargers": [{"id": "cp1"}, {"id": "cp2", "rfid": "enable_all"}]}
+        )
+        rt = Runtime(cfg, ManualClock(), store)
+        cp1, cp2 = rt.access.of("cp1"), rt.access.of("cp2")
+        assert (cp1.rfid.value, cp1.operating.value, cp1.lock_setting.value) == (
+            "disabled",
+            "disabled",
+            "always",
+        )
+        assert (cp2.rfid.value, cp2.holder, cp2.lock_setting.value) == ("enable_one", None, "auto")
+        assert not rt.charger("cp2").authorized
+        # A kept holder whose card is still learned comes back with its authorization.
+        store.set_setting("access:cp2", {"rfid": "enable_one", "holder": OTHER})
+        rt = Runtime(cfg, ManualClock(), store)
+        assert rt.access.of("cp2").holder == OTHER and rt.charger("cp2").authorized
+        assert rt.charger("cp2").pending_method == "card"
     finally:
         store.close()
