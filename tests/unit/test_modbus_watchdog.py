@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,11 +18,11 @@ from evpilot.store.sqlite import Store
 from tests.helpers import make_config
 
 
-def setup() -> tuple[Runtime, ManualClock, TeltonikaMap]:
+def setup(**cp1: Any) -> tuple[Runtime, ManualClock, TeltonikaMap]:
     clock = ManualClock()
     config = make_config(
         {
-            "chargers": [{"id": "cp1"}, {"id": "cp2"}],
+            "chargers": [{"id": "cp1", **cp1}, {"id": "cp2"}],
             "sim": {"cars": [{"charger": "cp1"}]},
             "modbus": {"port": 0},
         }
@@ -162,14 +163,26 @@ def test_kept_settings_and_a_failsafe_survive_a_restart(tmp_path: Path) -> None:
         store.close()
 
 
-def test_forced_unlock_lasts_until_the_socket_is_free() -> None:
-    rt, clock, regs = setup()
-    regs.write("cp1", 18, [2])
-    assert regs.read("cp1", 18, 1) == [2] and regs.read("cp1", 30, 1) == [0]
-    rt.sim_unplug("cp1")
-    for _ in range(3):
+def ticks(rt: Runtime, clock: ManualClock, seconds: int) -> None:
+    for _ in range(seconds):
         clock.advance(1)
         rt.tick()
+
+
+def test_forced_unlock_stops_charging_opens_the_lock_and_lasts_until_the_socket_is_free() -> None:
+    rt, clock, regs = setup(fixed_cable=False, lock="solenoid")
+    assert regs.read("cp1", 18, 1) == [0] and regs.read("cp1", 30, 1) == [1]  # auto: locked, charging
+    regs.write("cp1", 18, [2])
+    ticks(rt, clock, 10)
+    assert regs.read("cp1", 18, 1) == [2] and regs.read("cp1", 30, 1) == [0]
+    assert not rt.charger("cp1").contactor and "lock" in rt.charger("cp1").leases
+    rt.sim_unplug("cp1")
+    ticks(rt, clock, 3)
     assert regs.read("cp1", 18, 1) == [0] and regs.read("cp1", 30, 1) == [0]
     regs.write("cp1", 18, [1])
-    assert regs.read("cp1", 30, 1) == [1]
+    ticks(rt, clock, 3)
+    assert regs.read("cp1", 30, 1) == [1]  # always: locked with no car
+    # Without a lock (cp2) the setting is kept and reads back, and 30 stays 0.
+    regs.write("cp2", 18, [1])
+    ticks(rt, clock, 3)
+    assert regs.read("cp2", 18, 1) == [1] and regs.read("cp2", 30, 1) == [0]
