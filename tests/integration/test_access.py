@@ -394,9 +394,11 @@ def test_kept_access_settings_that_no_longer_validate_are_dropped_alone(tmp_path
     try:
         store.put_card(Card(OTHER))
         # cp1 now asks for no authorization: an operating mode is refused, the lock setting stays.
-        store.set_setting("access:cp1", {"rfid": "enable_one", "operating": "enable_one", "lock": "always"})
+        kept = {"rfid": "enable_one", "operating": "enable_one", "config": "disabled", "lock": "always"}
+        store.set_setting("access:cp1", kept)
         # cp2's card was deleted meanwhile and its lock setting is not one: both dropped alone.
-        store.set_setting("access:cp2", {"rfid": "enable_one", "holder": UID, "lock": "sometimes"})
+        kept = {"rfid": "enable_one", "config": "enable_all", "holder": UID, "lock": "sometimes"}
+        store.set_setting("access:cp2", kept)
         cfg = make_config(
             {"sim": {"cars": []}, "chargers": [{"id": "cp1"}, {"id": "cp2", "rfid": "enable_all"}]}
         )
@@ -410,9 +412,15 @@ def test_kept_access_settings_that_no_longer_validate_are_dropped_alone(tmp_path
         assert (cp2.rfid.value, cp2.holder, cp2.lock_setting.value) == ("enable_one", None, "auto")
         assert not rt.charger("cp2").authorized
         # A kept holder whose card is still learned comes back with its authorization.
-        store.set_setting("access:cp2", {"rfid": "enable_one", "holder": OTHER})
+        store.set_setting("access:cp2", {"rfid": "enable_one", "config": "enable_all", "holder": OTHER})
         rt = Runtime(cfg, ManualClock(), store)
         assert rt.access.of("cp2").holder == OTHER and rt.charger("cp2").authorized
         assert rt.charger("cp2").pending_method == "card"
+        # The config's rfid was edited since the mode was stored: the config's mode applies.
+        edited = make_config(
+            {"sim": {"cars": []}, "chargers": [{"id": "cp1"}, {"id": "cp2", "rfid": "remote"}]}
+        )
+        rt = Runtime(edited, ManualClock(), store)
+        assert rt.access.of("cp2").rfid.value == "remote" and rt.access.of("cp2").holder is None
     finally:
         store.close()

@@ -74,6 +74,7 @@ class ChargerAccess:
 
     rfid: RfidMode
     operating: RfidMode
+    configured: RfidMode
     switch: SwitchMode
     lock_mode: LockMode
     windows: tuple[Window, ...]
@@ -122,6 +123,7 @@ class AccessControl:
             state = ChargerAccess(
                 rfid=mode,
                 operating=mode if mode in _OPERATING else RfidMode.ENABLE_ALL,
+                configured=mode,
                 switch=SwitchMode(model.switch),
                 lock_mode=LockMode(model.lock),
                 windows=windows,
@@ -154,6 +156,7 @@ class AccessControl:
         return {
             "rfid": st.rfid.value,
             "operating": st.operating.value,
+            "config": st.configured.value,
             "holder": st.holder,
             "lock": st.lock_setting.value,
         }
@@ -166,27 +169,30 @@ class AccessControl:
             self.rt.store.set_setting(_KEY + cid, state, self.rt.clock.now())
 
     def _restore(self, cid: str) -> None:
-        """The stored mode, lock setting and holding card, each dropped alone if no longer valid."""
+        """The stored mode, lock setting and holding card, each dropped alone if no longer valid; the
+        mode only while the config's `rfid` is still the one it was stored with (an edit wins)."""
         self._saved[cid] = self._state(cid)
         saved = self.rt.store.get_setting(_KEY + cid) if self.rt.store is not None else None
         if not isinstance(saved, dict):
             return
         st = self.chargers[cid]
         ch = self.rt.engine.chargers[cid]
+        same_config = saved.get("config") == st.configured.value
         with contextlib.suppress(CommandError, TypeError, ValueError):
             operating = RfidMode(str(saved.get("operating")))
-            if operating in _OPERATING:
+            if same_config and operating in _OPERATING:
                 self._check_rfid(cid, operating.value)
                 st.operating = operating
         with contextlib.suppress(CommandError, TypeError, ValueError):
             mode = RfidMode(str(saved.get("rfid")))
-            if mode is not RfidMode.DELETE_ALL:
+            if same_config and mode is not RfidMode.DELETE_ALL:
                 self._check_rfid(cid, mode.value)
                 st.rfid = mode
         with contextlib.suppress(TypeError, ValueError):
             st.lock_setting = LockSetting(str(saved.get("lock")))
         holder, method = saved.get("holder"), _HOLDING.get(st.rfid)
-        if isinstance(holder, str) and method is not None and ch.config.require_auth:
+        held = saved.get("rfid") == st.rfid.value  # a card held in another mode does not carry over
+        if isinstance(holder, str) and method is not None and held and ch.config.require_auth:
             with contextlib.suppress(CommandError):
                 uid = normalize_uid(holder)
                 if method is AuthMethod.REMOTE or uid in self.cards:
