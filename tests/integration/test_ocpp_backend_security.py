@@ -240,6 +240,14 @@ async def test_id_tags_are_checked_against_the_cards() -> None:
                 lambda p: p["chargingProfilePurpose"] == "TxDefaultProfile" and _limit(p) == 0
             )
             assert not w7.authorized
+            # Both ends (the refused transaction's too) and the start went through the commands,
+            # origin ocpp (GET /api/commands).
+            tags = [
+                (c["origin"], c["fields"]["tag"], c["fields"]["method"])
+                for c in rt.recent_commands
+                if c["command"] == "set_ocpp_tag" and c["fields"]["charger"] == "w7"
+            ]
+            assert tags == [("ocpp", None, None), ("ocpp", "04A2B3C7", "card"), ("ocpp", None, None)]
 
             # On w8 (no authorization) any tag starts, and the session records it as free.
             w8 = rt.engine.chargers["w8"]

@@ -53,6 +53,7 @@ EXAMPLES: list[cmd.Command] = [
     cmd.SetCableLock("cp1", "force_unlock"),
     cmd.LearnCard("04A2B3C4", "Anna", ("cp1",), 1798761600.0, 20.0),
     cmd.DeleteCards(None),
+    cmd.SetOcppTag("cp1", "04A2B3C4", "card"),
 ]
 
 
@@ -188,6 +189,8 @@ def test_an_access_command_is_checked_before_anything_changes() -> None:
         ({"command": "set_rfid_mode", "charger": "cp2", "mode": "enable_one"}, "mode"),
         ({"command": "learn_card", "uid": "04A2B3C4", "chargers": ["nope"]}, "chargers"),
         ({"command": "delete_cards", "uid": "xyz"}, "uid"),
+        ({"command": "set_ocpp_tag", "charger": "cp1", "tag": "T" * 65, "method": "card"}, "id_tag"),
+        ({"command": "set_ocpp_tag", "charger": "cp1", "tag": "T1", "method": "magic"}, "method"),
     ):
         with pytest.raises(CommandError) as err:
             rt.apply([cmd.LearnCard("11223344"), cmd.from_json(doc)], "test")

@@ -55,6 +55,7 @@ READER_ORIGIN = "reader"
 GPIO_ORIGIN = "gpio"
 TIMER_ORIGIN = "timer"
 LOCK_ORIGIN = "lock"
+OCPP_ORIGIN = "ocpp"
 # Per charger, what a run-time change leaves behind for the next start (docs/access.md).
 _KEY = "access:"
 # A card holds a charger in these modes; its authorization is restored with it.
@@ -292,6 +293,12 @@ class AccessControl:
             case cmd.DeleteCards(uid=uid):
                 if uid is not None:
                     normalize_uid(uid)
+            case cmd.SetOcppTag(charger=cid, tag=tag, method=method):
+                self.of(cid)
+                if tag is not None:
+                    cmd.check_id_tag(tag)
+                    if method not in {m.value for m in AuthMethod}:
+                        raise CommandError("method", f"{method!r} is not one of {', '.join(AuthMethod)}")
 
     def apply(self, c: cmd.AccessCommand, origin: str) -> None:
         """Apply one checked access command."""
@@ -315,6 +322,8 @@ class AccessControl:
                     self.rt.store.put_card(card)
             case cmd.DeleteCards(uid=uid):
                 self._delete_cards(uid)
+            case cmd.SetOcppTag(charger=cid, tag=tag, method=method):
+                self._set_tag(cid, tag, method, source)
 
     # ---- cards --------------------------------------------------------------------------------
 
@@ -436,9 +445,7 @@ class AccessControl:
         Accepted, the charger is authorized and its session records the tag and how it was authorized;
         refused, a charger that requires authorization stays held.
         """
-        st = self.of(cid)
         ch = self.rt.charger(cid)
-        now = self.rt.clock.now()
         try:
             tag = normalize_uid(raw_tag)
         except CommandError:
@@ -452,20 +459,25 @@ class AccessControl:
             method = AuthMethod.CARD
         else:
             method = AuthMethod.FREE
-        ch.set_authorized(True, tag, method.value)
-        if ch.config.require_auth:
-            st.holder, st.authorized_at = tag, now
-        self._emit(ch, "swipe", f"{tag} authorize", "ocpp")
-        self.rt.recompute()
+        self.rt.apply(cmd.SetOcppTag(cid, tag, method.value), OCPP_ORIGIN)
 
     def tag_stopped(self, cid: str) -> None:
         """The wallbox ended its transaction: a charger that requires authorization waits for the next."""
-        st = self.of(cid)
+        if self.rt.charger(cid).config.require_auth:
+            self.rt.apply(cmd.SetOcppTag(cid, None), OCPP_ORIGIN)
+
+    def _set_tag(self, cid: str, tag: str | None, method: str | None, source: str) -> None:
+        st = self.chargers[cid]
         ch = self.rt.charger(cid)
-        if ch.config.require_auth:
+        if tag is None:
             ch.set_authorized(False)
             st.holder = st.authorized_at = None
-            self.rt.recompute()
+        else:
+            ch.set_authorized(True, tag, method)
+            if ch.config.require_auth:
+                st.holder, st.authorized_at = tag, self.rt.clock.now()
+            self._emit(ch, "swipe", f"{tag} authorize", source)
+        self._save(cid)
 
     # ---- switch -------------------------------------------------------------------------------
 

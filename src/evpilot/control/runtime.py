@@ -790,6 +790,7 @@ class Runtime:
                 | cmd.SetCableLock()
                 | cmd.LearnCard()
                 | cmd.DeleteCards()
+                | cmd.SetOcppTag()
             ):
                 self.access.check(c)
             case _:
@@ -822,6 +823,7 @@ class Runtime:
                 | cmd.SetCableLock()
                 | cmd.LearnCard()
                 | cmd.DeleteCards()
+                | cmd.SetOcppTag()
             ):
                 self.access.apply(c, origin)
             case cmd.SetSiteMode(mode=mode):

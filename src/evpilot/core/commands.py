@@ -71,6 +71,7 @@ class CommandKind(StrEnum):
     SET_CABLE_LOCK = "set_cable_lock"
     LEARN_CARD = "learn_card"
     DELETE_CARDS = "delete_cards"
+    SET_OCPP_TAG = "set_ocpp_tag"
 
 
 # ---- the rules ------------------------------------------------------------------------------
@@ -148,9 +149,11 @@ def capacity_limit(amps: float | None) -> float | None:
     return None if not amps else check_range("capacity_limit", amps, *CAPACITY_RANGE, " A")
 
 
-def _id_tag(tag: str | None) -> None:
+def check_id_tag(tag: str | None) -> None:
+    """An id tag: text of at most 64 characters (None: no tag)."""
     if tag is not None and (not isinstance(tag, str) or len(tag) > MAX_ID_TAG):
         raise CommandError("id_tag", f"must be text of at most {MAX_ID_TAG} characters")
+
 
 
 def _flag(name: str, value: object) -> None:
@@ -508,6 +511,17 @@ class DeleteCards:
     uid: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class SetOcppTag:
+    """An OCPP wallbox (evpilot its backend) started a transaction with an accepted `tag`, authorized
+    by `method` (card, api, free); None `tag`: the transaction ended."""
+
+    kind: ClassVar[CommandKind] = CommandKind.SET_OCPP_TAG
+    charger: str
+    tag: str | None
+    method: str | None = None
+
+
 ChargerCommand = (
     SetEnabled
     | SetAvailable
@@ -540,7 +554,7 @@ SiteCommand = (
     | SetSiteCap
     | SetGridRelay
 )
-AccessCommand = Swipe | SetRfidMode | SetSwitch | SetCableLock | LearnCard | DeleteCards
+AccessCommand = Swipe | SetRfidMode | SetSwitch | SetCableLock | LearnCard | DeleteCards | SetOcppTag
 Command = ChargerCommand | SiteCommand | AccessCommand
 
 COMMAND_TYPES: dict[CommandKind, type[Any]] = {
@@ -580,6 +594,7 @@ COMMAND_TYPES: dict[CommandKind, type[Any]] = {
         SetCableLock,
         LearnCard,
         DeleteCards,
+        SetOcppTag,
     )
 }
 
@@ -637,10 +652,10 @@ def check(command: ChargerCommand, config: ChargerConfig) -> None:
         case SetPhaseMode(phase_mode=value):
             phase_mode(value, config)
         case Start(id_tag=tag):
-            _id_tag(tag)
+            check_id_tag(tag)
         case Authorize(authorized=flag, id_tag=tag):
             _flag("authorized", flag)
-            _id_tag(tag)
+            check_id_tag(tag)
         case SetSchedule(start_at=start, stop_at=stop, repeat=repeat):
             _time("starttime", start)
             _time("stoptime", stop)
