@@ -247,14 +247,14 @@ async def test_the_primary_drives_a_teltonika_secondarys_cable_lock() -> None:
         far, hw = pri.access.of("far"), sec.access.of("cp1")
         assert hw.actuator is not None and far.actuator is not None
         # The car is in: the primary locks the socket (always lock, 18 = 1) and charges once 30 says so.
-        await until(lambda: far.lock.state.value == "locked", why=lambda: (far.lock, hw.lock_setting))
+        await until(lambda: far.lock.state.value == "locked", 800, why=lambda: (far.lock, hw.lock_setting))
         assert hw.lock_setting.value == "always" and hw.sensed is True
         await until(lambda: max(sec.charger("cp1").currents) >= 6, 800)
         # Unplugged: the primary unlocks (force unlock, 18 = 2); the secondary opens, then back to auto.
         sec.sim_unplug("cp1")
-        await until(lambda: far.lock.state.value == "unlocked", why=lambda: (far.lock, hw.lock_setting))
+        await until(lambda: far.lock.state.value == "unlocked", 800, why=lambda: (far.lock, hw.lock_setting))
         assert hw.sensed is False
-        await until(lambda: hw.lock_setting.value == "auto")
+        await until(lambda: hw.lock_setting.value == "auto", 800)
         settings = [d["fields"]["setting"] for d in sec.recent_commands if d["command"] == "set_cable_lock"]
         assert settings[:2] == ["always", "force_unlock"], settings
         assert {d["origin"] for d in sec.recent_commands if d["command"] == "set_cable_lock"} == {
