@@ -44,6 +44,8 @@ from evpilot.sim.site import NOMINAL_V
 
 # The simulated battery tapers to this floor (A) however full it is.
 TAPER_FLOOR_A = 2.0
+# A relaxed current this small is no current (solver tolerance).
+_ZERO = 1e-7
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +123,10 @@ class _Builder:
         self.eq_c: list[int] = []
         self.eq_v: list[float] = []
         self.eq_b: list[float] = []
+        # MIN switches: (on binary, current column, taper tail column or -1, MIN × availability)
+        self.on: list[tuple[int, int, int, float]] = []
+        # solar "held at MIN from the grid" binaries: (binary, import column)
+        self.held: list[tuple[int, int]] = []
 
     def var(self, hi: float, cost: float = 0.0, integer: bool = False) -> int:
         self.lo.append(0.0)
@@ -175,8 +181,17 @@ class _Builder:
         wall = time.perf_counter() - t0
         return (res.x if res.status == 0 else None), str(res.message), wall
 
-    def solve_milp(self, time_limit: float) -> tuple[Any, str, float, float, bool]:
-        """Solution (or None), message, wall s, best bound of the minimum, proven optimal."""
+    def solve_milp(
+        self,
+        time_limit: float,
+        fix: Mapping[int, float] | None = None,
+        relax: bool = False,
+        log: bool = False,
+    ) -> tuple[Any, str, float, float, bool]:
+        """Solution (or None), message, wall s, best bound of the minimum, proven optimal.
+
+        `fix` pins binaries to 0 or 1; `relax` drops integrality (the LP relaxation of the MILP).
+        """
         import numpy as np
         from scipy.optimize import Bounds, LinearConstraint, milp
         from scipy.sparse import coo_matrix
@@ -188,18 +203,41 @@ class _Builder:
         if self.eq_b:
             a_eq = coo_matrix((self.eq_v, (self.eq_r, self.eq_c)), shape=(len(self.eq_b), self.n)).tocsr()
             rows.append(LinearConstraint(a_eq, np.array(self.eq_b), np.array(self.eq_b)))
+        lo = np.array(self.lo)
+        hi = np.array(self.hi)
+        for col, value in (fix or {}).items():
+            lo[col] = hi[col] = value
         res = milp(
             np.array(self.cost),
-            integrality=np.array(self.integer),
-            bounds=Bounds(np.array(self.lo), np.array(self.hi)),
+            integrality=np.zeros(self.n) if relax else np.array(self.integer),
+            bounds=Bounds(lo, hi),
             constraints=rows,
-            options={"time_limit": time_limit, "disp": False},
+            options={"time_limit": max(1.0, time_limit), "disp": log},
         )
         wall = time.perf_counter() - t0
         bound = getattr(res, "mip_dual_bound", None)
-        if bound is None or not math.isfinite(bound):
+        if relax or bound is None or not math.isfinite(bound):
             bound = res.fun if res.status == 0 else -math.inf
         return res.x, str(res.message), wall, float(bound), res.status == 0
+
+    def rounding(self, x: Any) -> dict[int, float]:
+        """Binaries a relaxed solution settles: off where nothing flows, on where MIN or more does.
+
+        The rest stay free. Every setting keeps the relaxed point with its sub-MIN currents
+        set to 0 feasible (all node rows are ≤ with non-negative coefficients), so the MILP
+        restricted to the free binaries always has a schedule.
+        """
+        fix: dict[int, float] = {}
+        for z, col, w, low in self.on:
+            tail = float(x[w]) if w >= 0 else 0.0
+            if x[col] <= _ZERO and tail <= _ZERO:
+                fix[z] = 0.0
+            elif x[col] >= low - _ZERO:
+                fix[z] = 1.0
+        for h, imp in self.held:
+            if x[imp] <= _ZERO:
+                fix[h] = 0.0
+        return fix
 
 
 def optimum(
@@ -214,11 +252,14 @@ def optimum(
     min_aware: bool = False,
     time_limit: float = 180.0,
     solar_starts: Mapping[str, int] | None = None,
+    gap_goal: float = 1e-4,
+    log: bool = False,
 ) -> LpResult:
     """Best energy to the cars (`objective="energy"`, kWh) or PV self-consumption ("pv", share).
 
-    `min_aware` solves the MILP (energy only) with HiGHS stopped after `time_limit` s;
-    `solar_starts` is the measured number of starts per solar-mode charger (grid allowance).
+    `min_aware` solves the MILP (energy only) in `time_limit` s at most (see `_min_aware`), and
+    stops once bound and best schedule are within `gap_goal`; `log` prints each step and HiGHS's
+    log; `solar_starts` is the measured number of starts per solar-mode charger (grid allowance).
     """
     if min_aware and objective != "energy":
         raise ValueError("the MIN-aware bound is for the energy objective")
@@ -296,6 +337,7 @@ def optimum(
                         w = b.var(min(cap, mn) * avail)
                         b.le([(w, 1.0), (q, -min(cap, mn) * avail)], 0.0)
                         tail.append((w, ekw))
+                    b.on.append((z, col, -1 if w is None else w, mn * avail))
                     b.le([(col, -1.0), (z, mn * avail), *(((w, -1.0),) if w is not None else ())], 0.0)
                     b.le([(col, 1.0), (z, -cap * avail), *(((w, -1.0),) if w is not None else ())], 0.0)
             if len(cols) > 1:
@@ -310,6 +352,13 @@ def optimum(
                 if ons:
                     on_terms = [(z, -len(ph) * mn * avail) for z, ph in zip(ons, modes, strict=True)]
                     b.le([(imp, 1.0), *on_terms], 0.0)
+                    # and only while the charger is held at MIN (start grace, STOP timer): a solar
+                    # charger above MIN runs on the surplus alone
+                    held = b.var(1.0, integer=True)
+                    b.held.append((held, imp))
+                    b.le([(imp, 1.0), (held, -widest * mn * avail)], 0.0)
+                    for c in cols:
+                        b.le([(c, 1.0), (held, max(0.0, cap - mn) * avail)], cap * avail)
                 solar_terms[k].append((imp, -1.0))
                 # counted in seconds at MIN on every phase
                 allowance.setdefault(s.charger, []).append((imp, lengths[k] / (widest * mn)))
@@ -372,16 +421,7 @@ def optimum(
         return LpResult(0.0, {}, "empty", 0.0, 0, 0)
     rows = len(b.ub_b) + len(b.eq_b)
     if min_aware:
-        x, status, wall, bound, optimal = b.solve_milp(time_limit)
-        per: dict[str, float] = {}
-        if x is not None:
-            per = {cid: float(sum(x[c] * e for c, e in cols)) for cid, cols in energy_cols.items()}
-        incumbent = sum(per.values()) if x is not None else math.nan
-        value = -bound
-        gap = 0.0
-        if not optimal:
-            gap = math.inf if x is None or value <= 1e-9 else max(0.0, value - incumbent) / value
-        return LpResult(value, per, status, wall, b.n, rows, b.integers, optimal, incumbent, gap)
+        return _min_aware(b, energy_cols, rows, time_limit, gap_goal, log)
     x, status, wall = b.solve()
     if x is None:
         return LpResult(math.nan, {}, status, wall, b.n, rows)
@@ -392,3 +432,62 @@ def optimum(
         value = math.nan if pv_kwh <= 1e-9 else 1.0 - exported / pv_kwh
         return LpResult(value, per, status, wall, b.n, rows)
     return LpResult(sum(per.values()), per, status, wall, b.n, rows, incumbent=sum(per.values()))
+
+
+def _energy(x: Any, energy_cols: Mapping[str, list[tuple[int, float]]]) -> dict[str, float]:
+    return {cid: float(sum(x[c] * e for c, e in cols)) for cid, cols in energy_cols.items()}
+
+
+def _min_aware(
+    b: _Builder,
+    energy_cols: Mapping[str, list[tuple[int, float]]],
+    rows: int,
+    time_limit: float,
+    gap_goal: float,
+    log: bool,
+) -> LpResult:
+    """The MILP's bound and best schedule: relaxation, rounding, then HiGHS on the whole MILP.
+
+    1. The LP relaxation (binaries in [0, 1]) gives a first upper bound.
+    2. Rounding it (`_Builder.rounding`) and solving the MILP over the binaries it leaves free
+       gives a MIN-respecting schedule, a lower bound on the MILP's optimum.
+    3. If the two differ by more than `gap_goal`, HiGHS solves the whole MILP in the time left;
+       its dual bound replaces the relaxation's if lower, its schedule the rounded one if better.
+    The value is the best upper bound; `gap` is (bound - best schedule) / bound, 0 when proven.
+    """
+    t0 = time.perf_counter()
+
+    def say(text: str) -> None:
+        if log:
+            print(f"    MILP: {text}  [{time.perf_counter() - t0:.1f} s]", flush=True)
+
+    x, status, _, relax_bound, ok = b.solve_milp(time_limit, relax=True)
+    if not ok or x is None:
+        return LpResult(math.nan, {}, status, time.perf_counter() - t0, b.n, rows, b.integers, False)
+    bound = -relax_bound
+    say(f"LP relaxation {bound:.2f} kWh ({b.integers} binaries)")
+    fix = b.rounding(x)
+    left = time_limit - (time.perf_counter() - t0)
+    best: Any = None
+    best_kwh = -math.inf
+    xr, status_r, _, _, _ = b.solve_milp(max(1.0, left / 2), fix=fix, log=log)
+    if xr is not None:
+        best, best_kwh = xr, sum(_energy(xr, energy_cols).values())
+    say(f"rounding ({b.integers - len(fix)} binaries left free): schedule {best_kwh:.2f} kWh ({status_r})")
+    status = status_r
+    optimal = best is not None and bound - best_kwh <= gap_goal * max(bound, 1e-9)
+    left = time_limit - (time.perf_counter() - t0)
+    if not optimal and left >= 1.0:
+        xm, status, _, dual, proven = b.solve_milp(left, log=log)
+        bound = min(bound, -dual) if math.isfinite(dual) else bound
+        if xm is not None:
+            kwh = sum(_energy(xm, energy_cols).values())
+            if kwh > best_kwh:
+                best, best_kwh = xm, kwh
+        optimal = proven or (best is not None and bound - best_kwh <= gap_goal * max(bound, 1e-9))
+        say(f"whole MILP: bound {bound:.2f} kWh, schedule {best_kwh:.2f} kWh ({status})")
+    per = _energy(best, energy_cols) if best is not None else {}
+    incumbent = best_kwh if best is not None else math.nan
+    gap = math.inf if best is None or bound <= 1e-9 else max(0.0, bound - incumbent) / bound
+    wall = time.perf_counter() - t0
+    return LpResult(bound, per, status, wall, b.n, rows, b.integers, optimal, incumbent, gap)

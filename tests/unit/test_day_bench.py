@@ -229,3 +229,48 @@ def test_min_aware_bound_lets_a_nearly_full_car_draw_below_min() -> None:
     assert lp.value > 0.2
     assert milp.optimal
     assert math.isclose(milp.value, lp.value, rel_tol=1e-3)
+
+
+def test_min_aware_bound_imports_for_a_solar_charger_only_while_it_is_held_at_min() -> None:
+    pytest.importorskip("scipy")
+    from day_lp import CarSession, optimum
+
+    solar = {"start_current": 6, "stop_min": 10, "max_import": 0, "start_grace_s": 40}
+    cfg = parse_config(
+        {
+            "site": {"mains_limit": 25, "mode": "solar", "solar": solar},
+            "chargers": [{"id": "a", "phases": 1, "phase": 1}],
+        }
+    )
+    # 12 A of surplus all hour: twice MIN, so a solar charger never runs from the grid.
+    house = [(1.0, 1.0, 1.0)] * 60
+    pv = [5.0] * 60
+    volts = [(230.0, 230.0, 230.0)] * 60
+    session = CarSession("a", 0, 3600, 300, 10, 100, 32, 1)
+    args = (cfg, [session], house, pv, volts, 60, 3600, "energy")
+    lp = optimum(*args, solar_starts={"a": 1})
+    milp = optimum(*args, min_aware=True, time_limit=60, solar_starts={"a": 1})
+    kwh = 230 / 3.6e6
+    # the LP may add MIN from the grid for start grace + STOP timer (640 s) on top of the surplus
+    assert math.isclose(lp.value, (12 * 3600 + 6 * 640) * kwh, rel_tol=1e-6)
+    assert milp.optimal
+    assert milp.gap <= 1e-4
+    assert math.isclose(milp.value, 12 * 3600 * kwh, rel_tol=1e-4)
+    assert math.isclose(milp.incumbent, milp.value, rel_tol=1e-4)
+
+
+def test_min_aware_bound_reports_its_best_schedule_and_the_gap() -> None:
+    pytest.importorskip("scipy")
+    from day_lp import CarSession, optimum
+
+    cfg = parse_config({"site": {"mains_limit": 25}, "chargers": [{"id": "a"}, {"id": "b"}]})
+    # 9 A of headroom: only one of the two chargers fits at MIN, so the best schedule runs one at 9 A.
+    house = [(16.0, 16.0, 16.0)] * 60
+    volts = [(230.0, 230.0, 230.0)] * 60
+    sessions = [CarSession(c, 0, 3600, 300, 10, 100, 32, 3) for c in ("a", "b")]
+    args = (cfg, sessions, house, [0.0] * 60, volts, 60, 3600, "energy")
+    milp = optimum(*args, min_aware=True, time_limit=1)
+    kwh = 3 * 230 / 3.6e6
+    assert milp.incumbent <= milp.value + 1e-9
+    assert math.isclose(milp.incumbent, 9 * 3600 * kwh, rel_tol=1e-4)
+    assert milp.gap == pytest.approx(max(0.0, milp.value - milp.incumbent) / milp.value)
