@@ -27,6 +27,8 @@ although the surplus does not cover it. The bounds get the same: per charger, ex
 of at most MIN on each phase it draws on, and in total at most MIN × phases × (start grace +
 STOP timer) ampere-seconds per start, with the number of starts taken from the measured run
 (`solar_starts`, at least one per session). `stop_min: 0` (never stop) leaves the total open.
+In the MILP the import flows only in periods where the charger is held at MIN (a binary), as in
+the grace and the STOP timer: the grid never tops up a solar share that is already above MIN.
 """
 
 from __future__ import annotations
