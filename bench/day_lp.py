@@ -79,6 +79,17 @@ class CarSession:
         return max(0.0, self.target_soc - soc0) / 100.0 * self.battery_kwh / CHARGE_EFFICIENCY
 
 
+# Per session: (period, [(current column, kWh per A)], share of the period the car is there).
+_Periods = list[tuple[int, list[tuple[int, float]], float]]
+
+
+def jain_pair_ratio(jain: float) -> float:
+    """The least ratio a/b (a <= b) two values may have for their Jain index to reach `jain`."""
+    # (1 + t)^2 / (2 (1 + t^2)) = J  <=>  (2J - 1) t^2 - 2 t + (2J - 1) = 0, the root below 1
+    c = 2.0 * jain - 1.0
+    return (1.0 - math.sqrt(max(0.0, 1.0 - c * c))) / c
+
+
 @dataclass(frozen=True, slots=True)
 class LpResult:
     """The optimum of one objective (for a MILP stopped early: its best bound and the gap)."""
@@ -256,12 +267,15 @@ def optimum(
     solar_starts: Mapping[str, int] | None = None,
     gap_goal: float = 1e-4,
     log: bool = False,
+    fair_ratio: float | None = None,
+    fair_window_s: float = 900.0,
 ) -> LpResult:
     """Best energy to the cars (`objective="energy"`, kWh) or PV self-consumption ("pv", share).
 
     `min_aware` solves the MILP (energy only) in `time_limit` s at most (see `_min_aware`), and
     stops once bound and best schedule are within `gap_goal`; `log` prints each step and HiGHS's
     log; `solar_starts` is the measured number of starts per solar-mode charger (grid allowance).
+    `fair_ratio` adds the fairness rows of `_fairness` (windows of `fair_window_s`).
     """
     if min_aware and objective != "energy":
         raise ValueError("the MIN-aware bound is for the energy objective")
@@ -279,6 +293,7 @@ def optimum(
     solar_sessions: dict[str, int] = {}
     grace_s = site.solar.start_grace_s + site.solar.stop_min * 60.0
     chargers = {c.id: c for c in config.chargers}
+    fair_sessions: list[tuple[CarSession, tuple[tuple[int, ...], ...], float, _Periods]] = []
     for s in sessions:
         cfg = chargers[s.charger]
         mode = cfg.mode or site.mode
@@ -300,6 +315,7 @@ def optimum(
         k0 = max(0, int(s.at_s // period_s))
         k1 = min(periods, math.ceil(s.unplug_s / period_s))
         need: list[tuple[int, float]] = []
+        per_period: list[tuple[int, list[tuple[int, float]], float]] = []
         prev_y: int | None = None
         prev_e: list[tuple[int, float]] = []
         for k in range(k0, k1):
@@ -380,11 +396,17 @@ def optimum(
                     b.le([(y, -1.0), *((c, -e) for c, e in this_e), (q, full_kwh)], 0.0)
                 prev_y = y
             prev_e = this_e
+            if fair_ratio is not None:
+                per_period.append((k, this_e, avail))
+        if fair_ratio is not None and per_period:
+            fair_sessions.append((s, modes, cap, per_period))
         if need:
             b.le(need, s.need_kwh)
             energy_cols.setdefault(s.charger, []).extend(need)
         if tail:
             b.le(tail, tail_kwh)
+    if fair_ratio is not None:
+        _fairness(b, fair_sessions, lengths, fair_ratio, fair_window_s, min_aware)
     if site.solar.stop_min > 0:
         starts = solar_starts or {}
         for cid, terms in allowance.items():
@@ -493,3 +515,68 @@ def _min_aware(
     gap = math.inf if best is None or bound <= 1e-9 else max(0.0, bound - incumbent) / bound
     wall = time.perf_counter() - t0
     return LpResult(bound, per, status, wall, b.n, rows, b.integers, optimal, incumbent, gap)
+
+
+def _fairness(
+    b: _Builder,
+    fair_sessions: Sequence[tuple[CarSession, tuple[tuple[int, ...], ...], float, _Periods]],
+    lengths: Sequence[float],
+    ratio: float,
+    window_s: float,
+    integer: bool,
+) -> None:
+    """Two cars that compete on a mains phase for a whole window get per-phase A·s within `ratio`.
+
+    For two chargers, `ratio = jain_pair_ratio(J)` makes Jain's index of the window at least J.
+    A car is exempt from a window (binary) if by its end the car is past 80 % (the taper, where it
+    may accept less than its share), or if in one of its periods it draws its whole cap (it took
+    what it could); these exemptions are wider than the recorder's, so the result is an upper
+    bound on the energy of schedules fair in every window. Without `integer` the exemptions are
+    continuous (a weaker relaxation, still an upper bound).
+    """
+    period_s = lengths[0]
+    per_window = max(1, round(window_s / period_s))
+    entries: dict[tuple[int, int], tuple[int, list[tuple[int, float]]]] = {}
+    by_window: dict[int, list[tuple[int, tuple[int, ...], float]]] = {}
+    for si, (s, modes, cap, periods) in enumerate(fair_sessions):
+        phases = tuple(sorted({p for ph in modes for p in ph}))
+        taper_kwh = max(0.0, TAPER_START_SOC - s.soc) / 100.0 * s.battery_kwh / CHARGE_EFFICIENCY
+        cum: int | None = None
+        by_k = {k: (cols, avail) for k, cols, avail in periods}
+        first = min(by_k) // per_window
+        last = max(by_k) // per_window
+        for w in range(first, last + 1):
+            ks = range(w * per_window, min(len(lengths), (w + 1) * per_window))
+            energy = [(c, e) for k in ks if k in by_k for c, e in by_k[k][0]]
+            # energy delivered by the end of the window
+            y = b.var(math.inf)
+            b.eq([(y, 1.0), *(((cum, -1.0),) if cum is not None else ()), *((c, -e) for c, e in energy)], 0.0)
+            cum = y
+            whole = all(k in by_k and by_k[k][1] >= 1.0 - 1e-9 for k in ks)
+            if not whole:
+                continue
+            exempt = b.var(1.0, integer=integer)
+            past = b.var(1.0, integer=integer)
+            b.le([(past, taper_kwh), (y, -1.0)], 0.0)
+            sat_terms = [(past, -1.0)]
+            for k in ks:
+                cols, avail = by_k[k]
+                full = b.var(1.0, integer=integer)
+                b.le([(full, cap * avail), *((c, -1.0) for c, _ in cols)], 0.0)
+                sat_terms.append((full, -1.0))
+            b.le([(exempt, 1.0), *sat_terms], 0.0)
+            # per-phase ampere-seconds in the window
+            amps = [(c, lengths[k]) for k in ks for c, _ in by_k[k][0]]
+            entries[(si, w)] = (exempt, amps)
+            by_window.setdefault(w, []).append((si, phases, cap * window_s))
+    for w, group in by_window.items():
+        for a, pa, _ in group:
+            for c, pc, big in group:
+                same = fair_sessions[a][0].charger == fair_sessions[c][0].charger
+                if a == c or same or not set(pa) & set(pc):
+                    continue
+                ea, amps_a = entries[(a, w)]
+                ec, amps_c = entries[(c, w)]
+                # A_a >= ratio * A_c unless one of them is exempt
+                b.le([*((col, ratio * t) for col, t in amps_c), *((col, -t) for col, t in amps_a),
+                      (ea, -ratio * big), (ec, -ratio * big)], 0.0)  # fmt: skip
