@@ -140,6 +140,7 @@ class _Builder:
         self.on: list[tuple[int, int, int, float]] = []
         # solar "held at MIN from the grid" binaries: (binary, import column)
         self.held: list[tuple[int, int]] = []
+        self.fair = False
 
     def var(self, hi: float, cost: float = 0.0, integer: bool = False) -> int:
         self.lo.append(0.0)
@@ -233,19 +234,21 @@ class _Builder:
             bound = res.fun if res.status == 0 else -math.inf
         return res.x, str(res.message), wall, float(bound), res.status == 0
 
-    def rounding(self, x: Any) -> dict[int, float]:
+    def rounding(self, x: Any, ones: bool = True) -> dict[int, float]:
         """Binaries a relaxed solution settles: off where nothing flows, on where MIN or more does.
 
         The rest stay free. Every setting keeps the relaxed point with its sub-MIN currents
         set to 0 feasible (all node rows are ≤ with non-negative coefficients), so the MILP
-        restricted to the free binaries always has a schedule.
+        restricted to the free binaries always has a schedule. With fairness rows that is no
+        longer so (a current set to 0 can leave the other car above its share): `ones=False`
+        then settles only the chargers that are off, which keeps "all off" feasible.
         """
         fix: dict[int, float] = {}
         for z, col, w, low in self.on:
             tail = float(x[w]) if w >= 0 else 0.0
             if x[col] <= _ZERO and tail <= _ZERO:
                 fix[z] = 0.0
-            elif x[col] >= low - _ZERO:
+            elif ones and x[col] >= low - _ZERO:
                 fix[z] = 1.0
         for h, imp in self.held:
             if x[imp] <= _ZERO:
@@ -406,7 +409,9 @@ def optimum(
         if tail:
             b.le(tail, tail_kwh)
     if fair_ratio is not None:
-        _fairness(b, fair_sessions, lengths, fair_ratio, fair_window_s, min_aware)
+        # the most any charger could draw per phase: the mains phase with the most room
+        room = [site.mains_limit - min(h) + pv for h, pv in zip(house, pv_a, strict=True)]
+        _fairness(b, fair_sessions, lengths, fair_ratio, fair_window_s, min_aware, room)
     if site.solar.stop_min > 0:
         starts = solar_starts or {}
         for cid, terms in allowance.items():
@@ -490,7 +495,7 @@ def _min_aware(
         return LpResult(math.nan, {}, status, time.perf_counter() - t0, b.n, rows, b.integers, False)
     bound = -relax_bound
     say(f"LP relaxation {bound:.2f} kWh ({b.integers} binaries)")
-    fix = b.rounding(x)
+    fix = b.rounding(x, ones=not b.fair)
     left = time_limit - (time.perf_counter() - t0)
     best: Any = None
     best_kwh = -math.inf
@@ -524,16 +529,19 @@ def _fairness(
     ratio: float,
     window_s: float,
     integer: bool,
+    room: Sequence[float],
 ) -> None:
     """Two cars that compete on a mains phase for a whole window get per-phase A·s within `ratio`.
 
     For two chargers, `ratio = jain_pair_ratio(J)` makes Jain's index of the window at least J.
     A car is exempt from a window (binary) if by its end the car is past 80 % (the taper, where it
     may accept less than its share), or if in one of its periods it draws its whole cap (it took
-    what it could); these exemptions are wider than the recorder's, so the result is an upper
+    what it could; only in periods where the mains phase with the most room, `room`, has room for
+    that cap); these exemptions are wider than the recorder's, so the result is an upper
     bound on the energy of schedules fair in every window. Without `integer` the exemptions are
     continuous (a weaker relaxation, still an upper bound).
     """
+    b.fair = True
     period_s = lengths[0]
     per_window = max(1, round(window_s / period_s))
     entries: dict[tuple[int, int], tuple[int, list[tuple[int, float]]]] = {}
@@ -561,6 +569,8 @@ def _fairness(
             sat_terms = [(past, -1.0)]
             for k in ks:
                 cols, avail = by_k[k]
+                if cap > room[k] + 1e-9:
+                    continue  # no node has room for the car's whole cap: it cannot take all it could
                 full = b.var(1.0, integer=integer)
                 b.le([(full, cap * avail), *((c, -1.0) for c, _ in cols)], 0.0)
                 sat_terms.append((full, -1.0))

@@ -274,3 +274,32 @@ def test_min_aware_bound_reports_its_best_schedule_and_the_gap() -> None:
     assert milp.incumbent <= milp.value + 1e-9
     assert math.isclose(milp.incumbent, 9 * 3600 * kwh, rel_tol=1e-4)
     assert milp.gap == pytest.approx(max(0.0, milp.value - milp.incumbent) / milp.value)
+
+
+def test_jain_pair_ratio_gives_the_index_it_is_asked_for() -> None:
+    from day_lp import jain_pair_ratio
+
+    t = jain_pair_ratio(0.99)
+    assert math.isclose((1 + t) ** 2 / (2 * (1 + t * t)), 0.99, rel_tol=1e-9)
+    assert 0.8 < t < 0.83
+
+
+def test_fair_bound_keeps_a_three_phase_car_from_starving_a_one_phase_car_on_their_phase() -> None:
+    pytest.importorskip("scipy")
+    from day_lp import CarSession, jain_pair_ratio, optimum
+
+    cfg = parse_config({"site": {"mains_limit": 25}, "chargers": [{"id": "a"}, {"id": "b"}]})
+    # 12 A of room on L1, 22 A on L2/L3, for one 15-min window; neither car near full
+    house = [(13.0, 3.0, 3.0)] * 15
+    volts = [(230.0, 230.0, 230.0)] * 15
+    sessions = [CarSession("a", 0, 900, 300, 10, 100, 32, 3), CarSession("b", 0, 900, 300, 10, 100, 32, 1)]
+    args = (cfg, sessions, house, [0.0] * 15, volts, 60, 900, "energy")
+    free = optimum(*args, min_aware=True, time_limit=60)
+    fair = optimum(*args, min_aware=True, time_limit=10, fair_ratio=jain_pair_ratio(0.99))
+    kwh = 230 * 900 / 3.6e6
+    # unfair: the 3-phase car takes L1's 12 A on three phases; fair: about half of L1 each
+    assert math.isclose(free.value, 36 * kwh, rel_tol=1e-4)
+    # 6 A each is fair; the bound cannot beat L1 split at the least fair ratio
+    assert 24 * kwh - 1e-6 <= fair.incumbent <= fair.value <= 12 / (1 + 0.8173) * 3.8173 * kwh + 1e-6
+    a, b = fair.per_charger_kwh["a"] / 3, fair.per_charger_kwh["b"]
+    assert min(a, b) >= 0.817 * max(a, b) - 1e-6
