@@ -507,7 +507,7 @@ def goal_rows(rep: ScenarioReport) -> list[GoalRow]:
         # the MILP's optimum lies between its best schedule and the bound: so does the true ratio
         best = _ratio(r.delivered_kwh, rep.milp.incumbent)
         of_best = "" if best is None else f", {_pct(best)} of best"
-        value += f" (MIP gap {100 * rep.milp.gap:.1f} %{of_best})"
+        value += f" (MIP gap {100 * rep.milp.gap:.2f} %{of_best})"
     goal = f">= {100 * ENERGY_GOAL:.0f} %"
     out.append(GoalRow(n, "energy / MIN-aware bound", value, goal, None if e is None else e >= ENERGY_GOAL))
     if n in JAIN_SCENARIOS:
@@ -568,7 +568,7 @@ def print_report(rep: ScenarioReport, from_h: float) -> None:
         m = rep.milp
         state = f"optimal, MIP gap {100 * m.gap:.2f} %"
         if not m.optimal:
-            state = f"MILP not proven optimal, MIP gap {100 * m.gap:.1f} %, best bound used"
+            state = f"MILP not proven optimal, MIP gap {100 * m.gap:.2f} %, best bound used"
         found = "" if math.isnan(m.incumbent) else f", best MIN-respecting schedule {m.incumbent:.1f} kWh"
         print(
             f"   MIN-aware bound (MILP, {m.integers} binaries): energy {m.value:.1f} kWh ({state}{found})  "
