@@ -161,6 +161,8 @@ class Engine:
                             False,
                             ch.reading_at,
                             p.plugged,
+                            p.limit_low,
+                            p.held,
                         )
                         if ci is None or ci.measured_at != ch.reading_at
                         else ci
@@ -170,7 +172,7 @@ class Engine:
             currents = ch.currents
             session = ch.session
             # Positional, in field order (config, mode, demand, limit, limit_source, measured,
-            # session_kwh, phase_mode, active_phases, charging, measured_at, plugged).
+            # session_kwh, phase_mode, active_phases, charging, measured_at, plugged, limit_low, held).
             append(
                 _charger_input(
                     ch.config,
@@ -185,6 +187,8 @@ class Engine:
                     ch.contactor and max(currents) > DRAW_THRESHOLD_A,
                     ch.reading_at,
                     ch.plugged,
+                    ch.lowest_signaled(ch.reading_at),
+                    ch.held,
                 )
             )
         limits: tuple[SiteLimit, ...] = ()

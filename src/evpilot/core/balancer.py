@@ -533,6 +533,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
 
     stale_circuits: set[str] = set()
     circuit_readings: dict[str, Phases] = {}
+    circuit_at: dict[str, float] = {}
     for circ in site.circuits:
         reading = snapshot.circuit_meters.get(circ.name)
         plausible = circ.limit if circ.fuse is None else circ.fuse
@@ -541,6 +542,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             reading = None
         if reading is not None and now - reading.taken_at <= timeout:
             circuit_readings[circ.name] = reading.currents
+            circuit_at[circ.name] = reading.taken_at
         elif circ.metered:
             stale_circuits.add(circ.name)
 
@@ -572,6 +574,11 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     need_draw = site.exclude_self_current or bool(circuit_readings)
     # The chargers' draw per metered circuit with a reading (only those need it).
     circuit_ev: dict[str, list[float]] = {}
+    # What chargers that do not follow their limits may draw (`ChargerInput.held`), per node ("" = mains).
+    held_load: dict[str, list[float]] = {}
+    # Per charger whose reading lags the mains: that reading, at most its lowest limit since.
+    lowered: dict[int, Phases] = {}
+    mains_at = mains.taken_at if mains is not None else None
     memos_get = memos.get
     layout = _layout(site, chargers)
     infos = layout.infos
@@ -599,24 +606,36 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         elif ci.measured_at is not None and now - ci.measured_at > timeout:
             # Unknown draw: counted as 0, so the house load seen upstream includes it (conservative).
             stale = True
+        elif ci.held > 0.0:
+            # Its device may draw `held` whatever it is told: that much counts as other load
+            # (below), and its reading is not subtracted (the meters above still include it).
+            h = info.pm.to_mains((ci.held, ci.held, ci.held))
+            for node in ("", *(paths.get(cfg.circuit, ()) if cfg.circuit is not None else ())):
+                acc = held_load.get(node)
+                if acc is None:
+                    acc = held_load[node] = [0.0, 0.0, 0.0]
+                acc[0] += h[0]
+                acc[1] += h[1]
+                acc[2] += h[2]
         elif need_draw and (a0 != 0.0 or a1 != 0.0 or a2 != 0.0):
             # On the mains phases (`PhaseMap.to_mains`); adding the zeros of the unused phases changes no sum.
-            if info.identity:
-                d0, d1, d2 = a0, a1, a2
-            elif info.wired == 1:
-                d0 = d1 = d2 = 0.0
-                first = info.order[0]
-                if first == 0:
-                    d0 = a0
-                elif first == 1:
-                    d1 = a0
-                else:
-                    d2 = a0
+            d0, d1, d2 = _to_mains(info, a0, a1, a2)
+            low = ci.limit_low
+            at = ci.measured_at
+            lagging = (
+                at is not None and (a0 > low or a1 > low or a2 > low) and (mains_at is None or at < mains_at)
+            )
+            if lagging:
+                # A reading older than the mains reading may predate a lower limit: the car draws at
+                # most that now, so no more than that is subtracted (the house never looks smaller).
+                seen_low = (min(a0, low), min(a1, low), min(a2, low))
+                lowered[idx] = seen_low
+                l0, l1, l2 = _to_mains(info, *seen_low)
             else:
-                d0, d1, d2 = info.pm.to_mains((a0, a1, a2))
-            ev0 += d0
-            ev1 += d1
-            ev2 += d2
+                l0, l1, l2 = d0, d1, d2
+            ev0 += l0
+            ev1 += l1
+            ev2 += l2
             if circuit_readings and cfg.circuit is not None:
                 for name in paths.get(cfg.circuit, ()):
                     if name not in circuit_readings:
@@ -624,9 +643,13 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
                     acc = circuit_ev.get(name)
                     if acc is None:
                         acc = circuit_ev[name] = [0.0, 0.0, 0.0]
-                    acc[0] += d0
-                    acc[1] += d1
-                    acc[2] += d2
+                    if at is not None and (a0 > low or a1 > low or a2 > low) and at < circuit_at[name]:
+                        c0, c1, c2 = _to_mains(info, min(a0, low), min(a1, low), min(a2, low))
+                    else:
+                        c0, c1, c2 = d0, d1, d2
+                    acc[0] += c0
+                    acc[1] += c1
+                    acc[2] += c2
         stale_ev[idx] = stale
         if not ci.plugged:
             seen = _UNPLUGGED
@@ -716,6 +739,13 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     for name, cur in circuit_readings.items():
         ev = circuit_ev.get(name, (0.0, 0.0, 0.0))
         circuit_base[name] = (cur[0] - ev[0], cur[1] - ev[1], cur[2] - ev[2])
+    if held_load:
+        for node, hl in held_load.items():
+            if node == "":
+                base = (base[0] + hl[0], base[1] + hl[1], base[2] + hl[2])
+            else:
+                o = circuit_base.get(node, (0.0, 0.0, 0.0))
+                circuit_base[node] = (o[0] + hl[0], o[1] + hl[1], o[2] + hl[2])
     floors, lag_err = _lagging_meters(snapshot, stale_ev, paths, circuit_readings, now)
     battery = 0.0
     bat = snapshot.battery_current
@@ -1034,7 +1064,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
             snapshot, active, alloc, memo_in, eff_phases, bound, paths, circuit_base, lag_err
         )
     _hold_raises_for_followers(
-        snapshot, prob, shape.keys, active, alloc, memo_in, eff_phases, bound, stale_ev
+        snapshot, prob, shape.keys, active, alloc, memo_in, eff_phases, bound, stale_ev, lowered
     )
     if not capacity_short:
         over_since = None
@@ -1286,6 +1316,20 @@ def _lagging_meters(
     return floors, err
 
 
+def _to_mains(info: _ConfigInfo, a0: float, a1: float, a2: float) -> Phases:
+    """`PhaseMap.to_mains`, with the common wirings written out (this runs for every drawing charger)."""
+    if info.identity:
+        return (a0, a1, a2)
+    if info.wired == 1:
+        first = info.order[0]
+        if first == 0:
+            return (a0, 0.0, 0.0)
+        if first == 1:
+            return (0.0, a0, 0.0)
+        return (0.0, 0.0, a0)
+    return info.pm.to_mains((a0, a1, a2))
+
+
 def _min3(a: Phases, b: Phases) -> Phases:
     return (min(a[0], b[0]), min(a[1], b[1]), min(a[2], b[2]))
 
@@ -1351,6 +1395,7 @@ def _hold_raises_for_followers(
     eff_phases: list[int],
     bound: list[Source],
     stale_ev: list[bool],
+    lowered: dict[int, Phases],
 ) -> None:
     """Hold raises back while a charger under the same node still draws more than its new setpoint.
 
@@ -1371,7 +1416,8 @@ def _hold_raises_for_followers(
     n_site = len(snapshot.site_limits)
     for idx, ci in enumerate(chargers):
         a = alloc[idx]
-        meas = ci.measured
+        # A draw above the lowest limit since a lagging reading is in the other load already.
+        meas = lowered.get(idx, ci.measured) if lowered else ci.measured
         if (
             meas[0] <= a + FOLLOW_TOL_A and meas[1] <= a + FOLLOW_TOL_A and meas[2] <= a + FOLLOW_TOL_A
         ) or stale_ev[idx]:

@@ -27,6 +27,8 @@ from evpilot.core.units import ZERO3 as ZERO3
 from evpilot.core.units import Phases as Phases
 from evpilot.core.values import positional
 
+# The signaled current's changes kept at most (a quiet charger's few; older ones are merged).
+SIGNAL_LOG_MAX = 64
 # An increase of the signaled current is allowed at most this often (IEC 61851 pacing).
 INCREASE_INTERVAL_S = 5.0
 CABLE_LIMITS = (13.0, 20.0, 32.0, 63.0)
@@ -124,6 +126,9 @@ class PilotReading:
     # When the currents were measured, where a separate meter or a link read them earlier than
     # `taken_at` (None: at `taken_at`); the balancer's stale rule looks at this time.
     measured_at: float | None = None
+    # A current the device may keep drawing whatever it is signaled: a setpoint-level charger that
+    # refused (or has not yet taken) a lower limit, or lost its link while an earlier lease runs.
+    held: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +200,10 @@ class Charger:
     signaled: float = 0.0
     last_increase_at: float = -1e18
     contactor: bool = False
+    # The signaled current's changes (time, new value), oldest first (see `lowest_signaled`).
+    signal_log: list[tuple[float, float]] = field(default_factory=list)
+    # A current the device may keep drawing whatever it is signaled (`PilotReading.held`).
+    held: float = 0.0
     stop_requested_at: float | None = None
     errors: set[ErrorFlag] = field(default_factory=set)
     limit_reached: LimitReached | None = None
@@ -434,6 +443,7 @@ class Charger:
         self.cable_limit = None if self.config.fixed_cable else reading.cable_limit
         measured_at = reading.measured_at
         self.reading_at = now if measured_at is None else measured_at
+        self.held = reading.held
         amps, volts = reading.currents, reading.voltages
         # Same order of operations as sum() over the three products.
         self.power_w = amps[0] * volts[0] + amps[1] * volts[1] + amps[2] * volts[2]
@@ -562,9 +572,11 @@ class Charger:
         self.commanded = commanded
         if commanded < self.signaled:
             self.signaled = commanded
+            self._log_signal(now, commanded)
         elif commanded > self.signaled and now - self.last_increase_at >= INCREASE_INTERVAL_S:
             self.signaled = commanded
             self.last_increase_at = now
+            self._log_signal(now, commanded)
 
         # `self.pilot`, inline (this runs for every charger on every tick).
         letter = self.letter
@@ -614,6 +626,33 @@ class Charger:
             self._report_state(now, state, work)
         return _pilot_output(duty, signaled, contactor, phases, expires, safe)
 
+    def _log_signal(self, now: float, value: float) -> None:
+        log = self.signal_log
+        log.append((now, value))
+        if len(log) > SIGNAL_LOG_MAX:
+            # Merged into the older one's time with the lower value: the window can only widen.
+            (t0, v0), (_, v1) = log[0], log[1]
+            log[0:2] = [(t0, min(v0, v1))]
+
+    def lowest_signaled(self, since: float) -> float:
+        """The lowest current signaled at any moment from `since` until now (the one in force at
+        `since` included): all a car can draw now if its charger follows what it is told."""
+        log = self.signal_log
+        low = self.signaled
+        k = len(log) - 1
+        if k < 0 or log[k][0] <= since:
+            return low
+        while k > 0 and log[k][0] > since:
+            k -= 1
+            if log[k][1] < low:
+                low = log[k][1]
+        if log[k][0] > since:
+            # Before the first change kept: 0 A at the start, or a time already dropped.
+            return 0.0
+        # What came before the one in force at `since` is no longer needed.
+        del log[:k]
+        return low
+
     # ---- quiet ticks ----------------------------------------------------------------------
 
     def quiet_key(self) -> tuple[object, ...] | None:
@@ -633,6 +672,7 @@ class Charger:
             or c[1] != 0.0
             or c[2] != 0.0
             or self.stop_requested_at is not None
+            or self.held != 0.0
             or self.target_phases != self.active_phases
             or self.errors
             or self.reported_errors
@@ -686,6 +726,7 @@ class Charger:
             or c[2] != 0.0
             or reading.rcm_fault
             or reading.diode_fault
+            or reading.held != 0.0
             or reading.energy_kwh != self.meter_kwh
             or reading.temperature >= self.config.max_temp
             or (None if self.config.fixed_cable else reading.cable_limit) != self.cable_limit

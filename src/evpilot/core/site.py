@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -97,6 +98,12 @@ class ChargerInput:
     # When `measured` was taken (None: not tracked); older than the meter timeout = stale.
     measured_at: float | None = None
     plugged: bool = True
+    # The lowest current signaled to the charger from `measured_at` until now: a reading older than
+    # the mains reading is never subtracted beyond it (the car cannot still draw more than that).
+    limit_low: float = math.inf
+    # A current the charger's device may keep drawing whatever it is told (it refused or has not
+    # taken a lower limit yet, or lost its link while an earlier lease runs): 0 when it follows.
+    held: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -124,7 +124,7 @@ class SimPilot:
         """The pilot letter, EV meter and sensors as the controller sees them."""
         car = self.car
         # Positional: taken_at, letter, currents, voltages, energy_kwh, temperature, rcm_fault,
-        # diode_fault, cable_limit, measured_at (this runs for every charger on every tick).
+        # diode_fault, cable_limit, measured_at, held (this runs for every charger on every tick).
         return _pilot_reading(
             self.site.now,
             "A" if car is None else car.letter,
@@ -136,6 +136,7 @@ class SimPilot:
             self.diode_fault,
             None if car is None else 32.0,
             None,
+            0.0,
         )
 
     def write(self, output: PilotOutput) -> None:
