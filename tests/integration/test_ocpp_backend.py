@@ -67,6 +67,10 @@ class Wallbox(ChargePoint):  # type: ignore[misc]
     def __init__(self, ident: str, conn: ClientConnection) -> None:
         super().__init__(ident, conn)
         self.profiles: list[Received] = []
+        # The live profiles refused (monotonic time, limit).
+        self.refused: list[tuple[float, float]] = []
+        # Refuse live profiles (stack level 1) while set.
+        self.refuse = False
         self.commands: list[tuple[str, dict[str, Any]]] = []
         self.changed = asyncio.Event()
         # What a triggered MeterValues reports (None: no triggered report).
@@ -75,7 +79,12 @@ class Wallbox(ChargePoint):  # type: ignore[misc]
     @on(Action.set_charging_profile)
     def on_profile(self, connector_id: int, cs_charging_profiles: dict[str, Any]) -> Any:
         # The library hands the payload over in snake_case: back to the wire's names.
-        self.profiles.append(Received(time.time(), connector_id, snake_to_camel_case(cs_charging_profiles)))
+        profile = snake_to_camel_case(cs_charging_profiles)
+        if profile["stackLevel"] == 1 and self.refuse:
+            self.refused.append((time.monotonic(), _limit(profile)))
+            self.changed.set()
+            return call_result.SetChargingProfile(status="Rejected")
+        self.profiles.append(Received(time.time(), connector_id, profile))
         self.changed.set()
         return call_result.SetChargingProfile(status="Accepted")
 
@@ -208,9 +217,11 @@ async def until(pred: Callable[[], bool], timeout: float = 10) -> None:
 
 
 async def metering(cp: Wallbox, amps: list[float], tx: int | None) -> None:
+    """The car wants `amps[0]` and draws it, up to the live limit the wallbox took last."""
     wh = 1000
     while True:
-        await cp.meter(amps[0], wh, tx)
+        live = cp.live()
+        await cp.meter(min(amps[0], _limit(live[-1].profile)) if live else amps[0], wh, tx)
         wh += 5
         await asyncio.sleep(0.3)
 
@@ -517,3 +528,60 @@ async def test_a_changed_limit_asks_the_wallbox_for_meter_values() -> None:
             await cp.wait_profile(lambda p: _limit(p) < 16.0)
             await until(lambda: ("TriggerMessage", {"requested_message": "MeterValues"}) in cp.commands)
             await until(lambda: ch.currents == (11.0, 11.0, 11.0))
+
+
+async def test_a_wallbox_that_refuses_limits_is_retried_with_backoff_and_counted_at_its_last_one() -> None:
+    async with (
+        serve(make_config(config())) as (base, rt),
+        httpx.AsyncClient(base_url=base, timeout=5) as client,
+        mains_feed(client, rt, [5.0, 5.0, 5.0]) as house,
+    ):
+        port = await backend_port(rt)
+        async with wallbox(port) as cp:
+            await cp.status("Preparing")
+            start = await cp.call(
+                call.StartTransaction(connector_id=1, id_tag="CARD-1", meter_start=0, timestamp=now_iso())
+            )
+            await cp.status("Charging")
+            amps = [0.0]
+            meter_task = asyncio.create_task(metering(cp, amps, start.transaction_id))
+            ch = rt.engine.chargers["w7"]
+            link = rt.links["w7"]
+            assert isinstance(link, OcppLink)
+            try:
+                await cp.wait_profile(lambda p: _limit(p) == 16.0)
+                amps[0] = 16.0
+                await until(lambda: ch.currents == (16.0, 16.0, 16.0))
+                # The wallbox refuses every limit from now on; the house grows so 16 A no longer fits.
+                cp.refuse = True
+                house[:] = [14.0, 14.0, 14.0]
+                await until(lambda: link.failed_in_row >= 4, timeout=30)
+                refused = [at for at, _ in cp.refused]
+                gaps = [b - a for a, b in itertools.pairwise(refused)]
+                # Capped exponential backoff: each wait is about twice the one before, not one per tick.
+                assert len(gaps) >= 3 and all(b > 1.5 * a for a, b in itertools.pairwise(gaps[:3])), gaps
+                # Meanwhile the engine counts the wallbox at what it may still apply: its last acknowledged
+                # limit until that lease ends, then its fallback profile's safe current.
+                assert ch.held in (16.0, 6.0)
+                await until(lambda: ch.held == 6.0)
+                (st,) = (await client.get("/api/ocpp/stations")).json()
+                conn = st["connectors"]["1"]
+                assert conn["failed_in_row"] >= 4 and conn["last_status"] == "Rejected"
+                assert conn["next_retry_in_s"] is not None and 0.0 <= conn["next_retry_in_s"] <= 60.0
+                assert conn["held_a"] == 6.0 and conn["profile"]["limit"] == 16.0
+                # The house the engine sees includes what the wallbox may draw: its reading is not
+                # subtracted, its held current is added.
+                site = rt.engine.last
+                assert site is not None and site.base_load[0] >= 14.0 + 16.0 + 6.0 - 0.01
+                # It takes limits again: at the next retry the backoff ends.
+                cp.refuse = False
+                await until(lambda: link.failed_in_row == 0, timeout=70)
+                assert ch.held == 0.0 or link.held(rt.engine.last_tick or 0.0) is None
+                (st,) = (await client.get("/api/ocpp/stations")).json()
+                conn = st["connectors"]["1"]
+                assert conn["failed_in_row"] == 0 and conn["next_retry_in_s"] is None
+                assert conn["held_a"] is None
+            finally:
+                meter_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await meter_task

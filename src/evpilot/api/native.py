@@ -314,6 +314,15 @@ class OcppConnectorDoc(_Doc):
     last_status: str | None = Field(default=None, description="its answer to the last SetChargingProfile")
     pushes: int = Field(default=0, description="SetChargingProfile calls sent")
     failures: int = Field(default=0, description="of which refused or unanswered")
+    failed_in_row: int = Field(default=0, description="deliveries refused or unanswered in a row")
+    next_retry_in_s: float | None = Field(
+        default=None, description="seconds until the next try after failures in a row (null: none pending)"
+    )
+    held_a: float | None = Field(
+        default=None,
+        description="the limit the wallbox may still apply when it has not taken the last one"
+        " (the engine counts it at that); null: it follows",
+    )
 
 
 class OcppBootDoc(_Doc):

@@ -81,6 +81,15 @@ class ChargerLink(Protocol):
         """Talk to the charger until cancelled (returns at once for a link without I/O of its own)."""
 
 
+@runtime_checkable
+class HoldingLink(Protocol):
+    """A link that knows when its charger may apply a limit other than the last setpoint it was sent."""
+
+    def held(self, now: float) -> float | None:
+        """The limit the charger may still apply (a refused or undelivered lower setpoint leaves the one
+        it acknowledged in force, until its lease ends), or None when it follows the setpoints."""
+
+
 class SwitchInput(Protocol):
     """A GPIO input wired to a button, a toggle switch or a relay contact."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from evpilot.core.charger import PilotOutput, PilotReading
-from evpilot.devices.base import ChargerLink, PilotHardware, Setpoint
+from evpilot.devices.base import ChargerLink, HoldingLink, PilotHardware, Setpoint
 from evpilot.devices.meter import Clock, MeterDriver
 
 # The time a never-read value counts as measured at: always stale.
@@ -24,13 +24,23 @@ class LinkedPilot:
         self.link = link
         self.clock = clock
         self.last: Setpoint | None = None
+        self._held = link.held if isinstance(link, HoldingLink) else None
+
+    def held(self, now: float) -> float:
+        """What the charger may draw above its last setpoint (`HoldingLink.held`); 0 when it follows."""
+        if self._held is None:
+            return 0.0
+        amps = self._held(now)
+        if amps is None or (self.last is not None and amps <= self.last.current):
+            return 0.0
+        return amps
 
     def read(self) -> PilotReading:
         """The link's last reading; before the first one the charger counts as free (state A)."""
         now = self.clock()
         r = self.link.latest()
         if r is None:
-            return PilotReading(now, "A", measured_at=NEVER)
+            return PilotReading(now, "A", measured_at=NEVER, held=self.held(now))
         temperature = 25.0 if r.temperature is None else r.temperature
         return PilotReading(
             now,
@@ -40,6 +50,7 @@ class LinkedPilot:
             r.energy_kwh,
             temperature,
             measured_at=min(now, r.taken_at),
+            held=self.held(now),
         )
 
     def write(self, output: PilotOutput) -> None:

@@ -63,6 +63,9 @@ TRIGGER_AFTER_S = 3.0
 # A tag evpilot sent in a RemoteStartTransaction is accepted from the wallbox for this long.
 REMOTE_TAG_S = 180.0
 REALM = 'Basic realm="evpilot OCPP", charset="UTF-8"'
+# After a profile is refused or not answered, the connector is tried again after 1 s, then 2, 4, ...
+# up to a minute: a wallbox that refuses limits is not asked again on every tick.
+RETRY_MIN_S, RETRY_MAX_S = 1.0, 60.0
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -443,6 +446,7 @@ class OcppLink:
         self.connector = connector
         self.phases = charger.phases
         self.safe_current = charger.safe_current
+        self.max_current = charger.max_current
         self.backend = backend
         self.clock = backend.clock
         self.setpoint: Setpoint | None = None
@@ -459,6 +463,10 @@ class OcppLink:
         self.trigger = True
         self._trigger_at: float | None = None
         self._failed = False
+        # Deliveries refused or unanswered in a row on this connection, and when (monotonic) to try again.
+        self.failed_in_row = 0
+        self.retry_at: float | None = None
+        self._retry_on: CentralSession | None = None
         self._wake = asyncio.Event()
         self._reading: LinkReading | None = None
         self._state = "A"
@@ -573,21 +581,28 @@ class OcppLink:
         """Deliver profiles to the wallbox whenever the setpoint calls for one, until cancelled."""
         loop = asyncio.get_running_loop()
         while True:
-            if self._trigger_at is None:
+            deadline = min((t for t in (self._trigger_at, self.retry_at) if t is not None), default=None)
+            if deadline is None:
                 await self._wake.wait()
             else:
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout_at(self._trigger_at):
+                    async with asyncio.timeout_at(deadline):
                         await self._wake.wait()
             self._wake.clear()
             session = self.backend.ready(self.station_id)
             sp = self.setpoint
             if session is None or sp is None:
                 continue
+            if self._retry_on is not session:
+                # A new connection starts without the old one's backoff.
+                self._retry_on, self.failed_in_row, self.retry_at = session, 0, None
             try:
                 if self._trigger_at is not None and loop.time() >= self._trigger_at:
                     self._trigger_at = None
                     await self._trigger_meter_values(session)
+                if self.retry_at is not None and loop.time() < self.retry_at:
+                    continue
+                delivered = True
                 if self._fallback_on is not session:
                     fallback = charging_profile(
                         self.connector * 10 + FALLBACK_ID,
@@ -599,32 +614,71 @@ class OcppLink:
                     )
                     if await self._set(session, fallback):
                         self._fallback_on = session
-                if self._live_on is session and not self._due(sp):
-                    continue
-                now = self.clock()
-                tx = self.transaction_id
-                profile = self.profiles(sp, now)
-                if await self._set(session, profile):
-                    before = self.pushed
-                    self.pushed = Pushed(round(sp.current, 1), sp.phases, tx, now, sp.expires_at)
-                    self.acked_at = self.clock()
-                    self._live_on = session
-                    self._failed = False
-                    if (
-                        tx is not None
-                        and self.trigger
-                        and (before is None or before.limit != self.pushed.limit)
-                    ):
-                        # The engine should see the car follow the new limit without waiting for
-                        # the wallbox's next sampled MeterValues.
-                        self._trigger_at = loop.time() + TRIGGER_AFTER_S
+                    else:
+                        delivered = False
+                if self._live_on is not session or self._due(sp):
+                    now = self.clock()
+                    tx = self.transaction_id
+                    profile = self.profiles(sp, now)
+                    if await self._set(session, profile):
+                        before = self.pushed
+                        self.pushed = Pushed(round(sp.current, 1), sp.phases, tx, now, sp.expires_at)
+                        self.acked_at = self.clock()
+                        self._live_on = session
+                        self._failed = False
+                        if (
+                            tx is not None
+                            and self.trigger
+                            and (before is None or before.limit != self.pushed.limit)
+                        ):
+                            # The engine should see the car follow the new limit without waiting for
+                            # the wallbox's next sampled MeterValues.
+                            self._trigger_at = loop.time() + TRIGGER_AFTER_S
+                    else:
+                        self._failed, delivered = True, False
+                if delivered:
+                    self.failed_in_row, self.retry_at = 0, None
                 else:
-                    self._failed = True
+                    self._back_off(loop.time())
             except (TimeoutError, ConnectionClosed, SessionEnded) as exc:
                 self.failures += 1
                 self._failed = True
                 self.last_error = f"profile not delivered: {exc}"
                 log.warning("%s: profile not delivered: %s", self.address, exc)
+                self._back_off(loop.time())
+
+    def _back_off(self, now: float) -> None:
+        """One more failed delivery: the next try waits twice as long as the last (capped)."""
+        self.failed_in_row += 1
+        delay = min(RETRY_MAX_S, RETRY_MIN_S * 2.0 ** min(self.failed_in_row - 1, 16))
+        self.retry_at = now + delay
+
+    def held(self, now: float) -> float | None:
+        """The limit the wallbox may still apply when it has not taken the last setpoint (`HoldingLink`).
+
+        A lower limit that is refused, unanswered or not yet delivered leaves the acknowledged live
+        profile in force until its `validTo`; a wallbox that refuses limits without one counts at
+        the fallback profile's safe current, or at its MAX if that was not taken either. After the
+        lease a disconnected wallbox is on its fallback: None, as for every lost link.
+        """
+        sp = self.setpoint
+        if sp is None:
+            return None
+        p = self.pushed
+        session = self.backend.ready(self.station_id)
+        if (
+            session is not None
+            and self._live_on is session
+            and not self._failed
+            and p is not None
+            and p.limit == round(sp.current, 1)
+        ):
+            return None
+        if p is not None and now < p.valid_to:
+            return p.limit
+        if session is not None and self.failed_in_row > 0:
+            return self.safe_current if self._fallback_on is session else self.max_current
+        return None
 
     def _due(self, setpoint: Setpoint) -> bool:
         """Whether the setpoint calls for a new live profile."""
@@ -736,7 +790,18 @@ class OcppLink:
             "last_status": self.last_status,
             "pushes": self.pushes,
             "failures": self.failures,
+            "failed_in_row": self.failed_in_row,
+            "next_retry_in_s": None
+            if self.retry_at is None
+            else round(max(0.0, self.retry_at - time.monotonic()), 1),
+            "held_a": self._held_above(),
         }
+
+    def _held_above(self) -> float | None:
+        """`held`, when it is above the last setpoint (what the engine counts the charger at)."""
+        amps = self.held(self.clock())
+        sp = self.setpoint
+        return amps if amps is not None and (sp is None or amps > sp.current) else None
 
 
 class OcppBackend:
