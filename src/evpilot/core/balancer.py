@@ -578,6 +578,10 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     held_load: dict[str, list[float]] = {}
     # Per charger whose reading lags the mains: that reading, at most its lowest limit since.
     lowered: dict[int, Phases] = {}
+    # What those readings showed beyond what was subtracted, per mains phase and per metered circuit
+    # (None: no lagging reading): other load that may only be the cars' old draw.
+    lag_mains: list[float] | None = None
+    lag_circuits: dict[str, list[float]] = {}
     mains_at = mains.taken_at if mains is not None else None
     memos_get = memos.get
     layout = _layout(site, chargers)
@@ -606,17 +610,6 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         elif ci.measured_at is not None and now - ci.measured_at > timeout:
             # Unknown draw: counted as 0, so the house load seen upstream includes it (conservative).
             stale = True
-        elif ci.held > 0.0:
-            # Its device may draw `held` whatever it is told: that much counts as other load
-            # (below), and its reading is not subtracted (the meters above still include it).
-            h = info.pm.to_mains((ci.held, ci.held, ci.held))
-            for node in ("", *(paths.get(cfg.circuit, ()) if cfg.circuit is not None else ())):
-                acc = held_load.get(node)
-                if acc is None:
-                    acc = held_load[node] = [0.0, 0.0, 0.0]
-                acc[0] += h[0]
-                acc[1] += h[1]
-                acc[2] += h[2]
         elif need_draw and (a0 != 0.0 or a1 != 0.0 or a2 != 0.0):
             # On the mains phases (`PhaseMap.to_mains`); adding the zeros of the unused phases changes no sum.
             d0, d1, d2 = _to_mains(info, a0, a1, a2)
@@ -631,6 +624,11 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
                 seen_low = (min(a0, low), min(a1, low), min(a2, low))
                 lowered[idx] = seen_low
                 l0, l1, l2 = _to_mains(info, *seen_low)
+                if lag_mains is None:
+                    lag_mains = [0.0, 0.0, 0.0]
+                lag_mains[0] += d0 - l0
+                lag_mains[1] += d1 - l1
+                lag_mains[2] += d2 - l2
             else:
                 l0, l1, l2 = d0, d1, d2
             ev0 += l0
@@ -645,11 +643,28 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
                         acc = circuit_ev[name] = [0.0, 0.0, 0.0]
                     if at is not None and (a0 > low or a1 > low or a2 > low) and at < circuit_at[name]:
                         c0, c1, c2 = _to_mains(info, min(a0, low), min(a1, low), min(a2, low))
+                        lag = lag_circuits.setdefault(name, [0.0, 0.0, 0.0])
+                        lag[0] += d0 - c0
+                        lag[1] += d1 - c1
+                        lag[2] += d2 - c2
+                        if lag_mains is None:
+                            lag_mains = [0.0, 0.0, 0.0]
                     else:
                         c0, c1, c2 = d0, d1, d2
                     acc[0] += c0
                     acc[1] += c1
                     acc[2] += c2
+        if ci.held > 0.0:
+            # Its device may draw `held` whatever it is told: on top of what is subtracted for it
+            # (never more than it draws), that much counts as other load.
+            h = info.pm.to_mains((ci.held, ci.held, ci.held))
+            for node in ("", *(paths.get(cfg.circuit, ()) if cfg.circuit is not None else ())):
+                acc = held_load.get(node)
+                if acc is None:
+                    acc = held_load[node] = [0.0, 0.0, 0.0]
+                acc[0] += h[0]
+                acc[1] += h[1]
+                acc[2] += h[2]
         stale_ev[idx] = stale
         if not ci.plugged:
             seen = _UNPLUGGED
@@ -1006,6 +1021,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         # on (kWh / phases: a 1-phase and a 3-phase charger compared by what they drew on a phase,
         # the amperes they compete for), then the id.
         cap_stop_s = site.cap_stop_s
+        lag_room = _lag_room(shape.keys, lag_mains, lag_circuits) if lag_mains is not None else None
         keep_order = _keep_order(chargers, candidates, memo_in, eff_phases, now, site.min_run_s, layout)
         for i in keep_order:
             mn = chargers[i].config.min_current
@@ -1017,6 +1033,13 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
                 active.append(i)
                 for c, k in ui:
                     load[c] += k * mn
+                continue
+            if lag_room is not None and all(
+                load[c] + k * mn <= cap_list[c] + lag_room[c] + _EPS for c, k in ui
+            ):
+                # MIN would fit if the lagging readings' cars still drew what they showed: the room
+                # may only be unproven yet, so the charger gets nothing now but is not paused.
+                bound[i] = _S_SHORTAGE
                 continue
             if cap_stop_s <= 0:
                 # No capacity grace: whatever is violated, the charger pauses.
@@ -1314,6 +1337,24 @@ def _lagging_meters(
                 for p in range(3):
                     acc[p] += rise[p]
     return floors, err
+
+
+def _lag_room(
+    keys: tuple[tuple[str, int], ...], lag_mains: list[float], lag_circuits: dict[str, list[float]]
+) -> list[float]:
+    """Per constraint, the other load that may only be lagging readings' old draw (see `compute`)."""
+    out: list[float] = []
+    for node, p in keys:
+        if node == "":
+            out.append(lag_mains[p])
+        elif node == "#capacity":
+            out.append(lag_mains[0] + lag_mains[1] + lag_mains[2])
+        elif node[0] != "#":
+            lag = lag_circuits.get(node)
+            out.append(lag[p] if lag is not None else 0.0)
+        else:
+            out.append(0.0)
+    return out
 
 
 def _to_mains(info: _ConfigInfo, a0: float, a1: float, a2: float) -> Phases:
