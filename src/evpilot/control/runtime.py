@@ -67,6 +67,9 @@ log = logging.getLogger("evpilot")
 CHECKPOINT_S = 10.0
 # ... or before the energy not yet checkpointed could pass this (kWh): the most a crash loses.
 CHECKPOINT_KWH = 0.010
+# A session left open by a crash, on a charger whose link has not reported since the start, is kept
+# this long (clock seconds) for it to come back before it is closed as interrupted.
+RESUME_WAIT_S = 300.0
 # An API-fed mains or circuit reading beyond this many times the node's limit is refused.
 READING_BOUND = 3.0
 # An EV meter may count at most this much more than its charger's MAX at 230 V on all its phases.
@@ -231,6 +234,8 @@ class Runtime:
         self.recent_commands: deque[dict[str, Any]] = deque(maxlen=RECENT_COMMANDS)
         if store is not None:
             self._restore(store)
+            if self.ocpp is not None:
+                self.ocpp.attach_store(store)
         # Shelly auto_balance: metered circuit nodes with their EM drivers (started with the runtime).
         self.auto_balance = AutoBalance(self)
         self.sim_em: SimShellyEm | None = None
@@ -385,6 +390,14 @@ class Runtime:
             self.twins = None
         now = self.clock.now()
         for ch in self.engine.chargers.values():
+            tx = ch.device_tx
+            if ch.session is not None and tx is not None and tx.running:
+                # The charger's own transaction goes on without evpilot (an OCPP wallbox): the
+                # session stays open in the store, and the next run closes it with that transaction.
+                log.info(
+                    "%s: session %s left open with the charger's transaction", ch.config.id, ch.session.id
+                )
+                continue
             try:
                 ch.close(now, StopReason.SHUTDOWN)
             except Exception:
@@ -440,7 +453,7 @@ class Runtime:
         self._watch_overloads(now)
         if self._resumed and now > self.started_at:
             # Not at start itself: a simulated car present at start plugs in at the first step.
-            self._settle_resumed()
+            self._settle_resumed(now)
         self.tick_count += 1
         self.tick_times.append(now)
         if len(self.tick_times) > 1000:
@@ -463,15 +476,23 @@ class Runtime:
             mains = e.last_mains.currents
         self.overloads.observe(now, self.config.control.tick_s, e, mains, e.site.meter_timeout_s)
 
-    def _settle_resumed(self) -> None:
-        """A session from before a crash continues if its car is still plugged in, else it ends."""
+    def _settle_resumed(self, now: float) -> None:
+        """A session from before a crash continues if its car is still plugged in, else it ends.
+
+        A charger behind a link that has not reported since the start (a wallbox reconnecting to the
+        OCPP backend) is waited for up to `RESUME_WAIT_S`: it may still be charging, and its own
+        StopTransaction may close the session.
+        """
         resumed, self._resumed = self._resumed, {}
         for cid, cp in resumed.items():
             ch = self.engine.chargers[cid]
             if ch.session is None or ch.session.id != cp.id:
                 continue
+            link = self.links.get(cid)
             if ch.plugged:
                 log.info("%s: session %s continues after a restart (%.3f kWh)", cid, cp.id, cp.energy_kwh)
+            elif link is not None and link.latest() is None and now - self.started_at < RESUME_WAIT_S:
+                self._resumed[cid] = cp
             else:
                 ch.close(cp.at, StopReason.INTERRUPTED)
 

@@ -111,6 +111,18 @@ def mains_draw(config: ChargerConfig, currents: Phases) -> Phases:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceTransactions:
+    """A charger's own transactions (an OCPP wallbox's): how many started and ended, whether one runs,
+    and how the last one ended (its reason, and its energy from meter start to meter stop if known)."""
+
+    started: int = 0
+    ended: int = 0
+    running: bool = False
+    end_reason: StopReason = StopReason.USER
+    end_energy_kwh: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class PilotReading:
     """What the pilot hardware and the EV meter report at one moment."""
 
@@ -129,6 +141,9 @@ class PilotReading:
     # A current the device may keep drawing whatever it is signaled: a setpoint-level charger that
     # refused (or has not yet taken) a lower limit, or lost its link while an earlier lease runs.
     held: float = 0.0
+    # A charger that runs its own transactions reports them (None: it does not): evpilot's session
+    # ends with the device's transaction, and a new one starts with the device's next transaction.
+    transactions: DeviceTransactions | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +219,8 @@ class Charger:
     signal_log: list[tuple[float, float]] = field(default_factory=list)
     # A current the device may keep drawing whatever it is signaled (`PilotReading.held`).
     held: float = 0.0
+    # The device's transactions as last reported (`PilotReading.transactions`).
+    device_tx: DeviceTransactions | None = None
     stop_requested_at: float | None = None
     errors: set[ErrorFlag] = field(default_factory=set)
     limit_reached: LimitReached | None = None
@@ -453,6 +470,9 @@ class Charger:
             self.meter_kwh = reading.energy_kwh
         if self.session is not None:
             self.session.peak_power_w = max(self.session.peak_power_w, self.power_w)
+        tx = reading.transactions
+        if tx is not None and tx != self.device_tx:
+            self._follow_transactions(now, tx)
 
         if reading.letter == "E":
             self.errors.add(ErrorFlag.PILOT_FAULT)
@@ -509,6 +529,29 @@ class Charger:
             self._check_under_power(now)
         if self.errors != self.reported_errors:
             self._report_faults(now)
+
+    def _follow_transactions(self, now: float, tx: DeviceTransactions) -> None:
+        """The device ended or started a transaction: evpilot's session follows it."""
+        seen = self.device_tx or DeviceTransactions()
+        self.device_tx = tx
+        if tx.ended > seen.ended:
+            session = self.session
+            if session is not None:
+                if tx.end_energy_kwh is not None and tx.end_energy_kwh >= 0.0:
+                    # Meter stop minus meter start: also what the charger drew while evpilot was away.
+                    extra = tx.end_energy_kwh - session.energy_kwh
+                    if extra > 0.0:
+                        self.lifetime_kwh += extra
+                    session.energy_kwh = tx.end_energy_kwh
+                self._end_session(now, tx.end_reason)
+            if not tx.running:
+                # Plugged in after a stop at the device or a remote stop: no new session until the
+                # device starts a transaction again (or the car is unplugged).
+                self.start_requested = False
+                self.paused = True
+        if tx.running and tx.started > seen.started:
+            self.paused = False
+            self.start_requested = True
 
     def _report_faults(self, now: float) -> None:
         before, after = self.reported_errors, frozenset(self.errors)
@@ -727,6 +770,7 @@ class Charger:
             or reading.rcm_fault
             or reading.diode_fault
             or reading.held != 0.0
+            or reading.transactions != self.device_tx
             or reading.energy_kwh != self.meter_kwh
             or reading.temperature >= self.config.max_temp
             or (None if self.config.fixed_cable else reading.cable_limit) != self.cable_limit

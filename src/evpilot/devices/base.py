@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from evpilot.core.charger import PilotOutput, PilotReading
+from evpilot.core.charger import DeviceTransactions, PilotOutput, PilotReading
 from evpilot.core.site import Reading
 from evpilot.core.units import Phases
 
@@ -88,6 +88,14 @@ class HoldingLink(Protocol):
     def held(self, now: float) -> float | None:
         """The limit the charger may still apply (a refused or undelivered lower setpoint leaves the one
         it acknowledged in force, until its lease ends), or None when it follows the setpoints."""
+
+
+@runtime_checkable
+class TransactionLink(Protocol):
+    """A link whose charger runs its own transactions (an OCPP wallbox): evpilot's sessions follow them."""
+
+    def transactions(self) -> DeviceTransactions:
+        """The transactions the charger started and ended so far, and whether one runs."""
 
 
 class SwitchInput(Protocol):

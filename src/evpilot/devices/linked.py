@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from evpilot.core.charger import PilotOutput, PilotReading
-from evpilot.devices.base import ChargerLink, HoldingLink, PilotHardware, Setpoint
+from evpilot.devices.base import ChargerLink, HoldingLink, PilotHardware, Setpoint, TransactionLink
 from evpilot.devices.meter import Clock, MeterDriver
 
 # The time a never-read value counts as measured at: always stale.
@@ -25,6 +25,7 @@ class LinkedPilot:
         self.clock = clock
         self.last: Setpoint | None = None
         self._held = link.held if isinstance(link, HoldingLink) else None
+        self._transactions = link.transactions if isinstance(link, TransactionLink) else None
 
     def held(self, now: float) -> float:
         """What the charger may draw above its last setpoint (`HoldingLink.held`); 0 when it follows."""
@@ -39,8 +40,9 @@ class LinkedPilot:
         """The link's last reading; before the first one the charger counts as free (state A)."""
         now = self.clock()
         r = self.link.latest()
+        tx = self._transactions() if self._transactions is not None else None
         if r is None:
-            return PilotReading(now, "A", measured_at=NEVER, held=self.held(now))
+            return PilotReading(now, "A", measured_at=NEVER, held=self.held(now), transactions=tx)
         temperature = 25.0 if r.temperature is None else r.temperature
         return PilotReading(
             now,
@@ -51,6 +53,7 @@ class LinkedPilot:
             temperature,
             measured_at=min(now, r.taken_at),
             held=self.held(now),
+            transactions=tx,
         )
 
     def write(self, output: PilotOutput) -> None:

@@ -22,7 +22,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from http import HTTPStatus
@@ -38,6 +38,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from evpilot.core.access import TagStatus
+from evpilot.core.charger import DeviceTransactions
+from evpilot.core.session import StopReason
 from evpilot.core.units import Phases
 from evpilot.devices.base import LinkReading, Setpoint
 from evpilot.devices.meter import Clock
@@ -46,6 +48,7 @@ from evpilot.security import PasswordCheck, Throttle, is_loopback_host, parse_ba
 if TYPE_CHECKING:
     from evpilot.config import OcppServerModel
     from evpilot.core.charger import ChargerConfig
+    from evpilot.store.base import SessionStore
 
 log = logging.getLogger("evpilot.ocpp")
 SUBPROTOCOL = "ocpp1.6"
@@ -90,6 +93,18 @@ def after(action: str) -> Callable[[F], F]:
     """The ocpp library's `after` route decorator, typed."""
     return cast(Callable[[F], F], _after(action))
 
+
+# The store setting that keeps the running transactions across restarts.
+TRANSACTIONS_KEY = "ocpp_backend:transactions"
+# StopTransaction `reason` -> why evpilot's session ended (absent means Local, OCPP 1.6 §6.51).
+STOP_REASONS = {
+    "EVDisconnected": StopReason.EV_DISCONNECTED,
+    "EmergencyStop": StopReason.FAULT,
+    "HardReset": StopReason.INTERRUPTED,
+    "SoftReset": StopReason.INTERRUPTED,
+    "Reboot": StopReason.INTERRUPTED,
+    "PowerLoss": StopReason.INTERRUPTED,
+}
 
 # StatusNotification status -> IEC 61851 letter: no car, car connected, charging, fault.
 STATUS_LETTER = {
@@ -226,6 +241,8 @@ class Connector:
     error_code: str | None = None
     transaction_id: int | None = None
     id_tag: str | None = None
+    # The running transaction's meter start (Wh).
+    meter_start: int | None = None
     status_at: float | None = None
 
 
@@ -372,29 +389,39 @@ class CentralSession(ChargePoint):  # type: ignore[misc]
         """Give the transaction its id; from now on the live profile is a TxProfile."""
         tx = self.backend.next_transaction_id()
         conn = self.station.connector(connector_id)
-        conn.transaction_id, conn.id_tag = tx, id_tag
+        conn.transaction_id, conn.id_tag, conn.meter_start = tx, id_tag, meter_start
+        self.backend.save_transactions()
         info = self.backend.tag_info(self.station, connector_id, id_tag, started=True)
         link = self.station.links.get(connector_id)
         if link is not None:
             link.on_energy(meter_start / 1000.0)
+            link.on_transaction(started=True)
             link.wake()
         return call_result.StartTransaction(transaction_id=tx, id_tag_info=info)
 
     @on(Action.stop_transaction)
     def on_stop(
-        self, meter_stop: int, timestamp: str, transaction_id: int, id_tag: str | None = None, **_: Any
+        self, meter_stop: int, timestamp: str, transaction_id: int, id_tag: str | None = None, **info: Any
     ) -> Any:
-        """End the transaction: the live profile goes back to a TxDefaultProfile."""
+        """End the transaction (also one started before evpilot restarted): the charger's session ends
+        with it, and the live profile goes back to a TxDefaultProfile."""
         stopped: int | None = None
         for cid, conn in self.station.connectors.items():
             if conn.transaction_id == transaction_id:
-                conn.transaction_id = conn.id_tag = None
                 stopped = cid
+                start = conn.meter_start
+                conn.transaction_id = conn.id_tag = conn.meter_start = None
                 link = self.station.links.get(cid)
                 if link is not None:
                     link.on_energy(meter_stop / 1000.0)
+                    energy = None if start is None else max(0, meter_stop - start) / 1000.0
+                    link.on_transaction(started=False, reason=info.get("reason"), energy_kwh=energy)
                     link.wake()
                     self.backend.tag_stopped(link.name)
+        if stopped is not None:
+            self.backend.save_transactions()
+        else:
+            log.warning("%s: StopTransaction of unknown transaction %s", self.station.id, transaction_id)
         if id_tag is None:
             return call_result.StopTransaction()
         return call_result.StopTransaction(id_tag_info=self.backend.tag_info(self.station, stopped, id_tag))
@@ -471,6 +498,7 @@ class OcppLink:
         self._reading: LinkReading | None = None
         self._state = "A"
         self._energy: float | None = None
+        self._transactions = DeviceTransactions()
 
     @property
     def driver(self) -> str:
@@ -542,6 +570,22 @@ class OcppLink:
     def latest(self) -> LinkReading | None:
         """The newest reading, or None if none arrived yet."""
         return self._reading
+
+    def transactions(self) -> DeviceTransactions:
+        """The wallbox's transactions on this connector (`TransactionLink`)."""
+        return self._transactions
+
+    def on_transaction(
+        self, started: bool, reason: str | None = None, energy_kwh: float | None = None
+    ) -> None:
+        """A StartTransaction (or one restored after a restart) or a StopTransaction on this connector."""
+        t = self._transactions
+        if started:
+            self._transactions = replace(t, started=t.started + 1, running=True)
+        else:
+            why = STOP_REASONS.get(reason or "Local", StopReason.USER)
+            self._transactions = DeviceTransactions(t.started, t.ended + 1, False, why, energy_kwh)
+        self.backend.changed()
 
     # ---- setpoints -------------------------------------------------------------------------
 
@@ -654,29 +698,23 @@ class OcppLink:
         self.retry_at = now + delay
 
     def held(self, now: float) -> float | None:
-        """The limit the wallbox may still apply when it has not taken the last setpoint (`HoldingLink`).
+        """The limit the wallbox may still apply while it does not take new ones (`HoldingLink`).
 
-        A lower limit that is refused, unanswered or not yet delivered leaves the acknowledged live
-        profile in force until its `validTo`; a wallbox that refuses limits without one counts at
-        the fallback profile's safe current, or at its MAX if that was not taken either. After the
-        lease a disconnected wallbox is on its fallback: None, as for every lost link.
+        While it refuses profiles (or leaves them unanswered), or is disconnected, the live profile
+        it acknowledged stays in force until its `validTo`; a refusing wallbox without one counts
+        at the fallback profile's safe current, or at its MAX if that was not taken either. After
+        the lease a disconnected wallbox is on its fallback: None, as for every lost link. A profile
+        on its way (sent, not answered yet) is not a refusal: the wallbox takes it within moments.
         """
-        sp = self.setpoint
-        if sp is None:
+        if self.setpoint is None:
+            return None
+        session = self.backend.ready(self.station_id)
+        if session is not None and self.failed_in_row == 0:
             return None
         p = self.pushed
-        session = self.backend.ready(self.station_id)
-        if (
-            session is not None
-            and self._live_on is session
-            and not self._failed
-            and p is not None
-            and p.limit == round(sp.current, 1)
-        ):
-            return None
         if p is not None and now < p.valid_to:
             return p.limit
-        if session is not None and self.failed_in_row > 0:
+        if session is not None:
             return self.safe_current if self._fallback_on is session else self.max_current
         return None
 
@@ -822,6 +860,7 @@ class OcppBackend:
         self._tx = itertools.count(int(time.time()) % 1_000_000_000)
         self.listeners: list[Callable[[], None]] = []
         self._server: Server | None = None
+        self.store: SessionStore | None = None
 
     def link(
         self,
@@ -841,6 +880,49 @@ class OcppBackend:
     def next_transaction_id(self) -> int:
         """A fresh transaction id."""
         return next(self._tx)
+
+    def attach_store(self, store: SessionStore) -> None:
+        """Keep the running transactions in `store`, and take back those a previous run left open:
+        a wallbox that comes back mid-transaction goes on with it, and its StopTransaction closes it."""
+        self.store = store
+        saved = store.get_setting(TRANSACTIONS_KEY)
+        if not isinstance(saved, dict):
+            return
+        top = 0
+        for key, entry in saved.items():
+            sid, _, cid_text = str(key).rpartition("/")
+            station = self.stations.get(sid)
+            if station is None or not cid_text.isdigit() or not isinstance(entry, dict):
+                continue
+            tx, start = entry.get("transaction_id"), entry.get("meter_start")
+            if not isinstance(tx, int) or isinstance(tx, bool):
+                continue
+            conn = station.connector(int(cid_text))
+            conn.transaction_id = tx
+            conn.id_tag = entry.get("id_tag") if isinstance(entry.get("id_tag"), str) else None
+            conn.meter_start = start if isinstance(start, int) and not isinstance(start, bool) else None
+            link = station.links.get(int(cid_text))
+            if link is not None:
+                link.on_transaction(started=True)
+            top = max(top, tx)
+        if top >= int(time.time()) % 1_000_000_000:
+            self._tx = itertools.count(top + 1)
+
+    def save_transactions(self) -> None:
+        """Write the running transactions to the store (the writer thread does the I/O)."""
+        if self.store is None:
+            return
+        doc = {
+            f"{st.id}/{cid}": {
+                "transaction_id": c.transaction_id,
+                "id_tag": c.id_tag,
+                "meter_start": c.meter_start,
+            }
+            for st in self.stations.values()
+            for cid, c in st.connectors.items()
+            if c.transaction_id is not None
+        }
+        self.store.set_setting(TRANSACTIONS_KEY, doc)
 
     def ready(self, station_id: str) -> CentralSession | None:
         """The station's session if it is connected and booted."""

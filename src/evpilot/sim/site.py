@@ -124,7 +124,8 @@ class SimPilot:
         """The pilot letter, EV meter and sensors as the controller sees them."""
         car = self.car
         # Positional: taken_at, letter, currents, voltages, energy_kwh, temperature, rcm_fault,
-        # diode_fault, cable_limit, measured_at, held (this runs for every charger on every tick).
+        # diode_fault, cable_limit, measured_at, held, transactions (this runs for every charger on
+        # every tick).
         return _pilot_reading(
             self.site.now,
             "A" if car is None else car.letter,
@@ -137,6 +138,7 @@ class SimPilot:
             None if car is None else 32.0,
             None,
             0.0,
+            None,
         )
 
     def write(self, output: PilotOutput) -> None:
