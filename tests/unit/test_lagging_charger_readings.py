@@ -10,7 +10,7 @@ its limits at what it may draw (`ChargerInput.held`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -206,3 +206,31 @@ def test_signaled_changes_are_logged_and_bounded() -> None:
     assert ch.signal_log[-1] == (t, ch.signaled)
     # Merging keeps the lowest: every window from the first change on still sees 8 A.
     assert ch.lowest_signaled(7.0) == 8.0
+
+
+def test_a_min_that_fits_but_for_old_draws_waits_without_a_shortage_pause() -> None:
+    """25 A mains, house 17 A: a wallbox cut from 20 A to 8 A whose car has not followed yet (the
+    mains shows 37 A) looks like a 29 A house until it reports again; it gets nothing meanwhile but
+    is not paused, so it is back at its next reading."""
+    ci, memo, _ = _charger("w0", 3, 1, 20.0, 20.0, 8.0, 8.0, 3.0)
+    site = SiteConfig(mains_limit=25.0, ramp_step=80.0)
+    lagging = Snapshot(
+        site=site,
+        chargers=(ci,),
+        mains=Reading((37.0, 37.0, 37.0), NOW - 0.2),
+        state=BalancerState({"w0": memo}),
+    )
+    out = compute(lagging, NOW)
+    assert out.base_load == (29.0, 29.0, 29.0)
+    assert out.chargers["w0"].current == 0.0 and out.chargers["w0"].source is sources.SHORTAGE
+    assert out.state.chargers["w0"].paused_until < NOW
+    # The same 29 A house seen with a current reading: a real shortage, paused.
+    fresh = Snapshot(
+        site=site,
+        chargers=(replace(ci, measured=(8.0, 8.0, 8.0), measured_at=NOW - 0.1),),
+        mains=Reading((37.0, 37.0, 37.0), NOW - 0.2),
+        state=BalancerState({"w0": memo}),
+    )
+    out = compute(fresh, NOW)
+    assert out.chargers["w0"].current == 0.0
+    assert out.state.chargers["w0"].paused_until == NOW + site.shortage_pause_s
