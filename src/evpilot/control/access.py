@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 from evpilot.core import commands as cmd
 from evpilot.core import events as ev
 from evpilot.core.access import (
+    LOCK_ATTEMPTS,
+    LOCK_TIMEOUT_S,
     MAX_CARDS,
     AuthMethod,
     Card,
@@ -606,6 +608,26 @@ class AccessControl:
         # A forced unlock holds the charger at 0 A first: the lock opens once no current flows.
         unlocking = st.lock_setting is LockSetting.FORCE_UNLOCK
         self._hold(ch, LOCK_SOURCE, unlocking or st.lock.state is not LockState.LOCKED)
+
+    async def force_unlock(self, cid: str, origin: str) -> bool | None:
+        """Open the cable lock now (`set_cable_lock` `force_unlock`) and wait for the outcome: True once
+        the actuator confirms it open, False on a fault or when it is not open within the lock's
+        attempts, None for a charger without a lock (nothing is commanded)."""
+        st = self.of(cid)
+        if st.lock_mode is LockMode.DISABLED:
+            return None
+        clock = self.rt.clock
+        tick_s = self.rt.config.control.tick_s
+        # Charging stops first (a tick or two), then every attempt may take the lock's timeout.
+        deadline = clock.now() + LOCK_TIMEOUT_S * LOCK_ATTEMPTS + 3 * tick_s
+        self.rt.apply(cmd.SetCableLock(cid, LockSetting.FORCE_UNLOCK.value), origin)
+        while True:
+            # After a tick at the least: a fault from before the command may clear on its first step.
+            await clock.sleep(tick_s / 4)
+            if st.lock.state is LockState.UNLOCKED:
+                return True
+            if st.lock.state is LockState.FAULT or clock.now() >= deadline:
+                return False
 
     def locked(self, cid: str) -> bool:
         """The actuator's last feedback says locked (False without a lock or before any feedback)."""

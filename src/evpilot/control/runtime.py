@@ -103,6 +103,9 @@ class Clock(Protocol):
     def not_before(self, t: float) -> None:
         """Move the clock forward to `t` if it is earlier."""
 
+    async def sleep(self, seconds: float) -> None:
+        """Sleep `seconds` of clock time."""
+
     async def wait(self, event: asyncio.Event, seconds: float) -> bool:
         """Wait for `event` at most `seconds` of clock time."""
 
