@@ -200,6 +200,49 @@ async def test_an_invalid_tag_stops_charging(backend: Backend) -> None:
         assert backend.of("StartTransaction") == []
 
 
+async def test_unlock_connector_ends_the_transaction_and_opens_the_cable_lock(backend: Backend) -> None:
+    config = ocpp_config(backend.port)
+    config["chargers"] = [
+        {"id": "cp1", "name": "Socket", "fixed_cable": False, "lock": "solenoid"},
+        {"id": "cp2", "name": "Bare socket", "fixed_cable": False, "phase": 2, "phases": 1},
+    ]
+    async with serve(make_config(config), speed=SPEED) as (base, rt):
+        cs = await backend.station("EVPILOT-01")
+        lock = rt.access.of("cp1")
+        # No lock on connector 2, no connector 3: both NotSupported, and nothing is commanded.
+        assert (await cs.call(call.UnlockConnector(connector_id=2))).status == "NotSupported"
+        assert (await cs.call(call.UnlockConnector(connector_id=3))).status == "NotSupported"
+        assert not [c for c in rt.recent_commands if c["command"] == "set_cable_lock"]
+
+        rt.sim_plug("cp1", CarSpec())
+        start = (await backend.wait(lambda: backend.of("StartTransaction")))[0]
+        await backend.wait(lambda: lock.lock.state.value == "locked" and rt.charger("cp1").contactor)
+        assert (await cs.call(call.UnlockConnector(connector_id=1))).status == "Unlocked"
+        # The answer came once the actuator reported the lock open; the transaction ended first.
+        assert lock.lock.state.value == "unlocked" and lock.sensed is False
+        stop = (await backend.wait(lambda: backend.of("StopTransaction")))[0]
+        assert stop["transaction_id"] == start["transaction_id"] and stop["reason"] == "UnlockCommand"
+        assert not rt.charger("cp1").contactor
+        forced = next(c for c in rt.recent_commands if c["command"] == "set_cable_lock")
+        assert (forced["origin"], forced["fields"]) == ("ocpp", {"charger": "cp1", "setting": "force_unlock"})
+
+        # The socket is free again: the next car is locked in, then the lock jams.
+        rt.sim_unplug("cp1")
+        await backend.wait(lambda: lock.lock_setting.value == "auto")
+        rt.sim_plug("cp1", CarSpec())
+        await backend.wait(lambda: len(backend.of("StartTransaction")) == 2)
+        await backend.wait(lambda: lock.lock.state.value == "locked")
+        async with httpx.AsyncClient(base_url=base) as client:
+            jam = await client.put("/api/sim/chargers/cp1/lock", json={"jammed": True})
+            assert jam.status_code == 200
+            assert (await cs.call(call.UnlockConnector(connector_id=1))).status == "UnlockFailed"
+            access = (await client.get("/api/chargers/cp1/access")).json()
+        assert access["lock"]["state"] == "fault" and access["lock"]["locked"] is True
+        assert access["lock"]["fault"] == "unlock not confirmed after 3 attempts of 3 s"
+        assert len(backend.of("StopTransaction")) == 2
+        assert backend.of("StopTransaction")[1]["reason"] == "UnlockCommand"
+
+
 async def test_basic_auth_security_profile_1(tmp_path: Path) -> None:
     backend = Backend(free_port(), password="s3cret-s3cret-16")
     await backend.start()

@@ -85,8 +85,9 @@ async def test_reset_on_idle_waits_for_the_transaction_and_immediate_ends_it(bac
 
 async def test_change_availability_and_unlock_of_a_station_and_its_evses(backend: Backend) -> None:
     chargers = [
-        {"id": "cp1", "name": "Socket", "fixed_cable": False},
+        {"id": "cp1", "name": "Socket", "fixed_cable": False, "lock": "solenoid"},
         {"id": "cp2", "name": "Cable", "phase": 2, "phases": 1},
+        {"id": "cp3", "name": "Bare socket", "fixed_cable": False, "phase": 3, "phases": 1},
     ]
     async with serve(make_config(config201(backend.port, chargers)), speed=SPEED) as (_, rt):
         cs = await backend.station("EVPILOT-01")
@@ -106,14 +107,23 @@ async def test_change_availability_and_unlock_of_a_station_and_its_evses(backend
         assert (await cs.call(call.UnlockConnector(evse_id=1, connector_id=1))).status == "Unlocked"
         assert (await cs.call(call.UnlockConnector(evse_id=1, connector_id=2))).status == "UnknownConnector"
         assert (await cs.call(call.UnlockConnector(evse_id=4, connector_id=1))).status == "UnknownConnector"
-        # A fixed cable has no lock to open.
+        # A fixed cable, or a socket without a lock, has no lock to open (2.0.1 has no NotSupported).
         assert (await cs.call(call.UnlockConnector(evse_id=2, connector_id=1))).status == "UnlockFailed"
+        assert (await cs.call(call.UnlockConnector(evse_id=3, connector_id=1))).status == "UnlockFailed"
+        forced = [(c["origin"], c["fields"]) for c in rt.recent_commands if c["command"] == "set_cable_lock"]
+        # No car: the lock was open already, and the forced unlock ends at once (the socket is free).
+        assert forced == [
+            ("ocpp", {"charger": "cp1", "setting": "force_unlock"}),
+            ("lock", {"charger": "cp1", "setting": "auto"}),
+        ]
 
         rt.sim_plug("cp1", CarSpec())
         await backend.wait(lambda: events(backend, "Started"))
+        await backend.wait(lambda: rt.access.of("cp1").lock.state.value == "locked")
         # 2.0.1 keeps a charging car locked in (the transaction goes on).
         unlock = await cs.call(call.UnlockConnector(evse_id=1, connector_id=1))
         assert unlock.status == "OngoingAuthorizedTransaction"
+        assert rt.access.of("cp1").lock.state.value == "locked"
         assert rt.charger("cp1").session is not None and not events(backend, "Ended")
 
         # Inoperative while charging: scheduled for the end of the transaction.
@@ -134,6 +144,39 @@ async def test_change_availability_and_unlock_of_a_station_and_its_evses(backend
         await backend.wait(lambda: last_status(1) == "Available" and last_status(2) == "Available")
         assert rt.charger("cp1").available and rt.charger("cp2").available
         assert [c["command"] for c in rt.recent_commands if c["origin"] == "ocpp"].count("set_available") >= 3
+
+
+async def test_unlock_after_the_transaction_opens_the_lock_and_a_jammed_lock_fails(backend: Backend) -> None:
+    chargers = [{"id": "cp1", "name": "Socket", "fixed_cable": False, "lock": "motor"}]
+    async with serve(make_config(config201(backend.port, chargers)), speed=SPEED) as (base, rt):
+        cs = await backend.station("EVPILOT-01")
+        lock = rt.access.of("cp1")
+
+        async def stopped_and_still_locked(n: int) -> None:
+            rt.sim_plug("cp1", CarSpec())
+            started = await backend.wait(
+                lambda: len(events(backend, "Started")) == n and events(backend, "Started")
+            )
+            await backend.wait(lambda: lock.lock.state.value == "locked")
+            tx_id = started[-1]["transaction_info"]["transaction_id"]
+            assert (await cs.call(call.RequestStopTransaction(transaction_id=tx_id))).status == "Accepted"
+            await backend.wait(lambda: len(events(backend, "Ended")) == n)
+            # The car is still plugged in and held by the lock.
+            assert lock.lock.state.value == "locked" and rt.charger("cp1").plugged
+
+        await stopped_and_still_locked(1)
+        assert (await cs.call(call.UnlockConnector(evse_id=1, connector_id=1))).status == "Unlocked"
+        assert lock.lock.state.value == "unlocked" and lock.sensed is False
+
+        rt.sim_unplug("cp1")
+        await backend.wait(lambda: lock.lock_setting.value == "auto")
+        await stopped_and_still_locked(2)
+        async with httpx.AsyncClient(base_url=base) as client:
+            assert (await client.put("/api/sim/chargers/cp1/lock", json={"jammed": True})).status_code == 200
+            assert (await cs.call(call.UnlockConnector(evse_id=1, connector_id=1))).status == "UnlockFailed"
+            access = (await client.get("/api/chargers/cp1/access")).json()
+        assert access["lock"]["state"] == "fault" and access["lock"]["locked"] is True
+        assert access["lock"]["fault"] == "unlock not confirmed after 3 attempts of 3 s"
 
 
 async def test_trigger_message_for_each_message_the_station_sends(backend: Backend) -> None:

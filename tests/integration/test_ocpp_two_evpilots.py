@@ -1,4 +1,5 @@
-"""Two evpilot processes: one the OCPP backend with a site limit, one a charge point it balances."""
+"""Two evpilot processes: one the OCPP backend with a site limit, one a charge point it balances (and
+whose cable lock the backend's native API opens)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def test_the_backends_allocation_reaches_the_charge_point_as_a_profile(tmp_path:
     }
     charge_point: dict[str, Any] = {
         "site": {"mains_limit": 63},
-        "chargers": [{"id": "cp1", "max_current": 32}],
+        "chargers": [{"id": "cp1", "max_current": 32, "fixed_cable": False, "lock": "solenoid"}],
         "sim": {"pv_kwp": 0, "spike_rate_h": 0, "first_spike_s": None, "house_base": [0, 0, 0]},
         "ocpp": {"url": f"ws://127.0.0.1:{port}/ocpp/", "id": "EVPILOT-01", "meter_sample_s": 5},
     }
@@ -58,3 +59,14 @@ def test_the_backends_allocation_reaches_the_charge_point_as_a_profile(tmp_path:
         # gets it as its OCPP profile limit.
         feed_until(17.0, lambda: profile_amps() == 8.0)
         assert c.get("/api/chargers/cp1").json()["current"]["signaled"] <= 8.0
+
+        # The backend's native unlock reaches the charge point as UnlockConnector: its lock is forced
+        # open, and the answer is the actuator's.
+        r = b.post("/api/chargers/bay1/unlock")
+        assert r.status_code == 200 and r.json()["ocpp"] == {
+            "action": "UnlockConnector",
+            "status": "Unlocked",
+        }
+        assert c.get("/api/chargers/cp1/access").json()["lock"]["state"] == "unlocked"
+        forced = [(x["origin"], x["fields"]) for x in c.get("/api/commands").json()]
+        assert ("ocpp", {"charger": "cp1", "setting": "force_unlock"}) in forced

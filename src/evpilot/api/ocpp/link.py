@@ -14,16 +14,19 @@ import logging
 import math
 import ssl
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from enum import StrEnum
 from typing import Any, TypeVar, cast
 
 from ocpp import routing
+from ocpp.exceptions import OCPPError
+from ocpp.messages import MessageType, unpack
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidHandshake, WebSocketException
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, WebSocketException
 from websockets.typing import Subprotocol
 
-from evpilot.api.ocpp.station import Station, Transaction, iso
+from evpilot.api.ocpp.station import ORIGIN, Station, Transaction, iso
+from evpilot.core.access import LockMode
 from evpilot.security import basic_header
 
 log = logging.getLogger("evpilot.ocpp")
@@ -44,6 +47,8 @@ def after(action: str) -> Callable[[F], F]:
 BOOT_RETRY_S = 10.0
 # The only DataTransfer vendor evpilot knows (it defines no messages, so each is Rejected).
 VENDOR = "evpilot"
+# Calls whose answer waits on hardware (the cable lock's confirmation, up to its attempts).
+SLOW_CALLS = frozenset({"UnlockConnector"})
 
 
 class BootReason(StrEnum):
@@ -66,6 +71,7 @@ class Unlock(StrEnum):
     """What an UnlockConnector did; each version words it in its own vocabulary."""
 
     UNLOCKED = "Unlocked"
+    FAILED = "UnlockFailed"
     NO_LOCK = "NoLock"
     UNKNOWN = "UnknownConnector"
     BUSY = "OngoingAuthorizedTransaction"
@@ -175,6 +181,23 @@ class Link(ABC):
         self._tasks.add(task)
         task.add_done_callback(self._done)
         return task
+
+    async def route(self, raw: str, route: Callable[[str], Awaitable[None]]) -> None:
+        """The library's routing of one received message; a call that waits on hardware is handled in
+        its own task, so the backend's answers to the station's own calls are read meanwhile."""
+        try:
+            msg = unpack(raw)
+        except OCPPError:
+            msg = None  # the library logs it
+        if msg is not None and msg.message_type_id == MessageType.Call and msg.action in SLOW_CALLS:
+            self.spawn(self._answer(route, raw))
+            return
+        await route(raw)
+
+    @staticmethod
+    async def _answer(route: Callable[[str], Awaitable[None]], raw: str) -> None:
+        with contextlib.suppress(ConnectionClosed):  # the backend left: nobody to answer
+            await route(raw)
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -573,13 +596,15 @@ class Link(ABC):
         self.status_changed.set()
         return Availability.SCHEDULED if scheduled else Availability.ACCEPTED
 
-    def unlock(self, connector: int, end_transaction: bool) -> Unlock:
-        """UnlockConnector: a fixed cable has no lock; a running transaction ends first (1.6) or
-        refuses the unlock (2.0.1, `end_transaction` False)."""
+    async def unlock(self, connector: int, end_transaction: bool) -> Unlock:
+        """UnlockConnector: a charger without a cable lock has nothing to open; a running transaction
+        ends first (1.6) or refuses the unlock (2.0.1, `end_transaction` False); then the lock is
+        forced open and the answer waits for the actuator's confirmation (or its fault)."""
         st = self.station
         if connector not in st.connectors:
             return Unlock.UNKNOWN
-        if st.charger(connector).config.fixed_cable:
+        cid = st.connectors[connector]
+        if self.rt.access.of(cid).lock_mode is LockMode.DISABLED:
             return Unlock.NO_LOCK
         tx = st.open_transaction(connector)
         if tx is not None:
@@ -588,7 +613,8 @@ class Link(ABC):
             now = self.rt.clock.now()
             st.stop(connector)
             self.stop_transaction(tx, st.register_wh(connector), now, "UnlockCommand")
-        return Unlock.UNLOCKED
+        opened = await self.rt.access.force_unlock(cid, ORIGIN)
+        return Unlock.UNLOCKED if opened else Unlock.FAILED
 
     @staticmethod
     def data_transfer(vendor_id: str) -> str:

@@ -25,6 +25,14 @@ REASONS = {
     "interrupted": "PowerLoss",
 }
 TRIGGERS = ("BootNotification", "Heartbeat", "StatusNotification", "MeterValues")
+# A shared unlock outcome in 1.6's words: NotSupported is "no connector lock, or ConnectorId is unknown"
+# (1.6 ends a transaction first, so it never answers that one is running).
+UNLOCK = {
+    Unlock.UNLOCKED: "Unlocked",
+    Unlock.FAILED: "UnlockFailed",
+    Unlock.NO_LOCK: "NotSupported",
+    Unlock.UNKNOWN: "NotSupported",
+}
 
 
 def parse_profile(connector: int, doc: dict[str, Any], now: float) -> ChargingProfile:
@@ -74,6 +82,10 @@ class ChargePoint16(ChargePoint):  # type: ignore[misc]
         super().__init__(link.station.id, connection, response_timeout=link.station.config.response_timeout_s)
         self.link = link
         self.st = link.station
+
+    async def route_message(self, raw_msg: str) -> None:
+        """Route one received message through the link (slow calls in their own task)."""
+        await self.link.route(raw_msg, super().route_message)
 
     def _known(self, connector: int | None) -> bool:
         return connector is not None and connector in self.st.connectors
@@ -137,11 +149,9 @@ class ChargePoint16(ChargePoint):  # type: ignore[misc]
         self.link.reset_now(f"{type}Reset")
 
     @on(Action.unlock_connector)
-    def on_unlock(self, connector_id: int, **_: Any) -> call_result.UnlockConnector:
-        outcome = self.link.unlock(connector_id, end_transaction=True)
-        # 1.6 has no word for an unknown connector or a cable without a lock: both are NotSupported.
-        status = "Unlocked" if outcome is Unlock.UNLOCKED else "NotSupported"
-        return call_result.UnlockConnector(status=status)
+    async def on_unlock(self, connector_id: int, **_: Any) -> call_result.UnlockConnector:
+        outcome = await self.link.unlock(connector_id, end_transaction=True)
+        return call_result.UnlockConnector(status=UNLOCK[outcome])
 
     @on(Action.trigger_message)
     def on_trigger(

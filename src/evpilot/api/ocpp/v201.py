@@ -44,9 +44,11 @@ ENDED_BY = {
     "DeAuthorized": "Deauthorized",
     "ImmediateReset": "ResetCommand",
 }
-# What a shared unlock outcome is called in 2.0.1 (a fixed cable cannot be unlocked).
+# What a shared unlock outcome is called in 2.0.1: it has no word for a connector without a lock, and
+# such a connector cannot be unlocked, so it is UnlockFailed.
 UNLOCK = {
     Unlock.UNLOCKED: "Unlocked",
+    Unlock.FAILED: "UnlockFailed",
     Unlock.NO_LOCK: "UnlockFailed",
     Unlock.UNKNOWN: "UnknownConnector",
     Unlock.BUSY: "OngoingAuthorizedTransaction",
@@ -159,6 +161,10 @@ class ChargePoint201(ChargePoint):  # type: ignore[misc]
         super().__init__(link.station.id, connection, response_timeout=link.station.config.response_timeout_s)
         self.link = link
         self.st = link.station
+
+    async def route_message(self, raw_msg: str) -> None:
+        """Route one received message through the link (slow calls in their own task)."""
+        await self.link.route(raw_msg, super().route_message)
 
     @on(Action.request_start_transaction)
     def on_request_start(
@@ -320,8 +326,10 @@ class ChargePoint201(ChargePoint):  # type: ignore[misc]
         return call_result.ChangeAvailability(status=status.value)
 
     @on(Action.unlock_connector)
-    def on_unlock(self, evse_id: int, connector_id: int, **_: Any) -> call_result.UnlockConnector:
-        outcome = Unlock.UNKNOWN if connector_id != 1 else self.link.unlock(evse_id, end_transaction=False)
+    async def on_unlock(self, evse_id: int, connector_id: int, **_: Any) -> call_result.UnlockConnector:
+        outcome = Unlock.UNKNOWN
+        if connector_id == 1:
+            outcome = await self.link.unlock(evse_id, end_transaction=False)
         return call_result.UnlockConnector(status=UNLOCK[outcome])
 
     @on(Action.trigger_message)
