@@ -95,6 +95,8 @@ class Link(ABC):
         self.rt = station.rt
         self.connected = False
         self.accepted = False
+        # Set once the connection's BootNotification has an answer (or the connection is gone).
+        self.boot_answered = asyncio.Event()
         self.status_changed = asyncio.Event()
         self.timers_changed = asyncio.Event()
         self.sample_changed = asyncio.Event()
@@ -271,6 +273,7 @@ class Link(ABC):
             finally:
                 self._ws = None
                 self.connected = self.accepted = False
+                self.boot_answered.set()
             if self._stop.is_set():
                 return
             with contextlib.suppress(TimeoutError):
@@ -281,6 +284,7 @@ class Link(ABC):
         cp = self.make_cp(ws)
         reader = asyncio.create_task(cp.start())
         workers: list[asyncio.Task[Any]] = []
+        self.boot_answered.clear()
         self.connected = True
         try:
             booting = asyncio.create_task(self._boot())
@@ -311,6 +315,8 @@ class Link(ABC):
         keys = self.station.keys
         while True:
             status, interval = await self.boot(self.boot_reason)
+            self.accepted = status == "Accepted"
+            self.boot_answered.set()
             if status == "Accepted":
                 self.boot_reason = BootReason.POWER_UP
                 if interval > 0:
@@ -462,6 +468,10 @@ class Link(ABC):
             return
         if id_tag is not None:
             status = st.authorized_locally(id_tag)
+            if status is None and self.connected:
+                # The backend may send a command right after accepting the boot, before the boot's
+                # answer is taken here: the tag is the backend's to judge once that answer is in.
+                await self.boot_answered.wait()
             if status is None and self.accepted:
                 try:
                     status = await self.authorize(id_tag)
