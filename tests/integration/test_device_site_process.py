@@ -29,6 +29,8 @@ DEVICE: dict[str, Any] = {
     "sim": {"pv_kwp": 0, "spike_rate_h": 0, "first_spike_s": None, "house_base": [0, 0, 0]},
 }
 KINDS = ("esp32evse", "shelly", "smartevse")
+# How long any one step may take to show (a deadline for a wait, not a goal: see the printed figures).
+WAIT_S = 60
 
 
 def controller_config(ports: dict[str, int]) -> dict[str, Any]:
@@ -96,7 +98,7 @@ async def test_three_device_processes_balanced_by_one_evpilot(tmp_path: Path) ->
             async def controller() -> dict[str, dict[str, Any]]:
                 return {k: (await http.get(f"{ctl_base}/api/chargers/{k}")).json() for k in KINDS}
 
-            async def settled(kinds: tuple[str, ...], timeout: float = 15) -> float:
+            async def settled(kinds: tuple[str, ...], timeout: float = WAIT_S) -> float:
                 """Seconds until every device's setting equals the controller's current for it."""
                 start = time.monotonic()
                 while time.monotonic() - start < timeout:
@@ -132,15 +134,19 @@ async def test_three_device_processes_balanced_by_one_evpilot(tmp_path: Path) ->
                     docs = {k: await device(k) for k in KINDS}
                     if house + sum(setting(d) for d in docs.values()) <= MAINS + 0.5:
                         break
-                    assert time.monotonic() - start < 15, docs
+                    assert time.monotonic() - start < WAIT_S, docs
                     await asyncio.sleep(0.05)
                 print(f"overload answered on the devices after {time.monotonic() - start:.2f} s")
                 after = {k: c["current"]["signaled"] for k, c in (await controller()).items()}
                 assert sum(after.values()) <= MAINS - OVERLOAD_HOUSE < sum(before.values()), (before, after)
                 house = HOUSE
-                await asyncio.sleep(1)
+                # The overload over, the SmartEVSE is offered a charging current again (the controller
+                # raises as the fed meter shows room: no fixed time for that on a loaded machine).
+                start = time.monotonic()
+                while (ctl := await controller())["smartevse"]["current"]["signaled"] < 6:
+                    assert time.monotonic() - start < WAIT_S, ctl
+                    await asyncio.sleep(0.05)
                 await settled(KINDS)
-                assert (await controller())["smartevse"]["current"]["signaled"] >= 6
                 # 3. The SmartEVSE process dies: the controller sees the link go silent and stale.
                 dead.add("smartevse")
                 proc = devices["smartevse"][1]
@@ -151,7 +157,7 @@ async def test_three_device_processes_balanced_by_one_evpilot(tmp_path: Path) ->
                     c = (await controller())["smartevse"]
                     if c["link"]["online"] is False and c["limit_source"] == "stale:charger":
                         break
-                    assert time.monotonic() - start < 15, c
+                    assert time.monotonic() - start < WAIT_S, c
                     await asyncio.sleep(0.1)
                 print(f"dead device stale after {time.monotonic() - start:.2f} s")
                 assert c["link"]["errors"] >= 1 and c["link"]["last_seen_s"] >= 3
