@@ -242,6 +242,15 @@ async def test_unlock_connector_ends_the_transaction_and_opens_the_cable_lock(ba
         assert len(backend.of("StopTransaction")) == 2
         assert backend.of("StopTransaction")[1]["reason"] == "UnlockCommand"
 
+        # UnlockConnector is a new attempt: freed, the lock opens on the next one (a new set of attempts).
+        hw = lock.actuator
+        assert hw is not None
+        async with httpx.AsyncClient(base_url=base) as client:
+            assert (await client.put("/api/sim/chargers/cp1/lock", json={"jammed": False})).status_code == 200
+        drives = hw.drives
+        assert (await cs.call(call.UnlockConnector(connector_id=1))).status == "Unlocked"
+        assert lock.lock.state.value == "unlocked" and lock.sensed is False and hw.drives == drives + 1
+
 
 async def test_basic_auth_security_profile_1(tmp_path: Path) -> None:
     backend = Backend(free_port(), password="s3cret-s3cret-16")

@@ -177,6 +177,11 @@ async def test_unlock_after_the_transaction_opens_the_lock_and_a_jammed_lock_fai
             access = (await client.get("/api/chargers/cp1/access")).json()
         assert access["lock"]["state"] == "fault" and access["lock"]["locked"] is True
         assert access["lock"]["fault"] == "unlock not confirmed after 3 attempts of 3 s"
+        # Freed, the next UnlockConnector drives the lock again and it opens.
+        async with httpx.AsyncClient(base_url=base) as client:
+            assert (await client.put("/api/sim/chargers/cp1/lock", json={"jammed": False})).status_code == 200
+        assert (await cs.call(call.UnlockConnector(evse_id=1, connector_id=1))).status == "Unlocked"
+        assert lock.lock.state.value == "unlocked" and lock.sensed is False
 
 
 async def test_trigger_message_for_each_message_the_station_sends(backend: Backend) -> None:

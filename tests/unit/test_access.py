@@ -12,6 +12,7 @@ from evpilot.core.access import (
     LockSetting,
     LockState,
     LockStatus,
+    LockStep,
     RfidMode,
     SwipeAction,
     TagStatus,
@@ -199,6 +200,20 @@ def test_a_failed_lock_releases_when_no_longer_wanted_and_clears() -> None:
     assert step.status.state is LockState.UNLOCKING and step.drive is False
     step = step_lock(step.status, 11.0, False, False)
     assert step.status.state is LockState.UNLOCKED
+
+
+def test_a_failed_unlock_stays_in_fault_until_a_new_forced_unlock_retries_it() -> None:
+    fault = LockStatus(LockState.FAULT, 0.0, 3, "unlock not confirmed after 3 attempts of 3 s")
+    assert step_lock(fault, 10.0, False, True) == LockStep(fault, None)
+    # A new forced unlock: a new set of attempts, each driving the actuator again.
+    step = step_lock(fault, 0.0, False, True, retry=True)
+    assert step == LockStep(LockStatus(LockState.UNLOCKING, 0.0, 1), False)
+    ticks = int(LOCK_TIMEOUT_S) * LOCK_ATTEMPTS + 2
+    status, drives = run_lock(False, [True] * ticks, step.status)
+    assert status.state is LockState.FAULT and drives == [False] * (LOCK_ATTEMPTS - 1)
+    # While the lock must stay closed (current still flows) a retry changes nothing.
+    stuck_open = LockStatus(LockState.FAULT, 0.0, 0, "lock opened while locked")
+    assert step_lock(stuck_open, 12.0, True, False, retry=True) == LockStep(stuck_open, None)
 
 
 def test_windows_within_a_day_and_past_midnight() -> None:

@@ -33,6 +33,7 @@ from evpilot.core.access import (
     want_locked,
 )
 from evpilot.core.errors import CommandError
+from evpilot.core.iec61851 import STOP_DEADLINE_S
 from evpilot.core.schedule import DAY_S
 
 if TYPE_CHECKING:
@@ -93,6 +94,8 @@ class ChargerAccess:
     switch_input: SwitchInput | None = None
     actuator: LockActuator | None = None
     last_hw_closed: bool | None = None
+    # A forced unlock came while the lock was in fault: its next step starts a new set of attempts.
+    unlock_retry: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +318,12 @@ class AccessControl:
             case cmd.SetCableLock(charger=cid, setting=setting):
                 st = self.chargers[cid]
                 st.lock_setting = _lock_setting(setting)
+                # OCPP 1.6 UnlockConnector is a new attempt: so is every forced unlock, from any API.
+                st.unlock_retry = (
+                    st.lock_setting is LockSetting.FORCE_UNLOCK
+                    and st.lock.state is LockState.FAULT
+                    and st.actuator is not None
+                )
                 self._emit(self.rt.charger(cid), "lock_setting", st.lock_setting.value, source)
                 self._save(cid)
             case cmd.LearnCard():
@@ -594,7 +603,9 @@ class AccessControl:
             return
         before = st.lock
         st.sensed = st.actuator.sensed()
-        step = step_lock(before, now, want, st.sensed)
+        step = step_lock(before, now, want, st.sensed, retry=st.unlock_retry and not want)
+        if not want:
+            st.unlock_retry = False  # taken (or no longer needed: the fault cleared)
         if step.drive is not None:
             st.actuator.drive(step.drive)
         st.lock = step.status
@@ -612,21 +623,24 @@ class AccessControl:
     async def force_unlock(self, cid: str, origin: str) -> bool | None:
         """Open the cable lock now (`set_cable_lock` `force_unlock`) and wait for the outcome: True once
         the actuator confirms it open, False on a fault or when it is not open within the lock's
-        attempts, None for a charger without a lock (nothing is commanded)."""
+        attempts, None for a charger without a lock (nothing is commanded). A lock in fault is driven
+        again with a new set of attempts."""
         st = self.of(cid)
         if st.lock_mode is LockMode.DISABLED:
             return None
         clock = self.rt.clock
         tick_s = self.rt.config.control.tick_s
-        # Charging stops first (a tick or two), then every attempt may take the lock's timeout.
-        deadline = clock.now() + LOCK_TIMEOUT_S * LOCK_ATTEMPTS + 3 * tick_s
+        # Charging stops first (the car gets STOP_DEADLINE_S before the contactor opens regardless),
+        # then every attempt may take the lock's timeout; the state machine's own fault comes first.
+        deadline = clock.now() + STOP_DEADLINE_S + LOCK_TIMEOUT_S * LOCK_ATTEMPTS + 3 * tick_s
         self.rt.apply(cmd.SetCableLock(cid, LockSetting.FORCE_UNLOCK.value), origin)
         while True:
             # After a tick at the least: a fault from before the command may clear on its first step.
             await clock.sleep(tick_s / 4)
             if st.lock.state is LockState.UNLOCKED:
                 return True
-            if st.lock.state is LockState.FAULT or clock.now() >= deadline:
+            failed = st.lock.state is LockState.FAULT and not st.unlock_retry
+            if failed or clock.now() >= deadline:
                 return False
 
     def locked(self, cid: str) -> bool:

@@ -234,21 +234,24 @@ def step_lock(
     sensed: bool | None,
     timeout_s: float = LOCK_TIMEOUT_S,
     attempts: int = LOCK_ATTEMPTS,
+    retry: bool = False,
 ) -> LockStep:
     """One step of the lock state machine.
 
     `sensed` is the actuator's feedback (True locked, False unlocked, None not known). An attempt
     that does not reach the wanted position within `timeout_s` is retried, up to `attempts` in all;
-    then the lock is in fault. A fault clears only once the wanted position is sensed (for example
-    after the cable was taken out and the lock released).
+    then the lock is in fault. A fault clears once the wanted position is sensed (for example
+    after the cable was taken out and the lock released), or, when the lock should be open, with a
+    new set of attempts: at once for a lock that never closed, on `retry` (a new forced unlock) for
+    any other fault.
     """
     state = status.state
     if state is LockState.FAULT:
         if sensed is not None and sensed == want_locked:
             target = LockState.LOCKED if want_locked else LockState.UNLOCKED
             return LockStep(LockStatus(target, now), None)
-        if not want_locked and status.fault.startswith("lock"):
-            # A lock that never closed: release it and start over.
+        if not want_locked and (retry or status.fault.startswith("lock")):
+            # A lock that never closed is released and started over; any other only when told again.
             return LockStep(LockStatus(LockState.UNLOCKING, now, 1), False)
         return LockStep(status, None)
     if want_locked:

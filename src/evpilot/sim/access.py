@@ -31,7 +31,8 @@ class SimSwitch:
 
 
 class SimLock:
-    """A lock actuator that reaches the driven position at the next read, unless jammed."""
+    """A lock actuator that reaches the driven position at the next read; jammed, it stalls and a drive
+    is lost (freed, it moves only when driven again)."""
 
     def __init__(self) -> None:
         self.position = False
@@ -41,8 +42,9 @@ class SimLock:
 
     def drive(self, lock: bool) -> None:
         """Start moving to locked (True) or unlocked (False)."""
-        self.target = lock
         self.drives += 1
+        if not self.jammed:
+            self.target = lock
 
     def sensed(self) -> bool | None:
         """The position switch: the lock moves once a read after the drive, a jammed lock never moves."""
