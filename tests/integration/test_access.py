@@ -424,3 +424,66 @@ def test_kept_access_settings_that_no_longer_validate_are_dropped_alone(tmp_path
         assert rt.access.of("cp2").rfid.value == "remote" and rt.access.of("cp2").holder is None
     finally:
         store.close()
+
+
+async def test_native_unlock_forces_the_lock_open_and_a_new_unlock_retries_a_fault() -> None:
+    async with (
+        serve(config(fixed_cable=False, lock="motor"), speed=20) as (base, rt),
+        httpx.AsyncClient(base_url=base, timeout=10) as c,
+    ):
+        # No lock on cp2 and not an OCPP charger: a clear refusal, and nothing is commanded.
+        r = await c.post("/api/chargers/cp2/unlock")
+        assert r.status_code == 409 and r.json()["error"] == "not_supported", r.text
+        assert r.json()["field"] == "charger" and "has no cable lock" in r.json()["detail"]
+        assert not [x for x in rt.recent_commands if x["command"] == "set_cable_lock"]
+
+        await plug(c)
+        await until(c, "/api/chargers/cp1", charging, "charging")
+        assert (await c.get("/api/chargers/cp1/access")).json()["lock"]["state"] == "locked"
+        r = await c.post("/api/chargers/cp1/unlock")
+        assert r.status_code == 200, r.text
+        done = r.json()
+        opened = {"action": "force_unlock", "status": "Unlocked", "state": "unlocked", "detail": None}
+        assert done["lock"] == opened
+        assert "ocpp" not in done and not done["charging"] and done["limit_source"] == "lock"
+        forced = [x for x in rt.recent_commands if x["command"] == "set_cable_lock"]
+        assert [(x["origin"], x["fields"]["setting"]) for x in forced] == [("rest:native", "force_unlock")]
+
+        # The socket is freed and the next car locked in; then the lock jams.
+        await c.post("/api/sim/chargers/cp1/unplug")
+        await until(c, "/api/chargers/cp1/access", lambda d: d["lock"]["setting"] == "auto", "back to auto")
+        await plug(c)
+        await until(c, "/api/chargers/cp1", charging, "charging again")
+        hw = rt.access.chargers["cp1"].actuator
+        assert hw is not None
+        assert (await c.put("/api/sim/chargers/cp1/lock", json={"jammed": True})).status_code == 200
+        r = await c.post("/api/chargers/cp1/unlock")
+        assert r.status_code == 200, r.text
+        failed = r.json()["lock"]
+        reason = "unlock not confirmed after 3 attempts of 3 s"
+        assert failed == {**opened, "status": "UnlockFailed", "state": "fault", "detail": reason}
+
+        # Still jammed: a new unlock is a new set of attempts, each driving the actuator again.
+        drives = hw.drives
+        r = await c.post("/api/chargers/cp1/unlock")
+        assert r.json()["lock"]["status"] == "UnlockFailed" and hw.drives == drives + 3
+
+        # Freed, the stalled lock stays shut and in fault until told again; then it opens.
+        assert (await c.put("/api/sim/chargers/cp1/lock", json={"jammed": False})).status_code == 200
+        since = rt.clock.now()
+        while rt.clock.now() < since + 2:
+            await asyncio.sleep(0.02)
+        access = (await c.get("/api/chargers/cp1/access")).json()
+        assert access["lock"]["state"] == "fault" and access["lock"]["locked"] is True
+        drives = hw.drives
+        r = await c.post("/api/chargers/cp1/unlock")
+        assert r.json()["lock"] == opened
+        assert hw.drives == drives + 1
+        access = (await c.get("/api/chargers/cp1/access")).json()
+        assert access["lock"] == {
+            "mode": "motor",
+            "setting": "force_unlock",
+            "state": "unlocked",
+            "locked": False,
+            "fault": None,
+        }

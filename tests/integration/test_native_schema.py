@@ -121,6 +121,7 @@ CALLS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("POST", "/api/sim/chargers/{cid}/card", "/api/sim/chargers/cp2/card", {"uid": "55667788"}),
     ("PUT", "/api/sim/chargers/{cid}/switch", "/api/sim/chargers/cp2/switch", {"closed": False}),
     ("PUT", "/api/sim/chargers/{cid}/lock", "/api/sim/chargers/cp2/lock", {"jammed": False}),
+    ("POST", "/api/chargers/{cid}/unlock", "/api/chargers/cp2/unlock", None),
     ("DELETE", "/api/cards/{uid}", "/api/cards/11223344", None),
     ("DELETE", "/api/cards", "/api/cards", None),
     ("GET", "/api/history", "/api/history?step=60", None),

@@ -20,6 +20,7 @@ from evpilot.api.facade import JsonRoute
 from evpilot.control.runtime import RECENT_COMMANDS, Runtime, session_dict
 from evpilot.control.supervisor import OverallHealth
 from evpilot.core import commands as cmd
+from evpilot.core.access import LockState
 from evpilot.core.charger import ErrorFlag, WorkState
 from evpilot.core.errors import CommandError, check_range
 from evpilot.core.iec61851 import PilotState
@@ -291,6 +292,15 @@ class OcppAnswerDoc(_Doc):
     detail: str | None = None
 
 
+class LockAnswerDoc(_Doc):
+    """What `POST unlock` did to a local charger's cable lock, in OCPP's words (Unlocked, UnlockFailed)."""
+
+    action: Literal["force_unlock"]
+    status: Literal["Unlocked", "UnlockFailed"]
+    state: LockState = Field(description="the lock's state once answered")
+    detail: str | None = Field(default=None, description="why it failed: the lock's fault, if any")
+
+
 class OcppProfileDoc(_Doc):
     """The live charging profile the wallbox last acknowledged; times in clock seconds."""
 
@@ -400,6 +410,9 @@ class ChargerDoc(_Doc):
     )
     ocpp: OcppAnswerDoc | None = Field(
         default=None, description="commands to an OCPP charger: what its wallbox answered"
+    )
+    lock: LockAnswerDoc | None = Field(
+        default=None, description="unlock of a charger with a cable lock: what the lock did"
     )
 
 
@@ -881,16 +894,27 @@ def build_router(rt: Runtime) -> APIRouter:
     @r.post(
         "/chargers/{cid}/unlock",
         tags=["commands"],
-        summary="Unlock the connector (OCPP wallboxes)",
+        summary="Unlock the connector: force the cable lock open, or UnlockConnector to an OCPP wallbox",
         response_model=ChargerDoc,
     )
     async def unlock(cid: str) -> Response:
-        if ocpp_link(cid) is None:
+        if ocpp_link(cid) is not None:
+            return _out(await relay(cid, "UnlockConnector", lambda link: link.unlock()))
+        opened = await rt.access.force_unlock(cid, ORIGIN)
+        if opened is None:
             problem = Problem(
-                "charger", f"charger {cid!r} has no lock evpilot can release (not an OCPP charger)"
+                "charger", f"charger {cid!r} has no cable lock (lock: disabled) and is not an OCPP charger"
             )
             return Refusal(409, "not_supported", [problem]).response()
-        return _out(await relay(cid, "UnlockConnector", lambda link: link.unlock()))
+        lock = rt.access.of(cid).lock
+        out = doc(cid)
+        out["lock"] = {
+            "action": "force_unlock",
+            "status": "Unlocked" if opened else "UnlockFailed",
+            "state": lock.state.value,
+            "detail": None if opened else lock.fault or "not open within the lock's attempts",
+        }
+        return _out(out)
 
     @r.get(
         "/ocpp/stations",
