@@ -392,6 +392,41 @@ async def test_a_silent_wallbox_goes_stale_at_its_last_limit() -> None:
             assert doc["limit_source"] == "stale:charger"
 
 
+async def test_disabling_an_ocpp_charger_is_the_local_command_plus_change_availability() -> None:
+    # As for a local charger: `set_enabled` (kept) and no current at once; the wallbox is also told
+    # Inoperative, and gets a 0 A profile whatever it answers (a busy one would say Scheduled).
+    async with (
+        serve(make_config(config())) as (base, rt),
+        httpx.AsyncClient(base_url=base, timeout=5) as client,
+        mains_feed(client, rt, [5.0, 5.0, 5.0]),
+        wallbox(await backend_port(rt)) as cp,
+    ):
+        await cp.status("Preparing")
+        start = await cp.call(
+            call.StartTransaction(connector_id=1, id_tag="CARD-1", meter_start=1000, timestamp=now_iso())
+        )
+        tx = start.transaction_id
+        await cp.status("Charging")
+        meter_task = asyncio.create_task(metering(cp, [10.0], tx))
+        try:
+            await cp.wait_profile(lambda p: p.get("transactionId") == tx and _limit(p) == 16.0)
+            for enabled, kind, want in ((False, "Inoperative", 0.0), (True, "Operative", 16.0)):
+                seen = len(cp.live())
+                r = await client.put("/api/chargers/w7/enabled", json={"enabled": enabled})
+                assert r.status_code == 200, r.text
+                doc = r.json()
+                assert doc["enabled"] is enabled
+                assert doc["ocpp"] == {"action": "ChangeAvailability", "status": "Accepted"}
+                assert cp.commands[-1] == ("ChangeAvailability", {"connector_id": 1, "type": kind})
+                applied = [c for c in rt.recent_commands if c["command"] == "set_enabled"][-1]
+                assert (applied["origin"], applied["fields"]["enabled"]) == ("rest:native", enabled)
+                await until(lambda w=want, n=seen: any(_limit(r.profile) == w for r in cp.live()[n:]))
+        finally:
+            meter_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await meter_task
+
+
 async def test_remote_commands_reach_the_wallbox() -> None:
     async with (
         serve(make_config(config())) as (base, rt),
