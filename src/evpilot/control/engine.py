@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from evpilot.core.balancer import ABSURD_A, ABSURD_FACTOR, TRIP_FACTOR, compute
@@ -24,7 +24,7 @@ from evpilot.core.site import (
 from evpilot.core.validity import idle_allocation, may_leave_out, merge, settled
 from evpilot.core.values import positional
 from evpilot.devices.apifed import ApiFedBattery
-from evpilot.devices.base import MeterSource, PilotHardware
+from evpilot.devices.base import MeterSource, PilotHardware, PilotSleep
 
 # Exactly equivalent shortcuts (steady idle site); tests switch them off to compare.
 FAST_PATHS = True
@@ -93,6 +93,15 @@ class Engine:
         self.mains_within: Callable[[float, float], bool] | None = None
         # The time of the last step that left every charger out and refused no reading.
         self._steady_at: float | None = None
+        # Set by `assemble` to the simulator: `run` puts the pilots of settled chargers to sleep.
+        self.pilot_sleep: PilotSleep | None = None
+        # During `run`: whether settled chargers may be put to sleep.
+        self._may_sleep = False
+        # The settled chargers whose pilot sleeps: left out of every tick without being read,
+        # written or stepped. Replaced, never changed in place (the last all-out tick compares it).
+        self._asleep: dict[str, Quiet] = {}
+        # The other chargers, in order (None: to be listed again).
+        self._awake: list[tuple[str, Charger]] | None = None
 
     def mode_of(self, charger: Charger) -> str:
         """The charger's effective mode (its own, or the site's)."""
@@ -107,10 +116,17 @@ class Engine:
 
     def snapshot(self, now: float) -> Snapshot:
         """Freeze everything `compute` needs."""
-        return self._snapshot(now, {}, {})
+        return self._snapshot(now, {}, {}, self.chargers.items())
 
-    def _snapshot(self, now: float, calm: dict[str, Quiet], left_out: dict[str, Quiet]) -> Snapshot:
-        """The snapshot, without the settled chargers among the `calm` ones (those go to `left_out`).
+    def _snapshot(
+        self,
+        now: float,
+        calm: dict[str, Quiet],
+        left_out: dict[str, Quiet],
+        items: Iterable[tuple[str, Charger]],
+    ) -> Snapshot:
+        """The snapshot of the chargers in `items`, without the settled chargers among the `calm` ones
+        (those go to `left_out`).
 
         A calm charger's input is its last one but for the reading's time (`Charger.quiet_key`); a
         settled one (`core.validity.settled`) with the same input is left out of `compute` while
@@ -130,7 +146,7 @@ class Engine:
         inputs: list[ChargerInput] = []
         append = inputs.append
         site_mode = site.mode
-        for cid, ch in self.chargers.items():
+        for cid, ch in items:
             if calm:
                 q = calm.get(cid)
                 if q is not None:
@@ -251,8 +267,14 @@ class Engine:
         # a baseline swapped in for a benchmark sees every charger on every tick.
         fast = FAST_PATHS and self.compute is compute
         quiet = self._quiet
+        items: Iterable[tuple[str, Charger]] = chargers.items()
+        if self._asleep:
+            self._check_sleepers()
+            if self._asleep:
+                items = self._awake_items()
+        asleep = self._asleep
         calm: dict[str, Quiet] = {}
-        for cid, ch in chargers.items():
+        for cid, ch in items:
             reading = pilots[cid].read()
             if fast and quiet:
                 q = quiet.get(cid)
@@ -264,8 +286,8 @@ class Engine:
                 ch.add_charging_time(dt)
             if ch.leases:
                 ch.drop_expired_leases(now)
-        left_out: dict[str, Quiet] = {}
-        snap = self._snapshot(now, calm, left_out)
+        left_out: dict[str, Quiet] = dict(asleep) if asleep else {}
+        snap = self._snapshot(now, calm, left_out, items)
         if not left_out:
             alloc = self.compute(snap, now)
         elif snap.chargers:
@@ -294,11 +316,15 @@ class Engine:
             return o
 
         inputs = iter(snap.chargers)
-        for cid, ch in chargers.items():
+        sleepers: list[str] = []
+        for cid, ch in items:
             a = decisions[cid]
             q = left_out.get(cid)
             if q is not None:
-                pilots[cid].write(ch.apply_quiet(expires, renewed(q)))
+                pilot = pilots[cid]
+                pilot.write(ch.apply_quiet(expires, renewed(q)))
+                if self._may_sleep and self.pilot_sleep is not None and self.pilot_sleep.sleep(pilot):
+                    sleepers.append(cid)
                 continue
             ci = next(inputs)
             q = calm.get(cid)
@@ -325,9 +351,96 @@ class Engine:
                     quiet[cid] = Quiet(key, ci, a, memo, shape)
                 elif quiet:
                     quiet.pop(cid, None)
+        if sleepers:
+            self._asleep = {**asleep, **{cid: left_out[cid] for cid in sleepers}}
+            self._awake = None
         return alloc
 
-    def leap(self, now: float, end: float, tick_s: float = 1.0) -> float:
+    def _awake_items(self) -> list[tuple[str, Charger]]:
+        """The chargers not asleep, in order."""
+        items = self._awake
+        if items is None:
+            asleep = self._asleep
+            items = self._awake = [(cid, ch) for cid, ch in self.chargers.items() if cid not in asleep]
+        return items
+
+    def _check_sleepers(self) -> None:
+        """Wake the chargers whose pilot woke by itself (a car came or left), or all of them when this
+        tick's `compute` must see every charger (`core.validity.may_leave_out`)."""
+        assert self.pilot_sleep is not None
+        woken = self.pilot_sleep.woken()
+        if woken:
+            self._wake(woken)
+        if self._asleep:
+            mains = self.mains.latest() if self.mains is not None else None
+            if not may_leave_out(self.site, mains, {}, self.state):
+                self._wake(list(self._asleep))
+
+    def _wake(self, cids: list[str]) -> None:
+        """Read, write and step these sleeping chargers again from this tick on (their pilots catch up)."""
+        asleep = dict(self._asleep)
+        sleep = self.pilot_sleep
+        assert sleep is not None
+        for cid in cids:
+            if asleep.pop(cid, None) is not None:
+                sleep.wake(self.pilots[cid])
+        self._asleep = asleep
+        self._awake = None
+
+    def _wake_all(self) -> None:
+        """Wake every sleeping charger after the last tick, in the state that tick would have left it:
+        the reading `observe_quiet` takes in, the output renewed to its lease."""
+        asleep = self._asleep
+        if not asleep:
+            return
+        self._wake(list(asleep))
+        assert self.last_tick is not None
+        expires = self.last_tick + self.lease_s
+        for cid, q in asleep.items():
+            ch = self.chargers[cid]
+            pilot = self.pilots[cid]
+            seen = ch.observe_quiet(pilot.read())
+            assert seen, cid
+            d, s, c, p, safe = q.shape
+            pilot.write(ch.apply_quiet(expires, PilotOutput(d, s, c, p, expires, safe)))
+
+    def run(
+        self, now: float, end: float, tick_s: float = 1.0, each: Callable[[float], None] | None = None
+    ) -> float:
+        """The ticks `now + tick_s`, `now + 2 tick_s`, ... up to `end`, each made as `step` makes it, for
+        a caller that changes nothing while they run but the simulator's physics (house, PV, meter
+        switched off: what `before_step` may do); `each(t)` after every tick may read the chargers'
+        signaled currents. Returns the time of the last tick.
+
+        Steady stretches are leapt over (`leap`), and a charger that `step` leaves out of `compute`
+        (settled) is put to sleep while its pilot is the simulator's: until its pilot wakes (a car
+        comes or leaves) or a tick needs every charger in `compute` (a trip), it is neither read
+        nor written, nor are its pilot's physics stepped; after the last tick every charger and
+        pilot is in the state the ticks one by one would have left it in.
+        """
+        self._may_sleep = FAST_PATHS and self.pilot_sleep is not None and self.compute is compute
+        if self.circuit_meters:
+            # Their readings put every charger into `compute` (`core.validity.may_leave_out`).
+            self._may_sleep = False
+        t = now
+        try:
+            while True:
+                nt = t + tick_s
+                if nt > end:
+                    return t
+                self.step(nt)
+                if each is not None:
+                    each(nt)
+                t = self.leap(nt, end, tick_s, each)
+                if t > nt and each is not None:
+                    each(t)
+        finally:
+            self._may_sleep = False
+            self._wake_all()
+
+    def leap(
+        self, now: float, end: float, tick_s: float = 1.0, each: Callable[[float], None] | None = None
+    ) -> float:
         """After `step(now)`: the ticks `now + tick_s`, `now + 2 tick_s`, ... up to `end` while the site
         stays steady; returns the time of the last tick run (`now` if none).
 
@@ -338,7 +451,7 @@ class Engine:
         temperatures) and the mains reading. So only the simulator runs for them, second by
         second, and the mains reading is checked at each; the tick at which the simulator plans a
         change (a car plugs in or leaves), whose reading could bring a charger back or be refused,
-        or at `end`, is a full `step`.
+        or at `end`, is a full `step`. `each(t)` is called after each tick leapt over (not the last).
         """
         events = self.sim_events
         advance = self.before_step
@@ -364,4 +477,6 @@ class Engine:
             if within is None or not within(-ABSURD_A, top):
                 self.step(nt)
                 return nt
+            if each is not None:
+                each(nt)
             t = nt
