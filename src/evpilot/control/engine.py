@@ -102,6 +102,8 @@ class Engine:
         self._asleep: dict[str, Quiet] = {}
         # The other chargers, in order (None: to be listed again).
         self._awake: list[tuple[str, Charger]] | None = None
+        # `_asleep` and their decisions and memos for `merge`.
+        self._kept: tuple[dict[str, Quiet], dict[str, tuple[ChargerAllocation, ChargerMemo]]] | None = None
 
     def mode_of(self, charger: Charger) -> str:
         """The charger's effective mode (its own, or the site's)."""
@@ -286,12 +288,16 @@ class Engine:
                 ch.add_charging_time(dt)
             if ch.leases:
                 ch.drop_expired_leases(now)
-        left_out: dict[str, Quiet] = dict(asleep) if asleep else {}
-        snap = self._snapshot(now, calm, left_out, items)
+        # Settled chargers left out of this tick (the sleeping ones are left out of every tick).
+        fresh_out: dict[str, Quiet] = {}
+        snap = self._snapshot(now, calm, fresh_out, items)
+        left_out = {**asleep, **fresh_out} if asleep else fresh_out
         if not left_out:
             alloc = self.compute(snap, now)
         elif snap.chargers:
-            kept = {cid: (q.decision, q.memo) for cid, q in left_out.items() if q.memo is not None}
+            kept = {cid: (q.decision, q.memo) for cid, q in fresh_out.items() if q.memo is not None}
+            if asleep:
+                kept.update(self._asleep_kept())
             alloc = merge(compute(snap, now), chargers, kept)
         else:
             alloc = self._all_left_out(snap, now, left_out)
@@ -319,7 +325,7 @@ class Engine:
         sleepers: list[str] = []
         for cid, ch in items:
             a = decisions[cid]
-            q = left_out.get(cid)
+            q = fresh_out.get(cid)
             if q is not None:
                 pilot = pilots[cid]
                 pilot.write(ch.apply_quiet(expires, renewed(q)))
@@ -352,9 +358,18 @@ class Engine:
                 elif quiet:
                     quiet.pop(cid, None)
         if sleepers:
-            self._asleep = {**asleep, **{cid: left_out[cid] for cid in sleepers}}
+            self._asleep = {**asleep, **{cid: fresh_out[cid] for cid in sleepers}}
             self._awake = None
         return alloc
+
+    def _asleep_kept(self) -> dict[str, tuple[ChargerAllocation, ChargerMemo]]:
+        """The sleeping chargers' decisions and memos, as `merge` puts them back (kept per `_asleep`)."""
+        asleep = self._asleep
+        kept = self._kept
+        if kept is None or kept[0] is not asleep:
+            memos = {cid: (q.decision, q.memo) for cid, q in asleep.items() if q.memo is not None}
+            kept = self._kept = (asleep, memos)
+        return kept[1]
 
     def _awake_items(self) -> list[tuple[str, Charger]]:
         """The chargers not asleep, in order."""
