@@ -100,6 +100,9 @@ class Engine:
         # The settled chargers whose pilot sleeps: left out of every tick without being read,
         # written or stepped. Replaced, never changed in place (the last all-out tick compares it).
         self._asleep: dict[str, Quiet] = {}
+        # During `run`: quiet chargers that `compute` still sees (waiting their turn) whose pilot
+        # sleeps: not read or written while their decision stays the same.
+        self._dozing: dict[str, Quiet] = {}
         # The other chargers, in order (None: to be listed again).
         self._awake: list[tuple[str, Charger]] | None = None
         # `_asleep` and their decisions and memos for `merge`.
@@ -270,13 +273,26 @@ class Engine:
         fast = FAST_PATHS and self.compute is compute
         quiet = self._quiet
         items: Iterable[tuple[str, Charger]] = chargers.items()
-        if self._asleep:
+        if self._asleep or self._dozing:
             self._check_sleepers()
             if self._asleep:
                 items = self._awake_items()
         asleep = self._asleep
+        dozing = self._dozing
         calm: dict[str, Quiet] = {}
+        read_at = 0.0
+        if dozing:
+            assert self.pilot_sleep is not None
+            read_at = self.pilot_sleep.reading_time()
         for cid, ch in items:
+            if dozing:
+                q = dozing.get(cid)
+                if q is not None:
+                    # What `observe_quiet` would take in but for voltages and temperature, which
+                    # nothing reads before the charger wakes (and catches up).
+                    ch.reading_at = read_at
+                    calm[cid] = q
+                    continue
             reading = pilots[cid].read()
             if fast and quiet:
                 q = quiet.get(cid)
@@ -323,19 +339,33 @@ class Engine:
 
         inputs = iter(snap.chargers)
         sleepers: list[str] = []
+        may_sleep = self._may_sleep
+        sleep = self.pilot_sleep
         for cid, ch in items:
             a = decisions[cid]
             q = fresh_out.get(cid)
             if q is not None:
                 pilot = pilots[cid]
+                if dozing and cid in dozing:
+                    # Its pilot sleeps already: it is left out from now on.
+                    ch.apply_quiet(expires, renewed(q))
+                    del dozing[cid]
+                    sleepers.append(cid)
+                    continue
                 pilot.write(ch.apply_quiet(expires, renewed(q)))
-                if self._may_sleep and self.pilot_sleep is not None and self.pilot_sleep.sleep(pilot):
+                if may_sleep and sleep is not None and sleep.sleep(pilot):
                     sleepers.append(cid)
                 continue
             ci = next(inputs)
             q = calm.get(cid)
             if q is not None and (a is q.decision or a == q.decision):
-                pilots[cid].write(ch.apply_quiet(expires, renewed(q)))
+                if dozing and cid in dozing:
+                    ch.apply_quiet(expires, renewed(q))
+                else:
+                    pilot = pilots[cid]
+                    pilot.write(ch.apply_quiet(expires, renewed(q)))
+                    if may_sleep and sleep is not None and sleep.sleep(pilot):
+                        dozing[cid] = q
                 before = memos_before.get(cid)
                 p = q.input
                 q.memo = (
@@ -346,6 +376,12 @@ class Engine:
                     else None
                 )
                 continue
+            if dozing and dozing.pop(cid, None) is not None:
+                # A new decision: the pilot wakes and the charger takes in this tick's reading first.
+                assert sleep is not None
+                sleep.wake(pilots[cid])
+                seen = ch.observe_quiet(pilots[cid].read())
+                assert seen, cid
             out = ch.apply(now, a.current, a.source, a.phases, lease_s)
             pilots[cid].write(out)
             if fast:
@@ -386,18 +422,19 @@ class Engine:
         woken = self.pilot_sleep.woken()
         if woken:
             self._wake(woken)
-        if self._asleep:
+        if self._asleep or self._dozing:
             mains = self.mains.latest() if self.mains is not None else None
             if not may_leave_out(self.site, mains, {}, self.state):
-                self._wake(list(self._asleep))
+                self._wake([*self._asleep, *self._dozing])
 
     def _wake(self, cids: list[str]) -> None:
         """Read, write and step these sleeping chargers again from this tick on (their pilots catch up)."""
         asleep = dict(self._asleep)
+        dozing = self._dozing
         sleep = self.pilot_sleep
         assert sleep is not None
         for cid in cids:
-            if asleep.pop(cid, None) is not None:
+            if asleep.pop(cid, None) is not None or dozing.pop(cid, None) is not None:
                 sleep.wake(self.pilots[cid])
         self._asleep = asleep
         self._awake = None
@@ -405,7 +442,7 @@ class Engine:
     def _wake_all(self) -> None:
         """Wake every sleeping charger after the last tick, in the state that tick would have left it:
         the reading `observe_quiet` takes in, the output renewed to its lease."""
-        asleep = self._asleep
+        asleep = {**self._asleep, **self._dozing}
         if not asleep:
             return
         self._wake(list(asleep))

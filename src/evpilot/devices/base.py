@@ -33,6 +33,9 @@ class PilotSleep(Protocol):
     def woken(self) -> list[str]:
         """The chargers whose pilot woke by itself since the last call (a car came or left)."""
 
+    def reading_time(self) -> float:
+        """The time a reading taken now carries (`PilotReading.taken_at`)."""
+
 
 class MeterSource(Protocol):
     """A meter whose latest reading can be asked for without waiting."""

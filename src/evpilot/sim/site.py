@@ -349,6 +349,10 @@ class SimSite:
         woken, self._woken = self._woken, []
         return woken
 
+    def reading_time(self) -> float:
+        """The time a pilot's reading taken now carries (`SimPilot.read`)."""
+        return self.now
+
     def _wake_for_car(self, pilot: SimPilot) -> None:
         if pilot.slept_at is not None:
             self.wake(pilot)
