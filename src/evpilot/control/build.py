@@ -107,6 +107,8 @@ def assemble(
         elif circuit.meter != "none":
             engine.circuit_meters[circuit.name] = meters[f"circuit:{circuit.name}"]
     if sim is not None:
+        # `Engine.run` may leave the simulator's own pilots of settled chargers unstepped.
+        engine.pilot_sleep = sim
         sampled = [link.sample for link in links.values() if hasattr(link, "sample")]
         advance = sim.advance_to
         if sampled:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from evpilot.core.balancer import ABSURD_A, ABSURD_FACTOR, TRIP_FACTOR, compute
@@ -24,7 +24,7 @@ from evpilot.core.site import (
 from evpilot.core.validity import idle_allocation, may_leave_out, merge, settled
 from evpilot.core.values import positional
 from evpilot.devices.apifed import ApiFedBattery
-from evpilot.devices.base import MeterSource, PilotHardware
+from evpilot.devices.base import MeterSource, PilotHardware, PilotSleep
 
 # Exactly equivalent shortcuts (steady idle site); tests switch them off to compare.
 FAST_PATHS = True
@@ -93,6 +93,20 @@ class Engine:
         self.mains_within: Callable[[float, float], bool] | None = None
         # The time of the last step that left every charger out and refused no reading.
         self._steady_at: float | None = None
+        # Set by `assemble` to the simulator: `run` puts the pilots of settled chargers to sleep.
+        self.pilot_sleep: PilotSleep | None = None
+        # During `run`: whether settled chargers may be put to sleep.
+        self._may_sleep = False
+        # The settled chargers whose pilot sleeps: left out of every tick without being read,
+        # written or stepped. Replaced, never changed in place (the last all-out tick compares it).
+        self._asleep: dict[str, Quiet] = {}
+        # During `run`: quiet chargers that `compute` still sees (waiting their turn) whose pilot
+        # sleeps: not read or written while their decision stays the same.
+        self._dozing: dict[str, Quiet] = {}
+        # The other chargers, in order (None: to be listed again).
+        self._awake: list[tuple[str, Charger]] | None = None
+        # `_asleep` and their decisions and memos for `merge`.
+        self._kept: tuple[dict[str, Quiet], dict[str, tuple[ChargerAllocation, ChargerMemo]]] | None = None
 
     def mode_of(self, charger: Charger) -> str:
         """The charger's effective mode (its own, or the site's)."""
@@ -107,10 +121,17 @@ class Engine:
 
     def snapshot(self, now: float) -> Snapshot:
         """Freeze everything `compute` needs."""
-        return self._snapshot(now, {}, {})
+        return self._snapshot(now, {}, {}, self.chargers.items())
 
-    def _snapshot(self, now: float, calm: dict[str, Quiet], left_out: dict[str, Quiet]) -> Snapshot:
-        """The snapshot, without the settled chargers among the `calm` ones (those go to `left_out`).
+    def _snapshot(
+        self,
+        now: float,
+        calm: dict[str, Quiet],
+        left_out: dict[str, Quiet],
+        items: Iterable[tuple[str, Charger]],
+    ) -> Snapshot:
+        """The snapshot of the chargers in `items`, without the settled chargers among the `calm` ones
+        (those go to `left_out`).
 
         A calm charger's input is its last one but for the reading's time (`Charger.quiet_key`); a
         settled one (`core.validity.settled`) with the same input is left out of `compute` while
@@ -130,7 +151,7 @@ class Engine:
         inputs: list[ChargerInput] = []
         append = inputs.append
         site_mode = site.mode
-        for cid, ch in self.chargers.items():
+        for cid, ch in items:
             if calm:
                 q = calm.get(cid)
                 if q is not None:
@@ -251,8 +272,27 @@ class Engine:
         # a baseline swapped in for a benchmark sees every charger on every tick.
         fast = FAST_PATHS and self.compute is compute
         quiet = self._quiet
+        items: Iterable[tuple[str, Charger]] = chargers.items()
+        if self._asleep or self._dozing:
+            self._check_sleepers()
+            if self._asleep:
+                items = self._awake_items()
+        asleep = self._asleep
+        dozing = self._dozing
         calm: dict[str, Quiet] = {}
-        for cid, ch in chargers.items():
+        read_at = 0.0
+        if dozing:
+            assert self.pilot_sleep is not None
+            read_at = self.pilot_sleep.reading_time()
+        for cid, ch in items:
+            if dozing:
+                q = dozing.get(cid)
+                if q is not None:
+                    # What `observe_quiet` would take in but for voltages and temperature, which
+                    # nothing reads before the charger wakes (and catches up).
+                    ch.reading_at = read_at
+                    calm[cid] = q
+                    continue
             reading = pilots[cid].read()
             if fast and quiet:
                 q = quiet.get(cid)
@@ -264,12 +304,16 @@ class Engine:
                 ch.add_charging_time(dt)
             if ch.leases:
                 ch.drop_expired_leases(now)
-        left_out: dict[str, Quiet] = {}
-        snap = self._snapshot(now, calm, left_out)
+        # Settled chargers left out of this tick (the sleeping ones are left out of every tick).
+        fresh_out: dict[str, Quiet] = {}
+        snap = self._snapshot(now, calm, fresh_out, items)
+        left_out = {**asleep, **fresh_out} if asleep else fresh_out
         if not left_out:
             alloc = self.compute(snap, now)
         elif snap.chargers:
-            kept = {cid: (q.decision, q.memo) for cid, q in left_out.items() if q.memo is not None}
+            kept = {cid: (q.decision, q.memo) for cid, q in fresh_out.items() if q.memo is not None}
+            if asleep:
+                kept.update(self._asleep_kept())
             alloc = merge(compute(snap, now), chargers, kept)
         else:
             alloc = self._all_left_out(snap, now, left_out)
@@ -294,16 +338,34 @@ class Engine:
             return o
 
         inputs = iter(snap.chargers)
-        for cid, ch in chargers.items():
+        sleepers: list[str] = []
+        may_sleep = self._may_sleep
+        sleep = self.pilot_sleep
+        for cid, ch in items:
             a = decisions[cid]
-            q = left_out.get(cid)
+            q = fresh_out.get(cid)
             if q is not None:
-                pilots[cid].write(ch.apply_quiet(expires, renewed(q)))
+                pilot = pilots[cid]
+                if dozing and cid in dozing:
+                    # Its pilot sleeps already: it is left out from now on.
+                    ch.apply_quiet(expires, renewed(q))
+                    del dozing[cid]
+                    sleepers.append(cid)
+                    continue
+                pilot.write(ch.apply_quiet(expires, renewed(q)))
+                if may_sleep and sleep is not None and sleep.sleep(pilot):
+                    sleepers.append(cid)
                 continue
             ci = next(inputs)
             q = calm.get(cid)
             if q is not None and (a is q.decision or a == q.decision):
-                pilots[cid].write(ch.apply_quiet(expires, renewed(q)))
+                if dozing and cid in dozing:
+                    ch.apply_quiet(expires, renewed(q))
+                else:
+                    pilot = pilots[cid]
+                    pilot.write(ch.apply_quiet(expires, renewed(q)))
+                    if may_sleep and sleep is not None and sleep.sleep(pilot):
+                        dozing[cid] = q
                 before = memos_before.get(cid)
                 p = q.input
                 q.memo = (
@@ -314,6 +376,12 @@ class Engine:
                     else None
                 )
                 continue
+            if dozing and dozing.pop(cid, None) is not None:
+                # A new decision: the pilot wakes and the charger takes in this tick's reading first.
+                assert sleep is not None
+                sleep.wake(pilots[cid])
+                seen = ch.observe_quiet(pilots[cid].read())
+                assert seen, cid
             out = ch.apply(now, a.current, a.source, a.phases, lease_s)
             pilots[cid].write(out)
             if fast:
@@ -325,9 +393,106 @@ class Engine:
                     quiet[cid] = Quiet(key, ci, a, memo, shape)
                 elif quiet:
                     quiet.pop(cid, None)
+        if sleepers:
+            self._asleep = {**asleep, **{cid: fresh_out[cid] for cid in sleepers}}
+            self._awake = None
         return alloc
 
-    def leap(self, now: float, end: float, tick_s: float = 1.0) -> float:
+    def _asleep_kept(self) -> dict[str, tuple[ChargerAllocation, ChargerMemo]]:
+        """The sleeping chargers' decisions and memos, as `merge` puts them back (kept per `_asleep`)."""
+        asleep = self._asleep
+        kept = self._kept
+        if kept is None or kept[0] is not asleep:
+            memos = {cid: (q.decision, q.memo) for cid, q in asleep.items() if q.memo is not None}
+            kept = self._kept = (asleep, memos)
+        return kept[1]
+
+    def _awake_items(self) -> list[tuple[str, Charger]]:
+        """The chargers not asleep, in order."""
+        items = self._awake
+        if items is None:
+            asleep = self._asleep
+            items = self._awake = [(cid, ch) for cid, ch in self.chargers.items() if cid not in asleep]
+        return items
+
+    def _check_sleepers(self) -> None:
+        """Wake the chargers whose pilot woke by itself (a car came or left), or all of them when this
+        tick's `compute` must see every charger (`core.validity.may_leave_out`)."""
+        assert self.pilot_sleep is not None
+        woken = self.pilot_sleep.woken()
+        if woken:
+            self._wake(woken)
+        if self._asleep or self._dozing:
+            mains = self.mains.latest() if self.mains is not None else None
+            if not may_leave_out(self.site, mains, {}, self.state):
+                self._wake([*self._asleep, *self._dozing])
+
+    def _wake(self, cids: list[str]) -> None:
+        """Read, write and step these sleeping chargers again from this tick on (their pilots catch up)."""
+        asleep = dict(self._asleep)
+        dozing = self._dozing
+        sleep = self.pilot_sleep
+        assert sleep is not None
+        for cid in cids:
+            if asleep.pop(cid, None) is not None or dozing.pop(cid, None) is not None:
+                sleep.wake(self.pilots[cid])
+        self._asleep = asleep
+        self._awake = None
+
+    def _wake_all(self) -> None:
+        """Wake every sleeping charger after the last tick, in the state that tick would have left it:
+        the reading `observe_quiet` takes in, the output renewed to its lease."""
+        asleep = {**self._asleep, **self._dozing}
+        if not asleep:
+            return
+        self._wake(list(asleep))
+        assert self.last_tick is not None
+        expires = self.last_tick + self.lease_s
+        for cid, q in asleep.items():
+            ch = self.chargers[cid]
+            pilot = self.pilots[cid]
+            seen = ch.observe_quiet(pilot.read())
+            assert seen, cid
+            d, s, c, p, safe = q.shape
+            pilot.write(ch.apply_quiet(expires, PilotOutput(d, s, c, p, expires, safe)))
+
+    def run(
+        self, now: float, end: float, tick_s: float = 1.0, each: Callable[[float], None] | None = None
+    ) -> float:
+        """The ticks `now + tick_s`, `now + 2 tick_s`, ... up to `end`, each made as `step` makes it, for
+        a caller that changes nothing while they run but the simulator's physics (house, PV, meter
+        switched off: what `before_step` may do); `each(t)` after every tick may read the chargers'
+        signaled currents. Returns the time of the last tick.
+
+        Steady stretches are leapt over (`leap`), and a charger that `step` leaves out of `compute`
+        (settled) is put to sleep while its pilot is the simulator's: until its pilot wakes (a car
+        comes or leaves) or a tick needs every charger in `compute` (a trip), it is neither read
+        nor written, nor are its pilot's physics stepped; after the last tick every charger and
+        pilot is in the state the ticks one by one would have left it in.
+        """
+        self._may_sleep = FAST_PATHS and self.pilot_sleep is not None and self.compute is compute
+        if self.circuit_meters:
+            # Their readings put every charger into `compute` (`core.validity.may_leave_out`).
+            self._may_sleep = False
+        t = now
+        try:
+            while True:
+                nt = t + tick_s
+                if nt > end:
+                    return t
+                self.step(nt)
+                if each is not None:
+                    each(nt)
+                t = self.leap(nt, end, tick_s, each)
+                if t > nt and each is not None:
+                    each(t)
+        finally:
+            self._may_sleep = False
+            self._wake_all()
+
+    def leap(
+        self, now: float, end: float, tick_s: float = 1.0, each: Callable[[float], None] | None = None
+    ) -> float:
         """After `step(now)`: the ticks `now + tick_s`, `now + 2 tick_s`, ... up to `end` while the site
         stays steady; returns the time of the last tick run (`now` if none).
 
@@ -338,7 +503,7 @@ class Engine:
         temperatures) and the mains reading. So only the simulator runs for them, second by
         second, and the mains reading is checked at each; the tick at which the simulator plans a
         change (a car plugs in or leaves), whose reading could bring a charger back or be refused,
-        or at `end`, is a full `step`.
+        or at `end`, is a full `step`. `each(t)` is called after each tick leapt over (not the last).
         """
         events = self.sim_events
         advance = self.before_step
@@ -364,4 +529,6 @@ class Engine:
             if within is None or not within(-ABSURD_A, top):
                 self.step(nt)
                 return nt
+            if each is not None:
+                each(nt)
             t = nt

@@ -20,6 +20,23 @@ class PilotHardware(Protocol):
         """Apply PWM duty, contactor state and phase count."""
 
 
+class PilotSleep(Protocol):
+    """Pilots that need not be stepped, read or written while nothing about them changes (the
+    simulator's): the engine puts a settled charger's pilot to sleep during `Engine.run`."""
+
+    def sleep(self, pilot: object) -> bool:
+        """Stop stepping `pilot` (False: it may not sleep now, or is not one of these)."""
+
+    def wake(self, pilot: object) -> None:
+        """Step `pilot` again, caught up with the steps it slept through."""
+
+    def woken(self) -> list[str]:
+        """The chargers whose pilot woke by itself since the last call (a car came or left)."""
+
+    def reading_time(self) -> float:
+        """The time a reading taken now carries (`PilotReading.taken_at`)."""
+
+
 class MeterSource(Protocol):
     """A meter whose latest reading can be asked for without waiting."""
 

@@ -77,6 +77,10 @@ class SimCar:
             self.follow = self._pending
             self._pending_at = None
 
+    def settled(self, duty: float) -> bool:
+        """Seeing `duty` again changes nothing: it is the last duty seen, and the car follows it."""
+        return duty == self._duty and self._pending_at is None and self.last_offer == self._offer
+
     def draw(self, contactor: bool, charger_phases: int) -> Phases:
         """Per-phase current on the charger's L1..L3."""
         if not contactor or self.follow <= 0 or not self.soc < self.spec.target_soc - 1e-9:

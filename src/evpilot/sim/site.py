@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass, field
 
 from evpilot.core.charger import ZERO3, ChargerConfig, Phases, PilotOutput, PilotReading, mains_draw
-from evpilot.core.iec61851 import current_for_duty, duty_for_current
+from evpilot.core.iec61851 import NO_PWM_DUTY, current_for_duty, duty_for_current
 from evpilot.core.site import Reading
 from evpilot.core.values import positional
 from evpilot.sim.ev import CarSpec, SimCar
@@ -87,6 +87,7 @@ class SimPilot:
         "rotated",
         "safe_current",
         "site",
+        "slept_at",
         "temperature",
         "voltages",
     )
@@ -110,6 +111,8 @@ class SimPilot:
         # The wiring never changes for a pilot: its phase map is looked up once.
         self.pm = config.phase_map
         self.rotated = self.pm.order[0] != 0
+        # The site's step count when it stopped stepping this pilot (`SimSite.sleep`), else None.
+        self.slept_at: int | None = None
 
     def plug(self, spec: CarSpec) -> None:
         """Connect a car."""
@@ -148,6 +151,45 @@ class SimPilot:
         self.phases = output.phases
         self.fallback_at = output.fallback_at
         self.safe_current = output.safe_current
+
+    def may_sleep(self) -> bool:
+        """A step would only move the voltages and cool the charger: no PWM offered, contactor open,
+        nothing drawn, below MAX temperature (so is ambient), and a car that has followed the duty."""
+        car = self.car
+        max_temp = self.config.max_temp
+        return (
+            FAST_PATHS
+            and not self.contactor
+            and self.duty == NO_PWM_DUTY
+            and self.currents is ZERO3
+            and self.temperature < max_temp
+            and self.site.params.ambient_c < max_temp
+            and (car is None or car.settled(NO_PWM_DUTY))
+        )
+
+    def _voltages(self, phase_v: Phases) -> Phases:
+        """The voltages on this charger's L1..L3 for the mains phases' `phase_v`."""
+        if self.config.phases == 1:
+            return (phase_v[self.pm.order[0]], 0.0, 0.0)
+        if self.rotated:
+            return self.pm.from_mains(phase_v)
+        return phase_v
+
+    def _cool(self, dt: float, steps: int) -> None:
+        """`steps` steps of `dt` with nothing drawn: the temperature approaches ambient."""
+        ambient = self.site.params.ambient_c
+        temperature = self.temperature
+        factor = min(1.0, dt / HEAT_TAU_S)
+        for _ in range(steps):
+            if temperature == ambient:
+                break
+            # The same expression as a step's (`_step`).
+            t = temperature + (ambient + 0.0 - temperature) * factor
+            if t == temperature:
+                # A fixed point: the rest of these steps change nothing either.
+                break
+            temperature = t
+        self.temperature = temperature
 
     def _step(self, now: float, dt: float, phase_v: Phases) -> Phases:
         car = self.car
@@ -241,6 +283,15 @@ class SimSite:
         self.battery_w = 0.0
         self._stepped = False
         self.step_s = 1.0
+        # Pilots stepped at each step: all but the sleeping ones (`sleep`), in the order of `pilots`.
+        self._awake: list[SimPilot] = list(self.pilots.values())
+        self._asleep = 0
+        self._steps = 0
+        # While any pilot sleeps: the steps' lengths as runs [dt, first step, count], and the mains
+        # voltages the last step gave the pilots (what a sleeping pilot catches up with).
+        self._dt_runs: list[list[float]] = []
+        self._pilot_v: Phases = self.phase_v
+        self._woken: list[str] = []
 
     @property
     def frequency(self) -> float:
@@ -256,6 +307,56 @@ class SimSite:
         planned = self.planned
         first = planned[0].at + self.start if planned else math.inf
         return min(first, self._unplug_due)
+
+    def sleep(self, pilot: object) -> bool:
+        """Stop stepping `pilot` while its steps would only move its voltages and cool it
+        (`SimPilot.may_sleep`); False if it may not sleep or is not one of this site's pilots.
+
+        Its voltages and temperature catch up when it is woken (`wake`): by itself when a car
+        plugs into it or leaves (`woken`), or by the one that put it to sleep. Meanwhile nothing
+        else may change it (its duty, contactor, faults, temperature, car).
+        """
+        if not isinstance(pilot, SimPilot) or self.pilots.get(pilot.config.id) is not pilot:
+            return False
+        if pilot.slept_at is not None:
+            return True
+        if not pilot.may_sleep():
+            return False
+        pilot.slept_at = self._steps
+        self._asleep += 1
+        self._awake.remove(pilot)
+        return True
+
+    def wake(self, pilot: object) -> None:
+        """Step `pilot` again, its voltages and temperature first brought to what the steps it slept
+        through would have made them."""
+        if not isinstance(pilot, SimPilot) or pilot.slept_at is None:
+            return
+        since, pilot.slept_at = pilot.slept_at, None
+        if self._steps > since:
+            for dt, first, count in self._dt_runs:
+                skip = max(0, since - int(first))
+                if skip < count:
+                    pilot._cool(dt, int(count) - skip)
+            pilot.voltages = pilot._voltages(self._pilot_v)
+        self._asleep -= 1
+        if not self._asleep:
+            self._dt_runs.clear()
+        self._awake = [p for p in self.pilots.values() if p.slept_at is None]
+
+    def woken(self) -> list[str]:
+        """The chargers whose sleeping pilot woke by itself since the last call (a car came or left)."""
+        woken, self._woken = self._woken, []
+        return woken
+
+    def reading_time(self) -> float:
+        """The time a pilot's reading taken now carries (`SimPilot.read`)."""
+        return self.now
+
+    def _wake_for_car(self, pilot: SimPilot) -> None:
+        if pilot.slept_at is not None:
+            self.wake(pilot)
+            self._woken.append(pilot.config.id)
 
     def tod(self, now: float) -> float:
         """Seconds into the simulated local day."""
@@ -274,6 +375,7 @@ class SimSite:
             plan = planned.pop(0)
             pilot = self.pilots.get(plan.charger)
             if pilot is not None:
+                self._wake_for_car(pilot)
                 pilot.plug(plan.spec)
                 if plan.unplug_at is not None:
                     due = self.start + plan.unplug_at
@@ -282,6 +384,7 @@ class SimSite:
         if self.unplugs and self._unplug_due <= now:
             for at, cid in list(self.unplugs):
                 if at <= now:
+                    self._wake_for_car(self.pilots[cid])
                     self.pilots[cid].unplug()
                     self.unplugs.remove((at, cid))
             self._unplug_due = min((at for at, _ in self.unplugs), default=math.inf)
@@ -293,7 +396,16 @@ class SimSite:
         pv_a = pv_w / (3 * NOMINAL_V)
         ev0 = ev1 = ev2 = 0.0
         phase_v = self.phase_v
-        for pilot in self.pilots.values():
+        self._steps += 1
+        if self._asleep:
+            # A sleeping pilot draws nothing: the sums below are the same without its zeros.
+            runs = self._dt_runs
+            if runs and runs[-1][0] == dt:
+                runs[-1][2] += 1
+            else:
+                runs.append([dt, self._steps - 1, 1])
+            self._pilot_v = phase_v
+        for pilot in self._awake:
             d = pilot._step(now, dt, phase_v)
             ev0 += d[0]
             ev1 += d[1]
