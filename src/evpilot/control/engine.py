@@ -21,7 +21,7 @@ from evpilot.core.site import (
     SiteLimit,
     Snapshot,
 )
-from evpilot.core.validity import idle_allocation, may_leave_out, merge, settled
+from evpilot.core.validity import idle_allocation, may_leave_out, merge, reuse, settled
 from evpilot.core.values import positional
 from evpilot.devices.apifed import ApiFedBattery
 from evpilot.devices.base import MeterSource, PilotHardware
@@ -93,6 +93,8 @@ class Engine:
         self.mains_within: Callable[[float, float], bool] | None = None
         # The time of the last step that left every charger out and refused no reading.
         self._steady_at: float | None = None
+        # What `compute` (or `core.validity.reuse`) returned on the last tick that ran it.
+        self._computed: Allocation | None = None
 
     def mode_of(self, charger: Charger) -> str:
         """The charger's effective mode (its own, or the site's)."""
@@ -239,6 +241,16 @@ class Engine:
         self._all_out = (left_out, alloc)
         return alloc
 
+    def _decide(self, snap: Snapshot, now: float) -> Allocation:
+        """`compute(snap, now)`, or the last tick's decisions when the new readings cannot change them
+        (`core.validity.reuse`)."""
+        last = self._computed
+        alloc = reuse(snap, now, last) if last is not None else None
+        if alloc is None:
+            alloc = compute(snap, now)
+        self._computed = alloc
+        return alloc
+
     def step(self, now: float) -> Allocation:
         """Read every pilot, decide, and write every pilot."""
         dt = 0.0 if self.last_tick is None else max(0.0, now - self.last_tick)
@@ -266,11 +278,13 @@ class Engine:
                 ch.drop_expired_leases(now)
         left_out: dict[str, Quiet] = {}
         snap = self._snapshot(now, calm, left_out)
-        if not left_out:
+        if not fast:
             alloc = self.compute(snap, now)
+        elif not left_out:
+            alloc = self._decide(snap, now)
         elif snap.chargers:
             kept = {cid: (q.decision, q.memo) for cid, q in left_out.items() if q.memo is not None}
-            alloc = merge(compute(snap, now), chargers, kept)
+            alloc = merge(self._decide(snap, now), chargers, kept)
         else:
             alloc = self._all_left_out(snap, now, left_out)
         self._steady_at = now if left_out and not snap.chargers and not alloc.rejected else None
