@@ -28,7 +28,7 @@ from evpilot.core.site import (
     SiteLimit,
     Snapshot,
 )
-from evpilot.core.validity import reuse
+from evpilot.core.validity import Decider, reuse
 from tests.unit.test_safety_properties import NOW, bounded, sites
 
 _TICK = st.tuples(
@@ -102,9 +102,15 @@ def _next(
 
 
 def _run(snap: Snapshot, ticks: list[tuple[float, list[float], tuple[float, ...], str]]) -> int:
-    """Run `snap` through `ticks` as the engine does; returns how many ticks `reuse` answered."""
+    """Run `snap` through `ticks` as the engine does; returns how many ticks `reuse` answered.
+
+    Beside `reuse` on each tick, a `Decider` runs the ticks as the engine does (`Steady.check` while
+    the site stays steady): both must give what `compute` gives.
+    """
     now = NOW
     last = compute(snap, now)
+    decide = Decider()
+    assert decide(snap, now) == last
     hits = 0
     for tick in ticks:
         now += tick[0]
@@ -114,6 +120,10 @@ def _run(snap: Snapshot, ticks: list[tuple[float, list[float], tuple[float, ...]
         if again is not None:
             assert again == full
             hits += 1
+        steady = decide.steady
+        if steady is not None and steady.check(snap, now) is not None:
+            event("steady")
+        assert decide(snap, now) == full
         last = full if again is None else again
     return hits
 
@@ -168,6 +178,12 @@ def test_reuse_answers_a_held_charger_and_refuses_what_could_move_it() -> None:
     assert last.chargers["a"].source == sources.MAINS
     again = reuse(snap, now, last)
     assert again is not None and again == compute(snap, now)
+    # Then the same again, through the steady check.
+    decide = Decider()
+    decide(snap, now)
+    decide(snap, now)
+    assert decide.steady is not None
+    assert decide.steady.check(snap, now + 1) == compute(snap, now + 1)
     # The house load moves a little: still held, new figures.
     moved = replace(snap, mains=Reading((24.9, 24.85, 24.95), NOW - 1))
     again = reuse(moved, now, last)

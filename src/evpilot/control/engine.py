@@ -21,7 +21,7 @@ from evpilot.core.site import (
     SiteLimit,
     Snapshot,
 )
-from evpilot.core.validity import idle_allocation, may_leave_out, merge, reuse, settled
+from evpilot.core.validity import Decider, idle_allocation, may_leave_out, merge, settled
 from evpilot.core.values import positional
 from evpilot.devices.apifed import ApiFedBattery
 from evpilot.devices.base import MeterSource, PilotHardware
@@ -93,8 +93,8 @@ class Engine:
         self.mains_within: Callable[[float, float], bool] | None = None
         # The time of the last step that left every charger out and refused no reading.
         self._steady_at: float | None = None
-        # What `compute` (or `core.validity.reuse`) returned on the last tick that ran it.
-        self._computed: Allocation | None = None
+        # `compute`, or its last decisions again while the new readings cannot change them.
+        self._decide = Decider()
 
     def mode_of(self, charger: Charger) -> str:
         """The charger's effective mode (its own, or the site's)."""
@@ -239,16 +239,6 @@ class Engine:
             snap.site, snap.mains, snap.battery_current, snap.battery_at, now, decisions, state
         )
         self._all_out = (left_out, alloc)
-        return alloc
-
-    def _decide(self, snap: Snapshot, now: float) -> Allocation:
-        """`compute(snap, now)`, or the last tick's decisions when the new readings cannot change them
-        (`core.validity.reuse`)."""
-        last = self._computed
-        alloc = reuse(snap, now, last) if last is not None else None
-        if alloc is None:
-            alloc = compute(snap, now)
-        self._computed = alloc
         return alloc
 
     def step(self, now: float) -> Allocation:
