@@ -716,11 +716,14 @@ class Decider:
     """`compute`, or the last decisions again when the new readings cannot change them (`analyse`,
     then `Steady.check` while the site stays steady)."""
 
-    __slots__ = ("last", "steady")
+    __slots__ = ("fixed", "last", "steady")
 
     def __init__(self) -> None:
         self.last: Allocation | None = None
         self.steady: Steady | None = None
+        # The last `compute` left every memo as it found it: only then is `analyse` tried (a tick
+        # that changed a memo is seldom followed by one that could be reused).
+        self.fixed = False
 
     def __call__(self, snapshot: Snapshot, now: float) -> Allocation:
         """The allocation `compute(snapshot, now)` returns."""
@@ -731,10 +734,13 @@ class Decider:
                 return alloc
             self.steady = None
         last = self.last
-        if last is not None:
+        if last is not None and self.fixed:
             got = analyse(snapshot, now, last)
             if got is not None:
                 self.last, self.steady = got
                 return got[0]
         alloc = self.last = compute(snapshot, now)
+        before = snapshot.state.chargers
+        after = alloc.state.chargers
+        self.fixed = len(before) == len(after) and all(m is before.get(cid) for cid, m in after.items())
         return alloc
