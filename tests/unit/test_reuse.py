@@ -39,7 +39,9 @@ _TICK = st.tuples(
     # The house load's change on each phase (A).
     st.tuples(*[st.sampled_from([0.0, 0.0, 0.01, -0.01, 0.2, -0.2, 3.0, -3.0])] * 3),
     # Something else happening this tick.
-    st.sampled_from(["", "", "", "", "", "stale mains", "trip", "nan", "stale charger", "off", "limit"]),
+    st.sampled_from(
+        ["", "", "", "", "", "stale mains", "trip", "nan", "stale charger", "off", "limit", "lagging", "held"]
+    ),
 )
 
 
@@ -78,6 +80,11 @@ def _next(
         )
         if k == 0 and what == "stale charger":
             new = replace(new, measured_at=now - 60.0)
+        if what == "lagging":
+            # Read before the mains, and signaled less since (maybe below its draw).
+            new = replace(new, measured_at=now - 2.0, limit_low=x * follow[(k + 1) % len(follow)])
+        if k == 0 and what == "held":
+            new = replace(new, held=3.0)
         if k == 0 and what == "off":
             new = replace(new, mode="off")
         if k == 0 and what == "limit":

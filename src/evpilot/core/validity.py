@@ -242,7 +242,15 @@ def analyse(snapshot: Snapshot, now: float, last: Allocation) -> tuple[Allocatio
         top = min(ABSURD_A, ABSURD_FACTOR * cfg.max_current)
         if not (-ABSURD_A <= a0 <= top and -ABSURD_A <= a1 <= top and -ABSURD_A <= a2 <= top):
             return None
-        if ci.measured_at is not None and now - ci.measured_at > timeout:
+        at = ci.measured_at
+        if at is not None and (
+            now - at > timeout or (at < mains.taken_at and max(a0, a1, a2) > ci.limit_low)
+        ):
+            # Stale, or older than the mains reading and above a limit signaled since: `compute`
+            # subtracts less than it shows.
+            return None
+        if ci.held != 0.0:
+            # Counted as other load above its draw.
             return None
         pm = cfg.phase_map
         if exclude and (a0 != 0.0 or a1 != 0.0 or a2 != 0.0):
@@ -445,6 +453,7 @@ class Steady:
             at = snapshot.battery_at
             if at is not None and now - at <= site.battery_timeout_s:
                 battery = bat
+        mains_at = mains.taken_at
         chargers = snapshot.chargers
         per = self.per
         if len(chargers) != len(per):
@@ -475,13 +484,15 @@ class Steady:
                 or ci.active_phases != p.active_phases
                 or ci.charging != p.charging
                 or ci.plugged != p.plugged
+                or ci.held != p.held
             ):
                 return None
             a0, a1, a2 = ci.measured
             top = q.top
             if not (-ABSURD_A <= a0 <= top and -ABSURD_A <= a1 <= top and -ABSURD_A <= a2 <= top):
                 return None
-            if ci.measured_at is not None and now - ci.measured_at > timeout:
+            at = ci.measured_at
+            if at is not None and (now - at > timeout or (at < mains_at and max(a0, a1, a2) > ci.limit_low)):
                 return None
             if exclude and (a0 != 0.0 or a1 != 0.0 or a2 != 0.0):
                 pm = q.pm
