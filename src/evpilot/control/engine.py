@@ -21,7 +21,7 @@ from evpilot.core.site import (
     SiteLimit,
     Snapshot,
 )
-from evpilot.core.validity import idle_allocation, may_leave_out, merge, settled
+from evpilot.core.validity import Decider, idle_allocation, may_leave_out, merge, settled
 from evpilot.core.values import positional
 from evpilot.devices.apifed import ApiFedBattery
 from evpilot.devices.base import MeterSource, PilotHardware, PilotSleep
@@ -107,6 +107,8 @@ class Engine:
         self._awake: list[tuple[str, Charger]] | None = None
         # `_asleep` and their decisions and memos for `merge`.
         self._kept: tuple[dict[str, Quiet], dict[str, tuple[ChargerAllocation, ChargerMemo]]] | None = None
+        # `compute`, or its last decisions again while the new readings cannot change them.
+        self._decide = Decider()
 
     def mode_of(self, charger: Charger) -> str:
         """The charger's effective mode (its own, or the site's)."""
@@ -308,13 +310,15 @@ class Engine:
         fresh_out: dict[str, Quiet] = {}
         snap = self._snapshot(now, calm, fresh_out, items)
         left_out = {**asleep, **fresh_out} if asleep else fresh_out
-        if not left_out:
+        if not fast:
             alloc = self.compute(snap, now)
+        elif not left_out:
+            alloc = self._decide(snap, now)
         elif snap.chargers:
             kept = {cid: (q.decision, q.memo) for cid, q in fresh_out.items() if q.memo is not None}
             if asleep:
                 kept.update(self._asleep_kept())
-            alloc = merge(compute(snap, now), chargers, kept)
+            alloc = merge(self._decide(snap, now), chargers, kept)
         else:
             alloc = self._all_left_out(snap, now, left_out)
         self._steady_at = now if left_out and not snap.chargers and not alloc.rejected else None
