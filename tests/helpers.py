@@ -116,16 +116,17 @@ def make_config(data: dict[str, Any] | None = None) -> AppConfig:
 async def serve(
     config: AppConfig, speed: float = 1.0, store: Store | None = None, clock: ScaledClock | None = None
 ) -> AsyncIterator[tuple[str, Runtime]]:
-    """Run a runtime and its HTTP app in this event loop on a free port; yields (base URL, runtime)."""
+    """Run a runtime and its HTTP app in this event loop on a port of its own; yields (base URL, runtime)."""
     rt = Runtime(config, clock or ScaledClock(speed), store)
     app = create_app(rt)
-    port = free_port()
-    server = uvicorn.Server(server_config(app, "127.0.0.1", port))
+    # Port 0: the listening socket gets a free port and keeps it (no window for another test to take it).
+    server = uvicorn.Server(server_config(app, "127.0.0.1", 0))
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
             task.result()
         await asyncio.sleep(0.02)
+    port = int(server.servers[0].sockets[0].getsockname()[1])
     try:
         yield f"http://127.0.0.1:{port}", rt
     finally:
