@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,16 +25,10 @@ from evpilot.config import parse_config
 from evpilot.control.clock import ScaledClock
 from evpilot.control.runtime import Runtime
 from evpilot.store.sqlite import Store
+from ports import free_port
 
 FCP_GOAL_MS = 1000.0
 CHART_GOAL_MS = 200.0
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def fill_history(store: Store, now: float, chargers: int) -> None:

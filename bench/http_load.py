@@ -14,7 +14,6 @@ import asyncio
 import itertools
 import multiprocessing as mp
 import os
-import socket
 import statistics
 import time
 from multiprocessing.connection import Connection
@@ -22,15 +21,11 @@ from typing import Any
 
 import aiohttp
 
+from ports import free_port
+
 PATHS = ("/api/v1/state", "/rpc/Shelly.GetStatus", "/api/v1/charging")
 GOAL_RPS = 2000.0
 GOAL_JITTER_MS = 50.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def serve(port: int, tick_s: float, conn: Connection) -> None:

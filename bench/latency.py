@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import statistics
 import sys
 import threading
@@ -27,18 +26,12 @@ from evpilot.api.app import create_app
 from evpilot.config import parse_config
 from evpilot.control.clock import ScaledClock
 from evpilot.control.runtime import Runtime
+from ports import free_port
 
 GOAL_MS = 50.0
 MAINS_LIMIT = 25.0
 LOW_HOUSE = 6.0
 STEPS = 12
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def p99(values: list[float]) -> float:

@@ -24,12 +24,13 @@ import itertools
 import logging
 import multiprocessing as mp
 import os
-import socket
 import statistics
 import time
 from multiprocessing.connection import Connection
 
 from pymodbus.client import AsyncModbusTcpClient
+
+from ports import free_port
 
 # A site controller polls each charger about once a second: the server should take far more.
 GOAL_RPS = 1000.0
@@ -39,12 +40,6 @@ READS = {"teltonika": (0, 45), "esp32evse": (100, 13)}
 # The primary side: all N secondaries commanded down within this after a mains overload.
 GOAL_DOWN_S = 1.0
 GOAL_PRIMARY_P99_MS = 50.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def serve(port: int, regmap: str, chargers: int, conn: Connection) -> None:

@@ -36,17 +36,11 @@ from evpilot.api.mqtt import MqttBridge
 from evpilot.config import AppConfig, parse_config
 from evpilot.control.clock import ScaledClock
 from evpilot.control.runtime import Runtime
+from ports import free_port
 
 RTT_GOAL_MS = 100.0
 JITTER_GOAL_MS = 50.0
 REFRESH_S = 20
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager

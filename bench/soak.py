@@ -35,6 +35,8 @@ from typing import Any
 import httpx
 import yaml
 
+from ports import free_port
+
 BUDGET_KWH = 0.010  # the most a crash may lose, per charger
 REACTION_S = 6.0
 HALL = "hall"
@@ -86,13 +88,6 @@ RATES_PER_H = {
 }
 WRITES_PER_H = 6.0
 CARS_PER_H = 1.0
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def which(name: str, extra: str = "/usr/sbin:/usr/local/sbin") -> str:

@@ -13,7 +13,6 @@ import argparse
 import http.client
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,15 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from ports import free_port
+
 GOAL_START_S = 3.0
 GOAL_RSS_MB = 100.0
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def command() -> list[str]:
