@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from day_baselines import circuit_paths
@@ -104,6 +104,9 @@ class LpResult:
     optimal: bool = True
     incumbent: float = math.nan
     gap: float = 0.0
+    # the schedule's kWh per charger and period (the best schedule for a MILP)
+    per_period_kwh: dict[str, list[float]] = field(default_factory=dict)
+    period_s: float = 0.0
 
 
 def _modes(config: AppConfig, cid: str, car_phases: int) -> tuple[tuple[int, ...], ...]:
@@ -141,6 +144,8 @@ class _Builder:
         # solar "held at MIN from the grid" binaries: (binary, import column)
         self.held: list[tuple[int, int]] = []
         self.fair = False
+        # the period of every current column
+        self.period: dict[int, int] = {}
 
     def var(self, hi: float, cost: float = 0.0, integer: bool = False) -> int:
         self.lo.append(0.0)
@@ -342,6 +347,7 @@ def optimum(
             for ph in modes:
                 ekw = sum(volts[k][p] for p in ph) * lengths[k] / 3.6e6
                 col = b.var(cap * avail, 0.0 if pv_cost else -ekw)
+                b.period[col] = k
                 cols.append(col)
                 this_e.append((col, ekw))
                 need.append((col, ekw))
@@ -450,21 +456,38 @@ def optimum(
         return LpResult(0.0, {}, "empty", 0.0, 0, 0)
     rows = len(b.ub_b) + len(b.eq_b)
     if min_aware:
-        return _min_aware(b, energy_cols, rows, time_limit, gap_goal, log)
+        result = _min_aware(b, energy_cols, rows, time_limit, gap_goal, log, periods)
+        return replace(result, period_s=period_s)
     x, status, wall = b.solve()
     if x is None:
         return LpResult(math.nan, {}, status, wall, b.n, rows)
-    per = {cid: float(sum(x[c] * e for c, e in cols)) for cid, cols in energy_cols.items()}
+    per = _energy(x, energy_cols)
+    sched = _per_period(x, energy_cols, b.period, periods)
     if pv_cost:
         pv_kwh = sum(3 * pv_a[k] * NOMINAL_V * lengths[k] / 3.6e6 for k in range(periods))
         exported = float(sum(x[c] for c in export_cols))
         value = math.nan if pv_kwh <= 1e-9 else 1.0 - exported / pv_kwh
-        return LpResult(value, per, status, wall, b.n, rows)
-    return LpResult(sum(per.values()), per, status, wall, b.n, rows, incumbent=sum(per.values()))
+        return LpResult(value, per, status, wall, b.n, rows, per_period_kwh=sched, period_s=period_s)
+    total = sum(per.values())
+    return LpResult(
+        total, per, status, wall, b.n, rows, incumbent=total, per_period_kwh=sched, period_s=period_s
+    )
 
 
 def _energy(x: Any, energy_cols: Mapping[str, list[tuple[int, float]]]) -> dict[str, float]:
     return {cid: float(sum(x[c] * e for c, e in cols)) for cid, cols in energy_cols.items()}
+
+
+def _per_period(
+    x: Any, energy_cols: Mapping[str, list[tuple[int, float]]], period: Mapping[int, int], periods: int
+) -> dict[str, list[float]]:
+    """Each charger's kWh per period in the schedule `x`."""
+    out: dict[str, list[float]] = {}
+    for cid, cols in energy_cols.items():
+        row = out[cid] = [0.0] * periods
+        for c, e in cols:
+            row[period[c]] += float(x[c]) * e
+    return out
 
 
 def _min_aware(
@@ -474,6 +497,7 @@ def _min_aware(
     time_limit: float,
     gap_goal: float,
     log: bool,
+    periods: int,
 ) -> LpResult:
     """The MILP's bound and best schedule: relaxation, rounding, then HiGHS on the whole MILP.
 
@@ -516,10 +540,11 @@ def _min_aware(
         optimal = proven or (best is not None and bound - best_kwh <= gap_goal * max(bound, 1e-9))
         say(f"whole MILP: bound {bound:.2f} kWh, schedule {best_kwh:.2f} kWh ({status})")
     per = _energy(best, energy_cols) if best is not None else {}
+    sched = _per_period(best, energy_cols, b.period, periods) if best is not None else {}
     incumbent = best_kwh if best is not None else math.nan
     gap = math.inf if best is None or bound <= 1e-9 else max(0.0, bound - incumbent) / bound
     wall = time.perf_counter() - t0
-    return LpResult(bound, per, status, wall, b.n, rows, b.integers, optimal, incumbent, gap)
+    return LpResult(bound, per, status, wall, b.n, rows, b.integers, optimal, incumbent, gap, sched)
 
 
 def _fairness(

@@ -52,6 +52,8 @@ class RunResult:
     wall_s: float = 0.0
     delivered_kwh: float = 0.0
     per_charger_kwh: dict[str, float] = field(default_factory=dict)
+    # per charger, kWh delivered in each hour of the run (the last one may be partial)
+    hourly_kwh: dict[str, list[float]] = field(default_factory=dict)
     pv_kwh: float = 0.0
     export_kwh: float = 0.0
     import_kwh: float = 0.0
@@ -163,6 +165,8 @@ class Recorder:
         self.win_tight = [[0, 0, 0] for _ in range(n)]
         self.win_n = 0
         self.energy0 = [p.energy_kwh for p in self.pilots]
+        self.hour0 = list(self.energy0)
+        self.hourly: list[list[float]] = [[] for _ in range(n)]
         self.import0 = sim.import_kwh
 
     def sample(self, now: float) -> None:
@@ -304,6 +308,14 @@ class Recorder:
             self.win_as[i] += drawn
         if win_close:
             self._close_window()
+        if t % 3600 == 0:
+            self._close_hour()
+
+    def _close_hour(self) -> None:
+        for i, p in enumerate(self.pilots):
+            e = p.energy_kwh
+            self.hourly[i].append(e - self.hour0[i])
+            self.hour0[i] = e
 
     def _tight(
         self, i: int, head: list[Sequence[float]], mine: Sequence[float], peak: Sequence[float]
@@ -381,9 +393,12 @@ class Recorder:
             r.events.append(OverEvent(key, s0, dur, peak))
         self.runs.clear()
         r.import_kwh = self.sim.import_kwh - self.import0
+        if r.seconds % 3600:
+            self._close_hour()
         for i, cid in enumerate(self.ids):
             kwh = self.pilots[i].energy_kwh - self.energy0[i]
             r.per_charger_kwh[cid] = kwh
+            r.hourly_kwh[cid] = self.hourly[i]
             r.starts[cid] = self.starts[i]
             r.stops[cid] = self.stops[i]
             r.switches[cid] = self.switches[i]

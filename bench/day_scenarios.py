@@ -616,6 +616,74 @@ def print_report(rep: ScenarioReport, from_h: float) -> None:
     print("   evpilot goals: " + ("all met" if not misses else "MISSED: " + "; ".join(misses)))
 
 
+def _hourly(bound: LpResult, seconds: int) -> dict[str, list[float]]:
+    """The bound's schedule as kWh per charger and hour of the run (periods split at the hours)."""
+    hours = math.ceil(seconds / 3600)
+    out: dict[str, list[float]] = {}
+    step = bound.period_s
+    for cid, row in bound.per_period_kwh.items():
+        acc = out[cid] = [0.0] * hours
+        for k, kwh in enumerate(row):
+            lo, hi = k * step, min((k + 1) * step, seconds)
+            if hi <= lo:
+                continue
+            h = int(lo // 3600)
+            while lo < hi and h < hours:
+                cut = min(hi, (h + 1) * 3600.0)
+                acc[h] += kwh * (cut - lo) / (hi - lo)
+                lo, h = cut, h + 1
+    return out
+
+
+def print_breakdown(rep: ScenarioReport, from_h: float, top: int = 12) -> None:
+    """evpilot's energy against the MIN-aware bound's best schedule per charger, circuit and hour."""
+    r = rep.runs.get("evpilot")
+    bound = rep.milp or rep.lp_energy
+    if r is None or bound is None or not bound.per_period_kwh:
+        print("   breakdown: needs the evpilot run and a bound's schedule")
+        return
+    what = "MIN-aware bound's best schedule" if rep.milp is not None else "LP optimum"
+    ref = _hourly(bound, r.seconds)
+    sc = rep.scenario
+    need: dict[str, float] = {}
+    for s in sc.sessions(from_h, r.seconds / 3600):
+        need[s.charger] = need.get(s.charger, 0.0) + s.need_kwh
+    cfg = {c["id"]: c for c in sc.chargers}
+    ids = list(r.per_charger_kwh)
+    mine = {c: r.per_charger_kwh[c] for c in ids}
+    theirs = {c: sum(ref.get(c, [])) for c in ids}
+    total_m, total_t = sum(mine.values()), sum(theirs.values())
+    print(f"   breakdown against the {what} ({total_t:.1f} kWh; evpilot {total_m:.1f}, "
+          f"short {total_t - total_m:.1f} kWh)")  # fmt: skip
+    order = sorted(ids, key=lambda c: mine[c] - theirs[c])
+    print(f"     {'charger':8}{'circuit':>8}{'ph':>4}{'need':>9}{'evpilot':>9}{'bound':>9}{'short':>8}")
+    for c in order[:top]:
+        ph = cfg[c].get("phases", 3)
+        print(f"     {c:8}{cfg[c].get('circuit', '-'):>8}{ph:>4}{need.get(c, 0.0):9.1f}{mine[c]:9.1f}"
+              f"{theirs[c]:9.1f}{theirs[c] - mine[c]:8.1f}")  # fmt: skip
+    short_full = sum(theirs[c] - mine[c] for c in ids if mine[c] >= need.get(c, 0.0) - 0.5)
+    print(f"     ({len(ids)} chargers; short where evpilot filled every car: {short_full:.1f} kWh)")
+    groups: dict[str, list[str]] = {}
+    for c in ids:
+        groups.setdefault(f"{cfg[c].get('circuit', '-')} {cfg[c].get('phases', 3)}ph", []).append(c)
+    print("     per circuit and phase count: " + ", ".join(
+        f"{g} {sum(theirs[c] - mine[c] for c in cs):+.1f}" for g, cs in sorted(groups.items())
+    ))  # fmt: skip
+    hours = len(next(iter(r.hourly_kwh.values()), []))
+    print(f"     {'hour':8}{'evpilot':>9}{'bound':>9}{'short':>8}{'cum':>8}  most short")
+    cum = 0.0
+    for h in range(hours):
+        m = sum(r.hourly_kwh[c][h] for c in ids)
+        t = sum(ref[c][h] for c in ids if c in ref)
+        cum += t - m
+        worst = sorted(ids, key=lambda c: r.hourly_kwh[c][h] - (ref[c][h] if c in ref else 0.0))[:3]
+        who = ", ".join(
+            f"{c} {(ref[c][h] if c in ref else 0.0) - r.hourly_kwh[c][h]:+.1f}" for c in worst
+        )
+        tod = int(from_h + h) % 24
+        print(f"     {tod:02d}:00   {m:9.1f}{t:9.1f}{t - m:8.1f}{cum:8.1f}  {who}")
+
+
 def summary_json(reports: Sequence[ScenarioReport]) -> dict[str, Any]:
     """A machine-readable summary (for comparing runs)."""
     out: dict[str, Any] = {}
@@ -662,6 +730,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="parallel simulation processes (default 1)")
     p.add_argument("--progress-h", type=float, default=6.0, help="progress line every N simulated h")
     p.add_argument("--json", help="also write a JSON summary to this file")
+    p.add_argument("--breakdown", action="store_true",
+                   help="evpilot's kWh against the bound's schedule per charger and hour")  # fmt: skip
     args = p.parse_args(argv)
     if not 0 <= args.from_hour < 24 or args.hours <= 0 or args.from_hour + args.hours > 24 + 1e-9:
         p.error("--from-hour/--hours must stay within one day")
@@ -704,6 +774,8 @@ def main(argv: list[str] | None = None) -> int:
                 rep.fair = solve_fair(sc, runs, args.from_hour, args.hours, args.milp_time, args.milp_log)
         reports.append(rep)
         print_report(rep, args.from_hour)
+        if args.breakdown:
+            print_breakdown(rep, args.from_hour)
     print_goals(reports)
     print(f"\ntotal wall time {time.perf_counter() - t0:.0f} s")
     if args.json:
