@@ -677,9 +677,7 @@ def print_breakdown(rep: ScenarioReport, from_h: float, top: int = 12) -> None:
         t = sum(ref[c][h] for c in ids if c in ref)
         cum += t - m
         worst = sorted(ids, key=lambda c: r.hourly_kwh[c][h] - (ref[c][h] if c in ref else 0.0))[:3]
-        who = ", ".join(
-            f"{c} {(ref[c][h] if c in ref else 0.0) - r.hourly_kwh[c][h]:+.1f}" for c in worst
-        )
+        who = ", ".join(f"{c} {(ref[c][h] if c in ref else 0.0) - r.hourly_kwh[c][h]:+.1f}" for c in worst)
         tod = int(from_h + h) % 24
         print(f"     {tod:02d}:00   {m:9.1f}{t:9.1f}{t - m:8.1f}{cum:8.1f}  {who}")
 

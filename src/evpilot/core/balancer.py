@@ -1096,6 +1096,7 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     ps = site.phase_switch
     max_per_session = ps.max_per_session
     increase_deadband = site.increase_deadband
+    deadband_hold_s = site.deadband_hold_s
     ramp_step = site.ramp_step
     allocs = _ALLOCS
     by_value = _ALLOCS_BY_VALUE
@@ -1110,8 +1111,9 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         current = m.current
         last_raise = m.last_raise
         if target > current + _EPS:
-            if current > 0 and target - current < increase_deadband:
-                # Too small a rise to be worth a PWM change: avoids 0.1 A dithering.
+            if current > 0 and target - current < increase_deadband and now - last_raise < deadband_hold_s:
+                # Too small a rise to be worth a PWM change yet: avoids 0.1 A dithering. Held for good,
+                # small rises left behind by falls would add up over many chargers sharing a node.
                 value = current
             elif now - last_raise >= increase_interval_s:
                 step = current + ramp_step

@@ -71,6 +71,8 @@ class SiteConfig:
     ev_headroom: float = 2.0
     increase_deadband: float = 0.5
     min_run_s: float = 300.0
+    # A rise below `increase_deadband` waits this long after the charger's last raise, then goes out.
+    deadband_hold_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
