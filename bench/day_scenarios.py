@@ -628,9 +628,10 @@ def _hourly(bound: LpResult, seconds: int) -> dict[str, list[float]]:
             if hi <= lo:
                 continue
             h = int(lo // 3600)
+            span = hi - lo
             while lo < hi and h < hours:
                 cut = min(hi, (h + 1) * 3600.0)
-                acc[h] += kwh * (cut - lo) / (hi - lo)
+                acc[h] += kwh * (cut - lo) / span
                 lo, h = cut, h + 1
     return out
 

@@ -106,6 +106,10 @@ def test_short_run_measures_each_controller_on_the_same_day() -> None:
         assert len(r.house) == 15
         assert r.delivered_kwh > 1.0
         assert math.isclose(r.delivered_kwh, sum(r.per_charger_kwh.values()))
+        # a quarter of an hour: one (partial) hour per charger, summing to its energy
+        for cid, kwh in r.per_charger_kwh.items():
+            assert len(r.hourly_kwh[cid]) == 1
+            assert math.isclose(r.hourly_kwh[cid][0], kwh, abs_tol=1e-9)
     # A fixed 25 A on a 25 A mains with the house on top overloads the whole time.
     static = results["static"]
     assert static.over_s > 800
@@ -211,6 +215,19 @@ def test_min_aware_bound_lies_between_a_feasible_schedule_and_the_lp() -> None:
     assert feasible - 1e-6 <= milp.value <= lp.value + 1e-6
     assert math.isclose(lp.value, (4 + 20) * 30 * kwh_per_a_min, rel_tol=1e-6)
     assert math.isclose(milp.value, feasible, rel_tol=1e-3)
+    # the schedule per period: nothing while the headroom is below MIN, 20 A after
+    row = milp.per_period_kwh["a"]
+    assert max(row[:30]) <= 1e-6
+    assert all(math.isclose(x, 20 * kwh_per_a_min, rel_tol=1e-3) for x in row[30:])
+
+
+def test_breakdown_splits_the_bound_s_periods_at_the_hours() -> None:
+    from day_lp import LpResult
+    from day_scenarios import _hourly
+
+    # 40-min periods over 2 h: the second one straddles 01:00
+    bound = LpResult(6.0, {"a": 6.0}, "ok", 0.0, 3, 0, per_period_kwh={"a": [1.0, 2.0, 3.0]}, period_s=2400)
+    assert _hourly(bound, 7200)["a"] == pytest.approx([2.0, 4.0])
 
 
 def test_min_aware_bound_lets_a_nearly_full_car_draw_below_min() -> None:
