@@ -177,8 +177,9 @@ def _one(measured: float, memo: ChargerMemo, house: float, **site: object) -> tu
 
 def test_reuse_answers_a_held_charger_and_refuses_what_could_move_it() -> None:
     # 25 A mains, 5 A of house load: 20 A is what the charger may have, it has 19.8 A (within
-    # the 0.5 A increase deadband), its car draws that.
-    memo = ChargerMemo(current=19.8, phases=3, last_raise=NOW - 100, running_since=NOW - 500, car_phases=3)
+    # the 0.5 A increase deadband, raised 30 s ago: the rise waits for `deadband_hold_s`), its car
+    # draws that.
+    memo = ChargerMemo(current=19.8, phases=3, last_raise=NOW - 30, running_since=NOW - 500, car_phases=3)
     snap, now = _one(19.8, memo, 5.0)
     last = compute(snap, now)
     assert last.state.chargers["a"] is memo
@@ -191,6 +192,16 @@ def test_reuse_answers_a_held_charger_and_refuses_what_could_move_it() -> None:
     decide(snap, now)
     assert decide.steady is not None
     assert decide.steady.check(snap, now + 1) == compute(snap, now + 1)
+    # Once the deadband's hold is over the rise goes out: the steady check no longer answers.
+    hold_end = memo.last_raise + SiteConfig().deadband_hold_s
+    later = replace(
+        snap,
+        mains=replace(snap.mains, taken_at=hold_end - 1),  # type: ignore[type-var]
+        chargers=(replace(snap.chargers[0], measured_at=hold_end - 1),),
+    )
+    assert compute(later, hold_end).chargers["a"].current == 20.0
+    assert decide.steady.check(later, hold_end) is None
+    assert reuse(later, hold_end, last) is None
     # The house load moves a little: still held, new figures.
     moved = replace(snap, mains=Reading((24.9, 24.85, 24.95), NOW - 1))
     again = reuse(moved, now, last)

@@ -11,7 +11,8 @@ reading (draw floors are kept per charger), so `may_leave_out` is False then.
 
 `reuse` covers the chargers that do draw: when the last `compute` left every memo as it found it,
 and the new readings leave every charger where it is (held at its own cap with room left on every
-node above it, or held by the increase deadband or interval below a node), the next `compute` would
+node above it, or held by the increase deadband or interval below a node, until the deadband's hold
+or the interval ends), the next `compute` would
 return the same decisions and memos; only the figures of the readings are new.
 """
 
@@ -672,6 +673,7 @@ def _held(
                 return False
     deadband = site.increase_deadband
     interval = site.increase_interval_s
+    hold = site.deadband_hold_s
     until = math.inf
     deadband_held = False
     for idx, _cap, _src, m in cands:
@@ -680,7 +682,12 @@ def _held(
         if t > current + _EPS:
             rise = t - current
             if current > 0 and rise < deadband - _MARGIN:
+                if now - m.last_raise >= hold:
+                    # The deadband's hold is over: raised this tick (or by the interval).
+                    return False
                 deadband_held = True
+                # Sent once `now - last_raise` reaches the hold (a little earlier here).
+                until = min(until, m.last_raise + hold - 1e-3)
             elif current > 0 and rise < deadband + _MARGIN:
                 return False
             elif now - m.last_raise >= interval:
