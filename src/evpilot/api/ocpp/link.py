@@ -117,63 +117,54 @@ class Link(ABC):
     @abstractmethod
     def make_cp(self, ws: Any) -> Any:
         """The library's charge point object on `ws`."""
-        raise NotImplementedError
 
     @abstractmethod
     async def boot(self, reason: BootReason) -> tuple[str, int]:
         """BootNotification: (status, interval)."""
-        raise NotImplementedError
 
     @abstractmethod
     async def heartbeat(self) -> None:
         """Heartbeat."""
-        raise NotImplementedError
 
     @abstractmethod
     async def status_notification(self, connector: int, status: str) -> None:
         """A connector's status (1.6 vocabulary; 2.0.1 maps it)."""
-        raise NotImplementedError
 
     @abstractmethod
     async def authorize(self, id_tag: str) -> str:
         """Ask the backend about an id tag: its status."""
-        raise NotImplementedError
 
     @abstractmethod
     async def meter_values(
         self, connector: int, values: list[dict[str, Any]], tx_id: int | str | None
     ) -> None:
         """Meter values sent at once (not queued)."""
-        raise NotImplementedError
 
     @abstractmethod
     def start_message(self, tx: Transaction) -> dict[str, Any]:
         """The queued message that starts `tx`."""
-        raise NotImplementedError
 
     @abstractmethod
     def stop_message(self, tx: Transaction, meter_stop: int, at: float, reason: str) -> dict[str, Any]:
         """The queued message that ends `tx`."""
-        raise NotImplementedError
 
     @abstractmethod
     def meter_message(
         self, tx: Transaction, values: list[dict[str, Any]], triggered: bool = False
     ) -> dict[str, Any]:
         """A queued meter value of `tx` (`triggered`: the backend asked for it)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def reason(self, stop_reason: str) -> str:
         """The version's stop reason for an evpilot stop reason."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def deliver(self, body: dict[str, Any]) -> None:
         """Send one queued message."""
-        raise NotImplementedError
 
+    @abstractmethod
     def is_call_error(self, exc: BaseException) -> bool:
         """The backend answered with a CALLERROR (the message is retried, then given up)."""
-        raise NotImplementedError
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
