@@ -134,6 +134,15 @@ class Wallbox(ChargePoint):  # type: ignore[misc]
                 self.changed.clear()
                 await self.changed.wait()
 
+    async def begin(self, id_tag: str = "CARD-1", meter_start: int = 0) -> Any:
+        """Preparing, StartTransaction on connector 1, Charging: the StartTransaction's answer."""
+        await self.status("Preparing")
+        start = await self.call(
+            call.StartTransaction(connector_id=1, id_tag=id_tag, meter_start=meter_start, timestamp=now_iso())
+        )
+        await self.status("Charging")
+        return start
+
     async def status(self, status: str, connector: int = 1) -> None:
         await self.call(
             call.StatusNotification(
@@ -380,11 +389,7 @@ async def test_a_silent_wallbox_goes_stale_at_its_last_limit() -> None:
     ):
         port = await backend_port(rt)
         async with wallbox(port) as cp:
-            await cp.status("Preparing")
-            start = await cp.call(
-                call.StartTransaction(connector_id=1, id_tag="CARD-1", meter_start=0, timestamp=now_iso())
-            )
-            await cp.status("Charging")
+            start = await cp.begin()
             meter_task = asyncio.create_task(metering(cp, [12.0], start.transaction_id))
             ch = rt.engine.chargers["w7"]
             try:
@@ -552,11 +557,7 @@ async def test_a_changed_limit_asks_the_wallbox_for_meter_values() -> None:
     ):
         port = await backend_port(rt)
         async with wallbox(port) as cp:
-            await cp.status("Preparing")
-            start = await cp.call(
-                call.StartTransaction(connector_id=1, id_tag="CARD-1", meter_start=0, timestamp=now_iso())
-            )
-            await cp.status("Charging")
+            start = await cp.begin()
             amps = [6.0]  # the car takes the 6 A offered in Preparing, then what it is given
             meter_task = asyncio.create_task(metering(cp, amps, start.transaction_id))
             ch = rt.engine.chargers["w7"]
@@ -583,11 +584,7 @@ async def test_a_wallbox_that_refuses_limits_is_retried_with_backoff_and_counted
     ):
         port = await backend_port(rt)
         async with wallbox(port) as cp:
-            await cp.status("Preparing")
-            start = await cp.call(
-                call.StartTransaction(connector_id=1, id_tag="CARD-1", meter_start=0, timestamp=now_iso())
-            )
-            await cp.status("Charging")
+            start = await cp.begin()
             amps = [0.0]
             meter_task = asyncio.create_task(metering(cp, amps, start.transaction_id))
             ch = rt.engine.chargers["w7"]
