@@ -11,11 +11,29 @@ from evpilot.core.site import ChargerInput
 from evpilot.core.values import positional
 
 CASES: list[tuple[type, tuple[object, ...]]] = [
-    (PilotReading, (12.5, "C", (6.1, 6.0, 5.9), (229.9, 230.1, 231.0), 3.25, 31.5, False, True, 20.0, 11.0, 12.0, None)),
+    (
+        PilotReading,
+        (12.5, "C", (6.1, 6.0, 5.9), (229.9, 230.1, 231.0), 3.25, 31.5, False, True, 20.0, 11.0, 12.0, None),
+    ),
     (PilotOutput, (16.7, 10.0, True, 1, 17.0, 6.0)),
     (
         ChargerInput,
-        (ChargerConfig("cp1"), "smart", 2, 16.0, "user", (1.0, 2.0, 3.0), 1.5, "auto", 1, True, 9.0, True, 10.0, 4.5),
+        (
+            ChargerConfig("cp1"),
+            "smart",
+            2,
+            16.0,
+            "user",
+            (1.0, 2.0, 3.0),
+            1.5,
+            "auto",
+            1,
+            True,
+            9.0,
+            True,
+            10.0,
+            4.5,
+        ),
     ),
 ]
 
