@@ -33,6 +33,7 @@ CASES: list[tuple[type, tuple[object, ...]]] = [
             True,
             10.0,
             4.5,
+            12.0,
         ),
     ),
 ]

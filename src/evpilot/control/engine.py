@@ -186,6 +186,7 @@ class Engine:
                             p.plugged,
                             p.limit_low,
                             p.held,
+                            p.limit_high,
                         )
                         if ci is None or ci.measured_at != ch.reading_at
                         else ci
@@ -195,7 +196,8 @@ class Engine:
             currents = ch.currents
             session = ch.session
             # Positional, in field order (config, mode, demand, limit, limit_source, measured,
-            # session_kwh, phase_mode, active_phases, charging, measured_at, plugged, limit_low, held).
+            # session_kwh, phase_mode, active_phases, charging, measured_at, plugged, limit_low, held,
+            # limit_high).
             append(
                 _charger_input(
                     ch.config,
@@ -212,6 +214,7 @@ class Engine:
                     ch.plugged,
                     ch.lowest_signaled(ch.reading_at),
                     ch.held,
+                    ch.highest_signaled(ch.reading_at),
                 )
             )
         limits: tuple[SiteLimit, ...] = ()

@@ -582,6 +582,8 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
     # (None: no lagging reading): other load that may only be the cars' old draw.
     lag_mains: list[float] | None = None
     lag_circuits: dict[str, list[float]] = {}
+    # Per charger: what its car may draw beyond its reading (per mains phase, per metered circuit).
+    unseen: dict[int, tuple[list[float], dict[str, list[float]]]] = {}
     mains_at = mains.taken_at if mains is not None else None
     memos_get = memos.get
     layout = _layout(site, chargers)
@@ -603,10 +605,10 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
         phases[idx] = ph
         a0, a1, a2 = ci.measured
         top = info.top
-        stale = False
+        stale = absurd = False
         if not (-ABSURD_A <= a0 <= top and -ABSURD_A <= a1 <= top and -ABSURD_A <= a2 <= top):
             rejected.append(f"charger:{cfg.id}")
-            stale = True
+            stale = absurd = True
         elif ci.measured_at is not None and now - ci.measured_at > timeout:
             # Unknown draw: counted as 0, so the house load seen upstream includes it (conservative).
             stale = True
@@ -654,10 +656,40 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
                     acc[0] += c0
                     acc[1] += c1
                     acc[2] += c2
+        high = ci.limit_high
+        at = ci.measured_at
+        if need_draw and high > 0.0 and at is not None and not absurd:
+            # The car may draw up to a limit signaled since its reading (risen toward it, or still
+            # drawing it through its reaction delay after a cut, while its reading already shows the
+            # cut): the meters above may include that draw while it is not subtracted. Only a reason
+            # for this charger to wait (below), never subtracted.
+            if stale:
+                r0 = r1 = r2 = high
+            else:
+                r0, r1, r2 = max(high - a0, 0.0), max(high - a1, 0.0), max(high - a2, 0.0)
+            if r0 > 0.0 or r1 > 0.0 or r2 > 0.0:
+                u0, u1, u2 = _to_mains(info, r0, r1, r2)
+                own: dict[str, list[float]] = {}
+                if circuit_readings and cfg.circuit is not None:
+                    for name in paths.get(cfg.circuit, ()):
+                        if name in circuit_readings:
+                            own[name] = [u0, u1, u2]
+                unseen[idx] = ([u0, u1, u2], own)
         if ci.held > 0.0:
             # Its device may draw `held` whatever it is told: on top of what is subtracted for it
             # (never more than it draws), that much counts as other load.
             h = info.pm.to_mains((ci.held, ci.held, ci.held))
+            # Its own MIN does not come on top of it (the car draws one or the other): room to wait.
+            own_prev = unseen.get(idx)
+            um = list(h)
+            if own_prev is not None:
+                um = [own_prev[0][0] + h[0], own_prev[0][1] + h[1], own_prev[0][2] + h[2]]
+            uc = dict(own_prev[1]) if own_prev is not None else {}
+            for node in paths.get(cfg.circuit, ()) if cfg.circuit is not None else ():
+                if node in circuit_readings:
+                    was = uc.get(node, [0.0, 0.0, 0.0])
+                    uc[node] = [was[0] + h[0], was[1] + h[1], was[2] + h[2]]
+            unseen[idx] = (um, uc)
             for node in ("", *(paths.get(cfg.circuit, ()) if cfg.circuit is not None else ())):
                 acc = held_load.get(node)
                 if acc is None:
@@ -1034,11 +1066,21 @@ def compute(snapshot: Snapshot, now: float) -> Allocation:
                 for c, k in ui:
                     load[c] += k * mn
                 continue
-            if lag_room is not None and all(
-                load[c] + k * mn <= cap_list[c] + lag_room[c] + _EPS for c, k in ui
+            room = lag_room
+            own_unseen = unseen.get(i)
+            if own_unseen is not None:
+                own_room = _lag_room(shape.keys, *own_unseen)
+                room = own_room if room is None else [a + b for a, b in zip(room, own_room, strict=True)]
+            # Within the car's reaction time after this engine stopped it, the meters above may still
+            # show it drawing (at least MIN) while its reading already shows the stop.
+            reacting = mn if now - memo_in[i].stopped_at < follow_s else 0.0
+            if (room is not None or reacting) and all(
+                load[c] + k * (mn - reacting) <= cap_list[c] + (room[c] if room is not None else 0.0) + _EPS
+                for c, k in ui
             ):
-                # MIN would fit if the lagging readings' cars still drew what they showed: the room
-                # may only be unproven yet, so the charger gets nothing now but is not paused.
+                # MIN would fit if the lagging readings' cars still drew what they showed, or its own
+                # car drew what it may beyond its reading: the room may only be unproven yet, so the
+                # charger gets nothing now but is not paused.
                 bound[i] = _S_SHORTAGE
                 continue
             if cap_stop_s <= 0:

@@ -696,6 +696,18 @@ class Charger:
         del log[:k]
         return low
 
+    def highest_signaled(self, since: float) -> float:
+        """The highest current signaled at any moment from `since` until now (the one in force at
+        `since` included): what a car may have risen to since a reading that shows less."""
+        log = self.signal_log
+        high = self.signaled
+        for t, v in reversed(log):
+            if v > high:
+                high = v
+            if t <= since:
+                break
+        return high
+
     # ---- quiet ticks ----------------------------------------------------------------------
 
     def quiet_key(self) -> tuple[object, ...] | None:

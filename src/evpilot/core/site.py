@@ -106,6 +106,10 @@ class ChargerInput:
     # A current the charger's device may keep drawing whatever it is told (it refused or has not
     # taken a lower limit yet, or lost its link while an earlier lease runs): 0 when it follows.
     held: float = 0.0
+    # The highest current signaled to the charger from `measured_at` until now: a reading older than
+    # the mains reading may show less than the car has risen to since (only ever used to wait, never
+    # subtracted).
+    limit_high: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
