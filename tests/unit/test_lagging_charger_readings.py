@@ -234,3 +234,39 @@ def test_a_min_that_fits_but_for_old_draws_waits_without_a_shortage_pause() -> N
     out = compute(fresh, NOW)
     assert out.chargers["w0"].current == 0.0
     assert out.state.chargers["w0"].paused_until == NOW + site.shortage_pause_s
+
+
+def test_a_min_that_fits_but_for_a_draw_signaled_since_the_reading_waits() -> None:
+    """25 A mains, house 17 A: a wallbox signaled 6 A after it last read 0 A (its car started unseen)
+    shows as a 23 A house; its MIN would fit but for that draw, so it waits (0 A) without a pause.
+    The same reading with nothing signaled since is a real shortage, paused."""
+    cfg = ChargerConfig(id="w0", max_current=32.0, min_current=6.0, phases=3)
+    ci = ChargerInput(
+        config=cfg,
+        mode="smart",
+        demand=2,
+        limit=32.0,
+        limit_source=sources.MAX,
+        measured=(0.0, 0.0, 0.0),
+        active_phases=3,
+        charging=False,
+        measured_at=NOW - 1.0,
+        limit_high=6.0,
+    )
+    site = SiteConfig(mains_limit=25.0, ramp_step=80.0)
+    memo = ChargerMemo(current=6.0, phases=3)
+
+    def run(c: ChargerInput) -> tuple[float, float]:
+        snap = Snapshot(
+            site=site,
+            chargers=(c,),
+            mains=Reading((23.0, 23.0, 23.0), NOW - 0.2),
+            state=BalancerState({"w0": memo}),
+        )
+        out = compute(snap, NOW)
+        return out.chargers["w0"].current, out.state.chargers["w0"].paused_until
+
+    current, paused_until = run(ci)
+    assert current == 0.0 and paused_until < NOW
+    current, paused_until = run(replace(ci, limit_high=0.0))
+    assert current == 0.0 and paused_until == NOW + site.shortage_pause_s
