@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -64,7 +65,7 @@ def number(doc: Any, key: str, where: str) -> float:
     return float(value)
 
 
-class NetLink:
+class NetLink(ABC):
     """Base of the networked charger links: `fetch` reads the device, `deliver` writes a target current.
 
     The task reads the device every `poll_s`; a new target (or a device whose setting drifted from
@@ -101,25 +102,26 @@ class NetLink:
         return self.driver_type
 
     @property
+    @abstractmethod
     def address(self) -> str:
         """Where the charger is reached."""
-        raise NotImplementedError
 
     @property
     def online(self) -> bool:
         """The last exchange succeeded."""
         return self.last_seen is not None and self.failures == 0
 
+    @abstractmethod
     async def fetch(self) -> DeviceState:
         """Read the device once (subclasses; raise LinkError on a fault)."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def deliver(self, amps: float) -> None:
         """Make the device offer `amps` (0: stop); subclasses, raising LinkError on a fault."""
-        raise NotImplementedError
 
     async def close(self) -> None:
         """Release connections (subclasses that hold some)."""
+        return None
 
     def send(self, setpoint: Setpoint) -> None:
         """Keep the newest setpoint; the task delivers it when its current differs from the last one."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from abc import ABC, abstractmethod
 
 from evpilot.core.site import Reading
 from evpilot.devices.meter import Clock, MeterFault, MeterHealth, MeterReading
@@ -57,7 +58,7 @@ def check_reading(reading: MeterReading) -> None:
         raise MeterError(MeterFault.ABSURD, f"frequency {reading.frequency:g} Hz is outside 40 to 70 Hz")
 
 
-class PolledMeter:
+class PolledMeter(ABC):
     """Base of the network meters: `fetch` reads the device once, everything else is shared."""
 
     driver_type = ""
@@ -92,16 +93,17 @@ class PolledMeter:
         return None
 
     @property
+    @abstractmethod
     def address(self) -> str:
         """Where the meter is reached."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def fetch(self) -> MeterReading:
         """Read the device once, stamped with the clock (subclasses; raise MeterError on a fault)."""
-        raise NotImplementedError
 
     async def close(self) -> None:
         """Release the connection (subclasses that hold one)."""
+        return None
 
     def latest(self) -> Reading | None:
         """The newest valid per-phase current reading."""
